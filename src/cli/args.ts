@@ -1,0 +1,52 @@
+// Argument parsing shared by the commands: node's parseArgs, with errors that say which command
+// and what was expected, and exit code 2 for usage errors (1 for failures of the work itself).
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+export class UsageError extends Error {}
+
+export type Options = NonNullable<ParseArgsConfig['options']>;
+
+/** Parses argv for `command`; throws UsageError naming the problem. */
+export function parse(command: string, argv: string[], options: Options, positionals: string[]) {
+  let parsed;
+  try {
+    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError(`${command}: ${(e as Error).message}`);
+  }
+  if (parsed.values.help) return { values: parsed.values, positionals: parsed.positionals, help: true };
+  if (parsed.positionals.length !== positionals.length) {
+    throw new UsageError(
+      `${command}: expected ${positionals.join(' ')} (${positionals.length} argument${positionals.length === 1 ? '' : 's'}), got ${parsed.positionals.length}`,
+    );
+  }
+  return { values: parsed.values, positionals: parsed.positionals, help: false };
+}
+
+/** The value of --name if it is one of `allowed`. */
+export function oneOf<T extends string>(command: string, name: string, value: unknown, allowed: readonly T[], fallback?: T): T {
+  if (value === undefined && fallback !== undefined) return fallback;
+  if (typeof value !== 'string' || !allowed.includes(value as T)) {
+    throw new UsageError(`${command}: --${name} must be one of ${allowed.join(', ')}${value === undefined ? '' : `, got ${String(value)}`}`);
+  }
+  return value as T;
+}
+
+/** The value of --name as a positive finite number. */
+export function positiveNumber(command: string, name: string, value: unknown): number {
+  const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : NaN;
+  if (!(n > 0) || !Number.isFinite(n)) {
+    throw new UsageError(`${command}: --${name} must be a positive number, got ${value === undefined ? 'nothing' : String(value)}`);
+  }
+  return n;
+}
+
+/** The value of --name as an integer in [lo, hi], or `fallback` when absent. */
+export function integer(command: string, name: string, value: unknown, lo: number, hi: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < lo || n > hi) {
+    throw new UsageError(`${command}: --${name} must be an integer in ${lo}..${hi}, got ${String(value)}`);
+  }
+  return n;
+}

@@ -1,0 +1,42 @@
+// What bin/ebserve runs: picks the command, runs it, and turns every failure into a message on
+// stderr and an exit code (2 for usage, 1 for anything else) — never a stack trace for bad input.
+import { CodecError } from '../codec/index.js';
+import { UsageError } from './args.js';
+import { compressCommand, usage as compressUsage } from './compress.js';
+import { decompressCommand, usage as decompressUsage } from './decompress.js';
+import { inspectCommand, usage as inspectUsage } from './inspect.js';
+
+const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage: string; what: string }> = {
+  compress: { run: compressCommand, usage: compressUsage, what: 'compress a raw tensor file within an error bound' },
+  decompress: { run: decompressCommand, usage: decompressUsage, what: 'decode a stream back to raw values' },
+  inspect: { run: inspectCommand, usage: inspectUsage, what: 'validate a stream and show its header and rungs' },
+};
+
+function help(): string {
+  const rows = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(12)}${c.what}`);
+  return ['usage: ebserve <command> [options]', '', 'commands:', ...rows, '', 'ebserve <command> --help shows its options.'].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    console.log(help());
+    return name ? 0 : 2;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`ebserve: unknown command '${name}'\n${help()}\n`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`ebserve ${e.message}\n${command.usage}\n`);
+      return 2;
+    }
+    const what = e instanceof CodecError ? `${e.message} [${e.code}]` : e instanceof Error ? e.message : String(e);
+    process.stderr.write(`ebserve ${name}: ${what}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,60 @@
+// The one place that loads the addon (build/Release/ebserve_native.node, built by `make`).
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+type Bytes = ArrayBufferView | ArrayBuffer;
+
+/** The addon's raw functions; src/codec/index.ts wraps them in the typed API. */
+export interface NativeCodec {
+  compressSync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number): Buffer;
+  compressAsync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number): Promise<Buffer>;
+  decompressSync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Bytes;
+  decompressAsync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Promise<Bytes>;
+  inspect(head: Bytes, rungs: Bytes[] | null, verify: boolean): RawInfo;
+  entropyBits(input: Bytes, dtype: number, eb: number): number;
+  crc32c(data: Bytes): number;
+  info(): { simd: string; threads: number; cuda: CudaProbe };
+  emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
+  emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
+}
+
+export interface CudaProbe {
+  built: boolean;
+  available: boolean;
+  devices?: number;
+  runtimeVersion?: number;
+  driverVersion?: number;
+  error?: string;
+}
+
+export interface RawInfo {
+  version: number;
+  dtype: number;
+  mode: number;
+  count: number;
+  eb: number;
+  boundMode: number;
+  boundParam: number;
+  escapes: number;
+  headBytes: number;
+  payloadBytes: number;
+  availableRungs: number;
+  rungs: { droppedPlanes: number; bound: number; offset: number; bytes: number; crc32c: number }[];
+  rateHistogram: number[];
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const addonPath = path.resolve(here, '..', '..', 'build', 'Release', 'ebserve_native.node');
+
+function load(): NativeCodec {
+  try {
+    return createRequire(import.meta.url)(addonPath) as NativeCodec;
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    throw new Error(`the native codec is not built (${addonPath}): run \`make\` first (${why})`);
+  }
+}
+
+/** The loaded addon. */
+export const native: NativeCodec = load();

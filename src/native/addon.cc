@@ -1,0 +1,366 @@
+// addon.cc — the Node face of the native codec (node-addon-api). Thin: it turns JS values into
+// pointers and lengths, runs the codec (on the calling thread for the *Sync functions, on a libuv
+// worker thread for the async ones, which return Promises), and turns CodecError into a JS Error
+// with `code` set. src/codec/native.ts is the only TypeScript file that loads it.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "codec_cpu.h"
+#include "crc32c.h"
+#include "cuda_bridge.h"
+#include "emulated_codec.h"
+#include "parallel.h"
+
+namespace {
+
+using eb::CodecError;
+
+struct Bytes {
+  uint8_t* data = nullptr;
+  size_t len = 0;
+};
+
+Bytes bytes_of(const Napi::Value& v, const char* what) {
+  if (v.IsTypedArray()) {
+    auto t = v.As<Napi::TypedArray>();
+    return {static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset(), t.ByteLength()};
+  }
+  if (v.IsArrayBuffer()) {
+    auto a = v.As<Napi::ArrayBuffer>();
+    return {static_cast<uint8_t*>(a.Data()), a.ByteLength()};
+  }
+  throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a TypedArray, Buffer or ArrayBuffer");
+}
+
+Napi::Error codec_error(Napi::Env env, const CodecError& e) {
+  Napi::Error err = Napi::Error::New(env, e.what());
+  err.Value().Set("code", Napi::String::New(env, e.code));
+  err.Value().Set("codecError", Napi::Boolean::New(env, true));
+  return err;
+}
+
+int threads_of(const Napi::Value& v) {
+  int t = v.IsNumber() ? v.As<Napi::Number>().Int32Value() : 0;
+  return t > 0 ? t : eb::hardware_threads();
+}
+
+eb::DType dtype_of(const Napi::Value& v) {
+  int d = v.As<Napi::Number>().Int32Value();
+  if (d < 0 || d > 2) throw CodecError("BAD_DTYPE", "dtype code " + std::to_string(d) + " (expected 0 f32, 1 f16, 2 bf16)");
+  return (eb::DType)d;
+}
+
+// Arguments of compress*: (input, dtype, bound, boundMode, cuts[], threads)
+struct CompressArgs {
+  Bytes in;
+  size_t n = 0;
+  eb::EncodeParams p;
+};
+
+CompressArgs compress_args(const Napi::CallbackInfo& info) {
+  CompressArgs a;
+  a.in = bytes_of(info[0], "input");
+  a.p.dtype = dtype_of(info[1]);
+  a.p.bound = info[2].As<Napi::Number>().DoubleValue();
+  int mode = info[3].As<Napi::Number>().Int32Value();
+  if (mode < 0 || mode > 2) throw CodecError("BAD_BOUND_MODE", "bound mode code " + std::to_string(mode));
+  a.p.mode = (eb::BoundMode)mode;
+  auto cuts = info[4].As<Napi::Array>();
+  a.p.cut.clear();
+  for (uint32_t i = 0; i < cuts.Length(); i++) {
+    int c = cuts.Get(i).As<Napi::Number>().Int32Value();
+    if (c < 0 || c > 255) throw CodecError("BAD_RUNG", "dropped plane count " + std::to_string(c));
+    a.p.cut.push_back((uint8_t)c);
+  }
+  a.p.threads = threads_of(info[5]);
+  size_t el = eb::dtype_size(a.p.dtype);
+  if (a.in.len % el) throw CodecError("BAD_INPUT", "input is " + std::to_string(a.in.len) + " bytes, not a whole number of " + std::to_string(el) + "-byte values");
+  a.n = a.in.len / el;
+  return a;
+}
+
+Napi::Buffer<uint8_t> to_buffer(Napi::Env env, std::vector<uint8_t>&& v) {
+  auto* owned = new std::vector<uint8_t>(std::move(v));
+  return Napi::Buffer<uint8_t>::New(env, owned->data(), owned->size(),
+                                    [](Napi::Env, uint8_t*, std::vector<uint8_t>* o) { delete o; }, owned);
+}
+
+// Arguments of decompress*: (head, rungs[] | null, k, outDtype, out | null, verify, threads).
+// With rungs null, head is the whole stream.
+struct DecompressArgs {
+  Bytes head;
+  std::vector<const uint8_t*> rung;
+  std::vector<size_t> rung_len;
+  bool split = false;
+  int k = -1;
+  eb::DType out_dtype = eb::DType::F32;
+  Bytes out;
+  bool have_out = false;
+  bool verify = true;
+  int threads = 1;
+
+  eb::StreamView parse() const {
+    return split ? eb::parse_parts(head.data, head.len, rung.data(), rung_len.data(), (int)rung.size(), verify)
+                 : eb::parse_stream(head.data, head.len, verify);
+  }
+};
+
+DecompressArgs decompress_args(const Napi::CallbackInfo& info) {
+  DecompressArgs a;
+  a.head = bytes_of(info[0], "stream");
+  if (info[1].IsArray()) {
+    a.split = true;
+    auto arr = info[1].As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Bytes b = bytes_of(arr.Get(i), "rung");
+      a.rung.push_back(b.data);
+      a.rung_len.push_back(b.len);
+    }
+  }
+  a.k = info[2].As<Napi::Number>().Int32Value();
+  a.out_dtype = dtype_of(info[3]);
+  if (info[4].IsTypedArray() || info[4].IsArrayBuffer()) {
+    a.out = bytes_of(info[4], "out");
+    a.have_out = true;
+  }
+  a.verify = info[5].ToBoolean();
+  a.threads = threads_of(info[6]);
+  return a;
+}
+
+// Decodes into a.out (which must be big enough) and returns the rung decoded.
+int run_decode(const DecompressArgs& a, const eb::StreamView& s, uint8_t* out, size_t out_len) {
+  int k = a.k < 0 ? s.available - 1 : a.k;
+  size_t need = s.h.count * eb::dtype_size(a.out_dtype);
+  if (out_len < need)
+    throw CodecError("BAD_OUTPUT", "output holds " + std::to_string(out_len) + " bytes; the stream decodes to " + std::to_string(need));
+  eb::decode(s, k, a.out_dtype, out, a.threads);
+  return k;
+}
+
+Napi::Value CompressSync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    CompressArgs a = compress_args(info);
+    return to_buffer(env, eb::encode(a.in.data, a.n, a.p));
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+// Keeps the JS values whose memory a worker reads or writes alive until it is done.
+class Worker : public Napi::AsyncWorker {
+ public:
+  Worker(Napi::Env env, const Napi::CallbackInfo& info)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {
+    for (size_t i = 0; i < info.Length(); i++)
+      if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      run();
+    } catch (const CodecError& e) {
+      code_ = e.code;
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      code_ = "INTERNAL";
+      SetError(e.what());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Error err = codec_error(Env(), CodecError(code_, e.Message()));
+    deferred_.Reject(err.Value());
+  }
+  virtual void run() = 0;
+  Napi::Promise::Deferred deferred_;
+  std::string code_;
+
+ private:
+  std::vector<Napi::ObjectReference> keep_;
+};
+
+class CompressWorker : public Worker {
+ public:
+  CompressWorker(Napi::Env env, const Napi::CallbackInfo& info, CompressArgs a) : Worker(env, info), a_(std::move(a)) {}
+  void run() override { result_ = eb::encode(a_.in.data, a_.n, a_.p); }
+  void OnOK() override { deferred_.Resolve(to_buffer(Env(), std::move(result_))); }
+
+ private:
+  CompressArgs a_;
+  std::vector<uint8_t> result_;
+};
+
+Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    auto* w = new CompressWorker(env, info, compress_args(info));
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+Napi::Value DecompressSync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    DecompressArgs a = decompress_args(info);
+    eb::StreamView s = a.parse();
+    if (a.have_out) {
+      run_decode(a, s, a.out.data, a.out.len);
+      return info[4];
+    }
+    size_t need = s.h.count * eb::dtype_size(a.out_dtype);
+    Napi::Buffer<uint8_t> out = Napi::Buffer<uint8_t>::New(env, need);
+    run_decode(a, s, out.Data(), need);
+    return out;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+class DecompressWorker : public Worker {
+ public:
+  DecompressWorker(Napi::Env env, const Napi::CallbackInfo& info, DecompressArgs a, eb::StreamView s,
+                   Napi::Value out)
+      : Worker(env, info), a_(std::move(a)), s_(std::move(s)), out_(Napi::Persistent(out.As<Napi::Object>())) {}
+  void run() override { run_decode(a_, s_, dst_.data, dst_.len); }
+  void OnOK() override { deferred_.Resolve(out_.Value()); }
+  Bytes dst_;
+
+ private:
+  DecompressArgs a_;
+  eb::StreamView s_;
+  Napi::ObjectReference out_;
+};
+
+Napi::Value DecompressAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    DecompressArgs a = decompress_args(info);
+    // Validation is O(blocks / 32) of the work and gives its error synchronously as a rejection.
+    eb::StreamView s = a.parse();
+    Napi::Value out;
+    Bytes dst;
+    if (a.have_out) {
+      out = info[4];
+      dst = a.out;
+    } else {
+      size_t need = s.h.count * eb::dtype_size(a.out_dtype);
+      auto buf = Napi::Buffer<uint8_t>::New(env, need);
+      out = buf;
+      dst = {buf.Data(), need};
+    }
+    auto* w = new DecompressWorker(env, info, std::move(a), std::move(s), out);
+    w->dst_ = dst;
+    Napi::Promise p = w->promise();
+    w->Queue();
+    return p;
+  } catch (const CodecError& e) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Reject(codec_error(env, e).Value());
+    return d.Promise();
+  }
+}
+
+// inspect(head, rungs | null, verify) → header fields, the rung table and a rate histogram.
+Napi::Value Inspect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    DecompressArgs a;
+    a.head = bytes_of(info[0], "stream");
+    if (info[1].IsArray()) {
+      a.split = true;
+      auto arr = info[1].As<Napi::Array>();
+      for (uint32_t i = 0; i < arr.Length(); i++) {
+        Bytes b = bytes_of(arr.Get(i), "rung");
+        a.rung.push_back(b.data);
+        a.rung_len.push_back(b.len);
+      }
+    }
+    a.verify = info[2].ToBoolean();
+    eb::StreamView s = a.parse();
+    const eb::Header& h = s.h;
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("version", eb::kVersion);
+    o.Set("dtype", (int)h.dtype);
+    o.Set("mode", (int)h.mode);
+    o.Set("count", (double)h.count);
+    o.Set("eb", h.eb);
+    o.Set("boundMode", (int)h.bound_mode);
+    o.Set("boundParam", h.bound_param);
+    o.Set("escapes", (double)h.escapes);
+    o.Set("headBytes", (double)h.head_bytes());
+    o.Set("payloadBytes", (double)h.payload_bytes);
+    o.Set("availableRungs", s.available);
+    Napi::Array rungs = Napi::Array::New(env, h.rungs);
+    for (int j = 0; j < h.rungs; j++) {
+      Napi::Object r = Napi::Object::New(env);
+      r.Set("droppedPlanes", (int)h.cut[j]);
+      r.Set("bound", ldexp(h.eb, h.cut[j]));
+      r.Set("offset", (double)h.rung_offset[j]);
+      r.Set("bytes", (double)h.rung_bytes[j]);
+      r.Set("crc32c", (double)h.rung_crc[j]);
+      rungs.Set(j, r);
+    }
+    o.Set("rungs", rungs);
+    std::vector<double> hist(EB_MAX_RATE + 1, 0);
+    for (uint64_t b = 0; b < h.blocks(); b++) hist[s.rates[b]]++;
+    Napi::Array ha = Napi::Array::New(env, hist.size());
+    for (size_t r = 0; r < hist.size(); r++) ha.Set(r, hist[r]);
+    o.Set("rateHistogram", ha);
+    return o;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+Napi::Value EntropyBits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    Bytes in = bytes_of(info[0], "input");
+    eb::DType dt = dtype_of(info[1]);
+    double bound = info[2].As<Napi::Number>().DoubleValue();
+    return Napi::Number::New(env, eb::quantized_entropy_bits(in.data, in.len / eb::dtype_size(dt), dt, bound));
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+Napi::Value Crc32c(const Napi::CallbackInfo& info) {
+  Bytes b = bytes_of(info[0], "data");
+  return Napi::Number::New(info.Env(), eb::crc32c(0, b.data, b.len));
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("simd", eb::simd_level());
+  o.Set("threads", eb::hardware_threads());
+  o.Set("cuda", eb::cuda_probe(env));
+  return o;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("compressSync", Napi::Function::New(env, CompressSync));
+  exports.Set("compressAsync", Napi::Function::New(env, CompressAsync));
+  exports.Set("decompressSync", Napi::Function::New(env, DecompressSync));
+  exports.Set("decompressAsync", Napi::Function::New(env, DecompressAsync));
+  exports.Set("inspect", Napi::Function::New(env, Inspect));
+  exports.Set("entropyBits", Napi::Function::New(env, EntropyBits));
+  exports.Set("crc32c", Napi::Function::New(env, Crc32c));
+  exports.Set("info", Napi::Function::New(env, Info));
+  eb::register_emulated(env, exports);
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(ebserve_native, Init)

@@ -1,0 +1,5 @@
+#include "emulated_codec.h"
+
+namespace eb {
+void register_emulated(Napi::Env, Napi::Object) {}
+}  // namespace eb
