@@ -42,12 +42,12 @@ build/cuda/libebcuda.a: $(CUDA_SOURCES) $(CUDA_HEADERS) src/native/stream_format
 	for f in $(CUDA_SOURCES); do $(NVCC) $(NVCC_FLAGS) -c $$f -o build/cuda/$$(basename $$f .cu).o || exit 1; done
 	ar rcs $@ $(patsubst cuda/%.cu,build/cuda/%.o,$(CUDA_SOURCES))
 
-$(ADDON): deps $(NATIVE_SOURCES) $(CUDA_LIB)
+$(ADDON): node_modules/.installed $(NATIVE_SOURCES) $(CUDA_LIB)
 	EBSERVE_CUDA_LIB="$(if $(CUDA_LIB),$(abspath $(CUDA_LIB)),)" EBSERVE_CUDA_HOME="$(CUDA_HOME)" \
 	  $(NODE_GYP) rebuild --jobs=2 --loglevel=warn
 	@touch $@
 
-dist/.built: deps $(TS_SOURCES)
+dist/.built: node_modules/.installed $(TS_SOURCES)
 	npx tsc -p tsconfig.json
 	@touch $@
 

@@ -29,6 +29,14 @@ describe('stream layout (FORMAT.md)', function () {
     assert.equal(native.crc32c(Buffer.from('123456789')), 0xe3069283);
   });
 
+  it('gets the same CRC-32C from segments computed on two threads and combined', function () {
+    const data = Buffer.from(gaussian((3 << 20) + 5, 1, 2).buffer);
+    const whole = native.crc32c(data, 1);
+    assert.equal(native.crc32c(data, 2), whole);
+    data[data.length - 1] ^= 1;
+    assert.notEqual(native.crc32c(data, 2), whole);
+  });
+
   it('writes the header fields at the offsets FORMAT.md gives', function () {
     const x = gaussian(1000, 0.02);
     x[10] = NaN;

@@ -13,7 +13,8 @@ export interface NativeCodec {
   decompressAsync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Promise<Bytes>;
   inspect(head: Bytes, rungs: Bytes[] | null, verify: boolean): RawInfo;
   entropyBits(input: Bytes, dtype: number, eb: number): number;
-  crc32c(data: Bytes): number;
+  /** CRC-32C of data; with threads > 1 computed in segments and combined (same value). */
+  crc32c(data: Bytes, threads?: number): number;
   info(): { simd: string; threads: number; cuda: CudaProbe };
   emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
   emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;

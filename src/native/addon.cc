@@ -103,8 +103,8 @@ struct DecompressArgs {
   int threads = 1;
 
   eb::StreamView parse() const {
-    return split ? eb::parse_parts(head.data, head.len, rung.data(), rung_len.data(), (int)rung.size(), verify)
-                 : eb::parse_stream(head.data, head.len, verify);
+    return split ? eb::parse_parts(head.data, head.len, rung.data(), rung_len.data(), (int)rung.size(), verify, threads)
+                 : eb::parse_stream(head.data, head.len, verify, threads);
   }
 };
 
@@ -336,7 +336,8 @@ Napi::Value EntropyBits(const Napi::CallbackInfo& info) {
 
 Napi::Value Crc32c(const Napi::CallbackInfo& info) {
   Bytes b = bytes_of(info[0], "data");
-  return Napi::Number::New(info.Env(), eb::crc32c(0, b.data, b.len));
+  int threads = info[1].IsNumber() ? threads_of(info[1]) : 1;
+  return Napi::Number::New(info.Env(), eb::crc32c_parallel(b.data, b.len, threads));
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {

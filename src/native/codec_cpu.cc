@@ -297,9 +297,7 @@ std::vector<uint8_t> encode(const void* in, size_t n, const EncodeParams& p) {
       std::vector<uint8_t>().swap(words);
     }
   });
-  parallel_for(R, p.threads, [&](int j) {
-    h.rung_crc[j] = crc32c(0, payload + h.rung_offset[j], h.rung_bytes[j]);
-  });
+  for (int j = 0; j < R; j++) h.rung_crc[j] = crc32c_parallel(payload + h.rung_offset[j], h.rung_bytes[j], p.threads);
   write_head(h, out.data());
   return out;
 }

@@ -124,7 +124,7 @@ Header parse_head(const uint8_t* d, size_t len, bool verify) {
 }
 
 StreamView parse_parts(const uint8_t* head, size_t head_len, const uint8_t* const* rungs,
-                       const size_t* rung_lens, int given, bool verify) {
+                       const size_t* rung_lens, int given, bool verify, int threads) {
   StreamView v;
   v.h = parse_head(head, head_len, verify);
   const Header& h = v.h;
@@ -178,12 +178,12 @@ StreamView parse_parts(const uint8_t* head, size_t head_len, const uint8_t* cons
   }
   if (verify)
     for (int j = 0; j < given; j++)
-      if (crc32c(0, v.rung[j], h.rung_bytes[j]) != h.rung_crc[j])
+      if (crc32c_parallel(v.rung[j], h.rung_bytes[j], threads) != h.rung_crc[j])
         fail("CHECKSUM", "rung " + num(j) + " checksum does not match: its bytes are damaged");
   return v;
 }
 
-StreamView parse_stream(const uint8_t* data, size_t len, bool verify) {
+StreamView parse_stream(const uint8_t* data, size_t len, bool verify, int threads) {
   Header h = parse_head(data, len, verify);
   uint64_t total = h.head_bytes() + h.payload_bytes;
   if (h.payload_bytes > len || len < total)
@@ -195,7 +195,7 @@ StreamView parse_stream(const uint8_t* data, size_t len, bool verify) {
     rungs[j] = data + h.head_bytes() + h.rung_offset[j];
     lens[j] = h.rung_bytes[j];
   }
-  return parse_parts(data, len, rungs, lens, h.rungs, verify);
+  return parse_parts(data, len, rungs, lens, h.rungs, verify, threads);
 }
 
 }  // namespace eb

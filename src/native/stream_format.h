@@ -72,13 +72,13 @@ struct StreamView {
 // Parses the header and rung table only (checks every field of both). `len` bytes at `head`.
 Header parse_head(const uint8_t* head, size_t len, bool verify);
 
-// Validates a whole stream held in one buffer. Throws CodecError.
-StreamView parse_stream(const uint8_t* data, size_t len, bool verify);
+// Validates a whole stream held in one buffer. Throws CodecError. `threads` verify checksums.
+StreamView parse_stream(const uint8_t* data, size_t len, bool verify, int threads = 1);
 
 // Validates a stream given as its head (header + table) and rungs 0..given-1 in separate
 // buffers, the way the offload store fetches them. Throws CodecError.
 StreamView parse_parts(const uint8_t* head, size_t head_len, const uint8_t* const* rungs,
-                       const size_t* rung_lens, int given, bool verify);
+                       const size_t* rung_lens, int given, bool verify, int threads = 1);
 
 // Largest f32 not above `bound` (what `eb` in a header is), or 0 when there is none.
 double floor_to_f32(double bound);
