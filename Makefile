@@ -36,7 +36,7 @@ define apt_need
 endef
 
 cuda: $(CUDA_LIB)
-build/cuda/libebcuda.a: $(CUDA_SOURCES) $(CUDA_HEADERS) src/native/stream_format.h
+build/cuda/libebcuda.a: $(CUDA_SOURCES) $(CUDA_HEADERS) src/native/stream_format.h src/native/codec_cpu.h src/native/crc32c.h
 	@mkdir -p build/cuda
 	@echo "nvcc: $(NVCC) (CUDA at $(CUDA_HOME)); objects for sm_80, sm_90 + compute_90 PTX"
 	for f in $(CUDA_SOURCES); do $(NVCC) $(NVCC_FLAGS) -c $$f -o build/cuda/$$(basename $$f .cu).o || exit 1; done
@@ -44,7 +44,7 @@ build/cuda/libebcuda.a: $(CUDA_SOURCES) $(CUDA_HEADERS) src/native/stream_format
 
 $(ADDON): node_modules/.installed $(NATIVE_SOURCES) $(CUDA_LIB)
 	EBSERVE_CUDA_LIB="$(if $(CUDA_LIB),$(abspath $(CUDA_LIB)),)" EBSERVE_CUDA_HOME="$(CUDA_HOME)" \
-	  $(NODE_GYP) rebuild --jobs=2 --loglevel=warn
+	  sh -c '$(NODE_GYP) configure --loglevel=warn && $(NODE_GYP) build --jobs=2 --loglevel=warn'
 	@touch $@
 
 dist/.built: node_modules/.installed $(TS_SOURCES)
@@ -63,12 +63,18 @@ bench-codec: build
 	npx tsx bench/codec/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with
-# AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams.
-fuzz: build
+# AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams (test/fuzz/fuzz_decode.cc).
+# FUZZ_CASES (default 200000) and FUZZ_SEED (default fixed) choose the run; a failure prints the case
+# number, which `build/fuzz/fuzz_decode N SEED --case I [--dump DIR]` replays alone.
+FUZZ_BIN := build/fuzz/fuzz_decode
+FUZZ_SOURCES := test/fuzz/fuzz_decode.cc src/native/codec_cpu.cc src/native/stream_format.cc src/native/crc32c.cc
+$(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard src/native/*.h) $(CUDA_HEADERS)
 	@mkdir -p build/fuzz
-	g++ -std=c++17 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -DEB_NO_CLONES \
-	  -o build/fuzz/fuzz_decode test/fuzz/fuzz_decode.cc src/native/codec_cpu.cc src/native/stream_format.cc src/native/crc32c.cc -lpthread
-	./build/fuzz/fuzz_decode $${FUZZ_CASES:-200000}
+	g++ -std=c++17 -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
+	  -fno-omit-frame-pointer -DEB_NO_CLONES -o $@ $(FUZZ_SOURCES) -lpthread
+
+fuzz: $(FUZZ_BIN)
+	time ./$(FUZZ_BIN) $${FUZZ_CASES:-200000} $${FUZZ_SEED:-}
 
 serve:
 	@echo "ebserve serve lands with the model and serving work (issues 3 and 6); this build has the codec and its CLI." >&2

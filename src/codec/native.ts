@@ -18,6 +18,9 @@ export interface NativeCodec {
   info(): { simd: string; threads: number; cuda: CudaProbe };
   emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
   emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
+  /** Present when built with nvcc; they throw "no usable CUDA device: …" without a GPU. */
+  cudaCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
+  cudaDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
 }
 
 export interface CudaProbe {

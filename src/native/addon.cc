@@ -12,81 +12,21 @@
 #include "crc32c.h"
 #include "cuda_bridge.h"
 #include "emulated_codec.h"
+#include "napi_util.h"
 #include "parallel.h"
 
 namespace {
 
 using eb::CodecError;
 
-struct Bytes {
-  uint8_t* data = nullptr;
-  size_t len = 0;
-};
-
-Bytes bytes_of(const Napi::Value& v, const char* what) {
-  if (v.IsTypedArray()) {
-    auto t = v.As<Napi::TypedArray>();
-    return {static_cast<uint8_t*>(t.ArrayBuffer().Data()) + t.ByteOffset(), t.ByteLength()};
-  }
-  if (v.IsArrayBuffer()) {
-    auto a = v.As<Napi::ArrayBuffer>();
-    return {static_cast<uint8_t*>(a.Data()), a.ByteLength()};
-  }
-  throw Napi::TypeError::New(v.Env(), std::string(what) + " must be a TypedArray, Buffer or ArrayBuffer");
-}
-
-Napi::Error codec_error(Napi::Env env, const CodecError& e) {
-  Napi::Error err = Napi::Error::New(env, e.what());
-  err.Value().Set("code", Napi::String::New(env, e.code));
-  err.Value().Set("codecError", Napi::Boolean::New(env, true));
-  return err;
-}
-
-int threads_of(const Napi::Value& v) {
-  int t = v.IsNumber() ? v.As<Napi::Number>().Int32Value() : 0;
-  return t > 0 ? t : eb::hardware_threads();
-}
-
-eb::DType dtype_of(const Napi::Value& v) {
-  int d = v.As<Napi::Number>().Int32Value();
-  if (d < 0 || d > 2) throw CodecError("BAD_DTYPE", "dtype code " + std::to_string(d) + " (expected 0 f32, 1 f16, 2 bf16)");
-  return (eb::DType)d;
-}
-
-// Arguments of compress*: (input, dtype, bound, boundMode, cuts[], threads)
-struct CompressArgs {
-  Bytes in;
-  size_t n = 0;
-  eb::EncodeParams p;
-};
-
-CompressArgs compress_args(const Napi::CallbackInfo& info) {
-  CompressArgs a;
-  a.in = bytes_of(info[0], "input");
-  a.p.dtype = dtype_of(info[1]);
-  a.p.bound = info[2].As<Napi::Number>().DoubleValue();
-  int mode = info[3].As<Napi::Number>().Int32Value();
-  if (mode < 0 || mode > 2) throw CodecError("BAD_BOUND_MODE", "bound mode code " + std::to_string(mode));
-  a.p.mode = (eb::BoundMode)mode;
-  auto cuts = info[4].As<Napi::Array>();
-  a.p.cut.clear();
-  for (uint32_t i = 0; i < cuts.Length(); i++) {
-    int c = cuts.Get(i).As<Napi::Number>().Int32Value();
-    if (c < 0 || c > 255) throw CodecError("BAD_RUNG", "dropped plane count " + std::to_string(c));
-    a.p.cut.push_back((uint8_t)c);
-  }
-  a.p.threads = threads_of(info[5]);
-  size_t el = eb::dtype_size(a.p.dtype);
-  if (a.in.len % el) throw CodecError("BAD_INPUT", "input is " + std::to_string(a.in.len) + " bytes, not a whole number of " + std::to_string(el) + "-byte values");
-  a.n = a.in.len / el;
-  return a;
-}
-
-Napi::Buffer<uint8_t> to_buffer(Napi::Env env, std::vector<uint8_t>&& v) {
-  auto* owned = new std::vector<uint8_t>(std::move(v));
-  return Napi::Buffer<uint8_t>::New(env, owned->data(), owned->size(),
-                                    [](Napi::Env, uint8_t*, std::vector<uint8_t>* o) { delete o; }, owned);
-}
+using eb::Bytes;
+using eb::bytes_of;
+using eb::codec_error;
+using eb::CompressArgs;
+using eb::compress_args;
+using eb::dtype_of;
+using eb::threads_of;
+using eb::to_buffer;
 
 // Arguments of decompress*: (head, rungs[] | null, k, outDtype, out | null, verify, threads).
 // With rungs null, head is the whole stream.
@@ -359,6 +299,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("info", Napi::Function::New(env, Info));
   eb::register_emulated(env, exports);
+  eb::register_cuda(env, exports);
   return exports;
 }
 

@@ -1,7 +1,12 @@
 #include "cuda_bridge.h"
 
 #ifdef EBSERVE_WITH_CUDA
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+
 #include "../../cuda/eb_cuda.h"
+#include "napi_util.h"
 #endif
 
 namespace eb {
@@ -15,6 +20,73 @@ Napi::Value cuda_probe(Napi::Env env) {
   return o;
 }
 void register_cuda(Napi::Env, Napi::Object) {}
+#else
+
+Napi::Value cuda_probe(Napi::Env env) {
+  cuda::Probe p = cuda::probe();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("built", true);
+  o.Set("available", p.available);
+  if (p.available) o.Set("devices", p.devices);
+  o.Set("runtimeVersion", p.runtime_version);
+  o.Set("driverVersion", p.driver_version);
+  if (!p.available) o.Set("error", p.error);
+  return o;
+}
+
+namespace {
+
+// One context for the process, made on first use (so loading the addon never touches a device).
+// A failed attempt is not cached: the next call asks the runtime again.
+std::mutex context_mutex;
+std::unique_ptr<cuda::Context> context;
+
+cuda::Context& the_context() {
+  if (!context) context = std::make_unique<cuda::Context>(0);
+  return *context;
+}
+
+// cudaCompress(input (host bytes), dtype, bound, boundMode, cuts[]) → stream
+Napi::Value CudaCompress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    CompressArgs a = compress_args(info);
+    std::lock_guard<std::mutex> lock(context_mutex);
+    return to_buffer(env, the_context().compress_host(a.in.data, a.n, a.p));
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+// cudaDecompress(stream, k (-1: every rung), outDtype) → values; the stream is verified first.
+Napi::Value CudaDecompress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    Bytes st = bytes_of(info[0], "stream");
+    int k = info[1].As<Napi::Number>().Int32Value();
+    DType dt = dtype_of(info[2]);
+    StreamView s = parse_stream(st.data, st.len, true);
+    if (k < 0) k = s.available - 1;
+    std::lock_guard<std::mutex> lock(context_mutex);
+    cuda::Context& ctx = the_context();
+    auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(dt));
+    ctx.decompress_to_host(s, k, dt, out.Data());
+    return out;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  } catch (const std::runtime_error& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
+}  // namespace
+
+void register_cuda(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaCompress", Napi::Function::New(env, CudaCompress));
+  exports.Set("cudaDecompress", Napi::Function::New(env, CudaDecompress));
+}
 #endif
 
 }  // namespace eb

@@ -1,5 +1,129 @@
+// emulated_codec: runs the CUDA codec's kernel sequence on the CPU — the kernels' own bodies
+// (cuda/eb_kernels.cuh) under cuda/emulate.h, and plain loops where the GPU path calls CUB's
+// exclusive sum — so the tests check on any machine that the kernels build the CPU codec's
+// streams byte for byte and decode to its values. The host steps around the kernels are
+// cuda/eb_plan.h, the same ones cuda/eb_cuda.cu uses. Slow by design (one emulated thread at a
+// time); it exists for correctness, not speed.
 #include "emulated_codec.h"
 
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#include "../../cuda/eb_plan.h"
+#include "codec_cpu.h"
+#include "napi_util.h"
+#include "stream_format.h"
+// Last: the emulation header defines CUDA's keywords away, then the kernels compile as host C++.
+#include "../../cuda/emulate.h"
+#include "../../cuda/eb_kernels.cuh"
+
 namespace eb {
-void register_emulated(Napi::Env, Napi::Object) {}
+namespace {
+
+using namespace eb_emu;
+
+// CUB's ExclusiveSum over each of `rows` count rows (u32, wrapping like the GPU's).
+void exclusive_sums(const uint32_t* in, uint32_t* out, int rows, uint64_t pitch) {
+  for (int r = 0; r < rows; r++) {
+    uint32_t sum = 0;
+    for (uint64_t i = 0; i < pitch; i++) {
+      out[r * pitch + i] = sum;
+      sum += in[r * pitch + i];
+    }
+  }
+}
+
+// The kernel sequence of Context::compress in cuda/eb_cuda.cu, with host vectors as device memory.
+std::vector<uint8_t> emulated_encode(const void* in, size_t n, const EncodeParams& p) {
+  check_encode(n, p);
+  Header h = begin_header(n, p, resolve_bound(in, n, p));
+  const int R = h.rungs;
+  const EbLadder L = eb_ladder(h.cut, R);
+  const float inv2eb = (float)(0.5 / h.eb), ebf = (float)h.eb;
+  const uint64_t nb = h.blocks(), pitch = nb + 1;
+
+  std::vector<uint8_t> rates(nb);
+  std::vector<uint32_t> counts((R + 1) * pitch), offs((R + 1) * pitch);
+  eb_emulate_launch(eb_grid_blocks(nb + 1), EB_THREADS, [&] {
+    eb_scan_kernel(in, (int)h.dtype, n, nb, inv2eb, ebf, L, rates.data(), counts.data(), pitch);
+  });
+  exclusive_sums(counts.data(), offs.data(), R + 1, pitch);
+  uint32_t totals[EB_MAX_RUNGS + 1];
+  for (int j = 0; j <= R; j++) totals[j] = offs[j * pitch + nb];
+  lay_out(h, totals);
+
+  std::vector<uint8_t> out(h.head_bytes() + h.payload_bytes, 0);  // zeros: the rate padding
+  uint8_t* payload = out.data() + h.head_bytes();
+  if (nb) memcpy(payload, rates.data(), nb);
+  EbRungPtrs words;
+  for (int j = 0; j < R; j++) words.p[j] = payload + block_words_at(h, j);
+  eb_emulate_launch(eb_grid_blocks(nb), EB_THREADS, [&] {
+    eb_write_kernel(in, (int)h.dtype, n, nb, inv2eb, ebf, L, offs.data(), pitch, words, payload + pad4(nb));
+  });
+  finish_stream(h, out.data());
+  return out;
+}
+
+// The kernel sequence of Context::decompress: rungs 0..k of a validated stream into out.
+void emulated_decode(const StreamView& s, int k, DType dt, void* out) {
+  if (k < 0 || k >= s.available)
+    throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " +
+                                      std::to_string(s.available) + " rungs");
+  const Header& h = s.h;
+  const EbLadder L = eb_ladder(h.cut, h.rungs);
+  const uint64_t nb = h.blocks(), pitch = nb + 1;
+  const int rows = k + 1;
+
+  std::vector<uint32_t> counts(rows * pitch), offs(rows * pitch);
+  eb_emulate_launch(eb_grid_blocks(nb + 1), EB_THREADS, [&] {
+    eb_rate_words_kernel(s.rates, nb, L, rows, counts.data(), pitch);
+  });
+  exclusive_sums(counts.data(), offs.data(), rows, pitch);
+  EbRungSrc words;
+  for (int j = 0; j < rows; j++) words.p[j] = s.rung[j] + (j == 0 ? s.words0_offset : 0);
+  eb_emulate_launch(eb_grid_blocks(nb), EB_THREADS, [&] {
+    eb_decode_kernel(s.rates, h.count, nb, L, k, (float)h.eb, words, offs.data(), pitch, out, (int)dt);
+  });
+  eb_emulate_launch(eb_grid_blocks(h.escapes), EB_THREADS, [&] {
+    eb_patch_kernel(s.escapes, h.escapes, out, (int)dt);
+  });
+}
+
+// emulatedCompress(input, dtype, bound, boundMode, cuts[]) → stream
+Napi::Value EmulatedCompress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    CompressArgs a = compress_args(info);
+    return to_buffer(env, emulated_encode(a.in.data, a.n, a.p));
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+// emulatedDecompress(stream, k (-1: every rung), outDtype) → values; the stream is verified first.
+Napi::Value EmulatedDecompress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    Bytes st = bytes_of(info[0], "stream");
+    int k = info[1].As<Napi::Number>().Int32Value();
+    DType dt = dtype_of(info[2]);
+    StreamView s = parse_stream(st.data, st.len, true);
+    if (k < 0) k = s.available - 1;
+    auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(dt));
+    emulated_decode(s, k, dt, out.Data());
+    return out;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+}  // namespace
+
+void register_emulated(Napi::Env env, Napi::Object exports) {
+  exports.Set("emulatedCompress", Napi::Function::New(env, EmulatedCompress));
+  exports.Set("emulatedDecompress", Napi::Function::New(env, EmulatedDecompress));
+}
+
 }  // namespace eb
