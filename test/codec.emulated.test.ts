@@ -33,3 +33,10 @@ describe('emulated CUDA kernels against the CPU codec', function () {
     });
   }
 });
+
+describe('emulated CUDA kernels on bad requests', function () {
+  it('refuses a rung the stream does not have with BAD_RUNGS', async function () {
+    const stream = compress(distribution('gaussian-0.02', 100, 1e-3), { bound: 1e-3 });
+    await assert.rejects(emulatedKernels.decompress(stream, 1, 'f32'), (e: unknown) => (e as { code?: string }).code === 'BAD_RUNGS');
+  });
+});

@@ -48,18 +48,22 @@ struct DecompressArgs {
   }
 };
 
+// The stream arguments (head, rungs[] | null) every reader takes.
+void read_stream_args(const Napi::Value& head, const Napi::Value& rungs, DecompressArgs& a) {
+  a.head = bytes_of(head, "stream");
+  if (!rungs.IsArray()) return;
+  a.split = true;
+  auto arr = rungs.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Bytes b = bytes_of(arr.Get(i), "rung");
+    a.rung.push_back(b.data);
+    a.rung_len.push_back(b.len);
+  }
+}
+
 DecompressArgs decompress_args(const Napi::CallbackInfo& info) {
   DecompressArgs a;
-  a.head = bytes_of(info[0], "stream");
-  if (info[1].IsArray()) {
-    a.split = true;
-    auto arr = info[1].As<Napi::Array>();
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Bytes b = bytes_of(arr.Get(i), "rung");
-      a.rung.push_back(b.data);
-      a.rung_len.push_back(b.len);
-    }
-  }
+  read_stream_args(info[0], info[1], a);
   a.k = info[2].As<Napi::Number>().Int32Value();
   a.out_dtype = dtype_of(info[3]);
   if (info[4].IsTypedArray() || info[4].IsArrayBuffer()) {
@@ -215,16 +219,7 @@ Napi::Value Inspect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
     DecompressArgs a;
-    a.head = bytes_of(info[0], "stream");
-    if (info[1].IsArray()) {
-      a.split = true;
-      auto arr = info[1].As<Napi::Array>();
-      for (uint32_t i = 0; i < arr.Length(); i++) {
-        Bytes b = bytes_of(arr.Get(i), "rung");
-        a.rung.push_back(b.data);
-        a.rung_len.push_back(b.len);
-      }
-    }
+    read_stream_args(info[0], info[1], a);
     a.verify = info[2].ToBoolean();
     eb::StreamView s = a.parse();
     const eb::Header& h = s.h;

@@ -64,15 +64,12 @@ Napi::Value CudaCompress(const Napi::CallbackInfo& info) {
 Napi::Value CudaDecompress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
-    Bytes st = bytes_of(info[0], "stream");
-    int k = info[1].As<Napi::Number>().Int32Value();
-    DType dt = dtype_of(info[2]);
-    StreamView s = parse_stream(st.data, st.len, true);
-    if (k < 0) k = s.available - 1;
+    DecodeArgs a = decode_args(info);
+    const StreamView& s = a.s;
     std::lock_guard<std::mutex> lock(context_mutex);
     cuda::Context& ctx = the_context();
-    auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(dt));
-    ctx.decompress_to_host(s, k, dt, out.Data());
+    auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(a.dtype));
+    ctx.decompress_to_host(s, a.k, a.dtype, out.Data());
     return out;
   } catch (const CodecError& e) {
     throw codec_error(env, e);

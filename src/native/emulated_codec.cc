@@ -106,13 +106,10 @@ Napi::Value EmulatedCompress(const Napi::CallbackInfo& info) {
 Napi::Value EmulatedDecompress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
-    Bytes st = bytes_of(info[0], "stream");
-    int k = info[1].As<Napi::Number>().Int32Value();
-    DType dt = dtype_of(info[2]);
-    StreamView s = parse_stream(st.data, st.len, true);
-    if (k < 0) k = s.available - 1;
-    auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(dt));
-    emulated_decode(s, k, dt, out.Data());
+    DecodeArgs a = decode_args(info);
+    const StreamView& s = a.s;
+    auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(a.dtype));
+    emulated_decode(s, a.k, a.dtype, out.Data());
     return out;
   } catch (const CodecError& e) {
     throw codec_error(env, e);

@@ -86,4 +86,24 @@ inline Napi::Buffer<uint8_t> to_buffer(Napi::Env env, std::vector<uint8_t>&& v) 
                                     [](Napi::Env, uint8_t*, std::vector<uint8_t>* o) { delete o; }, owned);
 }
 
+// Arguments of the kernel-path readers: (stream, k (-1: every rung), outDtype). The stream is
+// validated with its checksums; k is checked against the stream's rungs.
+struct DecodeArgs {
+  StreamView s;
+  int k = 0;
+  DType dtype = DType::F32;
+};
+
+inline DecodeArgs decode_args(const Napi::CallbackInfo& info) {
+  DecodeArgs a;
+  Bytes st = bytes_of(info[0], "stream");
+  a.k = info[1].As<Napi::Number>().Int32Value();
+  a.dtype = dtype_of(info[2]);
+  a.s = parse_stream(st.data, st.len, true);
+  if (a.k < 0) a.k = a.s.available - 1;
+  if (a.k >= a.s.available)
+    throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(a.k) + " from " + std::to_string(a.s.available) + " rungs");
+  return a;
+}
+
 }  // namespace eb
