@@ -3,7 +3,10 @@
 #include <math.h>
 #include <string.h>
 
+#include <algorithm>
+
 #include "crc32c.h"
+#include "parallel.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "streams are little-endian");
 
@@ -148,20 +151,31 @@ StreamView parse_parts(const uint8_t* head, size_t head_len, const uint8_t* cons
   for (uint64_t i = nb; i < pad4(nb); i++)
     if (v.rates[i]) fail("BAD_PADDING", "padding after the rate bytes is not zero");
 
-  // One pass over the rate bytes: check each, and sum every rung's words, keeping the offsets
-  // at chunk starts. This pass is what makes every later read provably in bounds.
+  // One pass over the rate bytes: a histogram of rates per chunk (in parallel), from which every
+  // rung's words and the offsets at chunk starts follow. This pass is what makes every later read
+  // provably in bounds, so it must not be the serial part of a two-thread decode.
   uint64_t chunks = (nb + kChunkBlocks - 1) / kChunkBlocks;
   v.chunk_offset.assign(chunks * h.rungs, 0);
-  uint32_t words_of_rate[EB_MAX_RATE + 1][EB_MAX_RUNGS];
+  std::vector<uint32_t> hist(chunks * 256, 0);
+  parallel_for((int)chunks, threads, [&](int c) {
+    uint32_t* hc = &hist[(size_t)c * 256];
+    uint64_t b1 = std::min<uint64_t>(nb, (uint64_t)(c + 1) * kChunkBlocks);
+    for (uint64_t b = (uint64_t)c * kChunkBlocks; b < b1; b++) hc[v.rates[b]]++;
+  });
+  uint64_t words_of_rate[EB_MAX_RATE + 1][EB_MAX_RUNGS];
   for (int r = 0; r <= EB_MAX_RATE; r++)
     for (int j = 0; j < h.rungs; j++) words_of_rate[r][j] = eb_rung_words(r, j, h.cut);
   uint64_t words[EB_MAX_RUNGS] = {0};
-  for (uint64_t b = 0; b < nb; b++) {
-    if (b % kChunkBlocks == 0)
-      for (int j = 0; j < h.rungs; j++) v.chunk_offset[(b / kChunkBlocks) * h.rungs + j] = 4 * words[j];
-    uint8_t r = v.rates[b];
-    if (r > EB_MAX_RATE) fail("BAD_RATE", "block " + num(b) + " has rate " + num(r) + " (at most 22)");
-    for (int j = 0; j < h.rungs; j++) words[j] += words_of_rate[r][j];
+  for (uint64_t c = 0; c < chunks; c++) {
+    const uint32_t* hc = &hist[c * 256];
+    for (int r = EB_MAX_RATE + 1; r < 256; r++)
+      if (hc[r])
+        for (uint64_t b = c * kChunkBlocks;; b++)
+          if (v.rates[b] > EB_MAX_RATE) fail("BAD_RATE", "block " + num(b) + " has rate " + num(v.rates[b]) + " (at most 22)");
+    for (int j = 0; j < h.rungs; j++) {
+      v.chunk_offset[c * h.rungs + j] = 4 * words[j];
+      for (int r = 0; r <= EB_MAX_RATE; r++) words[j] += hc[r] * words_of_rate[r][j];
+    }
   }
   for (int j = 0; j < h.rungs; j++) {
     uint64_t want = 4 * words[j] + (j == 0 ? fixed0 : 0);
