@@ -50,3 +50,13 @@ export function integer(command: string, name: string, value: unknown, lo: numbe
   }
   return n;
 }
+
+/** The value of --name as a finite number in [lo, hi], or `fallback` when absent. */
+export function numberIn(command: string, name: string, value: unknown, lo: number, hi: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = typeof value === 'string' && value.trim() !== '' ? Number(value) : NaN;
+  if (!Number.isFinite(n) || n < lo || n > hi) {
+    throw new UsageError(`${command}: --${name} must be a number in ${lo}..${hi}, got ${String(value)}`);
+  }
+  return n;
+}

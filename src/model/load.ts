@@ -1,0 +1,82 @@
+/**
+ * A checkpoint folder made ready to run: the TensorFlow.js backend initialised, the checkpoint
+ * opened and checked, the dense tensors built, the experts behind an ExpertEngine, and the
+ * tokenizer the folder declares. This is the one place that wires those parts together, so the
+ * CLI, the server and the benchmarks load a model the same way.
+ *
+ * The engine is the caller's choice: by default every expert is resident as tfjs tensors
+ * (ResidentExpertEngine); the offload engines pass their own factory and read the experts from the
+ * checkpoint themselves.
+ *
+ * @example
+ * const m = await loadModel(EMBEDDED_MODEL_DIR);
+ * const g = await generate(m.model, m.tokenizer, '48+27=', { maxTokens: 4, stop: ['\n'] });
+ * m.dispose();
+ */
+import { initBackend, type BackendChoice, type BackendName } from './backend.js';
+import { openCheckpoint, type Checkpoint } from './checkpoint.js';
+import { ResidentExpertEngine, type ExpertEngine, type ExpertMatrices } from './engine.js';
+import { denseTensorNames, expertName } from './names.js';
+import { loadTokenizer, type Tokenizer } from './tokenizer.js';
+import { MoeTransformer } from './transformer.js';
+
+export { EMBEDDED_MODEL_DIR } from './embedded.js';
+
+export interface LoadOptions {
+  /** Force a TensorFlow.js backend instead of the usual order (tensorflow, wasm, cpu). */
+  backend?: BackendName;
+  /** Builds the expert engine; the default keeps every expert resident as tfjs tensors. */
+  engine?: (checkpoint: Checkpoint) => ExpertEngine | Promise<ExpertEngine>;
+}
+
+export interface LoadedModel {
+  checkpoint: Checkpoint;
+  model: MoeTransformer;
+  engine: ExpertEngine;
+  tokenizer: Tokenizer;
+  backend: BackendChoice;
+  /** Frees the tensors, the engine and the checkpoint's files. */
+  dispose(): void;
+}
+
+/** Reads one expert's three matrices from a checkpoint as float32 ([out, in] layout). */
+export function readExpert(checkpoint: Checkpoint, layer: number, expert: number): ExpertMatrices {
+  const c = checkpoint.config;
+  return {
+    gate: checkpoint.readTensor(expertName(c, layer, expert, 'gate')),
+    up: checkpoint.readTensor(expertName(c, layer, expert, 'up')),
+    down: checkpoint.readTensor(expertName(c, layer, expert, 'down')),
+  };
+}
+
+/** Loads the checkpoint in `dir` (errors are CheckpointErrors naming file and tensor). */
+export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
+  const backend = await initBackend(opts.backend);
+  const checkpoint = openCheckpoint(dir);
+  let engine: ExpertEngine | undefined;
+  try {
+    const c = checkpoint.config;
+    const tokenizer = await loadTokenizer(dir, c);
+    engine = opts.engine
+      ? await opts.engine(checkpoint)
+      : new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, (l, e) => readExpert(checkpoint, l, e));
+    const model = new MoeTransformer(c, (name) => checkpoint.readTensor(name), denseTensorNames(c), engine);
+    const used = engine;
+    return {
+      checkpoint,
+      model,
+      engine: used,
+      tokenizer,
+      backend,
+      dispose() {
+        model.dispose();
+        used.dispose();
+        checkpoint.close();
+      },
+    };
+  } catch (e) {
+    engine?.dispose();
+    checkpoint.close();
+    throw e;
+  }
+}
