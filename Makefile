@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -61,6 +61,11 @@ bench-codec: build
 	@mkdir -p build/bench bench/results
 	gcc -O3 -march=x86-64-v2 -fopenmp -o build/bench/zfp_peer bench/codec/zfp_peer.c -lzfp -lm
 	npx tsx bench/codec/run.ts
+
+# The embedded model on every TensorFlow.js backend that starts here: prefill and decode tokens/s,
+# and its canary quality as this runtime computes it (bench/results/model.json).
+bench-model: build
+	npx tsx bench/model/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with
 # AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams (test/fuzz/fuzz_decode.cc).
