@@ -12,7 +12,7 @@ import { CheckpointError, openCheckpoint } from '../src/model/checkpoint.js';
 import { initBackend } from '../src/model/backend.js';
 import { parseConfig } from '../src/model/config.js';
 import { ResidentExpertEngine } from '../src/model/engine.js';
-import { bf16ToF32, decodeTensor, encodeTensor, f16ToF32, f32ToBf16 } from '../src/model/halfs-array.js';
+import { bf16ToF32, decodeTensor, encodeTensor, f16ToF32, f32ToBf16 } from '../src/codec/halfs-array.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { denseTensorNames, expertName } from '../src/model/names.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../src/model/safetensors.js';

@@ -7,16 +7,18 @@ import { compressCommand, usage as compressUsage } from './compress.js';
 import { decompressCommand, usage as decompressUsage } from './decompress.js';
 import { generateCommand, usage as generateUsage } from './generate.js';
 import { inspectCommand, usage as inspectUsage } from './inspect.js';
+import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
 
 const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage: string; what: string }> = {
   compress: { run: compressCommand, usage: compressUsage, what: 'compress a raw tensor file within an error bound' },
   decompress: { run: decompressCommand, usage: decompressUsage, what: 'decode a stream back to raw values' },
   generate: { run: generateCommand, usage: generateUsage, what: 'continue a prompt with a model (default: the embedded one)' },
   inspect: { run: inspectCommand, usage: inspectUsage, what: 'validate a stream and show its header and rungs' },
+  'inspect-model': { run: inspectModelCommand, usage: inspectModelUsage, what: "show what a precision ladder costs a checkpoint's experts, per layer" },
 };
 
 function help(): string {
-  const rows = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(12)}${c.what}`);
+  const rows = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(15)}${c.what}`);
   return ['usage: ebserve <command> [options]', '', 'commands:', ...rows, '', 'ebserve <command> --help shows its options.'].join('\n');
 }
 

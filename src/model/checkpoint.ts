@@ -23,7 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { readConfig } from './config.js';
-import { DTYPE_BYTES, decodeTensor } from './halfs-array.js';
+import { DTYPE_BYTES, decodeTensor } from '../codec/halfs-array.js';
 import { expectedTensors, expertName } from './names.js';
 import { CheckpointError, SafetensorsFile } from './safetensors.js';
 import type { ExpertMatrix, ModelConfig, TensorDtype, TensorInfo } from './types.js';

@@ -19,6 +19,7 @@ import { ResidentExpertEngine, type ExpertEngine, type ExpertMatrices } from './
 import { denseTensorNames, expertName } from './names.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
 import { MoeTransformer } from './transformer.js';
+import type { ExpertSource } from '../offload/source.js';
 
 export { EMBEDDED_MODEL_DIR } from './embedded.js';
 
@@ -46,6 +47,23 @@ export function readExpert(checkpoint: Checkpoint, layer: number, expert: number
     gate: checkpoint.readTensor(expertName(c, layer, expert, 'gate')),
     up: checkpoint.readTensor(expertName(c, layer, expert, 'up')),
     down: checkpoint.readTensor(expertName(c, layer, expert, 'down')),
+  };
+}
+
+/** A checkpoint seen as offload's ExpertSource (raw bytes as stored, read on demand). */
+export function checkpointExperts(checkpoint: Checkpoint): ExpertSource {
+  const c = checkpoint.config;
+  return {
+    numLayers: c.numLayers,
+    numExperts: c.numExperts,
+    hash: checkpoint.hash,
+    readExpert(layer, expert) {
+      const raw = (which: 'gate' | 'up' | 'down') => {
+        const t = checkpoint.readRaw(expertName(c, layer, expert, which));
+        return { dtype: t.dtype, shape: t.shape, bytes: t.bytes };
+      };
+      return { gate: raw('gate'), up: raw('up'), down: raw('down') };
+    },
   };
 }
 

@@ -17,7 +17,7 @@
  */
 import fs from 'node:fs';
 
-import { DTYPE_BYTES, encodeTensor } from './halfs-array.js';
+import { DTYPE_BYTES, encodeTensor } from '../codec/halfs-array.js';
 import type { TensorDtype, TensorInfo } from './types.js';
 
 /** The largest header accepted (the reference implementation's limit): 100 MB. */

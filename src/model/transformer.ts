@@ -11,8 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 
-import type { ExpertEngine, SwigluTensors } from './engine.js';
-import { swiglu, swigluTensors } from './engine.js';
+import { swiglu, swigluTensors, type ExpertEngine, type SwigluTensors } from '../offload/expert-engine.js';
 import type { KvCache } from './kv-cache.js';
 import type { ModelConfig } from './types.js';
 
@@ -127,17 +126,20 @@ export class MoeTransformer {
       if (!(tok >= 0 && tok < c.vocabSize)) throw new RangeError(`token ${tok} outside the vocabulary of ${c.vocabSize}`);
       x0.set(this.embed.subarray(tok * d, tok * d + d), t * d);
     });
+    this.experts.beginForward?.(T);
     let x = tf.tensor2d(x0, [T, d]);
     for (let l = 0; l < c.numLayers; l++) {
       const L = this.layers[l];
       const afterAttn: tf.Tensor2D = tf.tidy(() => tf.add(x, this.attention(l, L, rmsNorm(x, L.inputNorm, c.rmsNormEps), cache, T)));
       x.dispose();
       const h = tf.tidy(() => rmsNorm(afterAttn, L.postNorm, c.rmsNormEps));
+      if (this.experts.prefetch && l + 1 < c.numLayers) await this.prefetchNext(l + 1, afterAttn);
       const moe = await this.moe(l, L, h, T);
       x = tf.tidy(() => tf.add(afterAttn, moe) as tf.Tensor2D);
       tf.dispose([afterAttn, h, moe]);
     }
     cache.advance(T);
+    this.experts.endForward?.(T);
     const logits = tf.tidy(() => {
       const last = allLogits ? x : x.slice([T - 1, 0], [1, d]);
       return tf.matMul(rmsNorm(last as tf.Tensor2D, this.norm, c.rmsNormEps), this.lmHeadT);
@@ -185,6 +187,21 @@ export class MoeTransformer {
     const scores = tf.add(tf.mul(tf.matMul(qh, kh, false, true), 1 / Math.sqrt(hd)), causalMask(T, S, pos0));
     const ctx = tf.matMul(tf.softmax(scores), vh); // [H, T, hd]
     return tf.matMul(tf.transpose(ctx, [1, 0, 2]).reshape([T, H * hd]) as tf.Tensor2D, L.wo) as tf.Tensor2D;
+  }
+
+  /**
+   * Tells the engine which experts layer `next` will likely route to: its router applied to the
+   * current hidden state (normalised as `next` will normalise it), so their transfer and
+   * decompression can overlap this layer's compute.
+   */
+  private async prefetchNext(next: number, hidden: tf.Tensor2D): Promise<void> {
+    const c = this.config;
+    const N = this.layers[next];
+    const logits = tf.tidy(() => tf.matMul(rmsNorm(hidden, N.postNorm, c.rmsNormEps), N.router));
+    const { values, indices } = tf.topk(logits, c.topK);
+    const ids = (await indices.data()) as Int32Array;
+    tf.dispose([logits, values, indices]);
+    this.experts.prefetch!(next, ids);
   }
 
   /** Routes T hidden states [T, d] to their top-k experts and returns the combined output. */

@@ -2,6 +2,7 @@
  * What the model runtime knows of a checkpoint, whatever its naming scheme: the normalised
  * configuration (from config.json) and the tensors, read lazily.
  */
+import type { TensorDtype } from '../codec/halfs-array.js';
 
 /** The architectures whose config.json and tensor names the loader reads. */
 export type Architecture = 'mixtral' | 'qwen2_moe' | 'qwen3_moe' | 'olmoe';
@@ -36,7 +37,7 @@ export interface ModelConfig {
 }
 
 /** The element types a checkpoint tensor may have. */
-export type TensorDtype = 'F32' | 'F16' | 'BF16';
+export type { TensorDtype };
 
 /** One tensor of a checkpoint: its layout and where its bytes are. */
 export interface TensorInfo {

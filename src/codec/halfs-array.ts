@@ -1,6 +1,6 @@
 /**
  * Bulk conversions between checkpoint dtypes and Float32Array, for whole tensors. The scalar
- * versions in src/codec/halfs.ts are the reference (the tests compare every bit pattern); these
+ * versions in halfs.ts beside this file are the reference (the tests compare every bit pattern); these
  * are the fast paths: f16 → f32 through a 64K lookup table built once, bf16 → f32 by shifting into
  * a Uint32Array view of the output, f32 → bf16 by integer round-to-nearest-even.
  *
@@ -13,8 +13,10 @@
  */
 import os from 'node:os';
 
-import { f16BitsToF32, f32ToF16Bits } from '../codec/halfs.js';
-import type { TensorDtype } from './types.js';
+import { f16BitsToF32, f32ToF16Bits } from './halfs.js';
+
+/** A checkpoint's element types, as safetensors spells them. */
+export type TensorDtype = 'F32' | 'F16' | 'BF16';
 
 if (os.endianness() !== 'LE') throw new Error('ebserve reads safetensors through little-endian typed arrays; this host is big-endian');
 

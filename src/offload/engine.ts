@@ -1,0 +1,147 @@
+/**
+ * The offload expert engine: the model's ExpertEngine backed by the store, the link and the
+ * device cache. For each layer it fetches the routed experts at the level the current
+ * PrecisionPlan names (waiting only for what is not already on the device), computes them with
+ * TensorFlow.js, and releases them. Prefetch hints start the next layer's fetches while this
+ * layer computes. Every forward step ends with a TokenSample splitting its time into compute,
+ * transfer wait and decompress wait.
+ *
+ * @example
+ * const engine = new OffloadExpertEngine({ store, link: new CopyLink(), budget, telemetry: bus });
+ * engine.setPlan(uniformPlan(store.numLayers, store.exact));
+ * const m = await loadModel(dir, { engine: () => engine });
+ */
+import { combineExperts, distinctExperts, type ExpertEngine } from './expert-engine.js';
+import { ExpertFetcher, type ExpertHandle, type FetcherOptions } from './fetcher.js';
+import { checkPlan, uniformPlan, type PrecisionPlan } from './plan.js';
+import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
+
+export interface OffloadEngineOptions extends FetcherOptions {
+  /** The first plan (default: every layer at the finest level). */
+  plan?: PrecisionPlan;
+  /** Act on the model's prefetch hints (default true). */
+  prefetch?: boolean;
+  /** Called with each expert handed to a computation (tests check what the model was given). */
+  onExpertUsed?: (layer: number, expert: number, handle: ExpertHandle) => void;
+}
+
+export interface PrefetchStats {
+  /** Distinct experts a layer computed with, and how many of them prefetch had predicted. */
+  demanded: number;
+  predicted: number;
+  issued: number;
+  failed: number;
+}
+
+export class OffloadExpertEngine implements ExpertEngine {
+  readonly fetcher: ExpertFetcher;
+  readonly prefetchStats: PrefetchStats = { demanded: 0, predicted: 0, issued: 0, failed: 0 };
+  private plan: PrecisionPlan;
+  private readonly prefetchOn: boolean;
+  private readonly telemetry: TelemetrySink;
+  private readonly predictedFor = new Map<number, Set<number>>();
+  private readonly onExpertUsed?: OffloadEngineOptions['onExpertUsed'];
+  private readonly d: number;
+  // The forward step under way: its start and the waits inside it (ms).
+  private stepStart = 0;
+  private transferWait = 0;
+  private decompressWait = 0;
+
+  constructor(opts: OffloadEngineOptions) {
+    this.fetcher = new ExpertFetcher(opts);
+    const s = opts.store;
+    this.plan = opts.plan ?? uniformPlan(s.numLayers, s.levels - 1);
+    checkPlan(this.plan, s.ladder, s.numLayers);
+    this.prefetchOn = opts.prefetch ?? true;
+    this.telemetry = opts.telemetry ?? NO_TELEMETRY;
+    this.onExpertUsed = opts.onExpertUsed;
+    this.d = s.expert(0, 0).gate.shape[1];
+  }
+
+  get currentPlan(): PrecisionPlan {
+    return this.plan;
+  }
+
+  /** Replaces the plan; the next fetch of each layer uses it. Throws on a plan that does not fit. */
+  setPlan(plan: PrecisionPlan): void {
+    checkPlan(plan, this.fetcher.store.ladder, this.fetcher.store.numLayers);
+    this.plan = { version: plan.version, levels: [...plan.levels] };
+  }
+
+  beginForward(): void {
+    this.stepStart = performance.now();
+    this.transferWait = 0;
+    this.decompressWait = 0;
+  }
+
+  endForward(T: number): void {
+    if (!this.stepStart) return;
+    const now = performance.now();
+    const total = now - this.stepStart;
+    this.telemetry.emit({
+      kind: 'token', at: now / 1000, tokens: T, seconds: total / 1000,
+      computeSeconds: Math.max(0, total - this.transferWait - this.decompressWait) / 1000,
+      transferWaitSeconds: this.transferWait / 1000, decompressWaitSeconds: this.decompressWait / 1000,
+    });
+    this.stepStart = 0;
+  }
+
+  prefetch(layer: number, ids: Int32Array): void {
+    if (!this.prefetchOn) return;
+    const level = this.plan.levels[layer];
+    const set = new Set<number>();
+    for (const e of distinctExperts(ids)) {
+      set.add(e);
+      this.prefetchStats.issued++;
+      this.fetcher.acquire(layer, e, level, true).then(
+        (h) => h.release(),
+        () => this.prefetchStats.failed++,
+      );
+    }
+    this.predictedFor.set(layer, set);
+  }
+
+  async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
+    const level = this.plan.levels[layer];
+    const experts = distinctExperts(ids);
+    const predicted = this.predictedFor.get(layer);
+    this.predictedFor.delete(layer);
+    this.prefetchStats.demanded += experts.length;
+    if (predicted) for (const e of experts) if (predicted.has(e)) this.prefetchStats.predicted++;
+
+    const waitStart = performance.now();
+    const settled = await Promise.allSettled(experts.map((e) => this.fetcher.acquire(layer, e, level)));
+    const waitEnd = performance.now();
+    const handles = new Map<number, ExpertHandle>();
+    settled.forEach((r, i) => r.status === 'fulfilled' && handles.set(experts[i], r.value));
+    try {
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      this.splitWait(waitStart, waitEnd, [...handles.values()]);
+      for (const [e, h] of handles) this.onExpertUsed?.(layer, e, h);
+      return combineExperts(this.d, hidden, ids, weights, T, (e) => handles.get(e)!.weights);
+    } finally {
+      for (const h of handles.values()) h.release();
+    }
+  }
+
+  /** Splits a wait into the part spent until the last transfer landed and the decompression after it. */
+  private splitWait(start: number, end: number, handles: ExpertHandle[]): void {
+    const waited = end - start;
+    // Everything was on the device already: the await was bookkeeping, not waiting.
+    if (waited <= 0 || handles.every((h) => h.decodedAt <= start)) return;
+    let lastTransfer = start;
+    for (const h of handles) if (h.transferDoneAt > lastTransfer) lastTransfer = Math.min(h.transferDoneAt, end);
+    this.transferWait += lastTransfer - start;
+    this.decompressWait += end - lastTransfer;
+  }
+
+  /** Prefetch hit rate: the share of demanded experts that prefetch had predicted. */
+  prefetchHitRate(): number {
+    return this.prefetchStats.demanded ? this.prefetchStats.predicted / this.prefetchStats.demanded : 0;
+  }
+
+  dispose(): void {
+    this.fetcher.close();
+  }
+}

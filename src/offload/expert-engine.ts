@@ -1,0 +1,107 @@
+/**
+ * ExpertEngine: how the model computes a layer's routed experts. The model hands over hidden
+ * states and the router's choice; an engine returns the weighted sum of the chosen experts'
+ * outputs. The model's plain engine keeps every expert resident as TensorFlow.js tensors; the
+ * offload engine (engine.ts here) fetches them through the store, the link and the device cache;
+ * native engines implement the same interface, so the model never knows which it talks to.
+ * The interface lives in offload (the lower layer) so offload never imports the model.
+ *
+ * Shapes: T tokens, d = hidden size, k = experts per token, ff = an expert's hidden width.
+ */
+import * as tf from '@tensorflow/tfjs';
+
+export interface ExpertEngine {
+  /**
+   * out[t] = Σ_j weights[t·k + j] · expert(ids[t·k + j])(hidden[t]) for layer `layer`.
+   * hidden is [T, d] row-major, ids and weights [T, k]; returns [T, d].
+   */
+  compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array>;
+  /**
+   * A hint that layer `layer` will soon need experts `ids` (the next layer's router applied to the
+   * current hidden state): an engine that fetches may start now. Never throws, never waits.
+   */
+  prefetch?(layer: number, ids: Int32Array): void;
+  /** The model starts a forward pass (a step of T tokens)… */
+  beginForward?(T: number): void;
+  /** …and has finished it. */
+  endForward?(T: number): void;
+  /** Releases whatever the engine holds. */
+  dispose(): void;
+}
+
+/** One SwiGLU expert's matrices as stored in checkpoints: [ff, d], [ff, d], [d, ff] ([out, in]). */
+export interface ExpertMatrices {
+  gate: Float32Array;
+  up: Float32Array;
+  down: Float32Array;
+}
+
+/** A SwiGLU expert as tensors transposed for x · W (wasm's fast matMul has no transpose flags). */
+export interface SwigluTensors {
+  gateT: tf.Tensor2D; // [d, ff]
+  upT: tf.Tensor2D; // [d, ff]
+  downT: tf.Tensor2D; // [ff, d]
+}
+
+/** Makes the transposed tensors of one expert from its checkpoint-layout matrices. */
+export function swigluTensors(m: ExpertMatrices, d: number, ff: number): SwigluTensors {
+  return tf.tidy(() => ({
+    gateT: tf.tensor2d(m.gate, [ff, d]).transpose() as tf.Tensor2D,
+    upT: tf.tensor2d(m.up, [ff, d]).transpose() as tf.Tensor2D,
+    downT: tf.tensor2d(m.down, [d, ff]).transpose() as tf.Tensor2D,
+  }));
+}
+
+export function disposeSwiglu(w: SwigluTensors): void {
+  tf.dispose([w.gateT, w.upT, w.downT]);
+}
+
+/** silu(x · gate) * (x · up) · down, for x [n, d] → [n, d]. */
+export function swiglu(x: tf.Tensor2D, w: SwigluTensors): tf.Tensor2D {
+  return tf.tidy(() => {
+    const g = tf.matMul(x, w.gateT);
+    const u = tf.matMul(x, w.upT);
+    return tf.matMul(tf.mul(tf.mul(g, tf.sigmoid(g)), u), w.downT) as tf.Tensor2D;
+  });
+}
+
+/**
+ * Runs each chosen expert once on all the tokens routed to it and sums the weighted outputs:
+ * the part every tfjs-computing engine shares. `weightsOf(e)` gives expert e's tensors.
+ */
+export function combineExperts(
+  d: number,
+  hidden: Float32Array,
+  ids: Int32Array,
+  weights: Float32Array,
+  T: number,
+  weightsOf: (expert: number) => SwigluTensors,
+): Float32Array {
+  const k = ids.length / T;
+  const out = new Float32Array(T * d);
+  // Rows each expert serves, so an expert runs once per call on all its tokens.
+  const rows = new Map<number, number[]>();
+  for (let i = 0; i < ids.length; i++) {
+    const list = rows.get(ids[i]) ?? [];
+    list.push(i);
+    rows.set(ids[i], list);
+  }
+  for (const [e, slots] of rows) {
+    const xs = new Float32Array(slots.length * d);
+    slots.forEach((s, r) => xs.set(hidden.subarray(Math.floor(s / k) * d, Math.floor(s / k) * d + d), r * d));
+    const y = tf.tidy(() => swiglu(tf.tensor2d(xs, [slots.length, d]), weightsOf(e)));
+    const ys = y.dataSync() as Float32Array;
+    y.dispose();
+    slots.forEach((s, r) => {
+      const t = Math.floor(s / k);
+      const w = weights[s];
+      for (let i = 0; i < d; i++) out[t * d + i] += w * ys[r * d + i];
+    });
+  }
+  return out;
+}
+
+/** The distinct experts in `ids`, in first-seen order. */
+export function distinctExperts(ids: Int32Array): number[] {
+  return [...new Set(ids)];
+}

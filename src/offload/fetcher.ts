@@ -1,0 +1,260 @@
+/**
+ * The device cache and the fetch path that fills it: bring expert (layer, e) to a level.
+ *
+ *   tier A hit at that level or tighter ───────────────────────────────────────────► handle
+ *   miss: tier B (compressed rungs on the device) ─ missing rungs ─link─► device
+ *         ─ decompress (worker threads) ─► tier A insert ──────────────────────────► handle
+ *
+ * Tier A holds decoded experts (tfjs tensors: the memory the engine computes from), tier B the
+ * compressed rungs that crossed the link, so a tier-A eviction or a tightened plan costs only a
+ * decompression and the missing residual rungs, not the whole expert again. Each tier has its
+ * own byte budget, never exceeded, and an eviction policy (LRU default, LFU). Concurrent requests
+ * for one expert share one load. An entry in use by a computation is pinned; when nothing can be
+ * evicted the request is served by a transient copy that is freed on release (counted).
+ */
+import { decompressRungsAsync } from '../codec/index.js';
+import { decodeTensor } from '../codec/halfs-array.js';
+import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
+import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
+import type { Link } from './link.js';
+import { MATRICES, type MatrixName } from './source.js';
+import type { ExpertStore } from './store.js';
+import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
+import { Tier } from './tier.js';
+
+export interface DeviceBudget {
+  /** Decoded experts (f32 values the engine computes from). */
+  tierABytes: number;
+  /** Compressed rungs kept on the device. */
+  tierBBytes: number;
+}
+
+/** An expert's compressed parts on the device: codec rungs 0..held (and/or its exact bytes). */
+interface DeviceParts {
+  held: number;
+  parts: Record<MatrixName, { head?: Uint8Array; rungs: Uint8Array[]; exact?: Uint8Array }>;
+  bytes: number;
+}
+
+interface Decoded {
+  level: number;
+  weights: SwigluTensors;
+  /** Users holding a handle; a transient entry is freed when the last lets go. */
+  users: number;
+  transient: boolean;
+  /** When its transfer and its decompression finished (performance.now() ms; 0 = none needed). */
+  transferDoneAt: number;
+  decodedAt: number;
+}
+
+/** An expert ready to compute with. Call release() when done (it may be evicted afterwards). */
+export interface ExpertHandle {
+  readonly weights: SwigluTensors;
+  readonly level: number;
+  readonly transferDoneAt: number;
+  readonly decodedAt: number;
+  release(): void;
+}
+
+export interface FetchStats {
+  aHits: number;
+  aMisses: number;
+  bHits: number;
+  bMisses: number;
+  transfers: number;
+  bytesMoved: number;
+  decompressions: number;
+  /** Requests served by a copy that did not fit in tier A. */
+  transient: number;
+}
+
+export interface FetcherOptions {
+  store: ExpertStore;
+  link: Link;
+  budget: DeviceBudget;
+  policy?: EvictionPolicyName;
+  telemetry?: TelemetrySink;
+}
+
+export class ExpertFetcher {
+  readonly store: ExpertStore;
+  readonly link: Link;
+  readonly tierA: Tier<number, Decoded>;
+  readonly tierB: Tier<number, DeviceParts>;
+  readonly stats: FetchStats = { aHits: 0, aMisses: 0, bHits: 0, bMisses: 0, transfers: 0, bytesMoved: 0, decompressions: 0, transient: 0 };
+  /** Bytes of one decoded expert (f32), the same for every expert of a checkpoint. */
+  readonly decodedBytes: number;
+  private readonly inflight = new Map<number, Promise<unknown>>();
+  private readonly telemetry: TelemetrySink;
+  private readonly d: number;
+  private readonly ff: number;
+  private closed = false;
+
+  constructor(opts: FetcherOptions) {
+    this.store = opts.store;
+    this.link = opts.link;
+    this.telemetry = opts.telemetry ?? NO_TELEMETRY;
+    const policy = opts.policy ?? 'lru';
+    this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v));
+    this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy));
+    const gate = this.store.expert(0, 0).gate;
+    [this.ff, this.d] = gate.shape;
+    this.decodedBytes = this.store.expertValues(0, 0) * 4;
+  }
+
+  /** Brings expert (layer, expert) to `level` or tighter and pins it until the handle's release. */
+  async acquire(layer: number, expert: number, level: number, prefetch = false): Promise<ExpertHandle> {
+    if (this.closed) throw new Error('the expert fetcher is closed');
+    const key = layer * this.store.numExperts + expert;
+    let loaded = false;
+    for (;;) {
+      const pending = this.inflight.get(key);
+      if (pending) {
+        await pending.catch(() => {});
+        continue;
+      }
+      const a = this.tierA.get(key);
+      if (a && a.level >= level) {
+        if (!loaded) this.count(layer, 'A', 'hit', prefetch);
+        this.tierA.pin(key);
+        return this.handle(key, a);
+      }
+      this.count(layer, 'A', 'miss', prefetch);
+      loaded = true;
+      const p = this.load(key, layer, expert, level, prefetch);
+      this.inflight.set(key, p);
+      try {
+        return await p;
+      } finally {
+        this.inflight.delete(key);
+      }
+    }
+  }
+
+  /** Frees every decoded expert; later acquires throw. */
+  close(): void {
+    this.closed = true;
+    for (const k of this.tierA.keys()) {
+      const d = this.tierA.remove(k)!;
+      if (d.users === 0) disposeSwiglu(d.weights);
+      else d.transient = true; // freed by the last release
+    }
+    for (const k of this.tierB.keys()) this.tierB.remove(k);
+  }
+
+  private async load(key: number, layer: number, expert: number, level: number, prefetch: boolean): Promise<ExpertHandle> {
+    const exact = level === this.store.exact;
+    const b = this.tierB.get(key);
+    const held = b?.held ?? -1;
+    const have = exact ? Boolean(b?.parts.gate.exact) : held >= level;
+    this.count(layer, 'B', have ? 'hit' : 'miss', prefetch);
+    let parts = b ?? { held: -1, parts: { gate: { rungs: [] }, up: { rungs: [] }, down: { rungs: [] } }, bytes: 0 };
+    let transferDoneAt = 0;
+    if (!have) {
+      const from = exact ? -1 : held;
+      const toMove = this.store.partsToMove(layer, expert, from, level);
+      const moved = await this.link.move(MATRICES.flatMap((m) => toMove[m]));
+      transferDoneAt = performance.now();
+      this.stats.transfers++;
+      this.stats.bytesMoved += moved.bytes;
+      this.telemetry.emit({
+        kind: 'transfer', at: transferDoneAt / 1000, layer, expert, rung: level, fromRung: exact ? level : held + 1,
+        bytes: moved.bytes, seconds: moved.seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
+      });
+      parts = mergeParts(parts, toMove, moved.device, exact, level);
+      this.tierB.remove(key);
+      if (this.tierB.reserve(parts.bytes)) this.tierB.set(key, parts, parts.bytes);
+    }
+    const t = performance.now();
+    const values = await this.decode(parts, layer, expert, level);
+    const decodedAt = performance.now();
+    this.stats.decompressions++;
+    this.telemetry.emit({
+      kind: 'decompress', at: decodedAt / 1000, layer, expert, rung: level,
+      bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
+      values: this.decodedBytes / 4, seconds: (decodedAt - t) / 1000,
+    });
+    const decoded: Decoded = { level, weights: swigluTensors(values, this.d, this.ff), users: 0, transient: false, transferDoneAt, decodedAt };
+    const old = this.tierA.peek(key);
+    if ((old && this.tierA.pinned(key)) || !this.makeRoomA(key, old)) {
+      decoded.transient = true;
+      this.stats.transient++;
+      return this.handle(key, decoded);
+    }
+    if (old) this.dropDecoded(this.tierA.remove(key)!);
+    this.tierA.set(key, decoded, this.decodedBytes);
+    this.tierA.pin(key);
+    return this.handle(key, decoded);
+  }
+
+  /** Room in tier A for `key`'s new entry (an old entry of the same key will be replaced). */
+  private makeRoomA(key: number, old: Decoded | undefined): boolean {
+    return this.tierA.reserve(old ? 0 : this.decodedBytes, key);
+  }
+
+  private async decode(p: DeviceParts, layer: number, expert: number, level: number): Promise<ExpertMatrices> {
+    const stored = this.store.expert(layer, expert);
+    const one = async (m: MatrixName): Promise<Float32Array> => {
+      const x = p.parts[m];
+      if (level === this.store.exact) return decodeTensor(x.exact!, stored[m].dtype);
+      // The device copies came from the store, which verified every rung when it was built or
+      // loaded: the hot path skips the checksums.
+      return (await decompressRungsAsync(x.head!, x.rungs.slice(0, level + 1), { verify: false })) as Float32Array;
+    };
+    const [gate, up, down] = await Promise.all(MATRICES.map(one));
+    return { gate, up, down };
+  }
+
+  private handle(key: number, d: Decoded): ExpertHandle {
+    d.users++;
+    let released = false;
+    return {
+      weights: d.weights,
+      level: d.level,
+      transferDoneAt: d.transferDoneAt,
+      decodedAt: d.decodedAt,
+      release: () => {
+        if (released) return;
+        released = true;
+        d.users--;
+        if (this.tierA.peek(key) === d) this.tierA.unpin(key);
+        if (d.transient && d.users === 0) disposeSwiglu(d.weights);
+      },
+    };
+  }
+
+  private dropDecoded(d: Decoded): void {
+    if (d.users === 0) disposeSwiglu(d.weights);
+    else d.transient = true;
+  }
+
+  private count(layer: number, tier: 'A' | 'B', result: 'hit' | 'miss', prefetch: boolean): void {
+    if (tier === 'A') result === 'hit' ? this.stats.aHits++ : this.stats.aMisses++;
+    else result === 'hit' ? this.stats.bHits++ : this.stats.bMisses++;
+    this.telemetry.emit({ kind: 'cache', at: performance.now() / 1000, layer, tier, result, prefetch });
+  }
+}
+
+/** The parts held after a move: what was held plus what arrived (in partsToMove's order). */
+function mergeParts(old: DeviceParts, moved: Record<MatrixName, Buffer[]>, device: Uint8Array[], exact: boolean, level: number): DeviceParts {
+  let i = 0;
+  const parts = {} as DeviceParts['parts'];
+  let bytes = 0;
+  for (const m of MATRICES) {
+    const o = old.parts[m];
+    const x = { head: o.head, rungs: [...o.rungs], exact: o.exact };
+    for (let j = 0; j < moved[m].length; j++) {
+      const buf = device[i++];
+      if (exact) x.exact = buf;
+      else if (!x.head) x.head = buf;
+      else x.rungs.push(buf);
+    }
+    bytes += (x.head?.byteLength ?? 0) + x.rungs.reduce((a, r) => a + r.byteLength, 0) + (x.exact?.byteLength ?? 0);
+    parts[m] = x;
+  }
+  return { held: exact ? old.held : Math.max(old.held, level), parts, bytes };
+}
+
+function partsBytes(p: DeviceParts, level: number): number {
+  return MATRICES.reduce((s, m) => s + (p.parts[m].head?.byteLength ?? 0) + p.parts[m].rungs.slice(0, level + 1).reduce((a, r) => a + r.byteLength, 0), 0);
+}

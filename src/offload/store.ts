@@ -1,0 +1,166 @@
+/**
+ * The expert store: every routed expert of a checkpoint held in host memory as precision-ladder
+ * rungs (and, when the ladder has an exact level, its original bytes). It answers the two
+ * questions the data plane asks — what bytes must cross the link to bring an expert from the
+ * rungs the device holds to a level, and how many bytes each level costs per layer (the planner's
+ * input) — and never decompresses anything itself.
+ *
+ * Built by `buildStore` from an ExpertSource on worker threads (the codec's async calls), with
+ * progress; `openStore` (store-file.ts) loads or rebuilds the disk cache around it.
+ */
+import { compressLadderAsync, inspect, splitRungs, type DType } from '../codec/index.js';
+import type { TensorDtype } from '../codec/halfs-array.js';
+import { exactLevel, levelCount, type Ladder } from './plan.js';
+import { MATRICES, type ExpertSource, type MatrixName, type RawTensor } from './source.js';
+
+/** One matrix of one expert, as the store keeps it. */
+export interface StoredMatrix {
+  dtype: TensorDtype;
+  shape: number[];
+  /** The codec stream's head (header and rung table) and its rungs, loosest first. */
+  head: Buffer;
+  rungs: Buffer[];
+  /** Absolute bound after rungs 0..k (per tensor: a σ-relative ladder differs per matrix). */
+  bounds: number[];
+  /** The original bytes, when the ladder has an exact level. */
+  exact?: Buffer;
+}
+
+export type StoredExpert = Record<MatrixName, StoredMatrix>;
+
+export interface BuildProgress {
+  done: number;
+  total: number;
+  layer: number;
+  expert: number;
+}
+
+export class ExpertStore {
+  /** Levels the ladder offers (rungs, then the exact level when present). */
+  readonly levels: number;
+  readonly exact: number;
+
+  constructor(
+    readonly ladder: Ladder,
+    readonly numLayers: number,
+    readonly numExperts: number,
+    readonly checkpointHash: string,
+    private readonly experts: StoredExpert[][],
+  ) {
+    this.levels = levelCount(ladder);
+    this.exact = exactLevel(ladder);
+  }
+
+  expert(layer: number, expert: number): StoredExpert {
+    const e = this.experts[layer]?.[expert];
+    if (!e) throw new RangeError(`no expert ${expert} in layer ${layer} (${this.numLayers} layers × ${this.numExperts} experts)`);
+    return e;
+  }
+
+  /**
+   * The buffers that bring expert (layer, expert) to `level` when the device already holds
+   * codec rungs 0..held (held = −1: nothing; the head comes with rung 0). For the exact level,
+   * the original bytes, whatever is held. Per matrix, in MATRICES order.
+   */
+  partsToMove(layer: number, expert: number, held: number, level: number): Record<MatrixName, Buffer[]> {
+    this.checkLevel(level);
+    const e = this.expert(layer, expert);
+    const out = {} as Record<MatrixName, Buffer[]>;
+    for (const m of MATRICES) {
+      const s = e[m];
+      out[m] = level === this.exact ? [s.exact!] : [...(held < 0 ? [s.head] : []), ...s.rungs.slice(held + 1, level + 1)];
+    }
+    return out;
+  }
+
+  /** Bytes that bring one expert from nothing to `level` (what a miss at that level moves). */
+  levelBytes(layer: number, expert: number, level: number): number {
+    const parts = this.partsToMove(layer, expert, -1, level);
+    return MATRICES.reduce((sum, m) => sum + parts[m].reduce((a, b) => a + b.byteLength, 0), 0);
+  }
+
+  /** Mean bytes per expert of each level in `layer`, index = level (the planner's rung sizes). */
+  layerLevelBytes(layer: number): number[] {
+    return Array.from({ length: this.levels }, (_, level) => {
+      let sum = 0;
+      for (let e = 0; e < this.numExperts; e++) sum += this.levelBytes(layer, e, level);
+      return sum / this.numExperts;
+    });
+  }
+
+  /** Bytes of one expert's original weights (what uncompressed offload moves per miss). */
+  originalBytes(layer: number, expert: number): number {
+    const e = this.expert(layer, expert);
+    return MATRICES.reduce((sum, m) => sum + e[m].shape.reduce((a, b) => a * b, 1) * (e[m].dtype === 'F32' ? 4 : 2), 0);
+  }
+
+  /** Values in one expert (all three matrices). */
+  expertValues(layer: number, expert: number): number {
+    const e = this.expert(layer, expert);
+    return MATRICES.reduce((sum, m) => sum + e[m].shape.reduce((a, b) => a * b, 1), 0);
+  }
+
+  /** Every stored byte (host memory the store holds). */
+  totalBytes(): number {
+    let sum = 0;
+    for (const layer of this.experts) {
+      for (const e of layer) {
+        for (const m of MATRICES) sum += e[m].head.byteLength + e[m].rungs.reduce((a, b) => a + b.byteLength, 0) + (e[m].exact?.byteLength ?? 0);
+      }
+    }
+    return sum;
+  }
+
+  /** All experts, for serialisation. */
+  entries(): StoredExpert[][] {
+    return this.experts;
+  }
+
+  private checkLevel(level: number): void {
+    if (!Number.isInteger(level) || level < 0 || level >= this.levels) throw new RangeError(`level ${level} is not one of 0..${this.levels - 1}`);
+  }
+}
+
+const CODEC_DTYPE: Record<TensorDtype, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+/** The codec's view of a raw tensor: a typed array of its values (a view, no copy when aligned). */
+function codecValues(t: RawTensor): Float32Array | Uint16Array {
+  const b = t.bytes.byteOffset % 4 === 0 ? t.bytes : t.bytes.slice();
+  return t.dtype === 'F32' ? new Float32Array(b.buffer, b.byteOffset, b.byteLength >> 2) : new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1);
+}
+
+/** Compresses one matrix into the ladder and checks what it made (inspect verifies every rung). */
+export async function storeMatrix(t: RawTensor, ladder: Ladder): Promise<StoredMatrix> {
+  const stream = await compressLadderAsync(codecValues(t), { dtype: CODEC_DTYPE[t.dtype], bounds: ladder.bounds, boundMode: ladder.boundMode });
+  const { head, rungs } = splitRungs(stream);
+  const info = inspect(head, { rungs });
+  // Copies: the rungs are views of one stream; each gets its own buffer so a rung can be moved,
+  // cached and freed alone.
+  return {
+    dtype: t.dtype,
+    shape: [...t.shape],
+    head: Buffer.from(head),
+    rungs: rungs.map((r) => Buffer.from(r)),
+    bounds: info.rungs.map((r) => r.bound),
+    exact: ladder.exact ? Buffer.from(t.bytes) : undefined,
+  };
+}
+
+/** Compresses every expert of `source` into a store. */
+export async function buildStore(source: ExpertSource, ladder: Ladder, onProgress?: (p: BuildProgress) => void): Promise<ExpertStore> {
+  const total = source.numLayers * source.numExperts;
+  const experts: StoredExpert[][] = [];
+  let done = 0;
+  for (let l = 0; l < source.numLayers; l++) {
+    const row: StoredExpert[] = [];
+    for (let e = 0; e < source.numExperts; e++) {
+      const raw = source.readExpert(l, e);
+      const stored = {} as StoredExpert;
+      for (const m of MATRICES) stored[m] = await storeMatrix(raw[m], ladder);
+      row.push(stored);
+      onProgress?.({ done: ++done, total, layer: l, expert: e });
+    }
+    experts.push(row);
+  }
+  return new ExpertStore(ladder, source.numLayers, source.numExperts, source.hash, experts);
+}
