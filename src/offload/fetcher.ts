@@ -74,6 +74,12 @@ export interface FetcherOptions {
   budget: DeviceBudget;
   policy?: EvictionPolicyName;
   telemetry?: TelemetrySink;
+  /**
+   * Hand out exactly the level asked for. By default a decoded expert held at a tighter level
+   * serves a looser request (it costs nothing and is more accurate), so serving is at least as
+   * precise as the plan; canaries and profiling set this to measure the plan itself.
+   */
+  strictLevels?: boolean;
 }
 
 export class ExpertFetcher {
@@ -89,11 +95,13 @@ export class ExpertFetcher {
   private readonly d: number;
   private readonly ff: number;
   private closed = false;
+  private readonly strict: boolean;
 
   constructor(opts: FetcherOptions) {
     this.store = opts.store;
     this.link = opts.link;
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
+    this.strict = opts.strictLevels ?? false;
     const policy = opts.policy ?? 'lru';
     this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v));
     this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy));
@@ -114,7 +122,7 @@ export class ExpertFetcher {
         continue;
       }
       const a = this.tierA.get(key);
-      if (a && a.level >= level) {
+      if (a && (this.strict ? a.level === level : a.level >= level)) {
         if (!loaded) this.count(layer, 'A', 'hit', prefetch);
         this.tierA.pin(key);
         return this.handle(key, a);
@@ -146,7 +154,7 @@ export class ExpertFetcher {
     const exact = level === this.store.exact;
     const b = this.tierB.get(key);
     const held = b?.held ?? -1;
-    const have = exact ? Boolean(b?.parts.gate.exact) : held >= level;
+    const have = exact ? Boolean(b?.parts.gate.exact) : held >= level; // rungs 0..level decode from any longer run
     this.count(layer, 'B', have ? 'hit' : 'miss', prefetch);
     let parts = b ?? { held: -1, parts: { gate: { rungs: [] }, up: { rungs: [] }, down: { rungs: [] } }, bytes: 0 };
     let transferDoneAt = 0;

@@ -115,7 +115,12 @@ export function writeStoreFile(file: string, store: ExpertStore): void {
 
 /** Reads and checks a cache file made for (checkpointHash, ladder); throws StoreCacheError. */
 export function readStoreFile(file: string, checkpointHash: string, ladder: Ladder): ExpertStore {
-  const buf = fs.readFileSync(file);
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    throw new StoreCacheError('DAMAGED', `${file}: cannot be read (${(e as Error).message})`);
+  }
   const damaged = (why: string) => new StoreCacheError('DAMAGED', `${file}: ${why}`);
   if (buf.byteLength < FIXED || !buf.subarray(0, 8).equals(MAGIC)) throw damaged('not an ebserve expert store (bad magic)');
   if (buf.readUInt32LE(8) !== VERSION) throw new StoreCacheError('STALE', `${file}: format version ${buf.readUInt32LE(8)}, this build reads ${VERSION}`);

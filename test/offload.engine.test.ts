@@ -1,0 +1,225 @@
+// The offload engine on the embedded model: served through the store, the link and the device
+// cache at the exact level it gives the all-resident model's tokens; at looser levels every
+// expert weight the model was handed is within that level's bound of the original; the budget
+// holds; one expert asked for by many at once crosses the link once; a tightened plan moves only
+// the missing residual rungs; a tier-A miss that hits tier B costs no transfer; every forward step
+// reports its time split.
+import assert from 'node:assert/strict';
+
+import * as tf from '@tensorflow/tfjs';
+
+import { decodeTensor } from '../src/codec/halfs-array.js';
+import { generate } from '../src/model/generate.js';
+import { checkpointExperts, EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
+import { OffloadExpertEngine } from '../src/offload/engine.js';
+import { CopyLink } from '../src/offload/link.js';
+import { DEFAULT_LADDER, uniformPlan } from '../src/offload/plan.js';
+import { MATRICES, type ExpertSource } from '../src/offload/source.js';
+import { buildStore, type ExpertStore } from '../src/offload/store.js';
+import { TelemetryBus, type OffloadSample } from '../src/offload/telemetry.js';
+
+const PROMPT = 'Call me Ishmael. Some years ago';
+
+describe('offload engine (embedded model)', function () {
+  let resident: LoadedModel;
+  let source: ExpertSource;
+  let store: ExpertStore;
+  let decodedBytes: number;
+  const originals = new Map<string, Float32Array>();
+  before(async function () {
+    resident = await loadModel(EMBEDDED_MODEL_DIR);
+    source = checkpointExperts(resident.checkpoint);
+    store = await buildStore(source, DEFAULT_LADDER);
+    decodedBytes = store.expertValues(0, 0) * 4;
+  });
+  after(function () {
+    resident?.dispose();
+  });
+
+  /** The embedded model with an offload engine over `store`; samples land in `samples`. */
+  async function offloaded(opts: { tierA: number; tierB: number; prefetch?: boolean }) {
+    const bus = new TelemetryBus();
+    const samples: OffloadSample[] = [];
+    bus.on((s) => samples.push(s));
+    let engine!: OffloadExpertEngine;
+    const m = await loadModel(EMBEDDED_MODEL_DIR, {
+      engine: () =>
+        (engine = new OffloadExpertEngine({
+          store, link: new CopyLink(), budget: { tierABytes: opts.tierA * decodedBytes, tierBBytes: opts.tierB }, telemetry: bus, prefetch: opts.prefetch,
+        })),
+    });
+    return { m, engine, samples };
+  }
+
+  function original(layer: number, expert: number, which: (typeof MATRICES)[number]): Float32Array {
+    const key = `${layer}/${expert}/${which}`;
+    if (!originals.has(key)) {
+      const t = source.readExpert(layer, expert)[which];
+      originals.set(key, decodeTensor(t.bytes, t.dtype));
+    }
+    return originals.get(key)!;
+  }
+
+  it('gives the all-resident model\'s greedy tokens at the exact level, through a cache of 2× the active experts', async function () {
+    const want = await generate(resident.model, resident.tokenizer, PROMPT, { maxTokens: 32 });
+    const { m, engine } = await offloaded({ tierA: 2 * 2 * 8, tierB: 0 });
+    try {
+      engine.setPlan(uniformPlan(8, store.exact, 1));
+      const got = await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 32 });
+      assert.equal(got.text, want.text);
+      assert.ok(engine.fetcher.stats.transfers > 0, 'experts crossed the link');
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('hands the model only weights within the planned level\'s bound of the originals', async function () {
+    let checked = 0;
+    const levels = [0, 2, 1, 4, 3, 0, 2, 1]; // a mixed plan: every layer its own level
+    const bus = new TelemetryBus();
+    let engine!: OffloadExpertEngine;
+    const m = await loadModel(EMBEDDED_MODEL_DIR, {
+      engine: () =>
+        (engine = new OffloadExpertEngine({
+          store, link: new CopyLink(), budget: { tierABytes: 16 * decodedBytes, tierBBytes: 4e6 }, telemetry: bus,
+          plan: { version: 1, levels },
+          onExpertUsed: (layer, expert, h) => {
+            assert.ok(h.level >= levels[layer], `layer ${layer}: handed level ${h.level}, planned ${levels[layer]}`);
+            const stored = store.expert(layer, expert);
+            const tensors = { gate: h.weights.gateT, up: h.weights.upT, down: h.weights.downT };
+            for (const which of MATRICES) {
+              // The engine keeps W transposed for x · W: transpose back to the checkpoint layout.
+              const got = tf.tidy(() => tensors[which].transpose().dataSync() as Float32Array);
+              const x = original(layer, expert, which);
+              const eb = h.level === store.exact ? 0 : stored[which].bounds[h.level];
+              let worst = 0;
+              for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(got[i] - x[i]));
+              assert.ok(worst <= eb, `layer ${layer} expert ${expert} ${which}: error ${worst} > bound ${eb}`);
+            }
+            checked++;
+          },
+        })),
+    });
+    try {
+      await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 8 });
+      assert.ok(checked >= 8 * 2 * 8, `${checked} expert uses checked`);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('never holds more than its budget in either tier, with prefetch racing the layers', async function () {
+    const { m, engine, samples } = await offloaded({ tierA: 3, tierB: 5 * 60_000 });
+    try {
+      engine.setPlan(uniformPlan(8, 2, 1));
+      let worstA = 0;
+      let worstB = 0;
+      const watch = () => {
+        worstA = Math.max(worstA, engine.fetcher.tierA.used);
+        worstB = Math.max(worstB, engine.fetcher.tierB.used);
+      };
+      samples.length = 0;
+      const timer = setInterval(watch, 0);
+      try {
+        await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 12, onText: watch });
+      } finally {
+        clearInterval(timer);
+      }
+      for (const s of samples) if (s.kind === 'decompress') watch();
+      assert.ok(worstA <= engine.fetcher.tierA.budgetBytes, `tier A peaked at ${worstA}`);
+      assert.ok(worstB <= engine.fetcher.tierB.budgetBytes, `tier B peaked at ${worstB}`);
+      assert.ok(engine.fetcher.tierA.evictions > 0, 'a 3-expert tier A must evict');
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('moves one expert once when many ask for it at the same time', async function () {
+    const { m, engine, samples } = await offloaded({ tierA: 4, tierB: 0 });
+    try {
+      const handles = await Promise.all(Array.from({ length: 6 }, () => engine.fetcher.acquire(3, 5, 2)));
+      assert.equal(samples.filter((s) => s.kind === 'transfer').length, 1);
+      assert.equal(engine.fetcher.stats.transfers, 1);
+      assert.ok(handles.every((h) => h.weights === handles[0].weights), 'all share the one decoded copy');
+      handles.forEach((h) => h.release());
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('tightens a cached expert by moving only the missing residual rungs', async function () {
+    const { m, engine, samples } = await offloaded({ tierA: 4, tierB: 1e6 });
+    try {
+      (await engine.fetcher.acquire(2, 1, 1)).release();
+      (await engine.fetcher.acquire(2, 1, 3)).release();
+      const moves = samples.filter((s) => s.kind === 'transfer');
+      assert.equal(moves.length, 2);
+      assert.equal(moves[0].bytes, store.levelBytes(2, 1, 1));
+      assert.equal(moves[1].fromRung, 2);
+      assert.equal(moves[1].bytes, store.levelBytes(2, 1, 3) - store.levelBytes(2, 1, 1));
+      // Looser than what is held: a tier-A hit, nothing moves.
+      (await engine.fetcher.acquire(2, 1, 0)).release();
+      assert.equal(samples.filter((s) => s.kind === 'transfer').length, 2);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('hands out exactly the planned level with strictLevels, from the rungs tier B holds', async function () {
+    const engine = new OffloadExpertEngine({ store, link: new CopyLink(), budget: { tierABytes: 4 * decodedBytes, tierBBytes: 1e6 }, strictLevels: true });
+    try {
+      const tight = await engine.fetcher.acquire(1, 2, 3);
+      assert.equal(tight.level, 3);
+      tight.release();
+      const loose = await engine.fetcher.acquire(1, 2, 1);
+      assert.equal(loose.level, 1, 'not the tighter copy it holds');
+      loose.release();
+      assert.equal(engine.fetcher.stats.transfers, 1, 'rungs 0..1 came from tier B');
+    } finally {
+      engine.dispose();
+    }
+  });
+
+  it('serves a tier-A miss from tier B with a decompression and no transfer', async function () {
+    const { m, engine, samples } = await offloaded({ tierA: 1, tierB: 1e6 });
+    try {
+      (await engine.fetcher.acquire(0, 0, 2)).release();
+      (await engine.fetcher.acquire(0, 1, 2)).release(); // evicts (0, 0) from tier A
+      samples.length = 0;
+      (await engine.fetcher.acquire(0, 0, 2)).release();
+      const kinds = samples.map((s) => (s.kind === 'cache' ? `${s.tier}:${s.result}` : s.kind));
+      assert.deepEqual(kinds, ['A:miss', 'B:hit', 'decompress']);
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it('reports every forward step with its time split, and prefetch only when asked', async function () {
+    for (const prefetch of [true, false]) {
+      const { m, engine, samples } = await offloaded({ tierA: 32, tierB: 0, prefetch });
+      try {
+        const g = await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 6 });
+        const steps = samples.filter((s) => s.kind === 'token');
+        assert.equal(steps.length, g.completionTokens, 'a prefill and one step per further token');
+        for (const s of steps) {
+          assert.ok(s.computeSeconds >= 0 && s.transferWaitSeconds >= 0 && s.decompressWaitSeconds >= 0);
+          assert.ok(Math.abs(s.computeSeconds + s.transferWaitSeconds + s.decompressWaitSeconds - s.seconds) < 1e-6);
+        }
+        assert.equal(engine.prefetchStats.issued > 0, prefetch);
+        if (prefetch) assert.ok(samples.some((s) => s.kind === 'transfer' && s.prefetch), 'prefetch moved experts');
+      } finally {
+        m.dispose();
+      }
+    }
+  });
+
+  it('refuses a plan that does not fit the ladder or the depth', async function () {
+    const { m, engine } = await offloaded({ tierA: 4, tierB: 0 });
+    try {
+      assert.throws(() => engine.setPlan({ version: 2, levels: [0, 1] }), /names 2 layers; the model has 8/);
+      assert.throws(() => engine.setPlan(uniformPlan(8, store.levels)), /layer 0 level 6 is not one of 0..5/);
+    } finally {
+      m.dispose();
+    }
+  });
+});
