@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec bench-model fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model bench-offload fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -66,6 +66,11 @@ bench-codec: build
 # and its canary quality as this runtime computes it (bench/results/model.json).
 bench-model: build
 	npx tsx bench/model/run.ts
+
+# Expert offload on the embedded model: bf16 / int8 / int4 baselines against ebserve's ladder
+# plans, three cache sizes, emulated links scaled by regime (bench/offload/README.md).
+bench-offload: build
+	npx tsx bench/offload/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with
 # AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams (test/fuzz/fuzz_decode.cc).

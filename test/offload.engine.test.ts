@@ -12,6 +12,7 @@ import { decodeTensor } from '../src/codec/halfs-array.js';
 import { generate } from '../src/model/generate.js';
 import { checkpointExperts, EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
 import { OffloadExpertEngine } from '../src/offload/engine.js';
+import { deviceBudget } from '../src/offload/fetcher.js';
 import { CopyLink } from '../src/offload/link.js';
 import { DEFAULT_LADDER, uniformPlan } from '../src/offload/plan.js';
 import { MATRICES, type ExpertSource } from '../src/offload/source.js';
@@ -221,5 +222,25 @@ describe('offload engine (embedded model)', function () {
     } finally {
       m.dispose();
     }
+  });
+});
+
+describe('device budget from a profile', function () {
+  const store = { numLayers: 8, expertValues: () => 1000 };
+
+  it('counts decoded experts per layer into tier A bytes', function () {
+    assert.deepEqual(deviceBudget({ expertsPerLayer: 2 }, store), { tierABytes: 2 * 8 * 4000, tierBBytes: 0 });
+    assert.deepEqual(deviceBudget({ expertsPerLayer: 3, tierBBytes: 5000 }, store), { tierABytes: 3 * 8 * 4000, tierBBytes: 5000 });
+  });
+
+  it('splits a byte budget between the tiers, a quarter to tier B by default', function () {
+    assert.deepEqual(deviceBudget({ deviceMemoryBudgetBytes: 1000 }, store), { tierABytes: 750, tierBBytes: 250 });
+    assert.deepEqual(deviceBudget({ deviceMemoryBudgetBytes: 1000, tierBFraction: 0 }, store), { tierABytes: 1000, tierBBytes: 0 });
+  });
+
+  it('refuses a budget it cannot read, naming what is wrong', function () {
+    assert.throws(() => deviceBudget({}, store), /device memory budget bytes > 0 or experts per layer/);
+    assert.throws(() => deviceBudget({ expertsPerLayer: 0 }, store), /whole number ≥ 1, got 0/);
+    assert.throws(() => deviceBudget({ deviceMemoryBudgetBytes: 1000, tierBFraction: 1 }, store), /tier B fraction must be in \[0, 1\), got 1/);
   });
 });

@@ -13,7 +13,6 @@
  * evicted the request is served by a transient copy that is freed on release (counted).
  */
 import { decompressRungsAsync } from '../codec/index.js';
-import { decodeTensor } from '../codec/halfs-array.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
 import type { Link } from './link.js';
@@ -27,6 +26,27 @@ export interface DeviceBudget {
   tierABytes: number;
   /** Compressed rungs kept on the device. */
   tierBBytes: number;
+}
+
+/**
+ * A device budget from what a profile says: a byte budget split between the tiers
+ * (`tierBFraction` of it for compressed rungs, default 0.25), or a count of decoded experts per
+ * layer (tier A = count × layers × one decoded expert) plus `tierBBytes` (default 0).
+ */
+export function deviceBudget(
+  spec: { deviceMemoryBudgetBytes?: number; expertsPerLayer?: number; tierBFraction?: number; tierBBytes?: number },
+  store: { numLayers: number; expertValues(layer: number, expert: number): number },
+): DeviceBudget {
+  const decoded = store.expertValues(0, 0) * 4;
+  if (spec.expertsPerLayer !== undefined) {
+    if (!(Number.isInteger(spec.expertsPerLayer) && spec.expertsPerLayer >= 1)) throw new RangeError(`experts per layer must be a whole number ≥ 1, got ${spec.expertsPerLayer}`);
+    return { tierABytes: spec.expertsPerLayer * store.numLayers * decoded, tierBBytes: spec.tierBBytes ?? 0 };
+  }
+  const total = spec.deviceMemoryBudgetBytes;
+  if (total === undefined || !(total > 0) || !Number.isFinite(total)) throw new RangeError(`a device budget needs device memory budget bytes > 0 or experts per layer, got ${total}`);
+  const f = spec.tierBFraction ?? 0.25;
+  if (!(f >= 0 && f < 1)) throw new RangeError(`tier B fraction must be in [0, 1), got ${f}`);
+  return { tierABytes: Math.floor(total * (1 - f)), tierBBytes: Math.floor(total * f) };
 }
 
 /** An expert's compressed parts on the device: codec rungs 0..held (and/or its exact bytes). */
@@ -204,7 +224,7 @@ export class ExpertFetcher {
     const stored = this.store.expert(layer, expert);
     const one = async (m: MatrixName): Promise<Float32Array> => {
       const x = p.parts[m];
-      if (level === this.store.exact) return decodeTensor(x.exact!, stored[m].dtype);
+      if (level === this.store.exact) return this.store.decodeExact(stored[m], x.exact!);
       // The device copies came from the store, which verified every rung when it was built or
       // loaded: the hot path skips the checksums.
       return (await decompressRungsAsync(x.head!, x.rungs.slice(0, level + 1), { verify: false })) as Float32Array;

@@ -19,7 +19,7 @@ export * from './plan.js';
 export * from './telemetry.js';
 export { OffloadExpertEngine } from './engine.js';
 export { CopyLink, EmulatedLink, type Link } from './link.js';
-export type { DeviceBudget } from './fetcher.js';
+export { deviceBudget, type DeviceBudget } from './fetcher.js';
 export type { ExpertSource, RawTensor } from './source.js';
 export { ExpertStore } from './store.js';
 export { openStore } from './store-file.js';

@@ -9,7 +9,7 @@
  * progress; `openStore` (store-file.ts) loads or rebuilds the disk cache around it.
  */
 import { compressLadderAsync, inspect, splitRungs, type DType } from '../codec/index.js';
-import type { TensorDtype } from '../codec/halfs-array.js';
+import { decodeTensor, type TensorDtype } from '../codec/halfs-array.js';
 import { exactLevel, levelCount, type Ladder } from './plan.js';
 import { MATRICES, type ExpertSource, type MatrixName, type RawTensor } from './source.js';
 
@@ -109,6 +109,15 @@ export class ExpertStore {
       }
     }
     return sum;
+  }
+
+  /**
+   * Values of a matrix's exact-level bytes. The exact level holds the original bytes; a store
+   * that keeps some other direct encoding there (the benchmark's int8 / int4 baselines) says how
+   * to decode it here.
+   */
+  decodeExact(m: StoredMatrix, bytes: Uint8Array): Float32Array {
+    return decodeTensor(bytes, m.dtype);
   }
 
   /** All experts, for serialisation. */

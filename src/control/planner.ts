@@ -1,0 +1,119 @@
+/**
+ * The planner: a pure function from what the controller knows to one ladder level per layer.
+ *
+ * It predicts a decode step's time as the compute time plus, per layer, the experts it fetches
+ * per token times (fixed overhead + that level's bytes / bandwidth) — a serial link, no credit
+ * for prefetch overlap, so the prediction errs slow — and starts every layer at its ceiling (the
+ * tightest level the policy allows). While the prediction is over the target (the SLA times a
+ * headroom), it loosens one layer by one level: the move that costs the least accuracy per
+ * second it saves (sensitivity from the profile, or the policy's prior). Layers never go below
+ * their floor (the loosest allowed; a quarantined level raises it).
+ *
+ * Why greedy is safe here: the seconds a move saves are (bytes saved) × fetches / bandwidth, so
+ * the ranking of moves does not depend on the bandwidth, and a plan is always a prefix of one
+ * fixed sequence of moves. Lower bandwidth or a tighter SLA only takes more of the sequence:
+ * lower bandwidth never gives a tighter plan, and a looser SLA never a looser one.
+ *
+ * @example
+ * planLevels({ levelBytes, fetchesPerToken, bandwidth: 8e6, overhead: 0, computeSeconds: 0.01,
+ *              slaSeconds: 0.05, sensitivity, floor: [0, 0], ceiling: [5, 5] }).levels
+ */
+
+export interface PlannerInput {
+  /** [layer][level]: bytes one expert costs to fetch at that level (levels loosest first). */
+  levelBytes: number[][];
+  /** [layer]: experts fetched over the link per decode token (lookups × miss rate). */
+  fetchesPerToken: number[];
+  /** Bytes per second, and seconds of fixed cost per move. */
+  bandwidth: number;
+  overhead: number;
+  /** A decode step's time with every expert already on the device. */
+  computeSeconds: number;
+  /** p95 inter-token latency target. */
+  slaSeconds: number;
+  /** Aim at this share of the SLA (default 0.9: the p95 sits above the mean). */
+  headroom?: number;
+  /** [layer][level]: accuracy cost of running that layer at that level (0 = none). */
+  sensitivity: number[][];
+  /** [layer]: the loosest and tightest levels allowed. */
+  floor: number[];
+  ceiling: number[];
+}
+
+export interface PlanMove {
+  layer: number;
+  from: number;
+  to: number;
+  secondsSaved: number;
+  accuracyCost: number;
+}
+
+export interface PlannerOutput {
+  levels: number[];
+  predictedSeconds: number;
+  targetSeconds: number;
+  /** Whether the prediction meets the target (false: every layer is at its floor and it still does not). */
+  meetsTarget: boolean;
+  moves: PlanMove[];
+}
+
+/** Predicted decode-step seconds of `levels`. */
+export function predictSeconds(x: PlannerInput, levels: number[]): number {
+  let t = x.computeSeconds;
+  levels.forEach((lv, l) => {
+    t += x.fetchesPerToken[l] * (x.overhead + x.levelBytes[l][lv] / x.bandwidth);
+  });
+  return t;
+}
+
+export function checkPlannerInput(x: PlannerInput): void {
+  const L = x.levelBytes.length;
+  const same = (name: string, a: unknown[]) => {
+    if (a.length !== L) throw new RangeError(`planner: ${name} has ${a.length} layers, levelBytes ${L}`);
+  };
+  same('fetchesPerToken', x.fetchesPerToken);
+  same('sensitivity', x.sensitivity);
+  same('floor', x.floor);
+  same('ceiling', x.ceiling);
+  if (!(x.bandwidth > 0)) throw new RangeError(`planner: bandwidth must be > 0, got ${x.bandwidth}`);
+  if (!(x.slaSeconds > 0)) throw new RangeError(`planner: the SLA must be > 0 seconds, got ${x.slaSeconds}`);
+  for (let l = 0; l < L; l++) {
+    const n = x.levelBytes[l].length;
+    if (x.sensitivity[l].length !== n) throw new RangeError(`planner: layer ${l} has ${n} levels of bytes but ${x.sensitivity[l].length} of sensitivity`);
+    if (!(Number.isInteger(x.floor[l]) && Number.isInteger(x.ceiling[l]) && x.floor[l] >= 0 && x.floor[l] <= x.ceiling[l] && x.ceiling[l] < n)) {
+      throw new RangeError(`planner: layer ${l} floor ${x.floor[l]} and ceiling ${x.ceiling[l]} must satisfy 0 ≤ floor ≤ ceiling < ${n}`);
+    }
+  }
+}
+
+export function planLevels(x: PlannerInput): PlannerOutput {
+  checkPlannerInput(x);
+  const target = x.slaSeconds * (x.headroom ?? 0.9);
+  const levels = [...x.ceiling];
+  const moves: PlanMove[] = [];
+  let t = predictSeconds(x, levels);
+  while (t > target) {
+    let best: PlanMove | undefined;
+    let bestRatio = Infinity;
+    for (let l = 0; l < levels.length; l++) {
+      const from = levels[l];
+      if (from <= x.floor[l]) continue;
+      const to = from - 1;
+      const bytesSaved = x.fetchesPerToken[l] * (x.levelBytes[l][from] - x.levelBytes[l][to]);
+      if (!(bytesSaved > 0)) continue;
+      const cost = Math.max(0, x.sensitivity[l][to] - x.sensitivity[l][from]);
+      // Ranked per byte, not per second: the same number whatever the bandwidth (see above).
+      const ratio = cost / bytesSaved;
+      const saved = bytesSaved / x.bandwidth;
+      if (ratio < bestRatio) {
+        bestRatio = ratio;
+        best = { layer: l, from, to, secondsSaved: saved, accuracyCost: cost };
+      }
+    }
+    if (!best) break;
+    levels[best.layer] = best.to;
+    moves.push(best);
+    t = predictSeconds(x, levels);
+  }
+  return { levels, predictedSeconds: t, targetSeconds: target, meetsTarget: t <= target, moves };
+}

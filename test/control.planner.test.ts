@@ -1,0 +1,126 @@
+// The planner, a pure function: with ample bandwidth every layer sits at its ceiling; it loosens
+// the layer whose move costs the least accuracy per second saved; floors and ceilings always hold;
+// lower bandwidth never gives a tighter plan and a looser SLA never a looser one (property tests
+// over seeded random inputs).
+import assert from 'node:assert/strict';
+
+import { planLevels, predictSeconds, type PlannerInput } from '../src/control/planner.js';
+import { rng } from './codec/data.js';
+
+/** A random but well-formed input: bytes grow with the level, sensitivity falls to 0 at the top. */
+function randomInput(seed: number): PlannerInput {
+  const r = rng(seed);
+  const L = 2 + Math.floor(r() * 10);
+  const N = 2 + Math.floor(r() * 5);
+  const levelBytes: number[][] = [];
+  const sensitivity: number[][] = [];
+  const floor: number[] = [];
+  const ceiling: number[] = [];
+  for (let l = 0; l < L; l++) {
+    let b = 1e4 + r() * 5e4;
+    levelBytes.push(Array.from({ length: N }, () => (b += 5e3 + r() * 4e4)));
+    const w = r() * 2;
+    sensitivity.push(Array.from({ length: N }, (_, k) => (k === N - 1 ? 0 : w * 2 ** (N - 1 - k) * (0.5 + r()))).map((v, k, a) => Math.max(v, ...a.slice(k + 1))));
+    const lo = Math.floor(r() * N);
+    floor.push(Math.min(lo, N - 1));
+    ceiling.push(lo + Math.floor(r() * (N - lo)));
+  }
+  return {
+    levelBytes, sensitivity, floor, ceiling,
+    fetchesPerToken: Array.from({ length: L }, () => (r() < 0.1 ? 0 : r() * 2)),
+    bandwidth: 1e6 + r() * 1e8,
+    overhead: r() < 0.5 ? 0 : r() * 1e-4,
+    computeSeconds: 0.005 + r() * 0.02,
+    slaSeconds: 0.01 + r() * 0.2,
+  };
+}
+
+const tighterOrEqual = (a: number[], b: number[]) => a.every((lv, l) => lv >= b[l]);
+
+describe('planner', function () {
+  const two: PlannerInput = {
+    levelBytes: [[100, 200, 400], [100, 200, 400]],
+    fetchesPerToken: [1, 1],
+    bandwidth: 1e4, // 400 bytes: 40 ms
+    overhead: 0,
+    computeSeconds: 0.01,
+    slaSeconds: 1,
+    headroom: 1,
+    sensitivity: [[0.5, 0.1, 0], [0.05, 0.01, 0]], // layer 1 is ten times more tolerant
+    floor: [0, 0],
+    ceiling: [2, 2],
+  };
+
+  it('keeps every layer at its ceiling when the link is fast enough', function () {
+    const p = planLevels(two);
+    assert.deepEqual(p.levels, [2, 2]);
+    assert.deepEqual(p.moves, []);
+    assert.ok(p.meetsTarget);
+  });
+
+  it('loosens the tolerant layer first, one level at a time, until the prediction meets the target', function () {
+    const p = planLevels({ ...two, slaSeconds: 0.075 }); // 10 ms + 40 + 40 = 90 ms at the ceiling
+    assert.deepEqual(p.moves.map((m) => [m.layer, m.from, m.to]), [[1, 2, 1]]);
+    assert.deepEqual(p.levels, [2, 1]);
+    assert.equal(p.predictedSeconds, predictSeconds({ ...two }, [2, 1]));
+    const q = planLevels({ ...two, slaSeconds: 0.045 });
+    assert.deepEqual(q.levels, [1, 0], 'layer 1 to its floor before layer 0 pays');
+  });
+
+  it('says when even the floors miss the target, and stays at the floors', function () {
+    const p = planLevels({ ...two, slaSeconds: 0.001 });
+    assert.deepEqual(p.levels, [0, 0]);
+    assert.equal(p.meetsTarget, false);
+  });
+
+  it('never touches a layer that fetches nothing', function () {
+    const p = planLevels({ ...two, fetchesPerToken: [1, 0], slaSeconds: 0.02 });
+    assert.equal(p.levels[1], 2);
+  });
+
+  it('refuses inputs that do not fit together, naming what', function () {
+    assert.throws(() => planLevels({ ...two, floor: [0] }), /floor has 1 layers, levelBytes 2/);
+    assert.throws(() => planLevels({ ...two, floor: [2, 0], ceiling: [1, 2] }), /layer 0 floor 2 and ceiling 1/);
+    assert.throws(() => planLevels({ ...two, bandwidth: 0 }), /bandwidth must be > 0/);
+  });
+
+  describe('properties (300 seeded random inputs each)', function () {
+    it('respects every floor and ceiling', function () {
+      for (let seed = 1; seed <= 300; seed++) {
+        const x = randomInput(seed);
+        const p = planLevels(x);
+        p.levels.forEach((lv, l) => assert.ok(lv >= x.floor[l] && lv <= x.ceiling[l], `seed ${seed} layer ${l}: ${lv} outside [${x.floor[l]}, ${x.ceiling[l]}]`));
+        assert.equal(p.meetsTarget, p.predictedSeconds <= p.targetSeconds);
+      }
+    });
+
+    it('with ample bandwidth gives the tightest allowed plan', function () {
+      for (let seed = 1; seed <= 300; seed++) {
+        const x = randomInput(seed);
+        assert.deepEqual(planLevels({ ...x, bandwidth: 1e18, computeSeconds: 0 }).levels, x.ceiling, `seed ${seed}`);
+      }
+    });
+
+    it('never gives a tighter plan for lower bandwidth', function () {
+      for (let seed = 1; seed <= 300; seed++) {
+        const x = randomInput(seed);
+        const hi = planLevels(x).levels;
+        for (const f of [0.9, 0.5, 0.25, 0.1]) {
+          const lo = planLevels({ ...x, bandwidth: x.bandwidth * f }).levels;
+          assert.ok(tighterOrEqual(hi, lo), `seed ${seed} ×${f}: [${lo}] is tighter somewhere than [${hi}]`);
+        }
+      }
+    });
+
+    it('never gives a looser plan for a looser SLA', function () {
+      for (let seed = 1; seed <= 300; seed++) {
+        const x = randomInput(seed);
+        const tight = planLevels(x).levels;
+        for (const f of [1.1, 1.5, 2, 4]) {
+          const loose = planLevels({ ...x, slaSeconds: x.slaSeconds * f }).levels;
+          assert.ok(tighterOrEqual(loose, tight), `seed ${seed} ×${f}: [${loose}] is looser somewhere than [${tight}]`);
+        }
+      }
+    });
+  });
+});
