@@ -1,8 +1,10 @@
 // What bin/ebserve runs: picks the command, runs it, and turns every failure into a message on
 // stderr and an exit code (2 for usage, 1 for anything else) — never a stack trace for bad input.
 import { CodecError } from '../codec/index.js';
+import { ConfigError } from '../control/config-file.js';
 import { CheckpointError } from '../model/checkpoint.js';
 import { UsageError } from './args.js';
+import { checkConfigCommand, usage as checkConfigUsage } from './check-config.js';
 import { compressCommand, usage as compressUsage } from './compress.js';
 import { decompressCommand, usage as decompressUsage } from './decompress.js';
 import { generateCommand, usage as generateUsage } from './generate.js';
@@ -10,6 +12,7 @@ import { inspectCommand, usage as inspectUsage } from './inspect.js';
 import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
 
 const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage: string; what: string }> = {
+  'check-config': { run: checkConfigCommand, usage: checkConfigUsage, what: 'validate a policy and a profile without serving' },
   compress: { run: compressCommand, usage: compressUsage, what: 'compress a raw tensor file within an error bound' },
   decompress: { run: decompressCommand, usage: decompressUsage, what: 'decode a stream back to raw values' },
   generate: { run: generateCommand, usage: generateUsage, what: 'continue a prompt with a model (default: the embedded one)' },
@@ -40,7 +43,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`ebserve ${e.message}\n${command.usage}\n`);
       return 2;
     }
-    const what = e instanceof CodecError || e instanceof CheckpointError ? `${e.message} [${e.code}]` : e instanceof Error ? e.message : String(e);
+    const what = e instanceof CodecError || e instanceof CheckpointError ? `${e.message} [${e.code}]` : e instanceof ConfigError ? `\n${e.message}` : e instanceof Error ? e.message : String(e);
     process.stderr.write(`ebserve ${name}: ${what}\n`);
     return 1;
   }

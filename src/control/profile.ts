@@ -1,0 +1,75 @@
+/**
+ * Profiles (profiles/*.yaml): where a model runs and what it tolerates. The link (a bandwidth
+ * prior until the link is measured, or an emulated link — a set bandwidth and latency, reported
+ * as EMULATED everywhere), the device memory budget, the SLA targets, the accuracy floor, the
+ * model folder (relative to the profile file), and the per-layer sensitivity `ebserve profile`
+ * measured.
+ *
+ * @example
+ * const prof = loadProfile('profiles/cpu.yaml');  prof.sla.p95_inter_token_seconds
+ */
+import path from 'node:path';
+
+import { z } from 'zod';
+
+import { ConfigError, readConfigFile } from './config-file.js';
+
+const positive = z.number({ error: 'expected a number' }).positive({ error: 'expected a number > 0' });
+const share = z.number({ error: 'expected a number in [0, 1]' }).min(0, { error: 'expected a number in [0, 1]' }).max(1, { error: 'expected a number in [0, 1]' });
+
+export const profileSchema = z.strictObject({
+  name: z.string().min(1),
+  description: z.string().optional(),
+  model: z.string().min(1).optional(),
+  link: z.strictObject({
+    prior_bytes_per_second: positive,
+    emulated: z.strictObject({ bytes_per_second: positive, latency_seconds: z.number().nonnegative({ error: 'expected seconds ≥ 0' }).default(0) }).optional(),
+  }),
+  device: z.strictObject({
+    experts_per_layer: z.number().int({ error: 'expected a whole number' }).positive({ error: 'expected a whole number ≥ 1' }).optional(),
+    memory_budget_bytes: positive.optional(),
+    tier_b_fraction: z.number().min(0).lt(1, { error: 'expected a number in [0, 1)' }).optional(),
+    tier_b_bytes: z.number().nonnegative().optional(),
+  }),
+  sla: z.strictObject({
+    p95_inter_token_seconds: positive,
+    time_to_first_token_seconds: positive.optional(),
+  }),
+  accuracy_floor: share.optional(),
+  sensitivity: z.strictObject({
+    error_model: z.enum(['codec', 'gaussian'], { error: 'expected codec or gaussian' }),
+    metric: z.literal('1 - top1_agreement', { error: 'expected "1 - top1_agreement"' }),
+    bound_mode: z.enum(['abs', 'rel', 'sigma']),
+    bounds: z.array(positive).min(1),
+    exact: z.boolean(),
+    /** [layer][level]: measured accuracy cost of that layer alone at that level. */
+    layers: z.array(z.array(z.number().min(0).max(1))).min(1),
+  }).optional(),
+});
+
+export type ProfileFile = z.output<typeof profileSchema>;
+export interface Profile extends ProfileFile {
+  file: string;
+  /** The model folder, resolved against the profile's own folder (undefined: the embedded model). */
+  modelDir?: string;
+}
+
+export function loadProfile(file: string): Profile {
+  const p = readConfigFile(file, profileSchema);
+  const problems: { field: string; message: string }[] = [];
+  const d = p.device;
+  if ((d.experts_per_layer === undefined) === (d.memory_budget_bytes === undefined)) {
+    problems.push({ field: 'device', message: 'expected exactly one of experts_per_layer and memory_budget_bytes' });
+  }
+  if (d.tier_b_fraction !== undefined && d.memory_budget_bytes === undefined) problems.push({ field: 'device.tier_b_fraction', message: 'expected only with memory_budget_bytes (use tier_b_bytes with experts_per_layer)' });
+  if (d.tier_b_bytes !== undefined && d.experts_per_layer === undefined) problems.push({ field: 'device.tier_b_bytes', message: 'expected only with experts_per_layer (use tier_b_fraction with memory_budget_bytes)' });
+  const s = p.sensitivity;
+  if (s) {
+    const levels = s.bounds.length + (s.exact ? 1 : 0);
+    s.layers.forEach((row, l) => {
+      if (row.length !== levels) problems.push({ field: `sensitivity.layers.${l}`, message: `expected ${levels} levels (the bounds${s.exact ? ' and exact' : ''}), got ${row.length}` });
+    });
+  }
+  if (problems.length) throw new ConfigError(file, problems);
+  return { ...p, file, modelDir: p.model === undefined ? undefined : path.resolve(path.dirname(file), p.model) };
+}

@@ -1,0 +1,133 @@
+// Policies and profiles: the shipped files load and resolve; every kind of bad file gives a
+// ConfigError naming the file, the field and what was expected; `ebserve check-config` says the
+// same on stderr with exit code 1, and describes a good pair.
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+
+import YAML from 'yaml';
+
+import { ConfigError } from '../src/control/config-file.js';
+import { loadPolicy, resolvePolicy } from '../src/control/policy.js';
+import { loadProfile } from '../src/control/profile.js';
+
+const POLICY = YAML.parse(fs.readFileSync('policies/u-shape.yaml', 'utf8'));
+const PROFILE = YAML.parse(fs.readFileSync('profiles/cpu.yaml', 'utf8'));
+
+describe('policies and profiles', function () {
+  let dir: string;
+  before(function () {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebserve-config-'));
+  });
+  after(function () {
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const write = (name: string, value: unknown) => {
+    const f = path.join(dir, name);
+    fs.writeFileSync(f, typeof value === 'string' ? value : YAML.stringify(value));
+    return f;
+  };
+  /** Asserts that loading fails with a ConfigError naming the file and `field` with `expected`. */
+  const fails = (load: (f: string) => unknown, f: string, field: string, expected: RegExp) => {
+    assert.throws(() => load(f), (e: unknown) => {
+      assert.ok(e instanceof ConfigError, String(e));
+      assert.equal(e.file, f);
+      const p = e.problems.find((x) => x.field === field);
+      assert.ok(p, `no problem named ${field}: ${e.message}`);
+      assert.match(p.message, expected);
+      assert.ok(e.message.includes(`${f}: ${field}`), e.message);
+      return true;
+    });
+  };
+  const policyWith = (change: (p: any) => void) => {
+    const p = structuredClone(POLICY);
+    change(p);
+    return p;
+  };
+
+  it('loads the shipped policies and resolves u-shape to tight middle layers, loose ends', function () {
+    for (const f of fs.readdirSync('policies')) loadPolicy(path.join('policies', f));
+    const r = resolvePolicy(loadPolicy('policies/u-shape.yaml'), 8);
+    assert.deepEqual(r.group, ['shallow', 'shallow', 'middle', 'middle', 'middle', 'middle', 'deep', 'deep']);
+    assert.deepEqual(r.floor, [0, 0, 2, 2, 2, 2, 0, 0]);
+    assert.deepEqual(r.ceiling, new Array(8).fill(5));
+    assert.ok(r.prior[3][0] > r.prior[0][0], 'loosening the middle costs more');
+    r.prior.forEach((row) => assert.equal(row[5], 0, 'the exact level costs nothing'));
+  });
+
+  it('loads the shipped profiles, resolving the model folder against the profile\'s own', function () {
+    for (const f of fs.readdirSync('profiles')) loadProfile(path.join('profiles', f));
+    const f = write('p.yaml', { ...PROFILE, model: '../m' });
+    assert.equal(loadProfile(f).modelDir, path.resolve(dir, '..', 'm'));
+  });
+
+  it('names a wrong type', function () {
+    fails(loadPolicy, write('a.yaml', policyWith((p) => (p.control.dwell_ms = 'soon'))), 'control.dwell_ms', /expected milliseconds/);
+    fails(loadProfile, write('b.yaml', { ...PROFILE, sla: { p95_inter_token_seconds: -1 } }), 'sla.p95_inter_token_seconds', /expected a number > 0/);
+  });
+
+  it('names an unknown field (a typo)', function () {
+    fails(loadPolicy, write('c.yaml', policyWith((p) => (p.control.dwel_ms = 5))), 'control', /unknown field dwel_ms/);
+    fails(loadProfile, write('d.yaml', { ...PROFILE, slaa: {} }), '', /unknown field slaa/);
+  });
+
+  it('names a floor above its ceiling, and a floor that is not one of the ladder\'s bounds', function () {
+    fails(loadPolicy, write('e.yaml', policyWith((p) => Object.assign(p.groups[1], { floor: 0.0625, ceiling: 0.25 }))), 'groups.1.floor', /no tighter than the ceiling/);
+    fails(loadPolicy, write('f.yaml', policyWith((p) => (p.groups[0].floor = 0.3))), 'groups.0.floor', /one of the ladder's bounds \(0.5, 0.25, 0.125, 0.0625, 0.03125\) or "exact", got 0.3/);
+  });
+
+  it('names an empty ladder and one that is not powers of two apart, loosest first', function () {
+    fails(loadPolicy, write('g.yaml', policyWith((p) => (p.ladder.bounds = []))), 'ladder.bounds', /at least one bound/);
+    fails(loadPolicy, write('h.yaml', policyWith((p) => (p.ladder.bounds = [0.1, 0.3]))), 'ladder.bounds', /loosest first, each a power of two/);
+    fails(loadPolicy, write('i.yaml', policyWith((p) => (p.ladder.bounds = [0.5, 0.2]))), 'ladder.bounds', /power of two/);
+  });
+
+  it('names groups that leave depth uncovered', function () {
+    fails(loadPolicy, write('j.yaml', policyWith((p) => (p.groups[1].from = 0.3))), 'groups.1.from', /expected 0.25/);
+    fails(loadPolicy, write('k.yaml', policyWith((p) => (p.groups[2].to = 0.9))), 'groups.2.to', /end at 1/);
+  });
+
+  it('names a device budget given both ways or not at all, and sensitivity rows of the wrong length', function () {
+    fails(loadProfile, write('l.yaml', { ...PROFILE, device: { experts_per_layer: 2, memory_budget_bytes: 1e6 } }), 'device', /exactly one of experts_per_layer and memory_budget_bytes/);
+    const sensitivity = { error_model: 'codec', metric: '1 - top1_agreement', bound_mode: 'sigma', bounds: [0.5, 0.25], exact: true, layers: [[0.1, 0.05, 0], [0.1, 0]] };
+    fails(loadProfile, write('m.yaml', { ...PROFILE, sensitivity }), 'sensitivity.layers.1', /expected 3 levels/);
+  });
+
+  it('names a YAML syntax error with its line, and a missing file', function () {
+    fails(loadPolicy, write('n.yaml', 'name: x\nladder: [1, 2\n'), '', /not valid YAML.*line/);
+    fails(loadPolicy, path.join(dir, 'nothing.yaml'), '', /no such file/);
+  });
+
+  describe('ebserve check-config', function () {
+    const run = promisify(execFile);
+    const ebserve = async (...args: string[]) => {
+      try {
+        const r = await run(path.resolve('bin/ebserve'), args);
+        return { code: 0, ...r };
+      } catch (e) {
+        return e as { code: number; stdout: string; stderr: string };
+      }
+    };
+
+    it('accepts the default policy and profile', async function () {
+      const r = await ebserve('check-config');
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, /u-shape\.yaml: ok/);
+      assert.match(r.stdout, /cpu\.yaml: ok/);
+    });
+
+    it('prints every problem with file and field, and exits 1', async function () {
+      const f = write('bad.yaml', policyWith((p) => {
+        p.groups[0].floor = 0.3;
+        p.control.headroom = 2;
+      }));
+      const r = await ebserve('check-config', '--policy', f);
+      assert.equal(r.code, 1);
+      assert.ok(r.stderr.includes(`${f}: control.headroom: expected a number in (0, 1]`), r.stderr);
+      assert.doesNotMatch(r.stderr, /\n\s+at /);
+    });
+  });
+});
