@@ -1,0 +1,241 @@
+/**
+ * The controller: RxJS wiring from telemetry to PrecisionPlans. Telemetry samples and canary
+ * results come in on Subjects; the estimators fold them (scan) into a BehaviorSubject of state;
+ * a timer decides at most every decide_every_ms on the freshest state (decide.ts, a pure
+ * function); decisions go to a bounded log and, unless in dry run, the new plan to plan$ and the
+ * data plane's sink. A failing canary rolls the plan back to the last one that passed and
+ * quarantines the (layer, level) pairs that had loosened since, for quarantine_ms.
+ *
+ * Time is asyncScheduler.now(), so RxJS's TestScheduler drives it all in virtual time.
+ *
+ * @example
+ * const c = new Controller({ ...parts, sink: (plan) => engine.setPlan(plan) });
+ * bus.on((s) => c.samples.next(s));   // offload telemetry in
+ * c.plan$.subscribe(...);  c.stop();
+ */
+import { asyncScheduler, BehaviorSubject, interval, map, scan, Subject, Subscription, withLatestFrom, type SchedulerLike } from 'rxjs';
+
+import type { PrecisionPlan } from '../offload/plan.js';
+import type { OffloadSample } from '../offload/telemetry.js';
+import { decide, type ControlState, type Decision, type Hysteresis, type LayerChange } from './decide.js';
+import { bandwidthInit, bandwidthStep, type BandwidthOptions } from './estimators/bandwidth.js';
+import { latencyInit, latencyStep } from './estimators/latency.js';
+import { missInit, missStep } from './estimators/miss-rate.js';
+
+/** A canary run's scores of the plan `planVersion` (from the canary runner). */
+export interface CanaryResult {
+  kind: 'canary';
+  at: number;
+  planVersion: number;
+  top1Agreement: number;
+  kl?: number;
+  exactMatch?: number;
+}
+
+export interface CanaryFloor {
+  top1_agreement: number;
+  exact_match?: number;
+}
+
+export interface ControllerOptions {
+  /** [layer][level] bytes per expert (ExpertStore.layerLevelBytes). */
+  levelBytes: number[][];
+  lookupsPerToken: number;
+  /** [layer][level] accuracy cost (the profile's measured sensitivity or the policy's prior). */
+  sensitivity: number[][];
+  floor: number[];
+  ceiling: number[];
+  hysteresis: Hysteresis;
+  decideEveryMs: number;
+  canaryFloor: CanaryFloor;
+  quarantineMs: number;
+  slaSeconds: number;
+  bandwidth: BandwidthOptions;
+  /** The plan serving starts with (and the first "last good" one). Default: every layer at its ceiling. */
+  initialPlan?: PrecisionPlan;
+  /** Where new plans go (the offload engine's setPlan). */
+  sink?: (plan: PrecisionPlan) => void;
+  dryRun?: boolean;
+  logSize?: number;
+  scheduler?: SchedulerLike;
+}
+
+export class Controller {
+  readonly samples = new Subject<OffloadSample>();
+  readonly canaries = new Subject<CanaryResult>();
+  readonly state$: BehaviorSubject<ControlState>;
+  readonly plan$: BehaviorSubject<PrecisionPlan>;
+  readonly decisions$ = new Subject<Decision>();
+  /** Counters for metrics. */
+  readonly counts = { decisions: 0, rollbacks: 0, droppedSamples: 0 };
+  private readonly o: ControllerOptions;
+  private readonly subs = new Subscription();
+  private readonly logBuf: Decision[] = [];
+  private readonly plans = new Map<number, PrecisionPlan>();
+  private lastChange: number[];
+  private tighterSince: number | null = null;
+  private lastGood: PrecisionPlan;
+  private quarantine: ({ level: number; until: number } | undefined)[];
+  private frozen = false;
+  private dry: boolean;
+  private sla: number;
+  private readonly scheduler: SchedulerLike;
+
+  constructor(opts: ControllerOptions) {
+    this.o = opts;
+    this.scheduler = opts.scheduler ?? asyncScheduler;
+    const L = opts.levelBytes.length;
+    this.dry = opts.dryRun ?? false;
+    this.sla = opts.slaSeconds;
+    const first = opts.initialPlan ?? { version: 1, levels: [...opts.ceiling] };
+    this.plan$ = new BehaviorSubject(first);
+    this.plans.set(first.version, first);
+    this.lastGood = first;
+    this.lastChange = new Array<number>(L).fill(-Infinity);
+    this.quarantine = new Array(L).fill(undefined);
+    this.state$ = new BehaviorSubject<ControlState>({
+      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(), misses: missInit(L), lastSampleAt: -Infinity, samples: 0,
+    });
+
+    this.subs.add(
+      this.samples
+        .pipe(
+          map((s) => [s, this.scheduler.now()] as const),
+          scan((st, [s, now]) => reduce(st, s, now), this.state$.value),
+        )
+        .subscribe(this.state$),
+    );
+    this.subs.add(
+      interval(opts.decideEveryMs, this.scheduler)
+        .pipe(withLatestFrom(this.state$))
+        .subscribe(([, state]) => this.tick(state)),
+    );
+    this.subs.add(this.canaries.subscribe((r) => this.onCanary(r)));
+  }
+
+  /** The current plan. */
+  get plan(): PrecisionPlan {
+    return this.plan$.value;
+  }
+
+  /** The last decisions, oldest first (bounded). */
+  log(): Decision[] {
+    return [...this.logBuf];
+  }
+
+  get slaSeconds(): number {
+    return this.sla;
+  }
+
+  setSla(seconds: number): void {
+    if (!(seconds > 0) || !Number.isFinite(seconds)) throw new RangeError(`the SLA must be a positive number of seconds, got ${seconds}`);
+    this.sla = seconds;
+  }
+
+  freeze(): void {
+    this.frozen = true;
+  }
+
+  unfreeze(): void {
+    this.frozen = false;
+  }
+
+  get isFrozen(): boolean {
+    return this.frozen;
+  }
+
+  setDryRun(on: boolean): void {
+    this.dry = on;
+  }
+
+  get isDryRun(): boolean {
+    return this.dry;
+  }
+
+  /** The (layer → level) pairs quarantined now, with when they are released (ms). */
+  quarantined(): { layer: number; level: number; until: number }[] {
+    const now = this.scheduler.now();
+    return this.quarantine.flatMap((q, layer) => (q && q.until > now ? [{ layer, ...q }] : []));
+  }
+
+  /** Ends every subscription and completes the subjects. */
+  stop(): void {
+    this.subs.unsubscribe();
+    this.samples.complete();
+    this.canaries.complete();
+    this.decisions$.complete();
+    this.plan$.complete();
+    this.state$.complete();
+  }
+
+  private floors(now: number): number[] {
+    return this.o.floor.map((f, l) => {
+      const q = this.quarantine[l];
+      return q && q.until > now ? Math.min(this.o.ceiling[l], Math.max(f, q.level + 1)) : f;
+    });
+  }
+
+  private tick(state: ControlState): void {
+    const now = this.scheduler.now();
+    const { decision, tighterSince } = decide({
+      now, state, levels: this.plan.levels, lastChange: this.lastChange, tighterSince: this.tighterSince, slaSeconds: this.sla,
+      hysteresis: this.o.hysteresis, levelBytes: this.o.levelBytes, lookupsPerToken: this.o.lookupsPerToken,
+      sensitivity: this.o.sensitivity, floor: this.floors(now), ceiling: this.o.ceiling, frozen: this.frozen,
+    });
+    this.tighterSince = tighterSince;
+    this.record({ ...decision, dryRun: this.dry && decision.action !== 'hold' });
+    if (decision.action !== 'hold' && !this.dry) this.apply(decision.levels, decision.changes, now);
+  }
+
+  private apply(levels: number[], changes: LayerChange[], now: number): void {
+    const plan = { version: this.plan.version + 1, levels };
+    for (const c of changes) this.lastChange[c.layer] = now;
+    this.plans.set(plan.version, plan);
+    for (const v of this.plans.keys()) if (v < plan.version - 64) this.plans.delete(v);
+    this.o.sink?.(plan);
+    this.plan$.next(plan);
+  }
+
+  private record(d: Decision): void {
+    this.counts.decisions++;
+    this.logBuf.push(d);
+    if (this.logBuf.length > (this.o.logSize ?? 500)) this.logBuf.shift();
+    this.decisions$.next(d);
+  }
+
+  private onCanary(r: CanaryResult): void {
+    const now = this.scheduler.now();
+    const scored = this.plans.get(r.planVersion);
+    if (!scored) return; // a plan too old to act on
+    const f = this.o.canaryFloor;
+    const pass = r.top1Agreement >= f.top1_agreement && (f.exact_match === undefined || r.exactMatch === undefined || r.exactMatch >= f.exact_match);
+    if (pass) {
+      if (scored.version >= this.lastGood.version) this.lastGood = scored;
+      return;
+    }
+    // Quarantine what loosened between the last good plan and the one that failed.
+    const loosened = scored.levels.map((lv, l) => (lv < this.lastGood.levels[l] ? l : -1)).filter((l) => l >= 0);
+    for (const l of loosened) this.quarantine[l] = { level: scored.levels[l], until: now + this.o.quarantineMs };
+    const changes = this.plan.levels.map((lv, l) => ({ layer: l, from: lv, to: this.lastGood.levels[l] })).filter((c) => c.from !== c.to);
+    const reason = `canary below the floor (top-1 ${r.top1Agreement.toFixed(4)} < ${f.top1_agreement}${r.exactMatch !== undefined ? `, exact ${r.exactMatch.toFixed(3)}` : ''}) on plan ${r.planVersion}: back to plan ${this.lastGood.version}, quarantining ${loosened.map((l) => `layer ${l} level ${scored.levels[l]}`).join(', ') || 'nothing'}`;
+    this.counts.rollbacks++;
+    this.tighterSince = null;
+    this.record({ at: now, action: 'rollback', reason, changes, levels: [...this.lastGood.levels], dryRun: this.dry });
+    if (!this.dry && changes.length) this.apply([...this.lastGood.levels], changes, now);
+  }
+}
+
+/** Folds one telemetry sample into the estimators (a pure step). */
+export function reduce(st: ControlState, s: OffloadSample, now: number): ControlState {
+  const base = { ...st, lastSampleAt: now, samples: st.samples + 1 };
+  switch (s.kind) {
+    case 'transfer':
+      return { ...base, bandwidth: bandwidthStep(st.bandwidth, s) };
+    case 'token':
+      return s.tokens === 1 ? { ...base, latency: latencyStep(st.latency, s) } : base;
+    case 'cache':
+      return { ...base, misses: missStep(st.misses, s) };
+    default:
+      return base;
+  }
+}

@@ -1,0 +1,161 @@
+// The controller's timing, in virtual time (RxJS TestScheduler): it decides at most once per
+// period on the freshest state; it degrades at once but upgrades only after a stable window; a
+// layer keeps a level for its dwell time; the watchdog freezes the plan when telemetry stops;
+// a dry run decides and reports but changes nothing; freeze holds; a failing canary rolls back
+// and quarantines. The decision rules themselves (decide.ts) are exercised through the same runs.
+import assert from 'node:assert/strict';
+
+import { TestScheduler } from 'rxjs/testing';
+
+import { Controller, type ControllerOptions } from '../src/control/controller.js';
+import type { Decision } from '../src/control/decide.js';
+import type { PrecisionPlan } from '../src/offload/plan.js';
+import type { OffloadSample } from '../src/offload/telemetry.js';
+
+const L = 4;
+const LEVELS = 4; // 0 loosest … 3 tightest
+const base = (over: Partial<ControllerOptions> = {}): ControllerOptions => ({
+  levelBytes: Array.from({ length: L }, () => [10e3, 20e3, 40e3, 80e3]),
+  lookupsPerToken: 2,
+  sensitivity: Array.from({ length: L }, (_, l) => [0.08, 0.04, 0.02, 0].map((s) => s * (l + 1))), // deeper layers costlier
+  floor: new Array(L).fill(0),
+  ceiling: new Array(L).fill(LEVELS - 1),
+  hysteresis: { stable_window_ms: 50, tolerance: 0.1, dwell_ms: 0, max_layers_per_decision: L, stale_after_ms: 1000, headroom: 1 },
+  decideEveryMs: 10,
+  canaryFloor: { top1_agreement: 0.97 },
+  quarantineMs: 100,
+  slaSeconds: 0.05,
+  bandwidth: { priorBytesPerSecond: 8e6, priorBytes: 0, minBytes: 0 },
+  ...over,
+});
+
+const token = (seconds: number): OffloadSample => ({ kind: 'token', at: 0, tokens: 1, seconds, computeSeconds: 0.01, transferWaitSeconds: seconds - 0.01, decompressWaitSeconds: 0 });
+const transfer = (bytesPerSecond: number): OffloadSample => ({ kind: 'transfer', at: 0, layer: 0, expert: 0, rung: 3, fromRung: 0, bytes: 80e3, seconds: 80e3 / bytesPerSecond, link: 'emulated', emulated: true, prefetch: false });
+const miss = (layer: number): OffloadSample => ({ kind: 'cache', at: 0, layer, tier: 'A', result: 'miss', prefetch: false });
+
+interface Run {
+  decisions: (Decision & { t: number })[];
+  plans: (PrecisionPlan & { t: number })[];
+  controller: Controller;
+}
+
+/**
+ * Runs a controller in virtual time: `feed(c, at)` schedules samples at frames (ms); the run stops
+ * at `until`. Returns what it decided and which plans it published, with their times.
+ */
+function simulate(opts: ControllerOptions, feed: (c: Controller, at: (ms: number, f: () => void) => void) => void, until: number): Run {
+  const ts = new TestScheduler((a, b) => assert.deepEqual(a, b));
+  const out: Run = { decisions: [], plans: [], controller: undefined as unknown as Controller };
+  ts.run(({ flush }) => {
+    const c = new Controller(opts);
+    out.controller = c;
+    c.decisions$.subscribe((d) => out.decisions.push({ ...d, t: ts.now() }));
+    c.plan$.subscribe((p) => out.plans.push({ ...p, t: ts.now() }));
+    feed(c, (ms, f) => ts.schedule(f, ms));
+    ts.schedule(() => c.stop(), until);
+    flush();
+  });
+  return out;
+}
+
+/** Telemetry of a slow link: every layer misses, tokens take `seconds`. */
+function slowTokens(c: Controller, at: (ms: number, f: () => void) => void, from: number, to: number, seconds: number, bps: number) {
+  for (let t = from; t < to; t += 2) {
+    at(t, () => {
+      c.samples.next(transfer(bps));
+      for (let l = 0; l < L; l++) c.samples.next(miss(l));
+      c.samples.next(token(seconds));
+    });
+  }
+}
+
+describe('controller (virtual time)', function () {
+  it('decides at most once per period, on the freshest state', function () {
+    const r = simulate(base(), (c, at) => slowTokens(c, at, 1, 95, 0.04, 8e6), 100);
+    assert.deepEqual(r.decisions.map((d) => d.t), [10, 20, 30, 40, 50, 60, 70, 80, 90]);
+    // Ten samples arrive between ticks; each decision saw the last of them.
+    const counted = r.decisions.map((d) => d.inputs?.p95Seconds);
+    assert.ok(counted.every((p) => p === 0.04), `${counted}`);
+  });
+
+  it('degrades at the first tick after p95 goes over the SLA, in the planner\'s order', function () {
+    // 4 layers × 2 fetches × 80 kB at 8 MB/s = 80 ms of link per token at the top level.
+    const r = simulate(base(), (c, at) => slowTokens(c, at, 1, 60, 0.09, 8e6), 60);
+    const first = r.decisions.find((d) => d.action === 'degrade');
+    assert.ok(first, r.decisions.map((d) => d.reason).join('\n'));
+    assert.equal(first.t, 10);
+    assert.ok(first.changes.every((ch) => ch.to < ch.from));
+    // The shallowest layer is the cheapest to loosen here: it moves first and furthest.
+    const plan = r.plans[r.plans.length - 1].levels;
+    assert.ok(plan[0] <= plan[L - 1], `${plan}`);
+  });
+
+  it('upgrades only after the stable window, then waits a window again', function () {
+    const start: PrecisionPlan = { version: 1, levels: [0, 0, 0, 0] };
+    // Fast tokens from t = 1 on: the target is tighter; the window is 50 ms.
+    const r = simulate(base({ initialPlan: start }), (c, at) => slowTokens(c, at, 1, 200, 0.01, 1e9), 200);
+    const ups = r.decisions.filter((d) => d.action === 'upgrade');
+    assert.ok(ups.length >= 1, r.decisions.map((d) => `${d.t} ${d.reason}`).join('\n'));
+    assert.equal(ups[0].t, 60, 'first tick at which the tighter target has held 50 ms (since t = 10)');
+    const waits = r.decisions.filter((d) => d.t > 10 && d.t < 60);
+    assert.ok(waits.every((d) => d.action === 'hold' && /stable window/.test(d.reason)));
+    if (ups.length > 1) assert.ok(ups[1].t - ups[0].t >= 50, 'a new window after each upgrade');
+  });
+
+  it('keeps a layer at its level for the dwell time', function () {
+    const opts = base({ hysteresis: { ...base().hysteresis, dwell_ms: 40, max_layers_per_decision: 1 } });
+    const r = simulate(opts, (c, at) => slowTokens(c, at, 1, 120, 0.2, 2e6), 120);
+    const changes = r.decisions.flatMap((d) => d.changes.map((ch) => ({ t: d.t, layer: ch.layer })));
+    for (let l = 0; l < L; l++) {
+      const ts = changes.filter((ch) => ch.layer === l).map((ch) => ch.t);
+      for (let i = 1; i < ts.length; i++) assert.ok(ts[i] - ts[i - 1] >= 40, `layer ${l} changed at ${ts}`);
+    }
+    assert.ok(r.decisions.every((d) => d.changes.length <= 1), 'at most one layer per decision');
+  });
+
+  it('freezes the plan when telemetry goes stale, and resumes when it flows again', function () {
+    const opts = base({ hysteresis: { ...base().hysteresis, stale_after_ms: 30 } });
+    const r = simulate(opts, (c, at) => {
+      slowTokens(c, at, 1, 4, 0.01, 8e6);
+      slowTokens(c, at, 100, 130, 0.2, 2e6);
+    }, 140);
+    const stale = r.decisions.filter((d) => /telemetry stale/.test(d.reason)).map((d) => d.t);
+    assert.deepEqual(stale, [40, 50, 60, 70, 80, 90]); // samples resume at 100, before that frame's tick
+    assert.ok(r.plans.every((p) => p.t < 40 || p.t >= 100), 'no plan published while stale');
+    assert.ok(r.decisions.some((d) => d.t >= 100 && d.action === 'degrade'), 'decides again once samples flow');
+  });
+
+  it('in dry run decides and reports, but publishes no plan', function () {
+    const r = simulate(base({ dryRun: true }), (c, at) => slowTokens(c, at, 1, 60, 0.09, 8e6), 60);
+    const d = r.decisions.find((x) => x.action === 'degrade');
+    assert.ok(d && d.dryRun, 'a degrade was decided, marked dry run');
+    assert.equal(r.plans.length, 1, 'only the initial plan');
+  });
+
+  it('holds while frozen by an operator', function () {
+    const r = simulate(base(), (c, at) => {
+      at(0, () => c.freeze());
+      slowTokens(c, at, 1, 60, 0.09, 8e6);
+      at(35, () => c.unfreeze());
+    }, 60);
+    assert.ok(r.decisions.filter((d) => d.t < 35).every((d) => d.action === 'hold' && /frozen/.test(d.reason)));
+    assert.ok(r.decisions.some((d) => d.t > 35 && d.action === 'degrade'));
+  });
+
+  it('rolls back to the last good plan on a failing canary and quarantines what loosened', function () {
+    let q: { layer: number; level: number }[] = [];
+    const r = simulate(base({ quarantineMs: 1000 }), (c, at) => {
+      slowTokens(c, at, 1, 300, 0.09, 8e6);
+      at(15, () => c.canaries.next({ kind: 'canary', at: 0, planVersion: c.plan.version, top1Agreement: 0.9 }));
+      at(16, () => (q = c.quarantined()));
+    }, 60);
+    const rb = r.decisions.find((d) => d.action === 'rollback');
+    assert.ok(rb, r.decisions.map((d) => d.reason).join('\n'));
+    assert.equal(rb.t, 15);
+    assert.deepEqual(rb.levels, [3, 3, 3, 3], 'the first plan was the last good one');
+    assert.ok(q.length > 0, 'something was quarantined');
+    // After the rollback no quarantined (layer, level) or anything looser comes back.
+    for (const p of r.plans.filter((x) => x.t > 15)) for (const { layer, level } of q) assert.ok(p.levels[layer] > level, `plan ${p.version}: layer ${layer} at ${p.levels[layer]}`);
+    assert.equal(r.controller.counts.rollbacks, 1);
+  });
+});
