@@ -7,6 +7,7 @@ import { KvCache } from './kv-cache.js';
 import { sample, seededRandom, type SamplingOptions } from './sampling.js';
 import type { Tokenizer } from './tokenizer.js';
 import type { MoeTransformer } from './transformer.js';
+import type { ExpertEngine } from '../offload/expert-engine.js';
 
 export interface GenerateOptions extends SamplingOptions {
   /** Tokens to generate at most (default 64). */
@@ -14,6 +15,15 @@ export interface GenerateOptions extends SamplingOptions {
   stop?: string[];
   /** Receives the text as it becomes final. */
   onText?: (delta: string) => void;
+  /**
+   * Stops the generation: checked before the prompt and before every decode step. With a signal,
+   * generate yields to the event loop once per step, so that I/O (a client hanging up) gets the
+   * chance to fire it; the forward pass alone may never let the loop run. An aborted generation
+   * rejects with the signal's reason.
+   */
+  signal?: AbortSignal;
+  /** Computes the experts instead of the model's own engine (the canary runner's strict engine). */
+  engine?: ExpertEngine;
 }
 
 export interface Generation {
@@ -30,6 +40,7 @@ export async function generate(model: MoeTransformer, tokenizer: Tokenizer, prom
   if (ids.length >= c.maxPositions) {
     throw new RangeError(`the prompt is ${ids.length} tokens; the context holds ${c.maxPositions}`);
   }
+  opts.signal?.throwIfAborted();
   const maxTokens = opts.maxTokens ?? 64;
   const stops = (opts.stop ?? []).filter((s) => s.length > 0);
   const random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
@@ -38,7 +49,7 @@ export async function generate(model: MoeTransformer, tokenizer: Tokenizer, prom
   let text = '';
   let sent = 0;
   let produced = 0;
-  let logits = await model.forward(ids, cache);
+  let logits = await model.forward(ids, cache, false, opts.engine);
   const emit = (upTo: number) => {
     if (upTo > sent) {
       opts.onText?.(text.slice(sent, upTo));
@@ -57,7 +68,11 @@ export async function generate(model: MoeTransformer, tokenizer: Tokenizer, prom
     }
     emit(text.length - heldBack(text, stops));
     if (produced >= maxTokens || cache.length >= c.maxPositions) break;
-    logits = await model.forward([next], cache);
+    if (opts.signal) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      opts.signal.throwIfAborted();
+    }
+    logits = await model.forward([next], cache, false, opts.engine);
   }
   text += decoder.flush();
   emit(text.length);

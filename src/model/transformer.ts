@@ -113,8 +113,10 @@ export class MoeTransformer {
   /**
    * Runs `tokens` (T of them) at positions cache.length.. and appends them to the cache.
    * Returns the logits of the last position [V], or of every new position [T, V] with allLogits.
+   * `engine` computes this pass's experts instead of the model's own (the canary runner scores a
+   * plan on its own engine while serving goes on with the dense weights shared).
    */
-  async forward(tokens: number[], cache: KvCache, allLogits = false): Promise<Float32Array> {
+  async forward(tokens: number[], cache: KvCache, allLogits = false, engine: ExpertEngine = this.experts): Promise<Float32Array> {
     const c = this.config;
     const T = tokens.length;
     const d = c.hiddenSize;
@@ -126,20 +128,20 @@ export class MoeTransformer {
       if (!(tok >= 0 && tok < c.vocabSize)) throw new RangeError(`token ${tok} outside the vocabulary of ${c.vocabSize}`);
       x0.set(this.embed.subarray(tok * d, tok * d + d), t * d);
     });
-    this.experts.beginForward?.(T);
+    engine.beginForward?.(T);
     let x = tf.tensor2d(x0, [T, d]);
     for (let l = 0; l < c.numLayers; l++) {
       const L = this.layers[l];
       const afterAttn: tf.Tensor2D = tf.tidy(() => tf.add(x, this.attention(l, L, rmsNorm(x, L.inputNorm, c.rmsNormEps), cache, T)));
       x.dispose();
       const h = tf.tidy(() => rmsNorm(afterAttn, L.postNorm, c.rmsNormEps));
-      if (this.experts.prefetch && l + 1 < c.numLayers) await this.prefetchNext(l + 1, afterAttn);
-      const moe = await this.moe(l, L, h, T);
+      if (engine.prefetch && l + 1 < c.numLayers) await this.prefetchNext(engine, l + 1, afterAttn);
+      const moe = await this.moe(engine, l, L, h, T);
       x = tf.tidy(() => tf.add(afterAttn, moe) as tf.Tensor2D);
       tf.dispose([afterAttn, h, moe]);
     }
     cache.advance(T);
-    this.experts.endForward?.(T);
+    engine.endForward?.(T);
     const logits = tf.tidy(() => {
       const last = allLogits ? x : x.slice([T - 1, 0], [1, d]);
       return tf.matMul(rmsNorm(last as tf.Tensor2D, this.norm, c.rmsNormEps), this.lmHeadT);
@@ -194,18 +196,18 @@ export class MoeTransformer {
    * current hidden state (normalised as `next` will normalise it), so their transfer and
    * decompression can overlap this layer's compute.
    */
-  private async prefetchNext(next: number, hidden: tf.Tensor2D): Promise<void> {
+  private async prefetchNext(engine: ExpertEngine, next: number, hidden: tf.Tensor2D): Promise<void> {
     const c = this.config;
     const N = this.layers[next];
     const logits = tf.tidy(() => tf.matMul(rmsNorm(hidden, N.postNorm, c.rmsNormEps), N.router));
     const { values, indices } = tf.topk(logits, c.topK);
     const ids = (await indices.data()) as Int32Array;
     tf.dispose([logits, values, indices]);
-    this.experts.prefetch!(next, ids);
+    engine.prefetch!(next, ids);
   }
 
   /** Routes T hidden states [T, d] to their top-k experts and returns the combined output. */
-  private async moe(l: number, L: DenseLayer, h: tf.Tensor2D, T: number): Promise<tf.Tensor2D> {
+  private async moe(engine: ExpertEngine, l: number, L: DenseLayer, h: tf.Tensor2D, T: number): Promise<tf.Tensor2D> {
     const c = this.config;
     const probs = tf.tidy(() => tf.softmax(tf.matMul(h, L.router)));
     const { values, indices } = tf.topk(probs, c.topK);
@@ -220,7 +222,7 @@ export class MoeTransformer {
       }
     }
     this.onRouting?.({ layer: l, ids, weights: w });
-    const routed = await this.experts.compute(l, (await h.data()) as Float32Array, ids, w, T);
+    const routed = await engine.compute(l, (await h.data()) as Float32Array, ids, w, T);
     return tf.tidy(() => {
       const out = tf.tensor2d(routed, [T, c.hiddenSize]);
       if (!L.shared) return out;

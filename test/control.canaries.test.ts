@@ -1,0 +1,69 @@
+// The canary runner on the embedded model: the exact plan agrees with the reference everywhere
+// (KL ≈ 0, additions right); the loosest plan agrees less and diverges more; the runner yields to
+// serving before every item, scores exactly the plan it is given (strict levels), and refuses
+// to run twice at once.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { CanaryRunner, type ArithmeticCanary, type TextCanary } from '../src/control/canaries.js';
+import { checkpointExperts, EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
+import { OffloadExpertEngine } from '../src/offload/engine.js';
+import { CopyLink } from '../src/offload/link.js';
+import { DEFAULT_LADDER, uniformPlan } from '../src/offload/plan.js';
+import { buildStore, type ExpertStore } from '../src/offload/store.js';
+import { canaryTarget } from '../src/serve/canary-target.js';
+
+const jsonl = <T>(f: string): T[] => fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'canaries', f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T);
+
+describe('canary runner (embedded model)', function () {
+  let m: LoadedModel;
+  let store: ExpertStore;
+  let runner: CanaryRunner;
+  let engine: OffloadExpertEngine;
+  let yields = 0;
+  const strict = () => new OffloadExpertEngine({ store, link: new CopyLink(), budget: { tierABytes: 64 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, prefetch: false, strictLevels: true });
+  before(async function () {
+    m = await loadModel(EMBEDDED_MODEL_DIR);
+    store = await buildStore(checkpointExperts(m.checkpoint), DEFAULT_LADDER);
+    engine = strict();
+    const reference = strict();
+    reference.setPlan(uniformPlan(8, store.exact));
+    runner = new CanaryRunner({
+      target: canaryTarget(m), engine, referenceEngine: reference, items: 6,
+      text: jsonl<TextCanary>('text.jsonl'), arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      yieldToServing: async () => {
+        yields++;
+      },
+    });
+  });
+  after(function () {
+    m?.dispose();
+  });
+
+  it('gives the exact plan full agreement, no divergence and right additions', async function () {
+    const r = await runner.score({ version: 7, levels: new Array(8).fill(store.exact) });
+    assert.equal(r.planVersion, 7);
+    assert.equal(r.top1Agreement, 1);
+    assert.ok(r.kl! < 1e-6, `KL ${r.kl}`);
+    assert.equal(r.exactMatch, 1);
+  });
+
+  it('scores the loosest plan lower, and exactly that plan (not a tighter cached copy)', async function () {
+    const loose = await runner.score({ version: 8, levels: new Array(8).fill(0) });
+    assert.ok(loose.top1Agreement < 0.99, `agreement ${loose.top1Agreement}`);
+    assert.ok(loose.kl! > 1e-3, `KL ${loose.kl}`);
+    // The engine held the exact level from the run before: strict levels means it was not used.
+    const again = await runner.score({ version: 9, levels: new Array(8).fill(store.exact) });
+    assert.equal(again.top1Agreement, 1);
+  });
+
+  it('yields to serving before every item, and refuses a second run at once', async function () {
+    const before = yields;
+    const p = runner.score({ version: 10, levels: new Array(8).fill(3) });
+    await assert.rejects(runner.score({ version: 11, levels: new Array(8).fill(3) }), /already under way/);
+    await p;
+    assert.equal(yields - before, 6 + 6, 'once per text item and per addition');
+    assert.equal(runner.busy, false);
+  });
+});
