@@ -60,6 +60,9 @@ export interface ControllerOptions {
   scheduler?: SchedulerLike;
 }
 
+/** Decode steps the p95 is taken over: short enough to see a change within a few dozen tokens. */
+const LATENCY_WINDOW = 64;
+
 export class Controller {
   readonly samples = new Subject<OffloadSample>();
   readonly canaries = new Subject<CanaryResult>();
@@ -94,7 +97,7 @@ export class Controller {
     this.lastChange = new Array<number>(L).fill(-Infinity);
     this.quarantine = new Array(L).fill(undefined);
     this.state$ = new BehaviorSubject<ControlState>({
-      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(), misses: missInit(L), lastSampleAt: -Infinity, samples: 0,
+      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(LATENCY_WINDOW), misses: missInit(L), lastSampleAt: -Infinity, samples: 0,
     });
 
     this.subs.add(
