@@ -14,6 +14,7 @@
         "src/native/crc32c.cc",
         "src/native/cuda_bridge.cc",
         "src/native/emulated_codec.cc",
+        "src/native/emulated_pipeline.cc",
         "src/native/stream_format.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -136,38 +136,58 @@ std::vector<uint8_t> Context::compress(const void* d_in, size_t n, const EncodeP
   return out;
 }
 
-void Context::decompress(const StreamView& s, int k, DType out_dtype, void* d_out, cudaStream_t stream) {
+namespace {
+void check_rung(const StreamView& s, int k) {
   if (k < 0 || k >= s.available)
     throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " +
                                       std::to_string(s.available) + " rungs");
+}
+}  // namespace
+
+void Context::decompress(const StreamView& s, int k, DType out_dtype, void* d_out, cudaStream_t stream) {
+  check_rung(s, k);
+  EB_CUDA(cudaSetDevice(device_));
+  const Header& h = s.h;
+
+  // Rungs 0..k sit back to back in payload order on the device, whatever buffers they came in.
+  uint64_t bytes = h.rung_offset[k] + h.rung_bytes[k];
+  auto* comp = static_cast<uint8_t*>(grow(comp_, std::max<uint64_t>(bytes, 4)));
+  const uint8_t* d_rung[EB_MAX_RUNGS] = {nullptr};
+  for (int j = 0; j <= k; j++) {
+    d_rung[j] = comp + h.rung_offset[j];
+    if (h.rung_bytes[j])
+      EB_CUDA(cudaMemcpyAsync(comp + h.rung_offset[j], s.rung[j], h.rung_bytes[j], cudaMemcpyHostToDevice, stream));
+  }
+  // Same stream: the kernels run after the copies without an event.
+  decompress_resident(s, d_rung, k, out_dtype, d_out, stream);
+}
+
+void Context::decompress_resident(const StreamView& s, const uint8_t* const* d_rung, int k, DType out_dtype,
+                                  void* d_out, cudaStream_t stream) {
+  check_rung(s, k);
   EB_CUDA(cudaSetDevice(device_));
   const Header& h = s.h;
   const EbLadder L = eb_ladder(h.cut, h.rungs);
   const uint64_t nb = h.blocks(), pitch = nb + 1;
   const int rows = k + 1;
+  // Rung 0 starts with the rate bytes, then their zero padding and the escapes (FORMAT.md).
+  const uint8_t* rates = d_rung[0];
 
-  // Rungs 0..k sit back to back in payload order on the device, whatever buffers they came in.
-  uint64_t bytes = h.rung_offset[k] + h.rung_bytes[k];
-  auto* comp = static_cast<uint8_t*>(grow(comp_, std::max<uint64_t>(bytes, 4)));
   auto* counts = static_cast<uint32_t*>(grow(counts_, rows * pitch * sizeof(uint32_t)));
   auto* offs = static_cast<uint32_t*>(grow(offs_, rows * pitch * sizeof(uint32_t)));
-  for (int j = 0; j < rows; j++)
-    if (h.rung_bytes[j])
-      EB_CUDA(cudaMemcpyAsync(comp + h.rung_offset[j], s.rung[j], h.rung_bytes[j], cudaMemcpyHostToDevice, stream));
-
-  eb_gpu::eb_rate_words_kernel<<<eb_grid_blocks(nb + 1), EB_THREADS, 0, stream>>>(comp, nb, L, rows, counts, pitch);
+  eb_gpu::eb_rate_words_kernel<<<eb_grid_blocks(nb + 1), EB_THREADS, 0, stream>>>(rates, nb, L, rows, counts, pitch);
   EB_CUDA(cudaGetLastError());
   exclusive_sums(counts, offs, rows, pitch, stream);
   if (nb) {
     EbRungSrc words;
-    for (int j = 0; j < rows; j++) words.p[j] = comp + h.rung_offset[j] + (j == 0 ? s.words0_offset : 0);
+    for (int j = 0; j < rows; j++) words.p[j] = d_rung[j] + (j == 0 ? s.words0_offset : 0);
     eb_gpu::eb_decode_kernel<<<eb_grid_blocks(nb), EB_THREADS, 0, stream>>>(
-        comp, h.count, nb, L, k, (float)h.eb, words, offs, pitch, d_out, (int)out_dtype);
+        rates, h.count, nb, L, k, (float)h.eb, words, offs, pitch, d_out, (int)out_dtype);
     EB_CUDA(cudaGetLastError());
   }
   if (h.escapes) {
     eb_gpu::eb_patch_kernel<<<eb_grid_blocks(h.escapes), EB_THREADS, 0, stream>>>(
-        comp + pad4(nb), h.escapes, d_out, (int)out_dtype);
+        rates + pad4(nb), h.escapes, d_out, (int)out_dtype);
     EB_CUDA(cudaGetLastError());
   }
 }

@@ -52,10 +52,20 @@ class Context {
   // may be reused once this returns; pinned ones must live until the stream reaches this work.
   void decompress(const StreamView& s, int k, DType out_dtype, void* d_out, cudaStream_t stream);
 
+  // The same decode from rungs that are already on the device (tier B: the offload pipeline of
+  // cuda/eb_pipeline.h copies them there on its own copy stream): d_rung[j] holds rung j's bytes
+  // (j ≤ k), 4-byte aligned. `s` is the stream as validated on the host; only its header and
+  // offsets are used, none of its host bytes. Only enqueues kernels on `stream`; whatever wrote
+  // the device rungs must be ordered before it (an event the stream waits on).
+  void decompress_resident(const StreamView& s, const uint8_t* const* d_rung, int k, DType out_dtype, void* d_out,
+                           cudaStream_t stream);
+
   // Host-memory conveniences for tests, benchmarks and the CLI: copy in, run on the context's
   // own stream, copy out, wait.
   std::vector<uint8_t> compress_host(const void* h_in, size_t n, const EncodeParams& p);
   void decompress_to_host(const StreamView& s, int k, DType out_dtype, void* h_out);
+
+  int device() const { return device_; }
 
  private:
   struct Buf {

@@ -21,6 +21,41 @@ export interface NativeCodec {
   /** Present when built with nvcc; they throw "no usable CUDA device: …" without a GPU. */
   cudaCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
   cudaDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
+  /** The expert offload pipeline (cuda/eb_pipeline.h) on an emulated device: modelled times, and a trace. */
+  emulatedPipelineRun?(fetches: PipelineFetch[], options?: EmulatedPipelineOptions): EmulatedPipelineResult;
+  /** The same pipeline on the GPU; present when built with nvcc, throws "no usable CUDA device: …" without one. */
+  cudaPipelineRun?(fetches: PipelineFetch[], options?: { outputSlots?: number; inFlight?: number }): PipelineResult;
+}
+
+/** One expert fetch: a stream's head and rungs (as splitRungs cuts them), decoded at rung k (-1: the last given). */
+export interface PipelineFetch {
+  head: Bytes;
+  rungs: Bytes[];
+  k?: number;
+  outDtype?: number;
+}
+
+export interface EmulatedPipelineOptions {
+  seed?: number;
+  /** Fetch i decodes into device buffer i % outputSlots (default: one each). */
+  outputSlots?: number;
+  /** At most this many fetches outstanding; the oldest is released before the next (default: all). */
+  inFlight?: number;
+  linkBandwidth?: number;
+  copyLatency?: number;
+  decodeBandwidth?: number;
+}
+
+export interface PipelineResult {
+  outputs: Buffer[];
+  fetches: { bytes: number; copies: number; transferSeconds: number; decompressSeconds: number }[];
+  /** Device rung buffers the pipeline allocated; released fetches' buffers are reused first. */
+  rungBuffers: number;
+}
+
+export interface EmulatedPipelineResult extends PipelineResult {
+  trace: { seq: number; stream: string; kind: string; fetch: number; bytes: number; start: number; end: number }[];
+  model: { emulated: true; linkBandwidth: number; copyLatency: number; decodeBandwidth: number };
 }
 
 export interface CudaProbe {

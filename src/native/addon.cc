@@ -12,6 +12,7 @@
 #include "crc32c.h"
 #include "cuda_bridge.h"
 #include "emulated_codec.h"
+#include "emulated_pipeline.h"
 #include "napi_util.h"
 #include "parallel.h"
 
@@ -294,6 +295,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("info", Napi::Function::New(env, Info));
   eb::register_emulated(env, exports);
+  eb::register_emulated_pipeline(env, exports);
   eb::register_cuda(env, exports);
   return exports;
 }

@@ -6,7 +6,9 @@
 #include <stdexcept>
 
 #include "../../cuda/eb_cuda.h"
+#include "../../cuda/eb_offload.h"
 #include "napi_util.h"
+#include "pipeline_driver.h"
 #endif
 
 namespace eb {
@@ -78,11 +80,36 @@ Napi::Value CudaDecompress(const Napi::CallbackInfo& info) {
   }
 }
 
+// cudaPipelineRun(fetches, {outputSlots?, inFlight?}) → {outputs, fetches, rungBuffers}: the fetches through the offload
+// pipeline (cuda/eb_pipeline.h) on the GPU, by the same driver the emulated pipeline's test runs.
+Napi::Value CudaPipelineRun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    std::vector<FetchSpec> specs = fetch_specs(info[0]);
+    int slots = 0, in_flight = 0;
+    if (info[1].IsObject()) {
+      auto o = info[1].As<Napi::Object>();
+      if (o.Has("outputSlots")) slots = o.Get("outputSlots").As<Napi::Number>().Int32Value();
+      if (o.Has("inFlight")) in_flight = o.Get("inFlight").As<Napi::Number>().Int32Value();
+    }
+    std::lock_guard<std::mutex> lock(context_mutex);
+    cuda::CudaRuntime rt(the_context());
+    return run_result_js(env, run_fetches(rt, specs, slots, in_flight));
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
 }  // namespace
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaCompress", Napi::Function::New(env, CudaCompress));
   exports.Set("cudaDecompress", Napi::Function::New(env, CudaDecompress));
+  exports.Set("cudaPipelineRun", Napi::Function::New(env, CudaPipelineRun));
 }
 #endif
 

@@ -8,6 +8,7 @@
 namespace eb {
 // {built, available, devices?, runtimeVersion?, driverVersion?, error?}
 Napi::Value cuda_probe(Napi::Env env);
-// Adds the CUDA codec's functions to `exports` when built with CUDA (they throw when no GPU).
+// Adds the CUDA codec's functions and the offload pipeline's cudaPipelineRun to `exports` when
+// built with CUDA (they throw when no GPU).
 void register_cuda(Napi::Env env, Napi::Object exports);
 }  // namespace eb

@@ -66,8 +66,11 @@ std::vector<uint8_t> emulated_encode(const void* in, size_t n, const EncodeParam
   return out;
 }
 
-// The kernel sequence of Context::decompress: rungs 0..k of a validated stream into out.
-void emulated_decode(const StreamView& s, int k, DType dt, void* out) {
+}  // namespace
+
+// The kernel sequence of Context::decompress_resident: rungs 0..k of a validated stream, rung j
+// read at rung[j], into out. Rung 0 starts with the rate bytes, their padding and the escapes.
+void emulated_decode_rungs(const StreamView& s, const uint8_t* const* rung, int k, DType dt, void* out) {
   if (k < 0 || k >= s.available)
     throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " +
                                       std::to_string(s.available) + " rungs");
@@ -75,21 +78,27 @@ void emulated_decode(const StreamView& s, int k, DType dt, void* out) {
   const EbLadder L = eb_ladder(h.cut, h.rungs);
   const uint64_t nb = h.blocks(), pitch = nb + 1;
   const int rows = k + 1;
+  const uint8_t* rates = rung[0];
 
   std::vector<uint32_t> counts(rows * pitch), offs(rows * pitch);
   eb_emulate_launch(eb_grid_blocks(nb + 1), EB_THREADS, [&] {
-    eb_rate_words_kernel(s.rates, nb, L, rows, counts.data(), pitch);
+    eb_rate_words_kernel(rates, nb, L, rows, counts.data(), pitch);
   });
   exclusive_sums(counts.data(), offs.data(), rows, pitch);
   EbRungSrc words;
-  for (int j = 0; j < rows; j++) words.p[j] = s.rung[j] + (j == 0 ? s.words0_offset : 0);
+  for (int j = 0; j < rows; j++) words.p[j] = rung[j] + (j == 0 ? s.words0_offset : 0);
   eb_emulate_launch(eb_grid_blocks(nb), EB_THREADS, [&] {
-    eb_decode_kernel(s.rates, h.count, nb, L, k, (float)h.eb, words, offs.data(), pitch, out, (int)dt);
+    eb_decode_kernel(rates, h.count, nb, L, k, (float)h.eb, words, offs.data(), pitch, out, (int)dt);
   });
   eb_emulate_launch(eb_grid_blocks(h.escapes), EB_THREADS, [&] {
-    eb_patch_kernel(s.escapes, h.escapes, out, (int)dt);
+    eb_patch_kernel(rates + pad4(nb), h.escapes, out, (int)dt);
   });
 }
+
+namespace {
+
+// The kernel sequence of Context::decompress: the rungs where the validated stream has them.
+void emulated_decode(const StreamView& s, int k, DType dt, void* out) { emulated_decode_rungs(s, s.rung, k, dt, out); }
 
 // emulatedCompress(input, dtype, bound, boundMode, cuts[]) → stream
 Napi::Value EmulatedCompress(const Napi::CallbackInfo& info) {
