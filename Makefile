@@ -86,9 +86,13 @@ $(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard src/native/*.h) $(CUDA_HEADERS)
 fuzz: $(FUZZ_BIN)
 	time ./$(FUZZ_BIN) $${FUZZ_CASES:-200000} $${FUZZ_SEED:-}
 
-serve:
-	@echo "ebserve serve lands with the model and serving work (issues 3 and 6); this build has the codec and its CLI." >&2
-	@exit 2
+# The OpenAI-compatible server on the embedded model (offload engine, 127.0.0.1:8080), after
+# installing and building what is missing. SERVE_ARGS passes flags: make serve SERVE_ARGS="--port 9000
+# --engine resident" (bin/ebserve serve --help lists them). Once loaded it prints where to look.
+SERVE_ARGS ?=
+serve: build
+	@echo "ebserve: starting the server on the embedded model; once it is loaded it prints the API, /metrics and /health URLs. Ctrl-C stops it (in-flight requests finish first)." >&2
+	bin/ebserve serve $(SERVE_ARGS)
 
 clean:
 	rm -rf build dist

@@ -1,5 +1,6 @@
 // Generation on a small random model: greedy is deterministic, a seed reproduces sampling, stop
-// strings end the text (and never leak into a stream), max tokens and the context bound it.
+// strings end the text (and never leak into a stream), max tokens and the context bound it, an
+// abort signal stops it between steps.
 import assert from 'node:assert/strict';
 
 import { initBackend } from '../src/model/backend.js';
@@ -54,6 +55,25 @@ describe('generation', function () {
     assert.equal(g.finishReason, 'length');
     assert.equal(g.promptTokens + g.completionTokens, 65); // the last token needs no forward pass
     await assert.rejects(generate(model, tok, 'q'.repeat(64)), /the context holds 64/);
+  });
+
+  it('stops when its signal aborts between steps, letting the event loop run there, and refuses an aborted signal', async function () {
+    // The abort comes from a macrotask scheduled at the first streamed text, the way a socket's
+    // close event would: it can only fire if generate lets the event loop run between steps.
+    const ac = new AbortController();
+    let steps = 0;
+    const run = generate(model, tok, 'abc', {
+      maxTokens: 40,
+      signal: ac.signal,
+      onText: () => {
+        if (steps++ === 0) setImmediate(() => ac.abort(new Error('client left')));
+      },
+    });
+    await assert.rejects(run, /client left/);
+    assert.ok(steps >= 1 && steps < 5, `${steps} pieces of text streamed before the abort took effect`);
+    await assert.rejects(generate(model, tok, 'abc', { signal: AbortSignal.abort(new Error('gone')) }), /gone/);
+    const g = await generate(model, tok, 'abc', { maxTokens: 12, signal: new AbortController().signal });
+    assert.equal(g.text, (await generate(model, tok, 'abc', { maxTokens: 12 })).text);
   });
 
   it('samples only inside the top-p nucleus', function () {

@@ -10,6 +10,8 @@ import { decompressCommand, usage as decompressUsage } from './decompress.js';
 import { generateCommand, usage as generateUsage } from './generate.js';
 import { inspectCommand, usage as inspectUsage } from './inspect.js';
 import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
+import { profileCommand, usage as profileUsage } from './profile.js';
+import { serveCommand, usage as serveUsage } from './serve.js';
 
 const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage: string; what: string }> = {
   'check-config': { run: checkConfigCommand, usage: checkConfigUsage, what: 'validate a policy and a profile without serving' },
@@ -17,7 +19,9 @@ const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage
   decompress: { run: decompressCommand, usage: decompressUsage, what: 'decode a stream back to raw values' },
   generate: { run: generateCommand, usage: generateUsage, what: 'continue a prompt with a model (default: the embedded one)' },
   inspect: { run: inspectCommand, usage: inspectUsage, what: 'validate a stream and show its header and rungs' },
+  profile: { run: profileCommand, usage: profileUsage, what: 'measure per-layer sensitivity to each bound on the canaries; write a profile and plots' },
   'inspect-model': { run: inspectModelCommand, usage: inspectModelUsage, what: "show what a precision ladder costs a checkpoint's experts, per layer" },
+  serve: { run: serveCommand, usage: serveUsage, what: 'serve a model over an OpenAI-compatible HTTP API, with /metrics and /health' },
 };
 
 function help(): string {

@@ -1,0 +1,126 @@
+// `ebserve serve [--model DIR] [--host H] [--port N] [--engine resident|offload] [--experts-per-layer N]
+// [--level N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend B]` — the
+// OpenAI-compatible server. The port is bound before the model loads, so /health answers 503
+// meanwhile; what was loaded, and where to look, goes to stderr. SIGTERM or SIGINT stops
+// accepting, lets in-flight requests finish (at most --drain-timeout seconds) and exits 0; a
+// second signal stops waiting.
+import type { BackendName } from '../model/backend.js';
+import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
+import { DEFAULT_LADDER, levelCount } from '../offload/plan.js';
+import type { EngineName } from '../serve/served-model.js';
+import { UsageError, integer, numberIn, oneOf, parse } from './args.js';
+
+const FINEST = levelCount(DEFAULT_LADDER) - 1;
+
+export const usage = `usage: ebserve serve [--model DIR] [--host H] [--port N] [--engine resident|offload] [--experts-per-layer N]
+                     [--level N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
+  --model DIR            a Hugging Face checkpoint folder (default: the embedded model, ${EMBEDDED_MODEL_DIR})
+  --host H               address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
+  --port N               port (default 8080; 0 picks a free one, printed at startup)
+  --engine E             offload (default): experts in host memory as precision-ladder rungs, a device cache
+                         in front; resident: every expert held as TensorFlow.js tensors
+  --experts-per-layer N  offload: experts per layer the device cache holds (default 4)
+  --level N              offload: the level every layer is fetched at, 0 (loosest bound) .. ${FINEST} (the exact
+                         bytes, the default); fixed while the server runs
+  --max-queue N          requests that may wait behind the one generating (default 8); beyond it: 429
+  --max-body-bytes N     largest request body (default 1048576); beyond it: 413
+  --drain-timeout S      on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 30)
+  --backend B            force a TensorFlow.js backend (default: tensorflow if installed, else wasm, else cpu)`;
+
+export async function serveCommand(argv: string[]): Promise<number> {
+  const { values, help } = parse('serve', argv, {
+    model: { type: 'string' },
+    host: { type: 'string' },
+    port: { type: 'string' },
+    engine: { type: 'string' },
+    'experts-per-layer': { type: 'string' },
+    level: { type: 'string' },
+    'max-queue': { type: 'string' },
+    'max-body-bytes': { type: 'string' },
+    'drain-timeout': { type: 'string' },
+    backend: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
+  }, []);
+  if (help) {
+    console.log(usage);
+    return 0;
+  }
+  const engine = oneOf<EngineName>('serve', 'engine', values.engine, ['offload', 'resident'], 'offload');
+  const spec = {
+    dir: (values.model as string | undefined) ?? EMBEDDED_MODEL_DIR,
+    engine,
+    expertsPerLayer: integer('serve', 'experts-per-layer', values['experts-per-layer'], 1, 1 << 16, 4),
+    level: integer('serve', 'level', values.level, 0, FINEST, FINEST),
+    backend: values.backend === undefined ? undefined : oneOf<BackendName>('serve', 'backend', values.backend, ['tensorflow', 'wasm', 'cpu']),
+  };
+  if (engine === 'resident' && (values['experts-per-layer'] !== undefined || values.level !== undefined)) {
+    throw new UsageError('serve: --experts-per-layer and --level are offload settings; the resident engine holds every expert exactly');
+  }
+  const host = (values.host as string | undefined) ?? '127.0.0.1';
+  if (host.trim() === '') throw new UsageError('serve: --host must not be empty');
+  const port = integer('serve', 'port', values.port, 0, 65535, 8080);
+  const maxQueue = integer('serve', 'max-queue', values['max-queue'], 0, 1 << 20, 8);
+  const maxBodyBytes = integer('serve', 'max-body-bytes', values['max-body-bytes'], 1, 2 ** 31 - 1, 1 << 20);
+  const drainTimeoutSeconds = numberIn('serve', 'drain-timeout', values['drain-timeout'], 0, 24 * 3600, 30);
+
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const { startServer } = await import('../serve/server.js');
+  const started = performance.now();
+  const server = await startServer({
+    host, port, maxQueue, maxBodyBytes, drainTimeoutSeconds, log,
+    // Loaded here, not at the top: TensorFlow.js takes ~0.6 s to import, and the port should be
+    // bound (and /health answering 503) before that.
+    load: async (telemetry) => (await import('../serve/load-model.js')).loadServedModel(spec, telemetry, log),
+  });
+  log(`ebserve serve: listening on ${server.url}; loading ${spec.dir} (/health answers 503 until it is ready)`);
+
+  let signals = 0;
+  const stopped = new Promise<number>((resolve) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      signals++;
+      if (signals === 1) {
+        log(`ebserve serve: ${sig}: no longer accepting; letting in-flight requests finish (at most ${drainTimeoutSeconds} s; ${sig} again stops waiting)`);
+        void server.shutdown().then((r) => {
+          log(r.drained ? 'ebserve serve: drained; exiting' : `ebserve serve: drain timeout; cut ${r.cut} request${r.cut === 1 ? '' : 's'}; exiting`);
+          resolve(0);
+        });
+      } else {
+        log(`ebserve serve: ${sig} again: cutting in-flight requests`);
+        void server.shutdown({ drainTimeoutSeconds: 0 });
+      }
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+  });
+
+  // A signal may come while the model still loads: then there is nothing to wait for.
+  const loaded = await Promise.race([
+    server.ready.then(() => ({ ok: true as const }), (e: unknown) => ({ ok: false as const, e })),
+    stopped.then(() => ({ ok: false as const, e: null })),
+  ]);
+  if (signals > 0 && !loaded.ok) return exitSoon(await stopped);
+  if (!loaded.ok) {
+    log(`ebserve serve: the model failed to load: ${loaded.e instanceof Error ? loaded.e.message : String(loaded.e)}`);
+    await server.shutdown({ drainTimeoutSeconds: 0 });
+    return exitSoon(1);
+  }
+  const at = server.url;
+  // One write, so that whoever watches the log sees the whole block at once.
+  log([
+    `ebserve serve: ready in ${((performance.now() - started) / 1000).toFixed(1)} s`,
+    `  API      ${at}/v1/completions, ${at}/v1/chat/completions, ${at}/v1/models (OpenAI-compatible)`,
+    `  metrics  ${at}/metrics`,
+    `  health   ${at}/health`,
+  ].join('\n'));
+  return exitSoon(await stopped);
+}
+
+/**
+ * Returns `code`, and makes sure the process ends soon after: a model still loading when the
+ * signal came (a first start compresses the experts in worker threads for a while) would
+ * otherwise keep it alive after the server has stopped. The timer does not itself hold the process.
+ */
+function exitSoon(code: number): number {
+  setTimeout(() => process.exit(code), 1000).unref();
+  return code;
+}

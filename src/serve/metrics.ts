@@ -1,0 +1,115 @@
+/**
+ * The server's Prometheus metrics (GET /metrics), on a registry of its own. Conventions: prefix
+ * `ebserve_`, base units (seconds, bytes), `_total` on counters, and labels that never name an
+ * expert or a request (layer, tier, endpoint, status and phase have a handful of values each).
+ *
+ * Two sources feed them: the request path (latencies, counts, the queue) and the offload data
+ * plane, through the TelemetryBus the server hands to createOffload (transfers, decompressions,
+ * cache lookups, and each forward step's time split into compute and the waits for experts).
+ * With the resident engine the offload metrics stay at zero: nothing crosses a link.
+ *
+ * Node's process metrics (CPU, memory, event-loop lag) come along under the same prefix: the
+ * event-loop lag in particular shows when decoding starves request handling.
+ *
+ * @example
+ * const metrics = new ServeMetrics();  bus.on((s) => metrics.observe(s));
+ * res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+ */
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+import type { OffloadSample } from '../offload/telemetry.js';
+
+const PREFIX = 'ebserve_';
+
+// Buckets sized for this server: a byte-level model decodes ~10 ms per token on two CPU cores;
+// a GPU would sit in the lower buckets, a slow emulated link in the upper ones.
+const TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5];
+const FIRST_TOKEN_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80];
+const REQUEST_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160];
+const MOVE_BUCKETS = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
+
+export class ServeMetrics {
+  readonly registry = new Registry();
+
+  readonly timeToFirstToken: Histogram;
+  readonly interTokenLatency: Histogram;
+  readonly e2eLatency: Histogram;
+  readonly requests: Counter<'endpoint' | 'status'>;
+  readonly promptTokens: Counter;
+  readonly generationTokens: Counter;
+  readonly queueDepth: Gauge;
+  readonly running: Gauge;
+  readonly buildInfo: Gauge<'version' | 'backend' | 'engine'>;
+
+  readonly transferBytes: Counter<'layer'>;
+  readonly transferDuration: Histogram;
+  readonly decompressDuration: Histogram;
+  readonly cacheRequests: Counter<'tier' | 'result'>;
+  readonly linkEmulated: Gauge;
+  readonly steps: Counter<'phase'>;
+  readonly stepCompute: Counter<'phase'>;
+  readonly stepTransferWait: Counter<'phase'>;
+  readonly stepDecompressWait: Counter<'phase'>;
+
+  constructor() {
+    const registers = [this.registry];
+    const name = (n: string) => `${PREFIX}${n}`;
+    this.timeToFirstToken = new Histogram({ name: name('time_to_first_token_seconds'), help: 'From a request\'s arrival (queueing included) to its first generated token.', buckets: FIRST_TOKEN_BUCKETS, registers });
+    this.interTokenLatency = new Histogram({ name: name('inter_token_latency_seconds'), help: 'Between consecutive generated tokens of a request.', buckets: TOKEN_BUCKETS, registers });
+    this.e2eLatency = new Histogram({ name: name('e2e_request_latency_seconds'), help: 'From a completion request\'s arrival to its last byte, for requests that finished generating.', buckets: REQUEST_BUCKETS, registers });
+    this.requests = new Counter({ name: name('requests_total'), help: 'HTTP requests answered, by endpoint (other: unknown routes) and status.', labelNames: ['endpoint', 'status'], registers });
+    this.promptTokens = new Counter({ name: name('prompt_tokens_total'), help: 'Prompt tokens of completed generations.', registers });
+    this.generationTokens = new Counter({ name: name('generation_tokens_total'), help: 'Tokens generated (cut-off generations included).', registers });
+    this.queueDepth = new Gauge({ name: name('queue_depth'), help: 'Requests waiting for their turn (the one generating not counted).', registers });
+    this.running = new Gauge({ name: name('requests_running'), help: 'Requests generating now (0 or 1: one generation at a time).', registers });
+    this.buildInfo = new Gauge({ name: name('build_info'), help: 'Always 1; the labels say what runs.', labelNames: ['version', 'backend', 'engine'], registers });
+
+    this.transferBytes = new Counter({ name: name('expert_transfer_bytes_total'), help: 'Expert bytes moved host → device, by layer.', labelNames: ['layer'], registers });
+    this.transferDuration = new Histogram({ name: name('expert_transfer_duration_seconds'), help: 'Duration of one expert\'s move over the link.', buckets: MOVE_BUCKETS, registers });
+    this.decompressDuration = new Histogram({ name: name('decompress_duration_seconds'), help: 'Duration of decoding one expert into device memory.', buckets: MOVE_BUCKETS, registers });
+    this.cacheRequests = new Counter({ name: name('expert_cache_requests_total'), help: 'Device cache lookups by tier (A: decoded, B: compressed) and result.', labelNames: ['tier', 'result'], registers });
+    this.linkEmulated = new Gauge({ name: name('link_emulated'), help: '1 when the host-device link is emulated (a set bandwidth and latency), 0 when it is a real move.', registers });
+    this.steps = new Counter({ name: name('steps_total'), help: 'Forward steps by phase (prefill: a step over several tokens, i.e. a prompt; decode: a step over one token).', labelNames: ['phase'], registers });
+    this.stepCompute = new Counter({ name: name('step_compute_seconds_total'), help: 'Time forward steps spent computing.', labelNames: ['phase'], registers });
+    this.stepTransferWait = new Counter({ name: name('step_transfer_wait_seconds_total'), help: 'Time forward steps spent waiting for expert transfers.', labelNames: ['phase'], registers });
+    this.stepDecompressWait = new Counter({ name: name('step_decompress_wait_seconds_total'), help: 'Time forward steps spent waiting for expert decompression.', labelNames: ['phase'], registers });
+
+    // Counters without labels export 0 from the start; give the labelled per-phase ones their
+    // series too, so a dashboard shows 0 rather than "no data" before the first request.
+    for (const phase of ['prefill', 'decode']) {
+      for (const c of [this.steps, this.stepCompute, this.stepTransferWait, this.stepDecompressWait]) c.inc({ phase }, 0);
+    }
+    collectDefaultMetrics({ register: this.registry, prefix: PREFIX });
+  }
+
+  /** One offload telemetry sample. Never throws (the bus counts listeners that do). */
+  observe(s: OffloadSample): void {
+    switch (s.kind) {
+      case 'transfer':
+        this.transferBytes.inc({ layer: String(s.layer) }, s.bytes);
+        this.transferDuration.observe(s.seconds);
+        this.linkEmulated.set(s.emulated ? 1 : 0);
+        break;
+      case 'decompress':
+        this.decompressDuration.observe(s.seconds);
+        break;
+      case 'cache':
+        this.cacheRequests.inc({ tier: s.tier, result: s.result });
+        break;
+      case 'token': {
+        const phase = s.tokens > 1 ? 'prefill' : 'decode';
+        this.steps.inc({ phase });
+        this.stepCompute.inc({ phase }, s.computeSeconds);
+        this.stepTransferWait.inc({ phase }, s.transferWaitSeconds);
+        this.stepDecompressWait.inc({ phase }, s.decompressWaitSeconds);
+        break;
+      }
+    }
+  }
+
+  /** What runs, once the model is loaded. */
+  ready(info: { version: string; backend: string; engine: string; linkEmulated: boolean }): void {
+    this.buildInfo.set({ version: info.version, backend: info.backend, engine: info.engine }, 1);
+    this.linkEmulated.set(info.linkEmulated ? 1 : 0);
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * What a client may send to POST /v1/completions and /v1/chat/completions, as zod schemas, and
+ * the one function that turns a body into a typed request or a 400 naming the field.
+ *
+ * The fields follow OpenAI's API. Fields this server does not implement are accepted only at
+ * their neutral value (n = 1, echo false, no logprobs, zero penalties, …), because answering as if
+ * they had been honoured would be wrong; fields that change nothing about the output (user,
+ * metadata, …) and unknown fields are ignored, as OpenAI-compatible servers do, so that existing
+ * clients work unchanged. Limits that depend on the model (the context) are parameters.
+ *
+ * @example
+ * const schemas = requestSchemas({ contextTokens: 256 });
+ * const req = parseRequest(schemas.completion, { prompt: '48+27=', max_tokens: 4 });   // or throws a 400
+ */
+import { z } from 'zod';
+
+import { badRequest } from './errors.js';
+
+/** At most this many stop strings, as OpenAI allows. */
+export const MAX_STOP_STRINGS = 4;
+
+/** A message for a field that is missing or of the wrong type. */
+const typed = (name: string, what: string) => ({
+  error: (issue: { input?: unknown }) => (issue.input === undefined ? `${name} is required (${what})` : `${name} must be ${what}`),
+});
+
+/** A field accepted only at its neutral value: `ok` says which values are neutral. */
+const neutral = (name: string, ok: (v: unknown) => boolean, neutralText: string) =>
+  z
+    .unknown()
+    .refine((v) => v === null || ok(v), { error: `${name} is not supported by this server (only ${neutralText})` })
+    .optional();
+
+function samplingFields(contextTokens: number) {
+  const maxTokens = (name: string) =>
+    z
+      .number(typed(name, 'a whole number'))
+      .int({ error: `${name} must be a whole number` })
+      .min(1, { error: `${name} must be at least 1` })
+      .max(contextTokens, { error: `${name} must be at most ${contextTokens}, the model's context` })
+      .nullish();
+  return {
+    model: z.string(typed('model', 'a string')).nullish(),
+    max_tokens: maxTokens('max_tokens'),
+    temperature: z.number(typed('temperature', 'a number')).min(0, { error: 'temperature must be between 0 and 2' }).max(2, { error: 'temperature must be between 0 and 2' }).nullish(),
+    top_p: z.number(typed('top_p', 'a number')).gt(0, { error: 'top_p must be above 0 and at most 1' }).max(1, { error: 'top_p must be above 0 and at most 1' }).nullish(),
+    // Any whole number: the sampler uses its low 32 bits.
+    seed: z.number(typed('seed', 'a whole number')).int({ error: 'seed must be a whole number' }).nullish(),
+    stop: z
+      .union([z.string(), z.array(z.string()).max(MAX_STOP_STRINGS)], { error: `stop must be a string or a list of at most ${MAX_STOP_STRINGS} strings` })
+      .nullish(),
+    stream: z.boolean(typed('stream', 'true or false')).nullish(),
+    stream_options: z.object({ include_usage: z.boolean(typed('stream_options.include_usage', 'true or false')).nullish() }, typed('stream_options', 'an object')).nullish(),
+    n: neutral('n', (v) => v === 1, 'n = 1'),
+    presence_penalty: neutral('presence_penalty', (v) => v === 0, '0'),
+    frequency_penalty: neutral('frequency_penalty', (v) => v === 0, '0'),
+    logit_bias: neutral('logit_bias', (v) => typeof v === 'object' && Object.keys(v as object).length === 0, 'an empty object'),
+  };
+}
+
+const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
+
+/** The schemas for a model whose context holds `contextTokens` tokens. */
+export function requestSchemas(limits: { contextTokens: number }) {
+  const common = samplingFields(limits.contextTokens);
+  const completion = z.object({
+    ...common,
+    prompt: z
+      .string({ error: (i) => (i.input === undefined ? 'prompt is required (a string)' : 'prompt must be one string (lists of prompts and token ids are not supported)') })
+      .min(1, { error: 'prompt must not be empty' }),
+    echo: neutral('echo', (v) => v === false, 'false'),
+    best_of: neutral('best_of', (v) => v === 1, '1'),
+    logprobs: neutral('logprobs', (v) => v === 0, 'null'),
+    suffix: neutral('suffix', (v) => v === '', 'null'),
+  });
+  const textPart = z.object({ type: z.literal('text', { error: 'only text content parts are supported' }), text: z.string(typed('text', 'a string')) });
+  const chat = z.object({
+    ...common,
+    // OpenAI's newer name for max_tokens on chat; either may be sent.
+    max_completion_tokens: common.max_tokens,
+    messages: z
+      .array(
+        z.object({
+          role: z.enum(ROLES, { error: `role must be one of ${ROLES.join(', ')} (tool messages are not supported)` }),
+          content: z.union([z.string(), z.array(textPart)], { error: 'content must be a string or a list of {"type": "text", "text": …} parts' }),
+          name: z.string(typed('name', 'a string')).nullish(),
+        }, typed('message', 'an object with role and content')),
+        typed('messages', 'a list of {role, content} messages'),
+      )
+      .min(1, { error: 'messages must hold at least one message' }),
+    logprobs: neutral('logprobs', (v) => v === false, 'false'),
+    top_logprobs: neutral('top_logprobs', (v) => v === 0, 'null'),
+    tools: neutral('tools', (v) => Array.isArray(v) && v.length === 0, 'none'),
+  });
+  return { completion, chat };
+}
+
+export type RequestSchemas = ReturnType<typeof requestSchemas>;
+export type CompletionRequest = z.infer<RequestSchemas['completion']>;
+export type ChatRequest = z.infer<RequestSchemas['chat']>;
+export type ChatMessage = ChatRequest['messages'][number];
+
+/** `body` checked against `schema`, or a 400 naming the first field that is wrong. */
+export function parseRequest<S extends z.ZodType>(schema: S, body: unknown): z.infer<S> {
+  if (body === undefined) throw badRequest('the body must be a JSON object sent with Content-Type: application/json');
+  const r = schema.safeParse(body);
+  if (r.success) return r.data;
+  const issue = r.error.issues[0];
+  const param = issue.path.length ? paramName(issue.path) : null;
+  const message = param === null && issue.code === 'invalid_type' ? 'the body must be a JSON object' : issue.message;
+  throw badRequest(message, param);
+}
+
+/** A zod path as a field name: ["messages", 0, "content"] → "messages[0].content". */
+function paramName(path: PropertyKey[]): string {
+  return path.reduce<string>((s, p) => (typeof p === 'number' ? `${s}[${p}]` : s ? `${s}.${String(p)}` : String(p)), '');
+}
