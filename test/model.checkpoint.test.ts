@@ -142,6 +142,17 @@ function assertFails(dir: string, code: string, file: string, ...mentions: (stri
 // ---- the specification ---------------------------------------------------------------------
 
 describe('half-precision arrays', function () {
+  it('decode bytes at an odd offset inside a larger Node Buffer (the disk cache hands out such views)', function () {
+    const values = Float32Array.from([0.5, -1.25, 3, 1e-3, -7]);
+    for (const dtype of ['BF16', 'F16', 'F32'] as const) {
+      const enc = encodeTensor(values, dtype);
+      const file = Buffer.alloc(enc.byteLength + 9, 0xab);
+      file.set(enc, 5);
+      const view = file.subarray(5, 5 + enc.byteLength); // byteOffset 5: not a multiple of 2 or 4
+      assert.deepEqual(decodeTensor(view, dtype), decodeTensor(Uint8Array.from(enc), dtype), dtype);
+    }
+  });
+
   it('convert every f16 and bf16 bit pattern exactly as the scalar reference does', function () {
     const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
     const f16 = f16ToF32(all);

@@ -71,7 +71,8 @@ export function f32ToF16(src: Float32Array): Uint16Array {
 /** A Uint16Array over `bytes`, viewing them when aligned and copying when not. */
 function u16View(bytes: Uint8Array): Uint16Array {
   if (bytes.byteOffset % 2 === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
-  return new Uint16Array(bytes.slice().buffer, 0, bytes.byteLength >> 1);
+  // A copy to an aligned buffer. Not bytes.slice(): on a Node Buffer that is a view, not a copy.
+  return new Uint16Array(new Uint8Array(bytes).buffer, 0, bytes.byteLength >> 1);
 }
 
 /** Stored little-endian bytes of `dtype` → a fresh Float32Array of the values. */

@@ -45,8 +45,8 @@ export interface ArithmeticCanary {
 
 export interface CanaryRunnerOptions {
   target: CanaryTarget;
-  /** Scores plans (strict levels). */
-  engine: PlannedEngine;
+  /** Scores plans (strict levels); needed by score(), not by scoreWith(). */
+  engine?: PlannedEngine;
   /** The uncompressed model's experts (every layer exact). */
   referenceEngine: ExpertEngine;
   text: TextCanary[];
@@ -121,16 +121,23 @@ export class CanaryRunner {
   /** Scores `plan`: top-1 agreement and mean KL over the text items, exact match over the arithmetic. */
   async score(plan: PrecisionPlan): Promise<CanaryResult> {
     if (this.running) throw new Error('a canary run is already under way');
+    if (!this.o.engine) throw new Error('this canary runner has no engine to set plans on (use scoreWith)');
+    this.o.engine.setPlan(plan);
+    return this.scoreWith(this.o.engine, plan.version);
+  }
+
+  /** Scores whatever `engine` computes (the profiler's perturbed experts), reported as plan `version`. */
+  async scoreWith(engine: ExpertEngine, version: number): Promise<CanaryResult> {
+    if (this.running) throw new Error('a canary run is already under way');
     this.running = true;
     try {
       const refs = await this.references();
-      this.o.engine.setPlan(plan);
       let same = 0;
       let positions = 0;
       let kl = 0;
       for (const ref of refs) {
         await this.o.yieldToServing?.();
-        const rows = this.rows(await this.o.target.logits(ref.tokens, this.o.engine), ref.from, ref.tokens.length);
+        const rows = this.rows(await this.o.target.logits(ref.tokens, engine), ref.from, ref.tokens.length);
         rows.forEach((row, j) => {
           if (argmax(row) === ref.argmax[j]) same++;
           const q = logSoftmax(row);
@@ -139,16 +146,17 @@ export class CanaryRunner {
           positions++;
         });
       }
+      if (!Number.isFinite(kl)) throw new Error('the canaries saw non-finite logits: the experts this engine computes with are not valid numbers');
       let exact: number | undefined;
       if (this.arithmetic.length) {
         let right = 0;
         for (const item of this.arithmetic) {
           await this.o.yieldToServing?.();
-          if ((await this.o.target.greedy(item.prompt, item.answer.length + 1, '\n', this.o.engine)) === item.answer) right++;
+          if ((await this.o.target.greedy(item.prompt, item.answer.length + 1, '\n', engine)) === item.answer) right++;
         }
         exact = right / this.arithmetic.length;
       }
-      return { kind: 'canary', at: performance.now() / 1000, planVersion: plan.version, top1Agreement: same / positions, kl: kl / positions, exactMatch: exact };
+      return { kind: 'canary', at: performance.now() / 1000, planVersion: version, top1Agreement: same / positions, kl: kl / positions, exactMatch: exact };
     } finally {
       this.running = false;
     }

@@ -134,7 +134,8 @@ const CODEC_DTYPE: Record<TensorDtype, DType> = { F32: 'f32', F16: 'f16', BF16: 
 
 /** The codec's view of a raw tensor: a typed array of its values (a view, no copy when aligned). */
 function codecValues(t: RawTensor): Float32Array | Uint16Array {
-  const b = t.bytes.byteOffset % 4 === 0 ? t.bytes : t.bytes.slice();
+  // Unaligned bytes are copied (new Uint8Array copies; a Node Buffer's slice() would not).
+  const b = t.bytes.byteOffset % 4 === 0 ? t.bytes : new Uint8Array(t.bytes);
   return t.dtype === 'F32' ? new Float32Array(b.buffer, b.byteOffset, b.byteLength >> 2) : new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1);
 }
 

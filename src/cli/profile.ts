@@ -1,0 +1,140 @@
+// `ebserve profile [--model DIR] [--policy FILE] [--base-profile FILE] [--out FILE] [--items N]
+// [--experts N] [--error-models codec,gaussian] [--fresh]` — measures how each layer (and each
+// layer group, and a sample of single experts) tolerates each ladder rung, under the codec's real
+// error and the seed study's Gaussian noise, on the model's canaries; writes a profile whose
+// `sensitivity` the controller's planner uses, the full study as JSON, and one SVG plot per error
+// model (top-1 agreement versus layer, a line per bound). Resumes an interrupted run unless --fresh.
+import fs from 'node:fs';
+import path from 'node:path';
+
+import YAML from 'yaml';
+
+import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
+import { integer, oneOf, parse } from './args.js';
+import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
+
+export const usage = `usage: ebserve profile [--model DIR] [--policy FILE] [--base-profile FILE] [--out FILE] [--items N]
+                       [--experts N] [--error-models codec,gaussian] [--fresh]
+  --model DIR          checkpoint folder (default: the embedded model)
+  --policy FILE        whose ladder and layer groups to measure (default policies/u-shape.yaml)
+  --base-profile FILE  link, device and SLA settings copied into the output (default profiles/cpu.yaml)
+  --out FILE           the profile to write (default profiles/tiny-moe.yaml); beside it FILE's stem
+                       + .study.json and -codec.svg / -gaussian.svg
+  --items N            canary items of each kind per measurement (default 16)
+  --experts N          single experts sampled, spread over the layers (default 8)
+  --fresh              ignore the state of an interrupted run`;
+
+export async function profileCommand(argv: string[]): Promise<number> {
+  const { values, help } = parse('profile', argv, {
+    model: { type: 'string' },
+    policy: { type: 'string' },
+    'base-profile': { type: 'string' },
+    out: { type: 'string' },
+    items: { type: 'string' },
+    experts: { type: 'string' },
+    'error-models': { type: 'string' },
+    fresh: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  }, []);
+  if (help) {
+    console.log(usage);
+    return 0;
+  }
+  const items = integer('profile', 'items', values.items, 1, 240, 16);
+  const sample = integer('profile', 'experts', values.experts, 0, 4096, 8);
+  const models = ((values['error-models'] as string | undefined) ?? 'codec,gaussian').split(',').map((m) => oneOf('profile', 'error-models', m, ['codec', 'gaussian'] as const));
+  const dir = (values.model as string | undefined) ?? EMBEDDED_MODEL_DIR;
+  const out = path.resolve((values.out as string | undefined) ?? path.join(path.dirname(DEFAULT_PROFILE), 'tiny-moe.yaml'));
+  const stem = out.replace(/\.ya?ml$/, '');
+
+  const { loadPolicy, resolvePolicy } = await import('../control/policy.js');
+  const { loadProfile } = await import('../control/profile.js');
+  const policy = loadPolicy((values.policy as string | undefined) ?? DEFAULT_POLICY);
+  const base = loadProfile((values['base-profile'] as string | undefined) ?? DEFAULT_PROFILE);
+  const { loadModel, checkpointExperts } = await import('../model/load.js');
+  const { openStore, defaultCacheDir } = await import('../offload/store-file.js');
+  const { progressBar } = await import('../offload/progress.js');
+  const { CanaryRunner } = await import('../control/canaries.js');
+  const { PerturbedEngine, runProfile, sensitivityTable } = await import('../control/profiler.js');
+  const { lineChart } = await import('../control/plot.js');
+  const { canaryTarget } = await import('../serve/canary-target.js');
+
+  let engine: InstanceType<typeof PerturbedEngine> | undefined;
+  const opened: { store?: Awaited<ReturnType<typeof openStore>>['store'] } = {};
+  const m = await loadModel(dir, {
+    engine: async (ckpt) => {
+      const bar = progressBar('compressing experts');
+      const o = await openStore(checkpointExperts(ckpt), policy.storeLadder, defaultCacheDir(dir), (p) => bar(p.done, p.total, `layer ${p.layer} expert ${p.expert}`));
+      if (o.from === 'built') bar.done();
+      opened.store = o.store;
+      return (engine = new PerturbedEngine(o.store));
+    },
+  });
+  try {
+    const store = opened.store!;
+    const L = store.numLayers;
+    const canaryDir = path.join(dir, 'canaries');
+    const jsonl = <T>(f: string): T[] => (fs.existsSync(path.join(canaryDir, f)) ? fs.readFileSync(path.join(canaryDir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T) : []);
+    const text = jsonl<{ prompt: string; continuation: string }>('text.jsonl');
+    if (!text.length) throw new Error(`${canaryDir}/text.jsonl: no text canaries to profile with`);
+    const runner = new CanaryRunner({ target: canaryTarget(m), referenceEngine: engine!, text, arithmetic: jsonl('arithmetic.jsonl'), items });
+    const r = resolvePolicy(policy, L);
+    const groups = [...new Set(r.group)].map((name) => ({ name, layers: r.group.flatMap((g, l) => (g === name ? [l] : [])) }));
+    const experts = Array.from({ length: Math.min(sample, L * store.numExperts) }, (_, i) => {
+      const layer = Math.floor((i * L) / Math.max(1, sample)) % L;
+      return [layer, (i * 3 + layer) % store.numExperts] as [number, number];
+    });
+    const statePath = `${stem}.state.json`;
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    if (values.fresh) fs.rmSync(statePath, { force: true });
+    const settingsKey = JSON.stringify({ model: path.resolve(dir), hash: store.checkpointHash, ladder: policy.ladder, items, experts, models, groups });
+    const bar = progressBar('profiling');
+    let resumedCells = 0;
+    const cells = await runProfile({
+      store, runner, engine: engine!, groups, experts, models, statePath, settingsKey,
+      onCell: (done, total, cell, resumed) => {
+        if (resumed) resumedCells++;
+        bar(done, total, `${cell.model} ${cell.target.kind} ${'layer' in cell.target ? cell.target.layer : ''} rung ${cell.level}`);
+      },
+    });
+    bar.done(`${cells.length} measurements${resumedCells ? ` (${resumedCells} resumed from ${statePath})` : ''}`);
+
+    const sensitivity = sensitivityTable(cells, store, 'codec');
+    const profile = {
+      ...Object.fromEntries(Object.entries(base).filter(([k]) => !['file', 'modelDir', 'sensitivity'].includes(k))),
+      name: path.basename(stem),
+      description: `measured by ebserve profile on ${path.basename(dir)} (${items} canary items per measurement)`,
+      model: path.relative(path.dirname(out), dir) || '.',
+      sensitivity: { error_model: 'codec', metric: '1 - top1_agreement', bound_mode: policy.ladder.bound_mode, bounds: policy.ladder.bounds, exact: policy.ladder.exact, layers: sensitivity },
+    };
+    fs.mkdirSync(path.dirname(out), { recursive: true });
+    fs.writeFileSync(out, `# Written by \`ebserve profile\`: per-layer sensitivity measured on the canaries (1 − top-1 agreement with\n# the uncompressed model when that layer alone runs at a level). Study: ${path.basename(stem)}.study.json\n${flowNumbers(profile)}`);
+    fs.writeFileSync(`${stem}.study.json`, `${JSON.stringify({ model: dir, ladder: policy.ladder, items, groups, experts, cells }, null, 1)}\n`);
+    const plots: string[] = [];
+    for (const model of models) {
+      const series = policy.ladder.bounds.map((b, level) => ({
+        name: `${b}${policy.ladder.bound_mode === 'abs' ? '' : ` ${policy.ladder.bound_mode}`}`,
+        points: cells.filter((c) => c.model === model && c.target.kind === 'layer' && c.level === level).map((c) => [(c.target as { layer: number }).layer, c.top1Agreement] as [number, number]),
+      }));
+      const file = `${stem}-${model}.svg`;
+      fs.writeFileSync(file, lineChart({ title: `${path.basename(dir)}: top-1 agreement with one layer under ${model === 'codec' ? 'the codec\'s error' : 'Gaussian noise N(0, eb²)'}`, xLabel: 'layer', yLabel: 'top-1 agreement', series }));
+      plots.push(file);
+    }
+    fs.rmSync(statePath, { force: true });
+    process.stderr.write(`ebserve profile: wrote ${out}, ${stem}.study.json, ${plots.join(', ')}\n`);
+    return 0;
+  } finally {
+    m.dispose();
+  }
+}
+
+/** YAML with every list of plain values on one line (a sensitivity row reads as a row). */
+function flowNumbers(value: unknown): string {
+  const doc = new YAML.Document(value);
+  YAML.visit(doc, {
+    Seq(_, node) {
+      if (node.items.every((i) => YAML.isScalar(i))) node.flow = true;
+    },
+  });
+  return doc.toString({ lineWidth: 0 });
+}

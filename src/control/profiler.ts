@@ -1,0 +1,201 @@
+/**
+ * The profiler: the seed study's experiment as a tool. For every layer alone, for each layer
+ * group, and for a sample of single experts, at every ladder rung, it perturbs those experts'
+ * weights under an error model, scores the canaries against the uncompressed model, and records
+ * the scores. Two error models:
+ *   codec     the codec's real error: the weights decoded from rungs 0..k (bounded, ~uniform,
+ *             RMS ≈ eb/√3);
+ *   gaussian  the study's model: the exact weights plus N(0, eb²) noise, eb the same absolute bound
+ *             (harsher by about √3 in RMS, and unbounded).
+ * Every other expert stays exact. Results are kept in a state file after every cell, so an
+ * interrupted run resumes where it stopped.
+ *
+ * Shapes: levels 0..K−1 are the ladder's rungs (loosest first); the exact level costs nothing.
+ */
+import fs from 'node:fs';
+
+import { decompressRungs } from '../codec/index.js';
+import { combineExperts, disposeSwiglu, swigluTensors, type ExpertEngine, type ExpertMatrices, type SwigluTensors } from '../offload/expert-engine.js';
+import { MATRICES } from '../offload/source.js';
+import type { ExpertStore } from '../offload/store.js';
+import type { CanaryRunner } from './canaries.js';
+
+export type ErrorModel = 'codec' | 'gaussian';
+
+export type ProfileTarget = { kind: 'layer'; layer: number } | { kind: 'group'; group: string; layers: number[] } | { kind: 'expert'; layer: number; expert: number };
+
+export interface ProfileCell {
+  model: ErrorModel;
+  target: ProfileTarget;
+  level: number;
+  top1Agreement: number;
+  kl: number;
+  exactMatch?: number;
+}
+
+function targetKey(t: ProfileTarget): string {
+  return t.kind === 'layer' ? `layer ${t.layer}` : t.kind === 'group' ? `group ${t.group}` : `expert ${t.layer}.${t.expert}`;
+}
+
+export function cellKey(model: ErrorModel, t: ProfileTarget, level: number): string {
+  return `${model}/${targetKey(t)}/${level}`;
+}
+
+/** N(0, 1) from a seeded mulberry32 + Box–Muller: the same noise for the same seed. */
+function gaussianSource(seed: number): () => number {
+  let a = seed >>> 0;
+  const u = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (((t ^ (t >>> 14)) >>> 0) + 1) / 4294967297;
+  };
+  return () => Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+}
+
+/**
+ * Every expert resident at the exact level, with some replaced by perturbed copies: the engine
+ * the profiler scores. Its tensors are the model's own weights, so the unperturbed engine is
+ * the reference.
+ */
+export class PerturbedEngine implements ExpertEngine {
+  private readonly exact: SwigluTensors[][];
+  private readonly overrides = new Map<number, SwigluTensors>();
+  private readonly d: number;
+  private readonly ff: number;
+
+  constructor(private readonly store: ExpertStore) {
+    [this.ff, this.d] = store.expert(0, 0).gate.shape;
+    this.exact = Array.from({ length: store.numLayers }, (_, l) => Array.from({ length: store.numExperts }, (_, e) => swigluTensors(this.values(l, e, store.exact), this.d, this.ff)));
+  }
+
+  /** Experts' values at `level` of the ladder (the exact level: the originals). */
+  values(layer: number, expert: number, level: number): ExpertMatrices {
+    const s = this.store.expert(layer, expert);
+    const one = (m: (typeof MATRICES)[number]) =>
+      level === this.store.exact ? this.store.decodeExact(s[m], s[m].exact!) : (decompressRungs(s[m].head, s[m].rungs.slice(0, level + 1), { verify: false }) as Float32Array);
+    return { gate: one('gate'), up: one('up'), down: one('down') };
+  }
+
+  /** Replaces `targets` by their weights under `model` at `level` (until restore). */
+  perturb(targets: [number, number][], level: number, model: ErrorModel, seed: number): void {
+    this.restore();
+    const noise = gaussianSource(seed);
+    for (const [l, e] of targets) {
+      let w: ExpertMatrices;
+      if (model === 'codec') {
+        w = this.values(l, e, level);
+      } else {
+        w = this.values(l, e, this.store.exact);
+        const s = this.store.expert(l, e);
+        for (const m of MATRICES) {
+          const eb = s[m].bounds[level];
+          const x = w[m];
+          for (let i = 0; i < x.length; i++) x[i] += eb * noise();
+        }
+      }
+      this.overrides.set(l * this.store.numExperts + e, swigluTensors(w, this.d, this.ff));
+    }
+  }
+
+  restore(): void {
+    for (const t of this.overrides.values()) disposeSwiglu(t);
+    this.overrides.clear();
+  }
+
+  async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
+    return combineExperts(this.d, hidden, ids, weights, T, (e) => this.overrides.get(layer * this.store.numExperts + e) ?? this.exact[layer][e]);
+  }
+
+  dispose(): void {
+    this.restore();
+    for (const row of this.exact) for (const t of row) disposeSwiglu(t);
+  }
+}
+
+export interface ProfileRun {
+  store: ExpertStore;
+  runner: CanaryRunner;
+  engine: PerturbedEngine;
+  groups: { name: string; layers: number[] }[];
+  experts: [number, number][];
+  models: ErrorModel[];
+  /** The state file (JSON): done cells survive an interruption. */
+  statePath: string;
+  /** Identifies the settings: a state file made with others is not resumed. */
+  settingsKey: string;
+  seed?: number;
+  onCell?: (done: number, total: number, cell: ProfileCell, resumed: boolean) => void;
+}
+
+/** Runs (or resumes) every cell; returns them all. */
+export async function runProfile(p: ProfileRun): Promise<ProfileCell[]> {
+  const targets: ProfileTarget[] = [
+    ...Array.from({ length: p.store.numLayers }, (_, layer) => ({ kind: 'layer' as const, layer })),
+    ...p.groups.map((g) => ({ kind: 'group' as const, group: g.name, layers: g.layers })),
+    ...p.experts.map(([layer, expert]) => ({ kind: 'expert' as const, layer, expert })),
+  ];
+  const levels = Array.from({ length: p.store.ladder.bounds.length }, (_, k) => k);
+  const state: { settings: string; cells: Record<string, ProfileCell> } = readState(p.statePath, p.settingsKey);
+  const total = p.models.length * targets.length * levels.length;
+  let done = 0;
+  await p.runner.references(); // from the unperturbed engine, before any cell perturbs it
+  for (const model of p.models) {
+    for (const t of targets) {
+      for (const level of levels) {
+        const key = cellKey(model, t, level);
+        let cell = state.cells[key];
+        const resumed = Boolean(cell);
+        if (!cell) {
+          const experts: [number, number][] =
+            t.kind === 'expert' ? [[t.layer, t.expert]] : (t.kind === 'layer' ? [t.layer] : t.layers).flatMap((l) => Array.from({ length: p.store.numExperts }, (_, e) => [l, e] as [number, number]));
+          p.engine.perturb(experts, level, model, (p.seed ?? 1) + done);
+          try {
+            const r = await p.runner.scoreWith(p.engine, 0);
+            cell = { model, target: t, level, top1Agreement: r.top1Agreement, kl: r.kl ?? 0, exactMatch: r.exactMatch };
+          } finally {
+            p.engine.restore();
+          }
+          state.cells[key] = cell;
+          writeState(p.statePath, state);
+        }
+        p.onCell?.(++done, total, cell, resumed);
+      }
+    }
+  }
+  return Object.values(state.cells);
+}
+
+function readState(file: string, settings: string): { settings: string; cells: Record<string, ProfileCell> } {
+  try {
+    const s = JSON.parse(fs.readFileSync(file, 'utf8')) as { settings: string; cells: Record<string, ProfileCell> };
+    if (s.settings === settings && s.cells && typeof s.cells === 'object') return s;
+  } catch {
+    // no state yet, or an unreadable one: start over
+  }
+  return { settings, cells: {} };
+}
+
+function writeState(file: string, state: unknown): void {
+  const tmp = `${file}.tmp`;
+  fs.writeFileSync(tmp, JSON.stringify(state));
+  fs.renameSync(tmp, file);
+}
+
+/**
+ * [layer][level] accuracy cost (1 − top-1 agreement) of each layer alone under `model`; the
+ * exact level costs 0. Made non-increasing in the level (a looser level never reads as cheaper
+ * than a tighter one: the canaries' sampling noise can say so, the planner should not believe it).
+ */
+export function sensitivityTable(cells: ProfileCell[], store: ExpertStore, model: ErrorModel): number[][] {
+  return Array.from({ length: store.numLayers }, (_, layer) => {
+    const row = Array.from({ length: store.levels }, (_, level) => {
+      if (level === store.exact) return 0;
+      const c = cells.find((x) => x.model === model && x.target.kind === 'layer' && x.target.layer === layer && x.level === level);
+      return c ? Math.max(0, 1 - c.top1Agreement) : NaN;
+    });
+    for (let k = row.length - 2; k >= 0; k--) row[k] = Math.max(row[k], row[k + 1]);
+    return row.map((v) => Number(v.toFixed(6)));
+  });
+}
