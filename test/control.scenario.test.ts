@@ -5,8 +5,9 @@
 // the plan back at once and the quarantine holds.
 //
 // The regime is set from this machine's own measurements, so it is the same on a fast or a slow
-// machine: the starting bandwidth makes the tightest plan's link cost 1× its compute time per
-// token, and the SLA is 1.5× the p95 measured there; after the drop the link alone costs 4×.
+// machine: the starting bandwidth makes the tightest plan's link cost 3× its compute time per
+// token, and the SLA is 2× the median step measured there; after the drop the link alone costs
+// 12× compute, which only a looser plan can bring back under the SLA.
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -65,15 +66,15 @@ describe('control loop scenario (embedded model, emulated link, real time)', fun
       for (let i = 0; i < 4; i++) await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 24 });
       const tc = compute / steps;
       const bytesPerToken = bytes / steps;
-      const b0 = bytesPerToken / tc;
-      // The SLA: 1.5× the p95 this plan measures at b0 (so machine noise is in the baseline).
+      const b0 = bytesPerToken / (3 * tc);
+      // The SLA: 2× the median step this plan measures at b0 (a median: one noisy step must not set it).
       link.setBandwidth(b0);
       const steady: number[] = [];
       const offSteady = bus.on((s) => s.kind === 'token' && s.tokens === 1 && steady.push(s.seconds));
       for (let i = 0; i < 4; i++) await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 24 });
       offSteady();
       steady.sort((a, b) => a - b);
-      const sla = 1.5 * steady[Math.ceil(0.95 * steady.length) - 1];
+      const sla = 2 * steady[Math.floor(steady.length / 2)];
 
       // 2. The controller, with the default policy's ladder and quick hysteresis.
       const policy = loadPolicy('policies/u-shape.yaml');
@@ -103,9 +104,10 @@ describe('control loop scenario (embedded model, emulated link, real time)', fun
       const drop = now();
       phase = 'drop';
       link.setBandwidth(b0 / 4);
-      await new Promise((r) => setTimeout(r, 6000));
+      // Long enough to loosen (a few ticks) and for the p95 window (64 steps) to turn over.
+      await new Promise((r) => setTimeout(r, 8000));
       const firstDegrade = decisions.find((d) => d.t > drop && d.action === 'degrade');
-      assert.ok(firstDegrade, 'the plan loosened');
+      assert.ok(firstDegrade, `the plan loosened (SLA ${sla.toFixed(4)} s): ${decisions.filter((d) => d.t > drop).slice(-3).map((d) => `${d.action}: ${d.reason}`).join(' | ')}`);
       const ticks = Math.round((firstDegrade.t - drop) / 100);
       assert.ok(ticks <= 20, `loosened after ${ticks} ticks`);
       assert.ok(c.plan.levels.some((lv, l) => lv < tightest[l]), `looser plan: ${c.plan.levels}`);

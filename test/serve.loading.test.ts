@@ -8,7 +8,7 @@ import path from 'node:path';
 import { EMBEDDED_MODEL_DIR } from '../src/model/embedded.js';
 import { loadServedModel } from '../src/serve/load-model.js';
 import { startServer, type RunningServer } from '../src/serve/server.js';
-import { post, type ErrorBody } from './serve/helpers.js';
+import { embeddedSpec, post, type ErrorBody } from './serve/helpers.js';
 
 describe('GET /health while the model loads', function () {
   let server: RunningServer | undefined;
@@ -27,7 +27,7 @@ describe('GET /health while the model loads', function () {
       log: (l) => log.push(l),
       load: async (bus) => {
         await gate;
-        return loadServedModel({ dir: EMBEDDED_MODEL_DIR, engine: 'resident' }, bus, (l) => log.push(l));
+        return loadServedModel(embeddedSpec({ engine: 'resident' }), bus, (l) => log.push(l));
       },
     });
     const url = server.url;
@@ -51,7 +51,7 @@ describe('GET /health while the model loads', function () {
 
   it('answers 503 naming the error when the model failed to load', async function () {
     const missing = path.join(EMBEDDED_MODEL_DIR, 'no-such-model');
-    server = await startServer({ host: '127.0.0.1', port: 0, log: () => {}, load: (bus) => loadServedModel({ dir: missing, engine: 'offload' }, bus, () => {}) });
+    server = await startServer({ host: '127.0.0.1', port: 0, log: () => {}, load: (bus) => loadServedModel(embeddedSpec({ dir: missing }), bus, () => {}) });
     await assert.rejects(server.ready);
     const res = await fetch(`${server.url}/health`);
     assert.equal(res.status, 503);

@@ -89,7 +89,7 @@ describe('GET /metrics', function () {
   });
 
   it('uses a decompressing level when asked, and then observes decompressions', async function () {
-    const lossy = await startEmbedded({ spec: { engine: 'offload', level: 3 } });
+    const lossy = await startEmbedded({ spec: { engine: 'offload', fixedLevel: 3 } });
     try {
       assert.equal((await post(lossy.url, '/v1/completions', { prompt: 'Call me', max_tokens: 4 })).status, 200);
       const t = await metricsText(lossy.url);

@@ -1,27 +1,32 @@
-// `ebserve serve [--model DIR] [--host H] [--port N] [--engine resident|offload] [--experts-per-layer N]
-// [--level N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend B]` — the
-// OpenAI-compatible server. The port is bound before the model loads, so /health answers 503
+// `ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine resident|offload]
+// [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N] [--max-body-bytes N]
+// [--drain-timeout S] [--backend B]` — the OpenAI-compatible server, with the controller choosing
+// every layer's error bound live (unless --level fixes one). The port is bound before the model loads, so /health answers 503
 // meanwhile; what was loaded, and where to look, goes to stderr. SIGTERM or SIGINT stops
 // accepting, lets in-flight requests finish (at most --drain-timeout seconds) and exits 0; a
 // second signal stops waiting.
 import type { BackendName } from '../model/backend.js';
 import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
-import { DEFAULT_LADDER, levelCount } from '../offload/plan.js';
 import type { EngineName } from '../serve/served-model.js';
 import { UsageError, integer, numberIn, oneOf, parse } from './args.js';
+import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
 
-const FINEST = levelCount(DEFAULT_LADDER) - 1;
-
-export const usage = `usage: ebserve serve [--model DIR] [--host H] [--port N] [--engine resident|offload] [--experts-per-layer N]
-                     [--level N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
-  --model DIR            a Hugging Face checkpoint folder (default: the embedded model, ${EMBEDDED_MODEL_DIR})
+export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine resident|offload]
+                     [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N]
+                     [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
+  --model DIR            a Hugging Face checkpoint folder (default: the profile's model, else the embedded one,
+                         ${EMBEDDED_MODEL_DIR})
+  --policy FILE          how levels may move: ladder, floors, ceilings, hysteresis, canaries (default policies/u-shape.yaml)
+  --profile FILE         where it runs: device budget, link (or an emulated one), SLA, accuracy floor (default profiles/cpu.yaml)
+  --dry-run              the controller decides and reports, but changes nothing
+  --admin-token-file F   the bearer token of /admin/* (or EBSERVE_ADMIN_TOKEN); without one the admin API is off
   --host H               address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
   --port N               port (default 8080; 0 picks a free one, printed at startup)
   --engine E             offload (default): experts in host memory as precision-ladder rungs, a device cache
                          in front; resident: every expert held as TensorFlow.js tensors
-  --experts-per-layer N  offload: experts per layer the device cache holds (default 4)
-  --level N              offload: the level every layer is fetched at, 0 (loosest bound) .. ${FINEST} (the exact
-                         bytes, the default); fixed while the server runs
+  --experts-per-layer N  offload: experts per layer the device cache holds (default: the profile's device budget)
+  --level N              offload: fix every layer at this level, 0 (the ladder's loosest bound) .. its exact bytes;
+                         no controller
   --max-queue N          requests that may wait behind the one generating (default 8); beyond it: 429
   --max-body-bytes N     largest request body (default 1048576); beyond it: 413
   --drain-timeout S      on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 30)
@@ -30,6 +35,10 @@ export const usage = `usage: ebserve serve [--model DIR] [--host H] [--port N] [
 export async function serveCommand(argv: string[]): Promise<number> {
   const { values, help } = parse('serve', argv, {
     model: { type: 'string' },
+    policy: { type: 'string' },
+    profile: { type: 'string' },
+    'dry-run': { type: 'boolean' },
+    'admin-token-file': { type: 'string' },
     host: { type: 'string' },
     port: { type: 'string' },
     engine: { type: 'string' },
@@ -46,16 +55,27 @@ export async function serveCommand(argv: string[]): Promise<number> {
     return 0;
   }
   const engine = oneOf<EngineName>('serve', 'engine', values.engine, ['offload', 'resident'], 'offload');
+  // Policy and profile are checked before the port is bound: a bad file is a usage problem.
+  const { loadPolicy } = await import('../control/policy.js');
+  const { loadProfile } = await import('../control/profile.js');
+  const policy = loadPolicy((values.policy as string | undefined) ?? DEFAULT_POLICY);
+  const profile = loadProfile((values.profile as string | undefined) ?? DEFAULT_PROFILE);
+  const levels = policy.ladder.bounds.length + (policy.ladder.exact ? 1 : 0);
   const spec = {
-    dir: (values.model as string | undefined) ?? EMBEDDED_MODEL_DIR,
+    dir: (values.model as string | undefined) ?? profile.modelDir ?? EMBEDDED_MODEL_DIR,
     engine,
-    expertsPerLayer: integer('serve', 'experts-per-layer', values['experts-per-layer'], 1, 1 << 16, 4),
-    level: integer('serve', 'level', values.level, 0, FINEST, FINEST),
+    policy,
+    profile,
+    expertsPerLayer: values['experts-per-layer'] === undefined ? undefined : integer('serve', 'experts-per-layer', values['experts-per-layer'], 1, 1 << 16, 4),
+    fixedLevel: values.level === undefined ? undefined : integer('serve', 'level', values.level, 0, levels - 1, levels - 1),
+    dryRun: Boolean(values['dry-run']),
     backend: values.backend === undefined ? undefined : oneOf<BackendName>('serve', 'backend', values.backend, ['tensorflow', 'wasm', 'cpu']),
   };
-  if (engine === 'resident' && (values['experts-per-layer'] !== undefined || values.level !== undefined)) {
-    throw new UsageError('serve: --experts-per-layer and --level are offload settings; the resident engine holds every expert exactly');
+  if (engine === 'resident' && (values['experts-per-layer'] !== undefined || values.level !== undefined || values['dry-run'])) {
+    throw new UsageError('serve: --experts-per-layer, --level and --dry-run are offload settings; the resident engine holds every expert exactly');
   }
+  const { readAdminToken } = await import('../serve/admin.js');
+  const adminToken = readAdminToken(values['admin-token-file'] as string | undefined, process.env.EBSERVE_ADMIN_TOKEN);
   const host = (values.host as string | undefined) ?? '127.0.0.1';
   if (host.trim() === '') throw new UsageError('serve: --host must not be empty');
   const port = integer('serve', 'port', values.port, 0, 65535, 8080);
@@ -67,10 +87,10 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const { startServer } = await import('../serve/server.js');
   const started = performance.now();
   const server = await startServer({
-    host, port, maxQueue, maxBodyBytes, drainTimeoutSeconds, log,
+    host, port, maxQueue, maxBodyBytes, drainTimeoutSeconds, log, adminToken,
     // Loaded here, not at the top: TensorFlow.js takes ~0.6 s to import, and the port should be
     // bound (and /health answering 503) before that.
-    load: async (telemetry) => (await import('../serve/load-model.js')).loadServedModel(spec, telemetry, log),
+    load: async (telemetry, serving) => (await import('../serve/load-model.js')).loadServedModel(spec, telemetry, log, serving.idle),
   });
   log(`ebserve serve: listening on ${server.url}; loading ${spec.dir} (/health answers 503 until it is ready)`);
 
@@ -111,6 +131,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     `  API      ${at}/v1/completions, ${at}/v1/chat/completions, ${at}/v1/models (OpenAI-compatible)`,
     `  metrics  ${at}/metrics`,
     `  health   ${at}/health`,
+    `  live     ${at}/dashboard`,
+    `  admin    ${adminToken ? `${at}/admin/plan (bearer token)` : 'off (no EBSERVE_ADMIN_TOKEN or --admin-token-file)'}`,
   ].join('\n'));
   return exitSoon(await stopped);
 }

@@ -8,12 +8,14 @@
  *   GET  /v1/models             the one model served
  *   GET  /health                200 with model, backend, engine and queue when ready; 503 while loading or shutting down
  *   GET  /metrics               Prometheus text format (metrics.ts)
+ *   /admin/*                    the admin API behind a bearer token (admin.ts)
  *
  * Every other path is a 404 and every other method on these paths a 405, both in OpenAI's error
  * shape; a body over the limit is a 413, before it is even parsed.
  */
 import express, { type Express, type Request } from 'express';
 
+import { adminRouter } from './admin.js';
 import { completionHandler, type CompletionContext } from './completions.js';
 import { ApiError, errorHandler, notFound, unavailable } from './errors.js';
 
@@ -24,6 +26,8 @@ export interface AppContext extends CompletionContext {
   draining(): boolean;
   /** When the model finished loading (seconds since the epoch), for /v1/models. */
   loadedAt(): number;
+  /** The admin API's bearer token, or null: the admin API is off. */
+  adminToken: string | null;
 }
 
 const ROUTES: Record<string, string[]> = {
@@ -88,6 +92,8 @@ export function createApp(ctx: AppContext): Express {
     if (!model) throw unavailable('Loading model');
     res.json({ object: 'list', data: [{ id: model.id, object: 'model', created: ctx.loadedAt(), owned_by: 'ebserve', max_model_len: model.contextTokens }] });
   });
+
+  app.use('/admin', adminRouter({ token: ctx.adminToken, control: () => ctx.model()?.control, maxBodyBytes: ctx.maxBodyBytes }));
 
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());

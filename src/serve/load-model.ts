@@ -4,9 +4,10 @@
  * device cache of N experts per layer, a plain host copy as the link), and every step's telemetry
  * going to the sink the server gives it (its /metrics subscribe there).
  *
- * The offload level is fixed for the life of the process: one level for every layer, by default
- * the finest the store holds (its exact bytes). Choosing levels live is the controller's job,
- * which this build does not have yet; the startup log says so.
+ * With the offload engine the policy names the ladder the experts are stored at and the profile
+ * the device budget, the link (a host copy, or an emulated one) and the SLA; the controller then
+ * chooses every layer's level live (served-control.ts). `fixedLevel` instead pins every layer to
+ * one level and runs no controller.
  *
  * This module imports TensorFlow.js; the CLI imports it only after the port is bound.
  *
@@ -21,37 +22,46 @@ import { ResidentExpertEngine } from '../model/engine.js';
 import { generate } from '../model/generate.js';
 import { checkpointExperts, loadModel, readExpert } from '../model/load.js';
 import type { MoeTransformer } from '../model/transformer.js';
-import { createOffload, deviceBudget, DEFAULT_LADDER, levelCount, uniformPlan, type Link, type TelemetrySink } from '../offload/index.js';
+import type { Policy } from '../control/policy.js';
+import type { Profile } from '../control/profile.js';
+import { createOffload, deviceBudget, levelCount, uniformPlan, type Ladder, type Link, type OffloadExpertEngine, type TelemetryBus } from '../offload/index.js';
+import type { ExpertStore } from '../offload/store.js';
+import { ServedControl } from './served-control.js';
 import { defaultCacheDir } from '../offload/store-file.js';
 import type { EngineName, ServeGenerateOptions, ServedModel } from './served-model.js';
 
 export interface ModelSpec {
   dir: string;
   engine: EngineName;
-  /** Offload: experts per layer the device cache holds (default 4). */
+  /** Offload: the ladder (and, unless fixedLevel, the controller's rules). */
+  policy: Policy;
+  /** Offload: device budget, link and SLA. */
+  profile: Profile;
+  /** Offload: experts per layer the device cache holds (overrides the profile's device budget). */
   expertsPerLayer?: number;
-  /** Offload: the level every layer is fetched at (default: the finest, the exact bytes). */
-  level?: number;
+  /** Offload: every layer at this level, no controller. */
+  fixedLevel?: number;
+  /** Offload: the controller decides and reports but changes nothing. */
+  dryRun?: boolean;
   backend?: BackendName;
 }
 
-/** The finest level of the default ladder (the exact bytes): what --level defaults to. */
-export const FINEST_LEVEL = levelCount(DEFAULT_LADDER) - 1;
-
-/** What level `level` of the default ladder means, in words. */
-export function describeLevel(level: number): string {
-  const b = DEFAULT_LADDER.bounds;
+/** What level `level` of `ladder` means, in words. */
+export function describeLevel(ladder: Ladder, level: number): string {
+  const b = ladder.bounds;
   if (level >= b.length) return 'the exact bytes';
-  return `error bound ${b[level]}σ per tensor (${DEFAULT_LADDER.boundMode}-relative)`;
+  return `error bound ${b[level]}${ladder.boundMode === 'sigma' ? 'σ' : ''} per tensor (${ladder.boundMode})`;
 }
 
 /** Loads `spec` and logs what was loaded, one line each. Errors name the file, tensor or flag. */
-export async function loadServedModel(spec: ModelSpec, telemetry: TelemetrySink, log: (line: string) => void): Promise<ServedModel> {
-  const level = spec.level ?? FINEST_LEVEL;
-  if (!(Number.isInteger(level) && level >= 0 && level <= FINEST_LEVEL)) throw new RangeError(`--level must be one of 0..${FINEST_LEVEL}, got ${level}`);
-  const expertsPerLayer = spec.expertsPerLayer ?? 4;
+export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, log: (line: string) => void, servingIdle: () => Promise<void> = async () => {}): Promise<ServedModel> {
+  const ladder = spec.policy.storeLadder;
+  const finest = levelCount(ladder) - 1;
+  const level = spec.fixedLevel ?? finest;
+  if (!(Number.isInteger(level) && level >= 0 && level <= finest)) throw new RangeError(`--level must be one of 0..${finest}, got ${level}`);
   const id = path.basename(path.resolve(spec.dir));
   let link: Link | undefined;
+  let offloaded: { engine: OffloadExpertEngine; store: ExpertStore } | undefined;
   let details: Record<string, string | number | boolean> = {};
 
   const engine = async (checkpoint: Checkpoint) => {
@@ -64,30 +74,57 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetrySink,
       details = { experts_resident: c.numLayers * c.numExperts };
       return new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, (l, e) => readExpert(checkpoint, l, e));
     }
-    if (!(Number.isInteger(expertsPerLayer) && expertsPerLayer >= 1 && expertsPerLayer <= c.numExperts)) {
-      throw new RangeError(`--experts-per-layer must be a whole number in 1..${c.numExperts} (the model's experts per layer), got ${expertsPerLayer}`);
+    const d = spec.profile.device;
+    const expertsPerLayer = spec.expertsPerLayer ?? d.experts_per_layer;
+    if (expertsPerLayer !== undefined && !(Number.isInteger(expertsPerLayer) && expertsPerLayer >= 1 && expertsPerLayer <= c.numExperts)) {
+      throw new RangeError(`experts per layer must be a whole number in 1..${c.numExperts} (the model's experts per layer), got ${expertsPerLayer}`);
     }
     // The budget needs only the layer count and an expert's size, which the config gives before
     // the store exists (createOffload opens the store itself).
     const expertValues = 3 * c.hiddenSize * c.expertFfnSize;
-    const budget = deviceBudget({ expertsPerLayer }, { numLayers: c.numLayers, expertValues: () => expertValues });
-    log(
-      `ebserve serve: engine offload: ${expertsPerLayer} of ${c.numExperts} experts per layer in the device cache (${(budget.tierABytes / 1e6).toFixed(1)} MB decoded), ` +
-        `every layer at level ${level} of 0..${FINEST_LEVEL} (${describeLevel(level)}); the level is fixed: no controller in this build chooses levels live`,
+    const budget = deviceBudget(
+      expertsPerLayer !== undefined
+        ? { expertsPerLayer, tierBBytes: spec.expertsPerLayer !== undefined ? 0 : d.tier_b_bytes }
+        : { deviceMemoryBudgetBytes: d.memory_budget_bytes, tierBFraction: d.tier_b_fraction },
+      { numLayers: c.numLayers, expertValues: () => expertValues },
     );
+    const fixed = spec.fixedLevel !== undefined;
+    log(
+      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB decoded experts (tier A) + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
+        `ladder of policy ${spec.policy.name}: ${ladder.bounds.join(', ')} (${ladder.boundMode})${ladder.exact ? ' + exact' : ''}; ` +
+        (fixed ? `every layer fixed at level ${level} (${describeLevel(ladder, level)}), no controller` : 'levels chosen live by the controller'),
+    );
+    const em = spec.profile.link.emulated;
     const offload = await createOffload(checkpointExperts(checkpoint), {
+      ladder,
       cacheDir: defaultCacheDir(spec.dir),
       budget,
       plan: uniformPlan(c.numLayers, level),
+      emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
       telemetry,
       log,
     });
     link = offload.link;
-    details = { experts_per_layer: expertsPerLayer, level, level_meaning: describeLevel(level), level_fixed: true, link: offload.link.name, link_emulated: offload.link.emulated };
+    offloaded = { engine: offload.engine, store: offload.opened.store };
+    details = {
+      experts_per_layer: expertsPerLayer ?? 'from memory budget', tier_a_bytes: budget.tierABytes, tier_b_bytes: budget.tierBBytes,
+      policy: spec.policy.name, profile: spec.profile.name, controller: fixed ? 'off' : spec.dryRun ? 'dry-run' : 'on',
+      ...(fixed ? { level, level_meaning: describeLevel(ladder, level), level_fixed: true } : {}),
+      link: offload.link.name, link_emulated: offload.link.emulated,
+    };
     return offload.engine;
   };
 
   const m = await loadModel(spec.dir, { backend: spec.backend, engine });
+  let control: ServedControl | undefined;
+  if (offloaded && spec.fixedLevel === undefined) {
+    try {
+      control = new ServedControl({ model: m, store: offloaded.store, engine: offloaded.engine, telemetry, policy: spec.policy, profile: spec.profile, dryRun: spec.dryRun ?? false, servingIdle, log });
+    } catch (e) {
+      m.dispose();
+      throw e;
+    }
+  }
   const served: ServedModel = {
     id,
     dir: spec.dir,
@@ -98,7 +135,11 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetrySink,
     details,
     countTokens: (text) => m.tokenizer.encode(text).length,
     generate: (prompt, opts) => generate(opts.onToken ? perToken(m.model, opts.onToken) : m.model, m.tokenizer, prompt, withoutHook(opts)),
-    dispose: () => m.dispose(),
+    control,
+    dispose: () => {
+      control?.stop();
+      m.dispose();
+    },
   };
   return served;
 }

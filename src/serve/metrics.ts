@@ -18,6 +18,7 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import type { OffloadSample } from '../offload/telemetry.js';
+import type { ServedControl } from './served-control.js';
 
 const PREFIX = 'ebserve_';
 
@@ -107,9 +108,83 @@ export class ServeMetrics {
     }
   }
 
+  /**
+   * The controller's metrics, read from it at every scrape (gauges) or counted as it decides:
+   * bandwidth estimates, each layer's bound, level and compression ratio, the SLO targets,
+   * canary scores against their floor, decisions by direction and reason, rollbacks.
+   */
+  attachControl(control: ServedControl): void {
+    const registers = [this.registry];
+    const name = (n: string) => `${PREFIX}${n}`;
+    const per = (f: (c: ServedControl) => number[]) => function (this: Gauge<'layer'>) {
+      f(control).forEach((v, layer) => this.set({ layer: String(layer) }, v));
+    };
+    new Gauge({
+      name: name('link_bandwidth_estimate_bytes_per_second'), help: 'The controller\'s link bandwidth estimate (estimate: what it plans with, the lowest of fast, slow and robust; capacity: the windowed max).',
+      labelNames: ['estimator'], registers,
+      collect() {
+        const b = control.estimates().bandwidth_bytes_per_second;
+        for (const k of ['estimate', 'fast', 'slow', 'robust', 'capacity'] as const) this.set({ estimator: k }, b[k]);
+      },
+    });
+    new Gauge({ name: name('layer_error_bound'), help: 'Each layer\'s error bound at its current level, in the ladder\'s unit (σ for a sigma ladder; 0: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.layerBounds()) });
+    new Gauge({ name: name('layer_rung'), help: 'Each layer\'s level in the ladder (0: the loosest rung; the highest: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.controller.plan.levels) });
+    new Gauge({ name: name('compression_ratio'), help: 'Original expert bytes over the bytes moved per expert at each layer\'s current level.', labelNames: ['layer'], registers, collect: per((c) => c.compressionRatios()) });
+    new Gauge({
+      name: name('slo_target_seconds'), help: 'The SLO targets the controller serves to.', labelNames: ['slo'], registers,
+      collect() {
+        this.set({ slo: 'p95_inter_token' }, control.controller.slaSeconds);
+        const ttft = control.profile.sla.time_to_first_token_seconds;
+        if (ttft !== undefined) this.set({ slo: 'time_to_first_token' }, ttft);
+      },
+    });
+    new Gauge({
+      name: name('canary_score'), help: 'The last canary run\'s scores of the plan it ran on (text_top1, arithmetic_exact: shares 0..1; text_kl: nats).', labelNames: ['suite'], registers,
+      collect() {
+        const r = control.lastCanary;
+        if (!r) return;
+        this.set({ suite: 'text_top1' }, r.top1Agreement);
+        if (r.kl !== undefined) this.set({ suite: 'text_kl' }, r.kl);
+        if (r.exactMatch !== undefined) this.set({ suite: 'arithmetic_exact' }, r.exactMatch);
+      },
+    });
+    new Gauge({ name: name('canary_floor'), help: 'The top-1 agreement below which a canary run rolls the plan back.', registers, collect() { this.set(control.canaryFloor()); } });
+    const decisions = new Counter({ name: name('controller_decisions_total'), help: 'Controller decisions by direction and by a short reason.', labelNames: ['direction', 'reason'], registers });
+    const rollbacks = new Counter({ name: name('controller_rollbacks_total'), help: 'Plans rolled back after a canary run below the floor.', registers });
+    for (const direction of ['degrade', 'upgrade', 'rollback']) decisions.inc({ direction, reason: 'none' }, 0);
+    const counted = new WeakSet<object>();
+    const watch = () => {
+      // A policy switch makes a new controller: follow it.
+      const c = control.controller;
+      if (counted.has(c)) return;
+      counted.add(c);
+      c.decisions$.subscribe((d) => {
+        decisions.inc({ direction: d.action, reason: reasonLabel(d.reason) });
+        if (d.action === 'rollback') rollbacks.inc();
+      });
+    };
+    watch();
+    control.subscribe(watch);
+  }
+
   /** What runs, once the model is loaded. */
   ready(info: { version: string; backend: string; engine: string; linkEmulated: boolean }): void {
     this.buildInfo.set({ version: info.version, backend: info.backend, engine: info.engine }, 1);
     this.linkEmulated.set(info.linkEmulated ? 1 : 0);
   }
+}
+
+/** A decision's reason as a label of a handful of values (never free text). */
+function reasonLabel(reason: string): string {
+  if (/over the SLA/.test(reason)) return 'over_sla';
+  if (/under the SLA/.test(reason)) return 'under_sla';
+  if (/stable window/.test(reason)) return 'stable_window';
+  if (/tolerance band/.test(reason)) return 'tolerance_band';
+  if (/dwell/.test(reason)) return 'dwell';
+  if (/stale/.test(reason)) return 'stale_telemetry';
+  if (/frozen/.test(reason)) return 'frozen';
+  if (/canary/.test(reason)) return 'canary';
+  if (/outside the allowed/.test(reason)) return 'policy';
+  if (/no telemetry/.test(reason)) return 'no_telemetry';
+  return 'steady';
 }

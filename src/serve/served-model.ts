@@ -5,6 +5,7 @@
  * builds a ServedModel from a checkpoint, is imported lazily), and a test can hold the loading.
  */
 import type { Generation, GenerateOptions } from '../model/generate.js';
+import type { ServedControl } from './served-control.js';
 
 export type EngineName = 'resident' | 'offload';
 
@@ -25,6 +26,8 @@ export interface ServedModel {
   readonly linkEmulated: boolean;
   /** What runs, for /health: engine settings such as experts per layer and the fixed level. */
   readonly details: Readonly<Record<string, string | number | boolean>>;
+  /** The live controller (offload engine without a fixed level). */
+  readonly control?: ServedControl;
   countTokens(text: string): number;
   generate(prompt: string, opts: ServeGenerateOptions): Promise<Generation>;
   dispose(): void;

@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-import { TelemetryBus, type TelemetrySink } from '../offload/telemetry.js';
+import { TelemetryBus } from '../offload/telemetry.js';
 import { createApp } from './app.js';
 import { ServeMetrics } from './metrics.js';
 import { GenerationQueue } from './queue.js';
@@ -26,8 +26,13 @@ export interface ServeOptions {
   host: string;
   /** 0 picks a free port (see RunningServer.port). */
   port: number;
-  /** Loads the model; the sink is where its offload telemetry must go (the metrics listen there). */
-  load: (telemetry: TelemetrySink) => Promise<ServedModel>;
+  /**
+   * Loads the model; the bus is where its offload telemetry must go (the metrics listen there), and
+   * `serving.idle()` resolves when no request is generating (the canaries' low priority).
+   */
+  load: (telemetry: TelemetryBus, serving: { idle(): Promise<void> }) => Promise<ServedModel>;
+  /** The admin API's bearer token; null or absent: the admin API is off. */
+  adminToken?: string | null;
   /** Requests that may wait behind the one generating (default 8). */
   maxQueue?: number;
   /** Largest request body accepted (default 1 MiB). */
@@ -95,7 +100,9 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     loadError: () => loadError,
     draining: () => draining,
     loadedAt: () => loadedAt,
+    adminToken: opts.adminToken ?? null,
   });
+  if (!opts.adminToken) log('ebserve serve: admin API off: no bearer token (set EBSERVE_ADMIN_TOKEN or --admin-token-file)');
   const server = http.createServer(app);
   server.listen(opts.port, opts.host);
   await Promise.race([once(server, 'listening'), once(server, 'error').then(([e]) => Promise.reject(e as Error))]);
@@ -103,7 +110,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
 
-  const ready = opts.load(telemetry).then(
+  const ready = opts.load(telemetry, { idle: () => queue.idle() }).then(
     (m) => {
       if (draining) {
         // Shut down while loading: nothing will be served.
@@ -114,6 +121,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       model = m;
       loadedAt = Math.floor(Date.now() / 1000);
       metrics.ready({ version: packageVersion(), backend: m.backend.name, engine: m.engine, linkEmulated: m.linkEmulated });
+      if (m.control) metrics.attachControl(m.control);
       return m;
     },
     (e: unknown) => {

@@ -1,5 +1,8 @@
 // Helpers of the serve tests: a real server on loopback (port 0) over the embedded model, and the
 // few client-side pieces the tests need — JSON posts, an SSE reader, a /metrics reader.
+import { DEFAULT_POLICY, DEFAULT_PROFILE } from '../../src/cli/check-config.js';
+import { loadPolicy } from '../../src/control/policy.js';
+import { loadProfile } from '../../src/control/profile.js';
 import { EMBEDDED_MODEL_DIR } from '../../src/model/embedded.js';
 import { loadServedModel, type ModelSpec } from '../../src/serve/load-model.js';
 import { startServer, type RunningServer, type ServeOptions } from '../../src/serve/server.js';
@@ -7,11 +10,19 @@ import { startServer, type RunningServer, type ServeOptions } from '../../src/se
 /** Server log lines, kept instead of printed (a failing test can show them). */
 export const serverLog: string[] = [];
 
+/**
+ * The embedded model with the default policy and profile, every layer fixed at the exact level
+ * (no controller) unless a test asks for one with `fixedLevel: undefined`.
+ */
+export function embeddedSpec(over: Partial<ModelSpec> = {}): ModelSpec {
+  return { dir: EMBEDDED_MODEL_DIR, engine: 'offload', policy: loadPolicy(DEFAULT_POLICY), profile: loadProfile(DEFAULT_PROFILE), fixedLevel: 5, ...over };
+}
+
 /** A server on 127.0.0.1:0 over the embedded model (offload engine unless `spec` says otherwise), loaded. */
 export async function startEmbedded(opts: Partial<ServeOptions> & { spec?: Partial<ModelSpec> } = {}): Promise<RunningServer> {
-  const spec: ModelSpec = { dir: EMBEDDED_MODEL_DIR, engine: 'offload', ...opts.spec };
+  const spec = embeddedSpec(opts.spec);
   const log = (line: string) => serverLog.push(line);
-  const server = await startServer({ host: '127.0.0.1', port: 0, log, load: (bus) => loadServedModel(spec, bus, log), ...opts });
+  const server = await startServer({ host: '127.0.0.1', port: 0, log, load: (bus, serving) => loadServedModel(spec, bus, log, serving.idle), ...opts });
   await server.ready;
   return server;
 }

@@ -1,0 +1,216 @@
+/**
+ * The controller as the server runs it: started over the offload engine once the model is loaded,
+ * with canaries scored at low priority (each item waits until no request is generating), and the
+ * operations the admin API and the dashboard need — the plan and why, estimates, SLA, policy
+ * switch, freeze, dry run, canaries now. Lives in serve: it knows the model (for canaries) and
+ * control, which know nothing of each other.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { CanaryRunner, type ArithmeticCanary, type TextCanary } from '../control/canaries.js';
+import { startControl, type CanaryResult, type Control, type Decision } from '../control/index.js';
+import { bandwidthEstimate, bandwidthParts, capacityEstimate, overheadEstimate } from '../control/estimators/bandwidth.js';
+import { computeMedian, p95 } from '../control/estimators/latency.js';
+import { missRate } from '../control/estimators/miss-rate.js';
+import { loadPolicy, type Policy } from '../control/policy.js';
+import type { Profile } from '../control/profile.js';
+import type { LoadedModel } from '../model/load.js';
+import { OffloadExpertEngine } from '../offload/engine.js';
+import { CopyLink } from '../offload/link.js';
+import { uniformPlan, type PrecisionPlan } from '../offload/plan.js';
+import type { ExpertStore } from '../offload/store.js';
+import type { TelemetryBus } from '../offload/telemetry.js';
+import { canaryTarget } from './canary-target.js';
+
+export interface ServedControlOptions {
+  model: LoadedModel;
+  store: ExpertStore;
+  engine: OffloadExpertEngine;
+  telemetry: TelemetryBus;
+  policy: Policy;
+  profile: Profile;
+  dryRun: boolean;
+  /** Resolves when no request is generating (the canaries' low priority). */
+  servingIdle: () => Promise<void>;
+  log: (line: string) => void;
+}
+
+export class ApiConflict extends Error {}
+
+export class ServedControl {
+  policy: Policy;
+  readonly profile: Profile;
+  readonly store: ExpertStore;
+  lastCanary: CanaryResult | null = null;
+  private control: Control;
+  private readonly runner: CanaryRunner;
+  private readonly canaryEngines: OffloadExpertEngine[];
+  private readonly listeners = new Set<() => void>();
+  private unsubscribe: () => void = () => {};
+
+  constructor(private readonly o: ServedControlOptions) {
+    this.policy = o.policy;
+    this.profile = o.profile;
+    this.store = o.store;
+    // The canaries' engines: their own small caches over the same store, exactly the plan's levels.
+    const budget = { tierABytes: 2 * o.model.checkpoint.config.topK * o.store.numLayers * o.store.expertValues(0, 0) * 4, tierBBytes: 0 };
+    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true });
+    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
+    this.canaryEngines = [strict, reference];
+    const dir = path.join(o.model.checkpoint.dir, 'canaries');
+    const jsonl = <T>(f: string): T[] => (fs.existsSync(path.join(dir, f)) ? fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T) : []);
+    const text = jsonl<TextCanary>('text.jsonl');
+    if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
+    this.runner = new CanaryRunner({
+      target: canaryTarget(o.model), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      items: o.policy.canaries.items, yieldToServing: o.servingIdle,
+    });
+    this.control = this.start(o.policy);
+  }
+
+  private start(policy: Policy): Control {
+    const control = startControl({
+      policy, profile: this.profile, store: this.store, engine: this.o.engine, telemetry: this.o.telemetry,
+      topK: this.o.model.checkpoint.config.topK, canaries: this.runner, dryRun: this.o.dryRun,
+      onCanaryError: (e) => this.o.log(`ebserve serve: canary run failed: ${e.message}`),
+    });
+    const c = control.controller;
+    const subs = [
+      c.plan$.subscribe(() => this.changed()),
+      c.decisions$.subscribe((d) => d.action !== 'hold' && this.o.log(`ebserve serve: controller ${d.dryRun ? '(dry run) ' : ''}${d.action}: ${d.reason}`)),
+      c.canaries.subscribe((r) => {
+        this.lastCanary = r;
+        this.changed();
+      }),
+    ];
+    this.unsubscribe = () => subs.forEach((s) => s.unsubscribe());
+    this.o.log(`ebserve serve: controller on: policy ${policy.name} (${policy.file}), SLA p95 ${this.profile.sla.p95_inter_token_seconds} s, sensitivity from the ${control.sensitivitySource}${this.o.dryRun ? ', DRY RUN (decides, changes nothing)' : ''}`);
+    return control;
+  }
+
+  get controller() {
+    return this.control.controller;
+  }
+
+  /** Called on every change the dashboard should show. */
+  subscribe(listener: () => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private changed(): void {
+    for (const l of this.listeners) l();
+  }
+
+  /** Each level's label: "0.5σ" … "exact". */
+  levelLabels(): string[] {
+    const l = this.store.ladder;
+    const unit = l.boundMode === 'sigma' ? 'σ' : l.boundMode === 'rel' ? '×range' : '';
+    return Array.from({ length: this.store.levels }, (_, k) => (k === this.store.exact ? 'exact' : `${l.bounds[k]}${unit}`));
+  }
+
+  /** Each layer's bound at its level (the ladder's number; 0 at the exact level). */
+  layerBounds(plan: PrecisionPlan = this.controller.plan): number[] {
+    return plan.levels.map((k) => (k === this.store.exact ? 0 : this.store.ladder.bounds[k]));
+  }
+
+  /** Original bytes over the bytes moved per expert at each layer's level. */
+  compressionRatios(plan: PrecisionPlan = this.controller.plan): number[] {
+    return plan.levels.map((k, layer) => this.store.originalBytes(layer, 0) / this.store.layerLevelBytes(layer)[k]);
+  }
+
+  /** What the estimators read now. */
+  estimates() {
+    const s = this.controller.state$.value;
+    const parts = bandwidthParts(s.bandwidth);
+    const p = p95(s.latency);
+    const cm = computeMedian(s.latency);
+    return {
+      bandwidth_bytes_per_second: { estimate: bandwidthEstimate(s.bandwidth), fast: parts.fast, slow: parts.slow, harmonic: parts.harmonic, robust: parts.robust, capacity: capacityEstimate(s.bandwidth), using_prior: parts.usingPrior },
+      overhead_seconds: overheadEstimate(s.bandwidth),
+      p95_inter_token_seconds: Number.isNaN(p) ? null : p,
+      compute_seconds_per_token: Number.isNaN(cm) ? null : cm,
+      miss_rate_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => missRate(s.misses, l, NaN)).map((x) => (Number.isNaN(x) ? null : x)),
+      samples: s.samples,
+    };
+  }
+
+  /** The plan, and the last decision that changed something (its reason). */
+  planReport() {
+    const c = this.controller;
+    const last = [...c.log()].reverse().find((d) => d.action !== 'hold');
+    const latest = c.log().at(-1);
+    return {
+      version: c.plan.version,
+      levels: c.plan.levels,
+      labels: c.plan.levels.map((k) => this.levelLabels()[k]),
+      bounds: this.layerBounds(),
+      why: last ? { at: last.at, action: last.action, reason: last.reason, dry_run: last.dryRun } : { reason: 'the starting plan: every layer at its ceiling' },
+      now: latest ? { action: latest.action, reason: latest.reason } : null,
+      frozen: c.isFrozen,
+      dry_run: c.isDryRun,
+      policy: this.policy.name,
+      sla_seconds: c.slaSeconds,
+      quarantined: c.quarantined(),
+    };
+  }
+
+  decisions(limit: number): Decision[] {
+    return this.controller.log().slice(-limit);
+  }
+
+  setSla(seconds: number): void {
+    this.controller.setSla(seconds);
+    this.changed();
+  }
+
+  /** Switches to another policy file of the same ladder (the store is built for one ladder). */
+  switchPolicy(file: string): Policy {
+    const next = loadPolicy(file);
+    const a = this.store.ladder;
+    const b = next.storeLadder;
+    if (a.boundMode !== b.boundMode || a.exact !== b.exact || a.bounds.join() !== b.bounds.join()) {
+      throw new ApiConflict(`${file}: its ladder (${b.bounds.join(', ')} ${b.boundMode}${b.exact ? ' + exact' : ''}) is not the one the experts are stored at (${a.bounds.join(', ')} ${a.boundMode}${a.exact ? ' + exact' : ''}); restart with --policy to change ladders`);
+    }
+    const sla = this.controller.slaSeconds;
+    const frozen = this.controller.isFrozen;
+    this.unsubscribe();
+    this.control.stop();
+    this.policy = next;
+    this.control = this.start(next);
+    this.controller.setSla(sla);
+    if (frozen) this.controller.freeze();
+    this.changed();
+    return next;
+  }
+
+  freeze(on: boolean): void {
+    if (on) this.controller.freeze();
+    else this.controller.unfreeze();
+    this.changed();
+  }
+
+  setDryRun(on: boolean): void {
+    this.controller.setDryRun(on);
+    this.changed();
+  }
+
+  /** Scores the current plan now and hands the result to the controller (rollback if it fails). */
+  async runCanaries(): Promise<CanaryResult> {
+    if (this.runner.busy) throw new ApiConflict('a canary run is already under way');
+    const r = await this.runner.score(this.controller.plan);
+    this.controller.canaries.next(r);
+    return r;
+  }
+
+  canaryFloor(): number {
+    return this.profile.accuracy_floor ?? this.policy.canaries.floor.top1_agreement;
+  }
+
+  stop(): void {
+    this.unsubscribe();
+    this.control.stop();
+    for (const e of this.canaryEngines) e.dispose();
+  }
+}

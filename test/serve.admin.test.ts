@@ -1,0 +1,157 @@
+// The admin API against a real server on loopback: off without a token (404 saying how to turn it
+// on), 401 without or with a wrong bearer token, and with one: the plan and why, the decision log,
+// the estimates, setting the SLA, switching policy (same ladder only), freeze/unfreeze, dry run,
+// canaries now; 409 when no controller runs. The controller's metrics appear on /metrics.
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import YAML from 'yaml';
+
+import type { RunningServer } from '../src/serve/server.js';
+import { metric, post, startEmbedded, type ErrorBody } from './serve/helpers.js';
+
+const TOKEN = 'test-token-0123456789abcdef';
+const auth = { Authorization: `Bearer ${TOKEN}` };
+const get = (url: string, p: string, headers: Record<string, string> = auth) => fetch(`${url}${p}`, { headers });
+const admin = (url: string, p: string, body: unknown = {}) => post(url, p, body, { headers: { 'Content-Type': 'application/json', ...auth } });
+
+describe('admin API', function () {
+  let server: RunningServer;
+  let url: string;
+  let dir: string;
+  before(async function () {
+    server = await startEmbedded({ adminToken: TOKEN, spec: { fixedLevel: undefined } });
+    url = server.url;
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebserve-admin-'));
+  });
+  after(async function () {
+    await server?.shutdown({ drainTimeoutSeconds: 0 });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers 401 without a bearer token and with a wrong one', async function () {
+    const none = await get(url, '/admin/plan', {});
+    assert.equal(none.status, 401);
+    assert.match(((await none.json()) as ErrorBody).error.message, /Authorization: Bearer/);
+    const wrong = await get(url, '/admin/plan', { Authorization: 'Bearer not-the-token-at-all' });
+    assert.equal(wrong.status, 401);
+    assert.equal(((await wrong.json()) as ErrorBody).error.message, 'wrong admin token');
+  });
+
+  it('shows the plan, each layer\'s level and bound, and why', async function () {
+    const res = await get(url, '/admin/plan');
+    assert.equal(res.status, 200);
+    const p = (await res.json()) as { levels: number[]; labels: string[]; bounds: number[]; why: { reason: string }; policy: string; frozen: boolean };
+    assert.equal(p.levels.length, 8);
+    assert.deepEqual(p.labels, p.levels.map((k) => ['0.5σ', '0.25σ', '0.125σ', '0.0625σ', '0.03125σ', 'exact'][k]));
+    assert.equal(p.policy, 'u-shape');
+    assert.equal(typeof p.why.reason, 'string');
+    assert.equal(p.frozen, false);
+  });
+
+  it('keeps a decision log with inputs and reasons, and shows the estimates', async function () {
+    await post(url, '/v1/completions', { prompt: 'Call me Ishmael.', max_tokens: 12 });
+    await new Promise((r) => setTimeout(r, 600)); // a couple of decision ticks (250 ms)
+    const d = (await (await get(url, '/admin/decisions?limit=5')).json()) as { decisions: { action: string; reason: string }[] };
+    assert.ok(d.decisions.length >= 1 && d.decisions.length <= 5);
+    assert.ok(d.decisions.every((x) => typeof x.reason === 'string' && x.reason.length > 0));
+    const e = (await (await get(url, '/admin/estimates')).json()) as { bandwidth_bytes_per_second: { estimate: number }; samples: number };
+    assert.ok(e.bandwidth_bytes_per_second.estimate > 0);
+    assert.ok(e.samples > 0, 'telemetry reached the controller');
+    assert.equal((await get(url, '/admin/decisions?limit=0')).status, 400);
+  });
+
+  it('sets the SLA, and refuses one that is not a positive number of seconds, naming the field', async function () {
+    const bad = await admin(url, '/admin/sla', { p95_inter_token_seconds: -1 });
+    assert.equal(bad.status, 400);
+    assert.match(((await bad.json()) as ErrorBody).error.message, /p95_inter_token_seconds: expected a number of seconds > 0/);
+    const unknown = await admin(url, '/admin/sla', { p95: 0.2 });
+    assert.equal(unknown.status, 400);
+    const ok = await admin(url, '/admin/sla', { p95_inter_token_seconds: 0.25 });
+    assert.equal(ok.status, 200);
+    const p = (await (await get(url, '/admin/plan')).json()) as { sla_seconds: number };
+    assert.equal(p.sla_seconds, 0.25);
+    const text = await (await fetch(`${url}/metrics`)).text();
+    assert.equal(metric(text, 'ebserve_slo_target_seconds', { slo: 'p95_inter_token' }), 0.25);
+  });
+
+  it('freezes and unfreezes, and says so in the decisions', async function () {
+    assert.equal((await admin(url, '/admin/freeze')).status, 200);
+    await new Promise((r) => setTimeout(r, 400));
+    const d = (await (await get(url, '/admin/decisions?limit=1')).json()) as { decisions: { reason: string }[] };
+    assert.match(d.decisions[0].reason, /frozen by an operator/);
+    assert.equal(((await (await get(url, '/admin/plan')).json()) as { frozen: boolean }).frozen, true);
+    await admin(url, '/admin/unfreeze');
+    assert.equal(((await (await get(url, '/admin/plan')).json()) as { frozen: boolean }).frozen, false);
+  });
+
+  it('turns dry run on and off', async function () {
+    const on = await admin(url, '/admin/dry-run', { enabled: true });
+    assert.deepEqual(await on.json(), { dry_run: true });
+    assert.equal(((await (await get(url, '/admin/plan')).json()) as { dry_run: boolean }).dry_run, true);
+    assert.equal((await admin(url, '/admin/dry-run', { enabled: 'yes' })).status, 400);
+    await admin(url, '/admin/dry-run', { enabled: false });
+  });
+
+  it('switches to a policy of the same ladder, refuses another ladder (409) and a bad file (400)', async function () {
+    const ok = await admin(url, '/admin/policy', { file: path.resolve('policies/uniform.yaml') });
+    assert.equal(ok.status, 200, await ok.clone().text());
+    assert.equal(((await (await get(url, '/admin/plan')).json()) as { policy: string }).policy, 'uniform');
+    const other = YAML.parse(fs.readFileSync('policies/uniform.yaml', 'utf8'));
+    other.ladder.bounds = [0.5, 0.25];
+    other.groups[0].floor = 0.5;
+    fs.writeFileSync(path.join(dir, 'other.yaml'), YAML.stringify(other));
+    const conflict = await admin(url, '/admin/policy', { file: path.join(dir, 'other.yaml') });
+    assert.equal(conflict.status, 409);
+    assert.match(((await conflict.json()) as ErrorBody).error.message, /not the one the experts are stored at/);
+    fs.writeFileSync(path.join(dir, 'bad.yaml'), 'name: [');
+    const bad = await admin(url, '/admin/policy', { file: path.join(dir, 'bad.yaml') });
+    assert.equal(bad.status, 400);
+    assert.match(((await bad.json()) as ErrorBody).error.message, /bad\.yaml.*not valid YAML/);
+    await admin(url, '/admin/policy', { file: path.resolve('policies/u-shape.yaml') });
+  });
+
+  it('runs the canaries now on the current plan', async function () {
+    const res = await admin(url, '/admin/canaries/run');
+    assert.equal(res.status, 200);
+    const r = (await res.json()) as { result: { top1Agreement: number; planVersion: number }; floor: number };
+    assert.ok(r.result.top1Agreement >= 0 && r.result.top1Agreement <= 1);
+    assert.equal(r.floor, 0.97);
+    const text = await (await fetch(`${url}/metrics`)).text();
+    assert.equal(metric(text, 'ebserve_canary_score', { suite: 'text_top1' }), r.result.top1Agreement);
+  });
+
+  it('exports the controller\'s metrics: rungs, bounds, ratios, bandwidth estimates, decisions', async function () {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    for (let l = 0; l < 8; l++) {
+      assert.ok(metric(text, 'ebserve_layer_rung', { layer: String(l) }) !== undefined, `layer ${l} rung`);
+      assert.ok(metric(text, 'ebserve_layer_error_bound', { layer: String(l) }) !== undefined);
+      assert.ok(metric(text, 'ebserve_compression_ratio', { layer: String(l) })! >= 1);
+    }
+    assert.ok(metric(text, 'ebserve_link_bandwidth_estimate_bytes_per_second', { estimator: 'estimate' })! > 0);
+    assert.equal(metric(text, 'ebserve_controller_rollbacks_total'), 0);
+    assert.match(text, /ebserve_controller_decisions_total\{direction="hold",reason="[a-z_]+"\} \d+/);
+  });
+
+  it('answers 404 saying how to turn it on when started without a token, and 409 without a controller', async function () {
+    const off = await startEmbedded({ adminToken: null });
+    try {
+      const res = await get(off.url, '/admin/plan');
+      assert.equal(res.status, 404);
+      assert.match(((await res.json()) as ErrorBody).error.message, /EBSERVE_ADMIN_TOKEN/);
+    } finally {
+      await off.shutdown({ drainTimeoutSeconds: 0 });
+    }
+    const fixed = await startEmbedded({ adminToken: TOKEN }); // fixed level: no controller
+    try {
+      const res = await get(fixed.url, '/admin/plan');
+      assert.equal(res.status, 409);
+      assert.match(((await res.json()) as ErrorBody).error.message, /no controller runs/);
+      assert.equal((await fetch(`${fixed.url}/health`)).status, 200, 'still serving');
+    } finally {
+      await fixed.shutdown({ drainTimeoutSeconds: 0 });
+    }
+  });
+});
