@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec bench-model bench-offload fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -53,7 +53,11 @@ dist/.built: node_modules/.installed $(TS_SOURCES)
 
 build: $(ADDON) dist/.built
 
+# The tests also drive Debian's Chromium (the dashboard page, through playwright-core) and run
+# Debian's Prometheus against a real server (every query of the Grafana dashboard).
 test: build
+	$(call apt_need,chromium)
+	$(call apt_need,prometheus)
 	npx mocha
 
 bench-codec: build
@@ -71,6 +75,10 @@ bench-model: build
 # plans, three cache sizes, emulated links scaled by regime (bench/offload/README.md).
 bench-offload: build
 	npx tsx bench/offload/run.ts
+
+# The server under load: autocannon at concurrency 1, 8, 32 (60 s each; BENCH_SERVE_SECONDS to change).
+bench-serve: build
+	npx tsx bench/serve/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with
 # AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams (test/fuzz/fuzz_decode.cc).

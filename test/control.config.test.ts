@@ -49,7 +49,7 @@ describe('policies and profiles', function () {
   };
 
   it('loads the shipped policies and resolves u-shape to tight middle layers, loose ends', function () {
-    for (const f of fs.readdirSync('policies')) loadPolicy(path.join('policies', f));
+    for (const f of fs.readdirSync('policies').filter((x) => x.endsWith('.yaml'))) loadPolicy(path.join('policies', f));
     const r = resolvePolicy(loadPolicy('policies/u-shape.yaml'), 8);
     assert.deepEqual(r.group, ['shallow', 'shallow', 'middle', 'middle', 'middle', 'middle', 'deep', 'deep']);
     assert.deepEqual(r.floor, [0, 0, 2, 2, 2, 2, 0, 0]);
@@ -59,7 +59,7 @@ describe('policies and profiles', function () {
   });
 
   it('loads the shipped profiles, resolving the model folder against the profile\'s own', function () {
-    for (const f of fs.readdirSync('profiles')) loadProfile(path.join('profiles', f));
+    for (const f of fs.readdirSync('profiles').filter((x) => x.endsWith('.yaml'))) loadProfile(path.join('profiles', f));
     const f = write('p.yaml', { ...PROFILE, model: '../m' });
     assert.equal(loadProfile(f).modelDir, path.resolve(dir, '..', 'm'));
   });

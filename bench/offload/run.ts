@@ -6,8 +6,10 @@
  *   int4g64   round-to-nearest int4, a scale per 64 values      } instead (bench/offload/quant.ts)
  *   uniform   ebserve, one ladder level for every layer: the loosest whose canary top-1
  *             agreement is ≥ AGREEMENT_TARGET (found by a scan in this run)
- *   u-shape   ebserve, the u-shape prior: middle layers at the uniform level, the shallow and deep
- *             quarters one rung looser
+ *   u-shape   ebserve with the u-shape policy: its floors and ceilings, the planner's order of moves
+ *             (cheapest accuracy per byte first, by the measured sensitivity of profiles/tiny-moe.yaml
+ *             when it exists, else the policy's prior), taken as far as canary agreement stays
+ *             ≥ AGREEMENT_TARGET (a bisection over the move sequence)
  * for device caches (tier A) of 1×, 2× and 4× the active experts per layer; tier B is off so every
  * scheme gets the same device memory (decoded experts only).
  *
@@ -34,6 +36,10 @@ import { MATRICES } from '../../src/offload/source.js';
 import { buildStore, type ExpertStore } from '../../src/offload/store.js';
 import { TelemetryBus } from '../../src/offload/telemetry.js';
 import { decodeTensor } from '../../src/codec/halfs-array.js';
+import { plannerSensitivity } from '../../src/control/index.js';
+import { planLevels } from '../../src/control/planner.js';
+import { loadPolicy, resolvePolicy } from '../../src/control/policy.js';
+import { loadProfile } from '../../src/control/profile.js';
 import { dequantize, QuantizedStore, type QuantScheme } from './quant.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -217,8 +223,35 @@ async function main(): Promise<void> {
       break;
     }
   }
-  const quarter = Math.max(1, Math.round(L / 4));
-  const uShape = Array.from({ length: L }, (_, l) => (l < quarter || l >= L - quarter ? Math.max(0, Math.min(uniformLevel, store.exact - 1) - 1) : uniformLevel));
+  // The u-shape scheme: the planner's own sequence of moves under the u-shape policy, as far as
+  // the agreement target allows.
+  const policy = loadPolicy(path.join(ROOT, 'policies', 'u-shape.yaml'));
+  const resolved = resolvePolicy(policy, L);
+  const profileFile = path.join(ROOT, 'profiles', 'tiny-moe.yaml');
+  const profile = fs.existsSync(profileFile) ? loadProfile(profileFile) : undefined;
+  const sens = profile ? plannerSensitivity(policy, profile, L) : { table: resolved.prior, source: 'policy prior' as const };
+  log(`u-shape: floors [${resolved.floor.join(' ')}], sensitivity from the ${sens.source}${profile ? ` (${path.relative(ROOT, profileFile)})` : ''}`);
+  const moves = planLevels({
+    levelBytes: Array.from({ length: L }, (_, l) => store.layerLevelBytes(l)), fetchesPerToken: new Array(L).fill(1),
+    bandwidth: 1, overhead: 0, computeSeconds: 0, slaSeconds: 1e-12, sensitivity: sens.table, floor: resolved.floor, ceiling: resolved.ceiling,
+  }).moves;
+  const prefix = (k: number) => {
+    const lv = [...resolved.ceiling];
+    for (const m of moves.slice(0, k)) lv[m.layer] = m.to;
+    return lv;
+  };
+  let lo = 0;
+  let hi = moves.length;
+  const prefixScan: { moves: number; levels: number[]; agreement: number }[] = [];
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    const a = await agreementOf({ name: 'u-shape', store, plan: { version: 0, levels: prefix(mid) } });
+    prefixScan.push({ moves: mid, levels: prefix(mid), agreement: a });
+    log(`u-shape: ${mid} of ${moves.length} moves [${prefix(mid).join(' ')}]: agreement ${(100 * a).toFixed(2)} %`);
+    if (a >= AGREEMENT_TARGET) lo = mid;
+    else hi = mid - 1;
+  }
+  const uShape = prefix(lo);
   const schemes: Scheme[] = [
     { name: 'bf16', store, plan: uniformPlan(L, store.exact) },
     ...(['int8', 'int4g64'] as const).map((q) => {
@@ -228,9 +261,10 @@ async function main(): Promise<void> {
     { name: 'uniform', store, plan: uniformPlan(L, uniformLevel) },
     { name: 'u-shape', store, plan: { version: 0, levels: uShape } },
   ];
+  const known = new Map(prefixScan.map((x) => [x.levels.join(), x.agreement]));
   const quality = new Map<SchemeName, { agreement: number; maxError: number }>();
   for (const s of schemes) {
-    const a = s.name === 'uniform' ? scan[scan.length - 1]?.agreement ?? 1 : await agreementOf(s);
+    const a = s.name === 'uniform' ? scan[scan.length - 1]?.agreement ?? 1 : (s.name === 'u-shape' ? known.get(uShape.join()) : undefined) ?? (await agreementOf(s));
     quality.set(s.name, { agreement: a, maxError: maxWeightError(s, report, source) });
     log(`${s.name} [${s.plan.levels.join(' ')}]: agreement ${(100 * a).toFixed(2)} %, max weight error ${quality.get(s.name)!.maxError.toExponential(2)}`);
   }
@@ -287,6 +321,7 @@ async function main(): Promise<void> {
     agreement_target: AGREEMENT_TARGET,
     canary_positions: reference.length,
     uniform_scan: scan,
+    u_shape: { policy: 'policies/u-shape.yaml', sensitivity: sens.source, profile: profile ? path.relative(ROOT, profileFile) : null, moves: moves.length, taken: lo, scan: prefixScan },
     decode: { prompts: DECODE_PROMPTS, tokens_per_prompt: DECODE_TOKENS },
     rows,
   };

@@ -43,7 +43,7 @@ export function lineChart(c: Chart): string {
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
-    `<text x="${W / 2 - m.r / 2}" y="22" text-anchor="middle" font-size="15">${esc(c.title)}</text>`,
+    `<text x="${m.l}" y="22" font-size="15">${esc(c.title)}</text>`,
   ];
   for (let i = 0; i <= 5; i++) {
     const y = y0 + ((y1 - y0) * i) / 5;

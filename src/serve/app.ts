@@ -9,6 +9,7 @@
  *   GET  /health                200 with model, backend, engine and queue when ready; 503 while loading or shutting down
  *   GET  /metrics               Prometheus text format (metrics.ts)
  *   /admin/*                    the admin API behind a bearer token (admin.ts)
+ *   GET  /dashboard             the live page (dashboard.ts), fed by GET /dashboard/events (SSE)
  *
  * Every other path is a 404 and every other method on these paths a 405, both in OpenAI's error
  * shape; a body over the limit is a 413, before it is even parsed.
@@ -16,6 +17,8 @@
 import express, { type Express, type Request } from 'express';
 
 import { adminRouter } from './admin.js';
+import { dashboardRouter } from './dashboard.js';
+import { dashboardSource } from './dashboard-source.js';
 import { completionHandler, type CompletionContext } from './completions.js';
 import { ApiError, errorHandler, notFound, unavailable } from './errors.js';
 
@@ -28,6 +31,8 @@ export interface AppContext extends CompletionContext {
   loadedAt(): number;
   /** The admin API's bearer token, or null: the admin API is off. */
   adminToken: string | null;
+  /** Aborts when a shutdown begins: long-lived streams (the dashboard's) end at once. */
+  closingSignal: AbortSignal;
 }
 
 const ROUTES: Record<string, string[]> = {
@@ -40,6 +45,8 @@ const ROUTES: Record<string, string[]> = {
 
 /** The endpoint label for requests_total: a known route, or "other" (never the raw path). */
 function endpoint(req: Request): string {
+  if (req.path === '/dashboard' || req.path === '/dashboard/events') return req.path;
+  if (req.path.startsWith('/admin/')) return '/admin';
   return Object.hasOwn(ROUTES, req.path) ? req.path : 'other';
 }
 
@@ -93,6 +100,7 @@ export function createApp(ctx: AppContext): Express {
     res.json({ object: 'list', data: [{ id: model.id, object: 'model', created: ctx.loadedAt(), owned_by: 'ebserve', max_model_len: model.contextTokens }] });
   });
 
+  app.use(dashboardRouter(dashboardSource(ctx.model), { signal: ctx.closingSignal }));
   app.use('/admin', adminRouter({ token: ctx.adminToken, control: () => ctx.model()?.control, maxBodyBytes: ctx.maxBodyBytes }));
 
   app.get('/metrics', async (_req, res) => {

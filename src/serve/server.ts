@@ -10,7 +10,7 @@
  * await server.ready;                       // the model is loaded
  * await server.shutdown();                  // drained (or cut after the drain timeout)
  */
-import { once } from 'node:events';
+import { once, setMaxListeners } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -82,6 +82,9 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     metrics.running.set(s.running);
   });
   const shutdownController = new AbortController();
+  // Every request in flight listens to it (one listener each): more than Node's default 10 is normal.
+  setMaxListeners(Infinity, shutdownController.signal);
+  const closing = new AbortController();
 
   let model: ServedModel | null = null;
   let schemas: RequestSchemas | null = null;
@@ -101,6 +104,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     draining: () => draining,
     loadedAt: () => loadedAt,
     adminToken: opts.adminToken ?? null,
+    closingSignal: closing.signal,
   });
   if (!opts.adminToken) log('ebserve serve: admin API off: no bearer token (set EBSERVE_ADMIN_TOKEN or --admin-token-file)');
   const server = http.createServer(app);
@@ -141,6 +145,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
     }
     shutting = (async () => {
       draining = true;
+      closing.abort();
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
       const timeoutMs = (o.drainTimeoutSeconds ?? drainDefault) * 1000;

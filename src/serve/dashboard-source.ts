@@ -1,0 +1,66 @@
+// The served model and its controller as the dashboard sees them (dashboard.ts): a snapshot of
+// the plan, estimates, SLA, canaries and recent decisions, and a change signal (every plan,
+// decision or canary result the controller makes, plus a tick while tokens flow).
+import type { DashboardSource, DashboardState } from './dashboard.js';
+import { unavailable } from './errors.js';
+import type { ServedModel } from './served-model.js';
+
+export function dashboardSource(model: () => ServedModel | null): DashboardSource {
+  return {
+    snapshot(): DashboardState {
+      const m = model();
+      if (!m) throw unavailable('Loading model');
+      const c = m.control;
+      if (!c) {
+        const fixed = typeof m.details.level === 'number' ? [m.details.level] : [];
+        return {
+          at: Date.now(), model: m.id, controller: 'off', planVersion: 0, levels: fixed, levelLabels: [], layerBounds: [],
+          bandwidthBytesPerSecond: null, linkEmulated: m.linkEmulated, p95Seconds: null, slaSeconds: null, canary: null, decisions: [],
+        };
+      }
+      const ctl = c.controller;
+      const e = c.estimates();
+      const r = c.lastCanary;
+      // Wall-clock times for the page: decisions carry the scheduler's clock (performance.now).
+      const toEpoch = (t: number) => Date.now() - (performance.now() - t);
+      return {
+        at: Date.now(),
+        model: m.id,
+        controller: ctl.isFrozen ? 'frozen' : ctl.isDryRun ? 'dry-run' : 'on',
+        planVersion: ctl.plan.version,
+        levels: [...ctl.plan.levels],
+        levelLabels: c.levelLabels(),
+        layerBounds: c.layerBounds(),
+        bandwidthBytesPerSecond: e.bandwidth_bytes_per_second.using_prior ? null : e.bandwidth_bytes_per_second.estimate,
+        linkEmulated: m.linkEmulated,
+        p95Seconds: e.p95_inter_token_seconds,
+        slaSeconds: ctl.slaSeconds,
+        canary: r ? { top1: r.top1Agreement, kl: r.kl ?? null, exact: r.exactMatch ?? null, floor: c.canaryFloor() } : null,
+        decisions: ctl.log().filter((d) => d.action !== 'hold').slice(-20).map((d) => ({ at: toEpoch(d.at), action: d.action, reason: d.reason })),
+      };
+    },
+    subscribe(listener: () => void): () => void {
+      // The model may still be loading when a page connects: follow it once it is there.
+      let off: () => void = () => {};
+      let timer: NodeJS.Timeout | undefined;
+      const attach = () => {
+        const c = model()?.control;
+        if (!c) return false;
+        off = c.subscribe(listener);
+        return true;
+      };
+      if (!attach()) {
+        timer = setInterval(() => {
+          if (attach()) clearInterval(timer);
+        }, 500);
+      }
+      // p95 and bandwidth move with every token; a second's tick keeps the page's numbers fresh.
+      const tick = setInterval(listener, 1000);
+      return () => {
+        off();
+        clearInterval(timer);
+        clearInterval(tick);
+      };
+    },
+  };
+}
