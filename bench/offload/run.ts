@@ -335,7 +335,7 @@ async function main(): Promise<void> {
   console.log('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const r of rows) {
     const base = rows.find((x) => x.cache_multiple === r.cache_multiple && x.scheme === 'bf16')!;
-    console.log(`| ${r.cache_multiple}× | ${r.scheme} | ${(r.link_bytes_per_token / 1e3).toFixed(1)} | ${(r.link_bytes_per_token / base.link_bytes_per_token).toFixed(3)} | ${r.hit_rate_a.toFixed(3)} | ${r.prefetch_hit_rate.toFixed(3)} | ${(100 * r.top1_agreement).toFixed(2)} % | ${r.max_weight_error.toExponential(2)} | ${r.tokens_per_s_link2x.toFixed(1)} | ${r.tokens_per_s_link10x.toFixed(1)} | ${r.tokens_per_s_link2x_no_prefetch.toFixed(1)} |`);
+    console.log(`| ${r.cache_multiple}× | ${r.scheme} | ${(r.link_bytes_per_token / 1e3).toFixed(1)} | ${base.link_bytes_per_token > 0 ? (r.link_bytes_per_token / base.link_bytes_per_token).toFixed(3) : '—'} | ${r.hit_rate_a.toFixed(3)} | ${r.prefetch_hit_rate.toFixed(3)} | ${(100 * r.top1_agreement).toFixed(2)} % | ${r.max_weight_error.toExponential(2)} | ${r.tokens_per_s_link2x.toFixed(1)} | ${r.tokens_per_s_link10x.toFixed(1)} | ${r.tokens_per_s_link2x_no_prefetch.toFixed(1)} |`);
   }
   console.log(`wrote ${path.relative(ROOT, RESULTS)} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
 }

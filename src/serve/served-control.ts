@@ -48,6 +48,7 @@ export class ServedControl {
   private readonly canaryEngines: OffloadExpertEngine[];
   private readonly listeners = new Set<() => void>();
   private unsubscribe: () => void = () => {};
+  private stopped = false;
 
   constructor(private readonly o: ServedControlOptions) {
     this.policy = o.policy;
@@ -73,7 +74,8 @@ export class ServedControl {
     const control = startControl({
       policy, profile: this.profile, store: this.store, engine: this.o.engine, telemetry: this.o.telemetry,
       topK: this.o.model.checkpoint.config.topK, canaries: this.runner, dryRun: this.o.dryRun,
-      onCanaryError: (e) => this.o.log(`ebserve serve: canary run failed: ${e.message}`),
+      // After stop() a run still under way fails on the freed model: that is shutdown, not news.
+      onCanaryError: (e) => this.stopped || this.o.log(`ebserve serve: canary run failed: ${e.message}`),
     });
     const c = control.controller;
     const subs = [
@@ -209,6 +211,7 @@ export class ServedControl {
   }
 
   stop(): void {
+    this.stopped = true;
     this.unsubscribe();
     this.control.stop();
     for (const e of this.canaryEngines) e.dispose();
