@@ -3,6 +3,8 @@
 // serving before every item, scores exactly the plan it is given (strict levels), and refuses
 // to run twice at once.
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -56,6 +58,28 @@ describe('canary runner (embedded model)', function () {
     // The engine held the exact level from the run before: strict levels means it was not used.
     const again = await runner.score({ version: 9, levels: new Array(8).fill(store.exact) });
     assert.equal(again.top1Agreement, 1);
+  });
+
+  it('lets I/O in between items: a request arriving mid-run is answered long before the run ends', async function () {
+    const server = http.createServer((_req, res) => res.end('ok'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as AddressInfo;
+    try {
+      let answered = Infinity;
+      const run = runner.score({ version: 12, levels: new Array(8).fill(2) });
+      await new Promise((r) => setTimeout(r, 200));
+      const asked = performance.now();
+      const reply = fetch(`http://127.0.0.1:${port}/`).then(async (res) => {
+        await res.text();
+        answered = performance.now();
+      });
+      await run;
+      const ended = performance.now();
+      await reply;
+      assert.ok(answered < ended, `answered ${(answered - asked).toFixed(0)} ms after asking, the run ended ${(ended - asked).toFixed(0)} ms after`);
+    } finally {
+      server.close();
+    }
   });
 
   it('yields to serving before every item, and refuses a second run at once', async function () {

@@ -64,6 +64,16 @@ interface Reference {
   logProbs: Float32Array[];
 }
 
+/**
+ * Lets the event loop turn (I/O first: a request that just arrived gets parsed and queued), then
+ * waits until serving is idle. The forward pass's awaits resolve as microtasks and never let I/O
+ * in by themselves, so without the turn a run of canaries could starve every request.
+ */
+async function yieldTo(serving?: () => Promise<void>): Promise<void> {
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  await serving?.();
+}
+
 function spread<T>(xs: T[], n: number): T[] {
   if (n >= xs.length) return [...xs];
   return Array.from({ length: n }, (_, i) => xs[Math.floor((i * xs.length) / n)]);
@@ -107,7 +117,7 @@ export class CanaryRunner {
     this.refs ??= (async () => {
       const out: Reference[] = [];
       for (const item of this.text) {
-        await this.o.yieldToServing?.();
+        await yieldTo(this.o.yieldToServing);
         const prompt = this.o.target.encode(item.prompt);
         const tokens = [...prompt, ...this.o.target.encode(item.continuation)].slice(0, -1);
         const rows = this.rows(await this.o.target.logits(tokens, this.o.referenceEngine), prompt.length - 1, tokens.length);
@@ -136,7 +146,7 @@ export class CanaryRunner {
       let positions = 0;
       let kl = 0;
       for (const ref of refs) {
-        await this.o.yieldToServing?.();
+        await yieldTo(this.o.yieldToServing);
         const rows = this.rows(await this.o.target.logits(ref.tokens, engine), ref.from, ref.tokens.length);
         rows.forEach((row, j) => {
           if (argmax(row) === ref.argmax[j]) same++;
@@ -151,7 +161,7 @@ export class CanaryRunner {
       if (this.arithmetic.length) {
         let right = 0;
         for (const item of this.arithmetic) {
-          await this.o.yieldToServing?.();
+          await yieldTo(this.o.yieldToServing);
           if ((await this.o.target.greedy(item.prompt, item.answer.length + 1, '\n', engine)) === item.answer) right++;
         }
         exact = right / this.arithmetic.length;
