@@ -1,26 +1,13 @@
 // bin/ebserve's codec commands, run as a user runs them: a real process on real files.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
 import { f32ToBf16Bits, bf16BitsToF32 } from '../src/codec/halfs.js';
 import { gaussian } from './codec/data.js';
+import { ebserve } from './helpers/ebserve.js';
 
-const run = promisify(execFile);
-const bin = path.resolve('bin/ebserve');
-
-async function ebserve(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(bin, args);
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
-}
 
 describe('ebserve compress / decompress / inspect', function () {
   let dir: string;

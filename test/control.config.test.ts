@@ -2,17 +2,16 @@
 // ConfigError naming the file, the field and what was expected; `ebserve check-config` says the
 // same on stderr with exit code 1, and describes a good pair.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
 import YAML from 'yaml';
 
 import { ConfigError } from '../src/control/config-file.js';
 import { loadPolicy, resolvePolicy } from '../src/control/policy.js';
 import { loadProfile } from '../src/control/profile.js';
+import { ebserve } from './helpers/ebserve.js';
 
 const POLICY = YAML.parse(fs.readFileSync('policies/u-shape.yaml', 'utf8'));
 const PROFILE = YAML.parse(fs.readFileSync('profiles/cpu.yaml', 'utf8'));
@@ -102,15 +101,6 @@ describe('policies and profiles', function () {
   });
 
   describe('ebserve check-config', function () {
-    const run = promisify(execFile);
-    const ebserve = async (...args: string[]) => {
-      try {
-        const r = await run(path.resolve('bin/ebserve'), args);
-        return { code: 0, ...r };
-      } catch (e) {
-        return e as { code: number; stdout: string; stderr: string };
-      }
-    };
 
     it('accepts the default policy and profile', async function () {
       const r = await ebserve('check-config');

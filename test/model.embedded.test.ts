@@ -3,15 +3,14 @@
 // bf16 weights), generates the same text for the same seed, does held-out additions, and routes
 // held-out text to every expert. bin/ebserve generate prints exactly the continuation.
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
 import { generate } from '../src/model/generate.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
+import { ebserve } from './helpers/ebserve.js';
 
 interface ReferencePrompt {
   prompt: string;
@@ -94,17 +93,6 @@ describe('the embedded model (models/ebserve-moe-8x)', function () {
 });
 
 describe('ebserve generate', function () {
-  const run = promisify(execFile);
-  const bin = path.resolve('bin/ebserve');
-  const ebserve = async (...args: string[]) => {
-    try {
-      const { stdout, stderr } = await run(bin, args);
-      return { code: 0, stdout, stderr };
-    } catch (e) {
-      const err = e as { code: number; stdout: string; stderr: string };
-      return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-    }
-  };
   let dir: string;
   before(function () {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebserve-generate-'));
