@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-control fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -79,6 +79,10 @@ bench-offload: build
 # The server under load: autocannon at concurrency 1, 8, 32 (60 s each; BENCH_SERVE_SECONDS to change).
 bench-serve: build
 	npx tsx bench/serve/run.ts
+
+# The controller against static plans on a bandwidth trace over an emulated link (bench/control).
+bench-control: build
+	npx tsx bench/control/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with
 # AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams (test/fuzz/fuzz_decode.cc).

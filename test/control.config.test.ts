@@ -10,6 +10,7 @@ import YAML from 'yaml';
 
 import { ConfigError } from '../src/control/config-file.js';
 import { loadPolicy, resolvePolicy } from '../src/control/policy.js';
+import { plannerSensitivity } from '../src/control/index.js';
 import { loadProfile } from '../src/control/profile.js';
 import { ebserve } from './helpers/ebserve.js';
 
@@ -119,5 +120,30 @@ describe('policies and profiles', function () {
       assert.ok(r.stderr.includes(`${f}: control.headroom: expected a number in (0, 1]`), r.stderr);
       assert.doesNotMatch(r.stderr, /\n\s+at /);
     });
+  });
+});
+
+describe('planner sensitivity from a profile', function () {
+  const policy = loadPolicy('policies/u-shape.yaml');
+  const base = loadProfile('profiles/cpu.yaml');
+  const b = policy.ladder.bounds;
+  const withRows = (layers: number[][]) => ({ ...base, sensitivity: { error_model: 'codec' as const, metric: '1 - top1_agreement' as const, bound_mode: policy.ladder.bound_mode, bounds: b, exact: policy.ladder.exact, layers } });
+
+  it('fits each measured row to cost ∝ bound, keeping the exact level free', function () {
+    const exact = [0.2, 0.1, 0.05, 0.025, 0.0125, 0];
+    const noisy = [0.06, 0.02, 0.002, 0.002, 0, 0]; // a few flips at the tight levels
+    const { table, source } = plannerSensitivity(policy, withRows([exact, noisy, ...new Array(6).fill(exact)]), 8);
+    assert.equal(source, 'profile');
+    table[0].forEach((v, k) => assert.ok(Math.abs(v - exact[k]) < 1e-12, `level ${k}: ${v}`));
+    for (let k = 0; k + 1 < b.length; k++) assert.ok(Math.abs(table[1][k] / table[1][k + 1] - 2) < 1e-9, 'halves per rung');
+    assert.equal(table[1][5], 0);
+    assert.ok(table[1][0] < table[0][0], 'the tolerant layer stays the cheaper one');
+  });
+
+  it('falls back to the policy\'s prior when the profile measured another ladder or depth', function () {
+    const other = { ...withRows(new Array(8).fill([0.2, 0.1, 0.05, 0.025, 0.0125, 0])) };
+    other.sensitivity!.bounds = [1, 0.5, 0.25, 0.125, 0.0625];
+    assert.equal(plannerSensitivity(policy, other, 8).source, 'policy prior');
+    assert.equal(plannerSensitivity(policy, withRows(new Array(4).fill([0.2, 0.1, 0.05, 0.025, 0.0125, 0])), 8).source, 'policy prior');
   });
 });

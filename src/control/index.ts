@@ -41,12 +41,26 @@ export interface Control {
   stop(): void;
 }
 
-/** The sensitivity the planner uses: the profile's, when measured on this policy's ladder. */
+/**
+ * The sensitivity the planner uses: the profile's, when measured on this policy's ladder, else
+ * the policy's prior. A measured row is smoothed by the model the prior uses — cost proportional
+ * to the bound — with the layer's own weight fitted by least squares: a canary set resolves a
+ * few flips in hundreds at the tight levels, too few to rank moves by, while the loose levels
+ * say clearly how much a layer minds.
+ */
 export function plannerSensitivity(policy: Policy, profile: Profile, layers: number): { table: number[][]; source: 'profile' | 'policy prior' } {
   const s = profile.sensitivity;
   const same = s && s.bound_mode === policy.ladder.bound_mode && s.exact === policy.ladder.exact && s.bounds.join() === policy.ladder.bounds.join() && s.layers.length === layers;
-  if (same) return { table: s.layers.map((row) => [...row]), source: 'profile' };
-  return { table: resolvePolicy(policy, layers).prior, source: 'policy prior' };
+  if (!same) return { table: resolvePolicy(policy, layers).prior, source: 'policy prior' };
+  const b = s.bounds;
+  const bb = b.reduce((a, x) => a + x * x, 0);
+  return {
+    table: s.layers.map((row) => {
+      const w = b.reduce((a, x, k) => a + x * row[k], 0) / bb;
+      return row.map((_, k) => (k < b.length ? w * b[k] : 0));
+    }),
+    source: 'profile',
+  };
 }
 
 export function startControl(o: ControlOptions): Control {
