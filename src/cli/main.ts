@@ -7,6 +7,7 @@ import { UsageError } from './args.js';
 import { checkConfigCommand, usage as checkConfigUsage } from './check-config.js';
 import { compressCommand, usage as compressUsage } from './compress.js';
 import { decompressCommand, usage as decompressUsage } from './decompress.js';
+import { doctorCommand, usage as doctorUsage } from './doctor.js';
 import { generateCommand, usage as generateUsage } from './generate.js';
 import { inspectCommand, usage as inspectUsage } from './inspect.js';
 import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
@@ -16,6 +17,7 @@ import { serveCommand, usage as serveUsage } from './serve.js';
 const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage: string; what: string }> = {
   'check-config': { run: checkConfigCommand, usage: checkConfigUsage, what: 'validate a policy and a profile without serving' },
   compress: { run: compressCommand, usage: compressUsage, what: 'compress a raw tensor file within an error bound' },
+  doctor: { run: doctorCommand, usage: doctorUsage, what: 'report what this machine offers: SIMD, CUDA (or why not), TensorFlow.js backend' },
   decompress: { run: decompressCommand, usage: decompressUsage, what: 'decode a stream back to raw values' },
   generate: { run: generateCommand, usage: generateUsage, what: 'continue a prompt with a model (default: the embedded one)' },
   inspect: { run: inspectCommand, usage: inspectUsage, what: 'validate a stream and show its header and rungs' },
