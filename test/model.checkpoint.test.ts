@@ -273,7 +273,7 @@ describe('checkpoint loading', function () {
       const model = new MoeTransformer(c, read, denseTensorNames(c), engine);
       try {
         const tokens = [...Buffer.from('MoE!')];
-        const logits = await model.forward(tokens, new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions), true);
+        const logits = await model.forward(tokens, KvCache.forModel(c), true);
         const ref = referenceLogits(c, read, denseTensorNames(c), experts, tokens);
         for (let t = 0; t < tokens.length; t++) {
           const row = logits.subarray(t * c.vocabSize, (t + 1) * c.vocabSize);

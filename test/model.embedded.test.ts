@@ -44,7 +44,7 @@ describe('the embedded model (models/ebserve-moe-8x)', function () {
     for (const r of reference.prompts) {
       assert.deepEqual(m.tokenizer.encode(r.prompt), r.prompt_bytes);
       const c = m.checkpoint.config;
-      const logits = await m.model.forward(r.prompt_bytes, new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions));
+      const logits = await m.model.forward(r.prompt_bytes, KvCache.forModel(c));
       const scale = Math.max(...r.last_logits.map(Math.abs));
       const worst = Math.max(...r.last_logits.map((x, i) => Math.abs(x - logits[i])));
       assert.ok(worst <= 1e-4 * scale, `${JSON.stringify(r.prompt)}: logits differ by ${worst} (scale ${scale})`);
@@ -80,7 +80,7 @@ describe('the embedded model (models/ebserve-moe-8x)', function () {
     try {
       const items = jsonl<{ prompt: string }>('text.jsonl').filter((_, i) => i % 8 === 0);
       for (const it of items) {
-        await m.model.forward(m.tokenizer.encode(it.prompt), new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions));
+        await m.model.forward(m.tokenizer.encode(it.prompt), KvCache.forModel(c));
       }
     } finally {
       m.model.onRouting = undefined;

@@ -39,7 +39,7 @@ const canaries = <T>(file: string): T[] =>
 
 function newCache(m: LoadedModel): KvCache {
   const c = m.checkpoint.config;
-  return new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions);
+  return KvCache.forModel(c);
 }
 
 async function best(fn: () => Promise<void>): Promise<number> {

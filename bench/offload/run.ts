@@ -80,7 +80,7 @@ const textCanaries = fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'canaries', '
 
 function newCache(m: LoadedModel): KvCache {
   const c = m.checkpoint.config;
-  return new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions);
+  return KvCache.forModel(c);
 }
 
 /** Greedy next-byte predictions at every continuation position of the (strided) text canaries. */

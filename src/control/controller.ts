@@ -70,7 +70,7 @@ export class Controller {
   readonly plan$: BehaviorSubject<PrecisionPlan>;
   readonly decisions$ = new Subject<Decision>();
   /** Counters for metrics. */
-  readonly counts = { decisions: 0, rollbacks: 0, droppedSamples: 0 };
+  readonly counts = { decisions: 0, rollbacks: 0 };
   private readonly o: ControllerOptions;
   private readonly subs = new Subscription();
   private readonly logBuf: Decision[] = [];

@@ -44,7 +44,7 @@ export async function generate(model: MoeTransformer, tokenizer: Tokenizer, prom
   const maxTokens = opts.maxTokens ?? 64;
   const stops = (opts.stop ?? []).filter((s) => s.length > 0);
   const random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
-  const cache = new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions);
+  const cache = KvCache.forModel(c);
   const decoder = tokenizer.streamDecoder();
   let text = '';
   let sent = 0;

@@ -3,6 +3,8 @@
  * in host memory ([maxPositions, kvHeads · headDim] row-major). Host arrays rather than tensors:
  * appending is a copy of one row, and truncating (to reuse a shared prompt prefix) is free.
  */
+import type { ModelConfig } from './types.js';
+
 export class KvCache {
   readonly keys: Float32Array[];
   readonly values: Float32Array[];
@@ -16,6 +18,11 @@ export class KvCache {
   ) {
     this.keys = Array.from({ length: numLayers }, () => new Float32Array(maxPositions * width));
     this.values = Array.from({ length: numLayers }, () => new Float32Array(maxPositions * width));
+  }
+
+  /** A cache for one sequence of a model of config `c`: every layer, the whole context. */
+  static forModel(c: Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim' | 'maxPositions'>): KvCache {
+    return new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions);
   }
 
   /** Writes T rows of keys and values for `layer` at positions length..length+T−1. */

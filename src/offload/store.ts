@@ -39,6 +39,7 @@ export class ExpertStore {
   /** Levels the ladder offers (rungs, then the exact level when present). */
   readonly levels: number;
   readonly exact: number;
+  private readonly levelSizes = new Map<number, number[]>();
 
   constructor(
     readonly ladder: Ladder,
@@ -79,13 +80,21 @@ export class ExpertStore {
     return MATRICES.reduce((sum, m) => sum + parts[m].reduce((a, b) => a + b.byteLength, 0), 0);
   }
 
-  /** Mean bytes per expert of each level in `layer`, index = level (the planner's rung sizes). */
+  /**
+   * Mean bytes per expert of each level in `layer`, index = level (the planner's rung sizes).
+   * Computed once per layer: the store never changes, and /metrics asks at every scrape.
+   */
   layerLevelBytes(layer: number): number[] {
-    return Array.from({ length: this.levels }, (_, level) => {
-      let sum = 0;
-      for (let e = 0; e < this.numExperts; e++) sum += this.levelBytes(layer, e, level);
-      return sum / this.numExperts;
-    });
+    let sizes = this.levelSizes.get(layer);
+    if (!sizes) {
+      sizes = Array.from({ length: this.levels }, (_, level) => {
+        let sum = 0;
+        for (let e = 0; e < this.numExperts; e++) sum += this.levelBytes(layer, e, level);
+        return sum / this.numExperts;
+      });
+      this.levelSizes.set(layer, sizes);
+    }
+    return [...sizes];
   }
 
   /** Bytes of one expert's original weights (what uncompressed offload moves per miss). */

@@ -9,7 +9,7 @@ import type { ExpertEngine } from '../offload/expert-engine.js';
 
 export function canaryTarget(m: LoadedModel): CanaryTarget {
   const c = m.checkpoint.config;
-  const cache = () => new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions);
+  const cache = () => KvCache.forModel(c);
   return {
     vocabSize: c.vocabSize,
     encode: (text) => m.tokenizer.encode(text),
