@@ -15,7 +15,14 @@ export interface NativeCodec {
   entropyBits(input: Bytes, dtype: number, eb: number): number;
   /** CRC-32C of data; with threads > 1 computed in segments and combined (same value). */
   crc32c(data: Bytes, threads?: number): number;
-  info(): { simd: string; threads: number; cuda: CudaProbe };
+  info(): { simd: string; fusedDecoder: string; threads: number; cuda: CudaProbe };
+  /** The CPU expert engine (src/native/expert_cpu.h): a compressed matrix indexed for the fused product. */
+  fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
+  /** The weights the fused product multiplies with, as f32 (checkpoint layout). */
+  fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
+  /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */
+  expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Float32Array;
+  expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Promise<Float32Array>;
   emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
   emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
   /** Present when built with nvcc; they throw "no usable CUDA device: …" without a GPU. */
@@ -57,6 +64,19 @@ export interface EmulatedPipelineResult extends PipelineResult {
   trace: { seq: number; stream: string; kind: string; fetch: number; bytes: number; start: number; end: number }[];
   model: { emulated: true; linkBandwidth: number; copyLatency: number; decodeBandwidth: number };
 }
+
+/** A compressed matrix made ready for the fused product; keeps its stream's buffers alive. */
+export interface RawFusedMatrix {
+  readonly handle: unknown;
+  /** Bytes one full product reads: rate bytes, escapes and the words of rungs 0..k. */
+  readonly bytes: number;
+  readonly rows: number;
+  readonly cols: number;
+  readonly k: number;
+}
+
+/** A matrix the native engine multiplies with: dense f32 ([rows, cols] row-major) or fused. */
+export type RawMatrix = Float32Array | RawFusedMatrix;
 
 export interface CudaProbe {
   built: boolean;

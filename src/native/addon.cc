@@ -13,6 +13,7 @@
 #include "cuda_bridge.h"
 #include "emulated_codec.h"
 #include "emulated_pipeline.h"
+#include "expert_cpu.h"
 #include "napi_util.h"
 #include "parallel.h"
 
@@ -96,39 +97,7 @@ Napi::Value CompressSync(const Napi::CallbackInfo& info) {
   }
 }
 
-// Keeps the JS values whose memory a worker reads or writes alive until it is done.
-class Worker : public Napi::AsyncWorker {
- public:
-  Worker(Napi::Env env, const Napi::CallbackInfo& info)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {
-    for (size_t i = 0; i < info.Length(); i++)
-      if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
-  }
-  Napi::Promise promise() { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    try {
-      run();
-    } catch (const CodecError& e) {
-      code_ = e.code;
-      SetError(e.what());
-    } catch (const std::exception& e) {
-      code_ = "INTERNAL";
-      SetError(e.what());
-    }
-  }
-  void OnError(const Napi::Error& e) override {
-    Napi::Error err = codec_error(Env(), CodecError(code_, e.Message()));
-    deferred_.Reject(err.Value());
-  }
-  virtual void run() = 0;
-  Napi::Promise::Deferred deferred_;
-  std::string code_;
-
- private:
-  std::vector<Napi::ObjectReference> keep_;
-};
+using Worker = eb::PromiseWorker;
 
 class CompressWorker : public Worker {
  public:
@@ -280,6 +249,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object o = Napi::Object::New(env);
   o.Set("simd", eb::simd_level());
+  o.Set("fusedDecoder", eb::fused_decoder());
   o.Set("threads", eb::hardware_threads());
   o.Set("cuda", eb::cuda_probe(env));
   return o;
@@ -297,6 +267,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   eb::register_emulated(env, exports);
   eb::register_emulated_pipeline(env, exports);
   eb::register_cuda(env, exports);
+  eb::register_expert_engine(env, exports);
   return exports;
 }
 

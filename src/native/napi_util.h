@@ -106,4 +106,40 @@ inline DecodeArgs decode_args(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// An AsyncWorker that settles a Promise: run() on a libuv thread, a CodecError (or any exception)
+// becomes a rejection with `code`. Keeps the JS values whose memory run() reads or writes (every
+// object argument of the call) alive until it is done.
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  PromiseWorker(Napi::Env env, const Napi::CallbackInfo& info)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {
+    for (size_t i = 0; i < info.Length(); i++)
+      if (info[i].IsObject()) keep_.push_back(Napi::Persistent(info[i].As<Napi::Object>()));
+  }
+  Napi::Promise promise() { return deferred_.Promise(); }
+
+ protected:
+  void Execute() override {
+    try {
+      run();
+    } catch (const CodecError& e) {
+      code_ = e.code;
+      SetError(e.what());
+    } catch (const std::exception& e) {
+      code_ = "INTERNAL";
+      SetError(e.what());
+    }
+  }
+  void OnError(const Napi::Error& e) override {
+    Napi::Error err = codec_error(Env(), CodecError(code_, e.Message()));
+    deferred_.Reject(err.Value());
+  }
+  virtual void run() = 0;
+  Napi::Promise::Deferred deferred_;
+  std::string code_;
+
+ private:
+  std::vector<Napi::ObjectReference> keep_;
+};
+
 }  // namespace eb

@@ -1,0 +1,193 @@
+// expert_addon: the Node face of the CPU expert engine (expert_cpu.h). Three functions:
+//   fusedMatrix(head, rungs | null, k, rows, cols, verify) → { handle, bytes, rows, cols, k }
+//     validates a compressed matrix once and indexes its rows for the fused path; the result keeps
+//     the stream's buffers alive for as long as it lives;
+//   expertLayerAsync(experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads) → Promise<Float32Array>
+//     one layer's routed experts on a libuv worker (the event loop goes on meanwhile), where
+//     experts[i] = [gate, up, down], each a Float32Array (dense f32, checkpoint layout) or a
+//     fusedMatrix result; expertLayerSync does the same on the calling thread;
+//   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with.
+// Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "expert_cpu.h"
+#include "napi_util.h"
+
+namespace eb {
+namespace {
+
+// A FusedMatrix and the JS buffers it points into.
+struct FusedHolder {
+  FusedHolder(const FusedMatrix& fm, std::vector<Napi::ObjectReference>&& k) : m(fm), keep(std::move(k)) {}
+  FusedMatrix m;
+  std::vector<Napi::ObjectReference> keep;
+};
+
+Napi::Value FusedMatrixNew(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    std::vector<Napi::ObjectReference> keep;
+    Bytes head = bytes_of(info[0], "stream");
+    keep.push_back(Napi::Persistent(info[0].As<Napi::Object>()));
+    int k = info[2].As<Napi::Number>().Int32Value();
+    int rows = info[3].As<Napi::Number>().Int32Value(), cols = info[4].As<Napi::Number>().Int32Value();
+    bool verify = info[5].ToBoolean();
+    StreamView s;
+    if (info[1].IsArray()) {
+      auto arr = info[1].As<Napi::Array>();
+      std::vector<const uint8_t*> rung;
+      std::vector<size_t> len;
+      for (uint32_t i = 0; i < arr.Length(); i++) {
+        Bytes b = bytes_of(arr.Get(i), "rung");
+        rung.push_back(b.data);
+        len.push_back(b.len);
+        keep.push_back(Napi::Persistent(arr.Get(i).As<Napi::Object>()));
+      }
+      s = parse_parts(head.data, head.len, rung.data(), len.data(), (int)rung.size(), verify);
+    } else {
+      s = parse_stream(head.data, head.len, verify);
+    }
+    if (k < 0) k = s.available - 1;
+    auto holder = std::make_unique<FusedHolder>(prepare_fused(s, k, rows, cols), std::move(keep));
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("bytes", (double)holder->m.bytes);
+    o.Set("rows", rows);
+    o.Set("cols", cols);
+    o.Set("k", k);
+    o.Set("handle", Napi::External<FusedHolder>::New(env, holder.release(), [](Napi::Env, FusedHolder* h) { delete h; }));
+    return o;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
+const FusedMatrix* fused_of(const Napi::Value& v) {
+  if (!v.IsObject()) return nullptr;
+  Napi::Value h = v.As<Napi::Object>().Get("handle");
+  if (!h.IsExternal()) return nullptr;
+  return &h.As<Napi::External<FusedHolder>>().Data()->m;
+}
+
+// A matrix argument: a Float32Array of rows·cols values, or a fusedMatrix of that shape.
+MatrixRef matrix_of(Napi::Env env, const Napi::Value& v, int rows, int cols, const std::string& what) {
+  MatrixRef m;
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
+    auto a = v.As<Napi::Float32Array>();
+    if (a.ElementLength() != (size_t)rows * cols)
+      throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " values, expected " +
+                                           std::to_string(rows) + "×" + std::to_string(cols));
+    m.dense = a.Data();
+  } else if (const FusedMatrix* f = fused_of(v)) {
+    if (f->rows != rows || f->cols != cols)
+      throw Napi::RangeError::New(env, what + " is " + std::to_string(f->rows) + "×" + std::to_string(f->cols) +
+                                           ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
+    m.fused = f;
+  } else {
+    throw Napi::TypeError::New(env, what + " must be a Float32Array or a fusedMatrix");
+  }
+  return m;
+}
+
+template <typename A>
+A typed_of(Napi::Env env, const Napi::Value& v, napi_typedarray_type t, size_t n, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != t)
+    throw Napi::TypeError::New(env, std::string(what) + " has the wrong type");
+  A a = v.As<A>();
+  if (a.ElementLength() != n)
+    throw Napi::RangeError::New(env, std::string(what) + " has " + std::to_string(a.ElementLength()) + " values, expected " + std::to_string(n));
+  return a;
+}
+
+// (experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads) → a LayerCall writing into out.
+LayerCall layer_call(const Napi::CallbackInfo& info, float* out_or_null, Napi::Float32Array* out) {
+  Napi::Env env = info.Env();
+  LayerCall c;
+  c.T = info[4].As<Napi::Number>().Int32Value();
+  c.k = info[5].As<Napi::Number>().Int32Value();
+  c.d = info[6].As<Napi::Number>().Int32Value();
+  c.ff = info[7].As<Napi::Number>().Int32Value();
+  c.threads = threads_of(info[8]);
+  if (c.T < 0 || c.k < 1 || c.d < 1 || c.ff < 1) throw Napi::RangeError::New(env, "T ≥ 0, k, d and ff ≥ 1 are required");
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "experts must be an array of [gate, up, down]");
+  auto experts = info[0].As<Napi::Array>();
+  for (uint32_t e = 0; e < experts.Length(); e++) {
+    Napi::Value ev = experts.Get(e);
+    if (!ev.IsArray() || ev.As<Napi::Array>().Length() != 3) throw Napi::TypeError::New(env, "expert " + std::to_string(e) + " must be [gate, up, down]");
+    auto m = ev.As<Napi::Array>();
+    std::string name = "expert " + std::to_string(e);
+    c.experts.push_back({matrix_of(env, m.Get(0u), c.ff, c.d, name + " gate"), matrix_of(env, m.Get(1u), c.ff, c.d, name + " up"),
+                         matrix_of(env, m.Get(2u), c.d, c.ff, name + " down")});
+  }
+  size_t S = (size_t)c.T * c.k;
+  auto ids = typed_of<Napi::Int32Array>(env, info[1], napi_int32_array, S, "slotExpert");
+  for (size_t s = 0; s < S; s++)
+    if (ids[s] < 0 || (uint32_t)ids[s] >= experts.Length())
+      throw Napi::RangeError::New(env, "slot " + std::to_string(s) + " names expert " + std::to_string(ids[s]) + " of " + std::to_string(experts.Length()));
+  c.slot_expert = ids.Data();
+  c.slot_weight = typed_of<Napi::Float32Array>(env, info[2], napi_float32_array, S, "slotWeight").Data();
+  c.hidden = typed_of<Napi::Float32Array>(env, info[3], napi_float32_array, (size_t)c.T * c.d, "hidden").Data();
+  *out = Napi::Float32Array::New(env, (size_t)c.T * c.d);
+  c.out = out_or_null ? out_or_null : out->Data();
+  return c;
+}
+
+Napi::Value ExpertLayerSync(const Napi::CallbackInfo& info) {
+  Napi::Float32Array out;
+  LayerCall c = layer_call(info, nullptr, &out);
+  expert_layer(c);
+  return out;
+}
+
+class LayerWorker : public PromiseWorker {
+ public:
+  LayerWorker(Napi::Env env, const Napi::CallbackInfo& info, LayerCall c, Napi::Float32Array out)
+      : PromiseWorker(env, info), c_(std::move(c)), out_(Napi::Persistent(out)) {}
+  void run() override { expert_layer(c_); }
+  void OnOK() override { deferred_.Resolve(out_.Value()); }
+
+ private:
+  LayerCall c_;
+  Napi::Reference<Napi::Float32Array> out_;
+};
+
+Napi::Value ExpertLayerAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Float32Array out;
+  LayerCall c;
+  try {
+    c = layer_call(info, nullptr, &out);
+  } catch (const Napi::Error& e) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Reject(e.Value());
+    return d.Promise();
+  }
+  // The matrices' memory stays alive with info's objects (the experts array holds them).
+  auto* w = new LayerWorker(env, info, std::move(c), out);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value FusedMatrixDecode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const FusedMatrix* f = fused_of(info[0]);
+  if (!f) throw Napi::TypeError::New(env, "expected a fusedMatrix");
+  auto out = Napi::Float32Array::New(env, (size_t)f->rows * f->cols);
+  for (int r = 0; r < f->rows; r++) decode_fused_row(*f, r, out.Data() + (size_t)r * f->cols);
+  return out;
+}
+
+}  // namespace
+
+void register_expert_engine(Napi::Env env, Napi::Object exports) {
+  exports.Set("fusedMatrix", Napi::Function::New(env, FusedMatrixNew));
+  exports.Set("fusedMatrixDecode", Napi::Function::New(env, FusedMatrixDecode));
+  exports.Set("expertLayerSync", Napi::Function::New(env, ExpertLayerSync));
+  exports.Set("expertLayerAsync", Napi::Function::New(env, ExpertLayerAsync));
+}
+
+}  // namespace eb

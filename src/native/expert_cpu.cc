@@ -1,0 +1,233 @@
+#include "expert_cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <algorithm>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "parallel.h"
+#include "worker_pool.h"
+
+// Like the codec's loops, the products are compiled for AVX-512, AVX2 and the x86-64 baseline and
+// the best the CPU runs is picked at load time. The always_inline helpers are compiled inside each
+// clone, so they get its instruction set too.
+#include "expert_kernels.h"
+
+// The products are compiled for AVX-512, AVX2 and the x86-64 baseline and the best the CPU runs
+// is picked at load time, like the codec's loops; CPUs with GFNI take expert_cpu_gfni.cc's.
+#if defined(__x86_64__) && !defined(EB_NO_CLONES)
+#define EB_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define EB_HAVE_GFNI_UNIT 1
+#else
+#define EB_CLONES
+#endif
+
+namespace eb {
+
+#if EB_HAVE_GFNI_UNIT
+void fused_rows_gfni(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy, float* scratch);
+void fused_decode_row_gfni(const FusedView& f, int r, float* row);
+#endif
+
+namespace {
+
+EB_CLONES void dense_rows(const float* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  ek_dense_rows(m, cols, r0, r1, x, ldx, n, y, ldy);
+}
+
+EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
+                                 float* scratch) {
+  ek_fused_rows<PlaneLoop>(f, r0, r1, x, ldx, n, y, ldy, scratch);
+}
+
+EB_CLONES void fused_decode_row_planes(const FusedView& f, int r, float* row) { ek_fused_decode_row<PlaneLoop>(f, r, row); }
+
+bool cpu_has_gfni() {
+#if EB_HAVE_GFNI_UNIT
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+// EBSERVE_NO_GFNI=1 takes the plane loop even where GFNI exists (the tests run both).
+bool use_gfni() {
+  static const bool on = cpu_has_gfni() && !getenv("EBSERVE_NO_GFNI");
+  return on;
+}
+
+void fused_rows(const FusedMatrix& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  thread_local std::vector<float> scratch;
+  if (n > 4) scratch.resize(f.cols);
+#if EB_HAVE_GFNI_UNIT
+  if (use_gfni()) return fused_rows_gfni(f.v, r0, r1, x, ldx, n, y, ldy, scratch.data());
+#endif
+  fused_rows_planes(f.v, r0, r1, x, ldx, n, y, ldy, scratch.data());
+}
+
+// The pool every engine call shares: the hardware threads, the caller among them.
+WorkerPool& pool() {
+  static WorkerPool p(std::max(0, hardware_threads() - 1));
+  return p;
+}
+
+// Below this many multiply-adds a call runs on the calling thread: waking a helper costs more.
+constexpr double kParallelMacs = 1 << 19;
+
+float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+}  // namespace
+
+void FusedMatrix::sync_view() {
+  v = FusedView{};
+  for (int j = 0; j <= k; j++) v.rung[j] = view.rung[j] + (j == 0 ? view.words0_offset : 0);
+  v.rates = view.rates;
+  v.escapes = view.escapes;
+  v.escape_count = view.h.escapes;
+  v.row_word = row_word.data();
+  v.row_escape = row_escape.data();
+  memcpy(v.cut, view.h.cut, sizeof v.cut);
+  v.k = k;
+  v.rows = rows;
+  v.cols = cols;
+  v.ebf = (float)view.h.eb;
+}
+
+FusedMatrix prepare_fused(const StreamView& s, int k, int rows, int cols) {
+  if (k < 0 || k >= s.available)
+    throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " + std::to_string(s.available) + " rungs");
+  if (rows < 0 || cols <= 0 || (uint64_t)rows * (uint64_t)cols != s.h.count)
+    throw CodecError("BAD_SHAPE", "a " + std::to_string(rows) + "×" + std::to_string(cols) + " matrix does not hold the stream's " +
+                                      std::to_string(s.h.count) + " values");
+  if (cols % EB_BLOCK)
+    throw CodecError("BAD_SHAPE", "the fused path needs rows of a multiple of 32 values, got " + std::to_string(cols));
+  FusedMatrix f;
+  f.view = s;
+  f.k = k;
+  f.rows = rows;
+  f.cols = cols;
+  const int R = k + 1, per_row = cols / EB_BLOCK;
+  f.row_word.assign((size_t)rows * R, 0);
+  f.row_escape.assign(rows, 0);
+  uint32_t words[EB_MAX_RATE + 1][EB_MAX_RUNGS];
+  for (int r = 0; r <= EB_MAX_RATE; r++)
+    for (int j = 0; j < R; j++) words[r][j] = 4 * eb_rung_words(r, j, s.h.cut);
+  uint64_t at[EB_MAX_RUNGS] = {0};
+  uint64_t e = 0;
+  for (int r = 0; r < rows; r++) {
+    for (int j = 0; j < R; j++) f.row_word[(size_t)r * R + j] = at[j];
+    uint64_t first = (uint64_t)r * cols;
+    while (e < s.h.escapes && ek_u32(s.escapes + 8 * e) < first) e++;
+    f.row_escape[r] = e;
+    for (int b = 0; b < per_row; b++) {
+      int rate = s.rates[(uint64_t)r * per_row + b];
+      for (int j = 0; j < R; j++) at[j] += words[rate][j];
+    }
+  }
+  f.bytes = s.h.blocks() + 8 * s.h.escapes;
+  for (int j = 0; j < R; j++) f.bytes += at[j];
+  f.sync_view();
+  return f;
+}
+
+void decode_fused_row(const FusedMatrix& f, int r, float* row) {
+#if EB_HAVE_GFNI_UNIT
+  if (use_gfni()) return fused_decode_row_gfni(f.v, r, row);
+#endif
+  fused_decode_row_planes(f.v, r, row);
+}
+
+const char* fused_decoder() { return use_gfni() ? "gfni" : "plane loop"; }
+
+void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  if (m.fused) fused_rows(*m.fused, r0, r1, x, ldx, n, y, ldy);
+  else dense_rows(m.dense, cols, r0, r1, x, ldx, n, y, ldy);
+}
+
+void expert_layer(const LayerCall& c) {
+  const int E = (int)c.experts.size(), S = c.T * c.k;
+  for (const ExpertWeights& w : c.experts)
+    for (const MatrixRef* m : {&w.gate, &w.up, &w.down})
+      if (!m->dense && !m->fused) throw std::invalid_argument("an expert matrix is missing");
+  // Tokens each expert serves, in slot order.
+  std::vector<std::vector<int>> slots(E);
+  for (int s = 0; s < S; s++) {
+    int e = c.slot_expert[s];
+    if (e < 0 || e >= E) throw std::invalid_argument("slot " + std::to_string(s) + " names expert " + std::to_string(e) + " of " + std::to_string(E));
+    slots[e].push_back(s);
+  }
+  const int d = c.d, ff = c.ff;
+  struct Work {
+    int n = 0;
+    std::vector<float> x, h, u, y;  // [n, d], [n, ff] (gate, then silu(gate)·up), [n, ff] up, [n, d]
+  };
+  std::vector<Work> work(E);
+  double macs = 0;
+  for (int e = 0; e < E; e++) {
+    Work& w = work[e];
+    w.n = (int)slots[e].size();
+    if (!w.n) continue;
+    w.x.resize((size_t)w.n * d);
+    for (int i = 0; i < w.n; i++) memcpy(&w.x[(size_t)i * d], c.hidden + (size_t)(slots[e][i] / c.k) * d, sizeof(float) * d);
+    w.h.resize((size_t)w.n * ff);
+    w.u.resize((size_t)w.n * ff);
+    w.y.resize((size_t)w.n * d);
+    macs += 3.0 * w.n * d * ff;
+  }
+  const int threads = macs < kParallelMacs ? 1 : c.threads;
+  // Rows per task: enough work (~64 Ki multiply-adds) that handing it out is cheap, and several
+  // tasks per thread so that the last one does not leave a core idle.
+  auto split = [&](int rows, int cols, int n) {
+    int rb = (int)std::max<double>(1, 65536.0 / ((double)cols * n));
+    rb = std::min(rb, std::max(1, rows / (4 * std::max(1, threads))));
+    return std::max(1, std::min(rb, rows));
+  };
+  struct Task {
+    int e, r0, r1;
+  };
+  std::vector<Task> tasks;
+  for (int e = 0; e < E; e++) {
+    if (!work[e].n) continue;
+    int rb = split(ff, d, work[e].n);
+    for (int r = 0; r < ff; r += rb) tasks.push_back({e, r, std::min(ff, r + rb)});
+  }
+  pool().run((int)tasks.size(), threads, [&](int i) {
+    const Task& t = tasks[i];
+    Work& w = work[t.e];
+    const ExpertWeights& m = c.experts[t.e];
+    matrix_rows(m.gate, d, t.r0, t.r1, w.x.data(), d, w.n, w.h.data(), ff);
+    matrix_rows(m.up, d, t.r0, t.r1, w.x.data(), d, w.n, w.u.data(), ff);
+    for (int n = 0; n < w.n; n++)
+      for (size_t i = (size_t)n * ff + t.r0; i < (size_t)n * ff + t.r1; i++) w.h[i] = silu_times(w.h[i], w.u[i]);
+  });
+  tasks.clear();
+  for (int e = 0; e < E; e++) {
+    if (!work[e].n) continue;
+    int rb = split(d, ff, work[e].n);
+    for (int r = 0; r < d; r += rb) tasks.push_back({e, r, std::min(d, r + rb)});
+  }
+  pool().run((int)tasks.size(), threads, [&](int i) {
+    const Task& t = tasks[i];
+    Work& w = work[t.e];
+    matrix_rows(c.experts[t.e].down, ff, t.r0, t.r1, w.h.data(), ff, w.n, w.y.data(), d);
+  });
+  // The weighted sum, slot by slot in a fixed order.
+  memset(c.out, 0, sizeof(float) * (size_t)c.T * d);
+  std::vector<int> seen(E, 0);
+  for (int s = 0; s < S; s++) {
+    int e = c.slot_expert[s];
+    const float* y = &work[e].y[(size_t)seen[e]++ * d];
+    float* o = c.out + (size_t)(s / c.k) * d;
+    float wgt = c.slot_weight[s];
+    for (int i = 0; i < d; i++) o[i] += wgt * y[i];
+  }
+}
+
+}  // namespace eb

@@ -1,0 +1,87 @@
+// expert_cpu: the CPU expert engine. One MoE layer's routed experts, SwiGLU, computed in native
+// code on every core: for each token, Σ_j weight_j · down(silu(gate·x) ⊙ up·x) over its chosen
+// experts. A matrix is either dense f32 (decoded weights, as the device cache keeps them) or a
+// compressed stream read in place: the fused path decodes each 32-value block inside the dot
+// product and never writes the weights anywhere, so a token reads the compressed bytes instead of
+// f32 weights (how quantized CPU inference wins on memory bandwidth).
+//
+// Matrices are [rows, cols] row-major, the checkpoints' [out, in]: gate and up [ff, d], down
+// [d, ff]. The fused path needs cols % 32 == 0, so every codec block lies inside one row.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#include <vector>
+
+#include "expert_kernels.h"
+#include "stream_format.h"
+
+namespace eb {
+
+// A compressed matrix made ready for the fused path: the validated stream at rung k and, per
+// row, where its first block's words start in each rung and its first escape. Built once per
+// stream (a pass over the rate bytes, 1 byte per 32 values); the stream's buffers must outlive it.
+struct FusedMatrix {
+  StreamView view;
+  int k = 0;
+  int rows = 0, cols = 0;
+  std::vector<uint64_t> row_word;   // [row * (k + 1) + j]: byte offset within rung j's block words
+  std::vector<uint64_t> row_escape; // [row]: index of the first escape at or after the row's start
+  uint64_t bytes = 0;               // bytes a full pass reads: rate bytes, escapes, rungs 0..k's words
+  FusedView v{};                    // the above as the kernels read it
+
+  // Points v at this object's arrays (after construction and after every copy or move).
+  void sync_view();
+  FusedMatrix() = default;
+  FusedMatrix(const FusedMatrix& o) : view(o.view), k(o.k), rows(o.rows), cols(o.cols), row_word(o.row_word), row_escape(o.row_escape), bytes(o.bytes) { sync_view(); }
+  FusedMatrix& operator=(const FusedMatrix&) = delete;
+};
+
+// Throws CodecError: BAD_RUNGS (k not available), BAD_SHAPE (rows · cols ≠ count, cols % 32 ≠ 0).
+FusedMatrix prepare_fused(const StreamView& s, int k, int rows, int cols);
+
+// One matrix of an expert: dense f32 weights, or a prepared compressed one.
+struct MatrixRef {
+  const float* dense = nullptr;
+  const FusedMatrix* fused = nullptr;
+};
+
+struct ExpertWeights {
+  MatrixRef gate, up, down;
+};
+
+// One layer call. Slot s = t·k + j is token t's j-th choice: slot_expert[s] indexes `experts`,
+// slot_weight[s] is the router's weight. out is [T, d] and is overwritten.
+struct LayerCall {
+  int d = 0, ff = 0, T = 0, k = 0;
+  const float* hidden = nullptr;
+  const int32_t* slot_expert = nullptr;
+  const float* slot_weight = nullptr;
+  std::vector<ExpertWeights> experts;
+  float* out = nullptr;
+  int threads = 1;
+};
+
+// Throws std::invalid_argument on a slot that names no expert or a matrix missing.
+void expert_layer(const LayerCall& call);
+
+// Row r of a fused matrix into `row` (cols floats): the weights the fused product multiplies with.
+void decode_fused_row(const FusedMatrix& f, int r, float* row);
+
+// Which block decoder the fused path uses on this CPU: "gfni" or "plane loop".
+const char* fused_decoder();
+
+// y[t·ldy + r] = Σ_c M[r, c] · x[t·ldx + c] for rows [r0, r1) and tokens t < n: the product every
+// path shares, exposed for the engine's tests and benchmark.
+void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy);
+
+}  // namespace eb
+
+namespace Napi {
+class Env;
+class Object;
+}  // namespace Napi
+namespace eb {
+// Adds fusedMatrix, fusedMatrixDecode, expertLayerSync and expertLayerAsync (expert_addon.cc).
+void register_expert_engine(Napi::Env env, Napi::Object exports);
+}  // namespace eb

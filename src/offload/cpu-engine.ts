@@ -1,0 +1,144 @@
+/**
+ * The CPU expert engine: the model's ExpertEngine computed in the addon (src/native/expert_cpu.h)
+ * on every core, off the event loop, from weights that never enter TensorFlow.js. An expert's
+ * matrices are either dense f32 (what the tfjs engine would copy into the wasm heap) or
+ * compressed streams multiplied in place by the fused path, which decodes each 32-value block in
+ * registers inside the dot product: a token then reads the compressed bytes, not f32 weights.
+ *
+ * @example
+ * const engine = CpuExpertEngine.fromReader(config, (l, e) => readExpert(ckpt, l, e), { bound: 1e-3 });
+ * const m = await loadModel(dir, { engine: () => engine });
+ */
+import { compress } from '../codec/index.js';
+import { codecCall } from '../codec/errors.js';
+import { native, type RawFusedMatrix, type RawMatrix } from '../codec/native.js';
+import { distinctExperts, type ExpertEngine, type ExpertMatrices } from './expert-engine.js';
+
+/** One expert as the native engine reads it. */
+export interface NativeExpert {
+  gate: RawMatrix;
+  up: RawMatrix;
+  down: RawMatrix;
+}
+
+export interface NativeLayerOptions {
+  /** Threads for the call (default every core). */
+  threads?: number;
+  /** Run on the calling thread (benchmarks measure the worker hand-off with it); default false. */
+  sync?: boolean;
+}
+
+/**
+ * One layer's routed experts through the addon: out[t] = Σ_j weights[t·k+j] · expert(ids[t·k+j])(hidden[t]).
+ * `experts(e)` gives expert e's matrices; each distinct expert runs once on all its tokens.
+ */
+export function nativeExpertLayer(
+  experts: (expert: number) => NativeExpert,
+  d: number,
+  ff: number,
+  hidden: Float32Array,
+  ids: Int32Array,
+  weights: Float32Array,
+  T: number,
+  opts: NativeLayerOptions = {},
+): Promise<Float32Array> {
+  const distinct = distinctExperts(ids);
+  const index = new Map(distinct.map((e, i) => [e, i]));
+  const slotExpert = Int32Array.from(ids, (e) => index.get(e)!);
+  const mats = distinct.map((e) => {
+    const x = experts(e);
+    return [x.gate, x.up, x.down];
+  });
+  const k = T ? ids.length / T : 1;
+  const threads = opts.threads ?? 0;
+  if (opts.sync) return Promise.resolve(native.expertLayerSync(mats, slotExpert, weights, hidden, T, k, d, ff, threads));
+  return native.expertLayerAsync(mats, slotExpert, weights, hidden, T, k, d, ff, threads);
+}
+
+/** A compressed matrix (a codec stream of rows × cols values, or its head and rungs) for the fused path at rung k (default: the last). */
+export function fusedMatrix(stream: Uint8Array, rows: number, cols: number, opts: { rungs?: Uint8Array[]; k?: number; verify?: boolean } = {}): RawFusedMatrix {
+  return codecCall(() => native.fusedMatrix(stream, opts.rungs ?? null, opts.k ?? -1, rows, cols, opts.verify ?? true));
+}
+
+/** The weights the fused product multiplies with (f32, checkpoint layout). */
+export function fusedMatrixValues(m: RawFusedMatrix): Float32Array {
+  return native.fusedMatrixDecode(m);
+}
+
+/** Bytes one product with the matrix reads. */
+export function matrixBytes(m: RawMatrix): number {
+  return m instanceof Float32Array ? m.byteLength : m.bytes;
+}
+
+/** An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the fused path. */
+export function compressedExpert(m: ExpertMatrices, d: number, ff: number, bound: number): NativeExpert {
+  const one = (v: Float32Array, rows: number, cols: number) => fusedMatrix(compress(v, { bound, threads: 0 }), rows, cols);
+  return { gate: one(m.gate, ff, d), up: one(m.up, ff, d), down: one(m.down, d, ff) };
+}
+
+export interface CpuEngineStats {
+  /** Layer calls, and the seconds from each call to its result (the expert FFN time). */
+  calls: number;
+  seconds: number;
+  /** Weight bytes the calls read: every distinct expert's three matrices once per call. */
+  bytesRead: number;
+}
+
+export interface CpuEngineOptions extends NativeLayerOptions {
+  /** Keep experts compressed within this absolute bound and use the fused path; dense f32 when absent. */
+  bound?: number;
+}
+
+/** Every expert resident in host memory, dense f32 or compressed, computed by the addon. */
+export class CpuExpertEngine implements ExpertEngine {
+  readonly stats: CpuEngineStats = { calls: 0, seconds: 0, bytesRead: 0 };
+
+  constructor(
+    private readonly d: number,
+    private readonly ff: number,
+    private readonly experts: NativeExpert[][],
+    private readonly opts: NativeLayerOptions = {},
+  ) {}
+
+  /** Reads every expert of a model (dense f32, or compressed when opts.bound is set). */
+  static fromReader(
+    c: { hiddenSize: number; expertFfnSize: number; numLayers: number; numExperts: number },
+    read: (layer: number, expert: number) => ExpertMatrices,
+    opts: CpuEngineOptions = {},
+  ): CpuExpertEngine {
+    const { hiddenSize: d, expertFfnSize: ff } = c;
+    const experts = Array.from({ length: c.numLayers }, (_, l) =>
+      Array.from({ length: c.numExperts }, (_, e) => {
+        const m = read(l, e);
+        return opts.bound === undefined ? { gate: m.gate, up: m.up, down: m.down } : compressedExpert(m, d, ff, opts.bound);
+      }),
+    );
+    return new CpuExpertEngine(d, ff, experts, opts);
+  }
+
+  /** Bytes one token reads per expert it uses (the three matrices of expert 0 of layer 0). */
+  expertBytes(): number {
+    const x = this.experts[0][0];
+    return matrixBytes(x.gate) + matrixBytes(x.up) + matrixBytes(x.down);
+  }
+
+  async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
+    const row = this.experts[layer];
+    if (!row) throw new RangeError(`layer ${layer} is not one of the engine's ${this.experts.length}`);
+    const start = performance.now();
+    for (const e of distinctExperts(ids)) {
+      const x = row[e];
+      if (!x) throw new RangeError(`expert ${e} is not one of layer ${layer}'s ${row.length}`);
+      this.stats.bytesRead += matrixBytes(x.gate) + matrixBytes(x.up) + matrixBytes(x.down);
+    }
+    const out = await nativeExpertLayer((e) => row[e], this.d, this.ff, hidden, ids, weights, T, this.opts);
+    this.stats.calls++;
+    this.stats.seconds += (performance.now() - start) / 1000;
+    return out;
+  }
+
+  dispose(): void {
+    // The matrices are garbage-collected JS values (Float32Arrays, or fused handles whose
+    // finalizers free the native index).
+  }
+}
