@@ -20,6 +20,8 @@ export interface NativeCodec {
   fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
   /** The weights the fused product multiplies with, as f32 (checkpoint layout). */
   fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
+  /** Picks the fused path's block decoder; false when the CPU cannot run the one asked for. */
+  setFusedDecoder(name: 'gfni' | 'plane loop'): boolean;
   /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */
   expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Float32Array;
   expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Promise<Float32Array>;

@@ -34,7 +34,10 @@ export class ResidentExpertEngine implements ExpertEngine {
   }
 
   async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
-    return combineExperts(this.d, hidden, ids, weights, T, (e) => this.experts[layer][e]);
+    const row = this.experts[layer];
+    if (!row) throw new RangeError(`layer ${layer} is not one of the engine's ${this.experts.length}`);
+    for (const e of ids) if (!row[e]) throw new RangeError(`expert ${e} is not one of layer ${layer}'s ${row.length}`);
+    return combineExperts(this.d, hidden, ids, weights, T, (e) => row[e]);
   }
 
   dispose(): void {

@@ -6,7 +6,8 @@
 //     one layer's routed experts on a libuv worker (the event loop goes on meanwhile), where
 //     experts[i] = [gate, up, down], each a Float32Array (dense f32, checkpoint layout) or a
 //     fusedMatrix result; expertLayerSync does the same on the calling thread;
-//   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with.
+//   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with;
+//   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both).
 // Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
 #include <napi.h>
 
@@ -181,6 +182,13 @@ Napi::Value FusedMatrixDecode(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// setFusedDecoder("gfni" | "plane loop") → whether the CPU can use it (it is then used).
+Napi::Value SetFusedDecoder(const Napi::CallbackInfo& info) {
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name != "gfni" && name != "plane loop") throw Napi::RangeError::New(info.Env(), "fused decoder is \"gfni\" or \"plane loop\", got " + name);
+  return Napi::Boolean::New(info.Env(), set_fused_decoder(name == "gfni"));
+}
+
 }  // namespace
 
 void register_expert_engine(Napi::Env env, Napi::Object exports) {
@@ -188,6 +196,7 @@ void register_expert_engine(Napi::Env env, Napi::Object exports) {
   exports.Set("fusedMatrixDecode", Napi::Function::New(env, FusedMatrixDecode));
   exports.Set("expertLayerSync", Napi::Function::New(env, ExpertLayerSync));
   exports.Set("expertLayerAsync", Napi::Function::New(env, ExpertLayerAsync));
+  exports.Set("setFusedDecoder", Napi::Function::New(env, SetFusedDecoder));
 }
 
 }  // namespace eb

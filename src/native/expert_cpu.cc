@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -57,10 +58,16 @@ bool cpu_has_gfni() {
 #endif
 }
 
-// EBSERVE_NO_GFNI=1 takes the plane loop even where GFNI exists (the tests run both).
+// EBSERVE_NO_GFNI=1 takes the plane loop even where GFNI exists; so does set_fused_decoder (the
+// tests run both decoders).
+std::atomic<int> gfni_state{-1};  // -1 not decided yet, 0 off, 1 on
 bool use_gfni() {
-  static const bool on = cpu_has_gfni() && !getenv("EBSERVE_NO_GFNI");
-  return on;
+  int s = gfni_state.load(std::memory_order_relaxed);
+  if (s < 0) {
+    s = cpu_has_gfni() && !getenv("EBSERVE_NO_GFNI");
+    gfni_state.store(s);
+  }
+  return s == 1;
 }
 
 void fused_rows(const FusedMatrix& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
@@ -145,6 +152,12 @@ void decode_fused_row(const FusedMatrix& f, int r, float* row) {
 }
 
 const char* fused_decoder() { return use_gfni() ? "gfni" : "plane loop"; }
+
+bool set_fused_decoder(bool gfni) {
+  if (gfni && !cpu_has_gfni()) return false;
+  gfni_state.store(gfni ? 1 : 0);
+  return true;
+}
 
 void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   if (m.fused) fused_rows(*m.fused, r0, r1, x, ldx, n, y, ldy);

@@ -70,6 +70,8 @@ void decode_fused_row(const FusedMatrix& f, int r, float* row);
 
 // Which block decoder the fused path uses on this CPU: "gfni" or "plane loop".
 const char* fused_decoder();
+// Picks the decoder (false: the plane loop); false when GFNI was asked for and the CPU lacks it.
+bool set_fused_decoder(bool gfni);
 
 // y[t·ldy + r] = Σ_c M[r, c] · x[t·ldx + c] for rows [r0, r1) and tokens t < n: the product every
 // path shares, exposed for the engine's tests and benchmark.

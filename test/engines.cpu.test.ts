@@ -1,0 +1,104 @@
+// The CPU expert engine (src/native/expert_cpu.h): the shared conformance suite for the tfjs
+// reference and every CPU variant, and the fused path's exact relation to the decoder and to the
+// dense product of the decoded weights.
+import assert from 'node:assert/strict';
+
+import { compress, compressLadder, decompressRungs, ladderBounds, splitRungs } from '../src/codec/index.js';
+import { native } from '../src/codec/native.js';
+import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, nativeExpertLayer } from '../src/offload/cpu-engine.js';
+import { distribution, gaussian } from './codec/data.js';
+import { randomExperts, runEngineConformance } from './engines/conformance.js';
+import { cpuDense, cpuFused, tfjsResident } from './engines/impls.js';
+
+runEngineConformance(tfjsResident);
+runEngineConformance(cpuDense(0, false));
+runEngineConformance(cpuDense(1, true));
+runEngineConformance(cpuFused('gfni', 1e-3));
+runEngineConformance(cpuFused('plane loop', 1e-3));
+runEngineConformance(cpuFused('gfni', 1.25e-4, { rungs: 4, k: 2 }));
+runEngineConformance(cpuFused('plane loop', 1.25e-4, { rungs: 4, k: 1 }));
+
+const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+describe('the fused path against the decoder', function () {
+  this.timeout(60_000);
+  after(() => native.setFusedDecoder('gfni') || native.setFusedDecoder('plane loop'));
+  // Escapes (heavy tails), all-zero blocks, blocks of more than 8 planes (a tight bound), ladders.
+  const cases: [string, number, number[] | null][] = [
+    ['gaussian-0.02', 1e-3, null],
+    ['heavy-tailed', 1e-3, null],
+    ['zeros', 1e-3, null],
+    ['gaussian-0.02', 1e-6, null],
+    ['gaussian-0.02', 1.25e-4, ladderBounds(1.25e-4, 4)],
+  ];
+  for (const decoder of ['gfni', 'plane loop'] as const) {
+    for (const [dist, bound, ladder] of cases) {
+      it(`${decoder}: multiplies with the decoder's exact weights (${dist}, ${ladder ? '4-rung ladder, every rung' : `eb ${bound}`})`, function () {
+        if (!native.setFusedDecoder(decoder)) this.skip();
+        const rows = 48;
+        const cols = 96;
+        const values = distribution(dist, rows * cols, bound, 3);
+        const stream = ladder ? compressLadder(values, { bounds: ladder }) : compress(values, { bound });
+        const { head, rungs } = splitRungs(stream);
+        for (let k = 0; k < rungs.length; k++) {
+          const m = fusedMatrix(head, rows, cols, { rungs: rungs.slice(0, k + 1) });
+          const want = decompressRungs(head, rungs.slice(0, k + 1)) as Float32Array;
+          assert.ok(bits(fusedMatrixValues(m)).equals(bits(want)), `rung ${k}: the fused weights differ from the decoder's`);
+        }
+      });
+    }
+  }
+
+  it("gives bit for bit the dense product of the decoded weights, for decode and prefill tiles", async function () {
+    const d = 128;
+    const ff = 256;
+    const [experts] = randomExperts(1, 2, d, ff, 21);
+    const fused = experts.map((m) => ({
+      gate: fusedMatrix(compress(m.gate, { bound: 1e-3 }), ff, d),
+      up: fusedMatrix(compress(m.up, { bound: 1e-3 }), ff, d),
+      down: fusedMatrix(compress(m.down, { bound: 1e-3 }), d, ff),
+    }));
+    const dense = fused.map((m) => ({ gate: fusedMatrixValues(m.gate), up: fusedMatrixValues(m.up), down: fusedMatrixValues(m.down) }));
+    for (const T of [1, 2, 4, 5, 16]) {
+      const ids = Int32Array.from({ length: 2 * T }, (_, i) => i % 2);
+      const weights = Float32Array.from({ length: 2 * T }, (_, i) => 0.3 + 0.1 * (i % 3));
+      const hidden = gaussian(T * d, 1, T);
+      const a = await nativeExpertLayer((e) => fused[e], d, ff, hidden, ids, weights, T);
+      const b = await nativeExpertLayer((e) => dense[e], d, ff, hidden, ids, weights, T);
+      assert.ok(bits(a).equals(bits(b)), `T=${T}: fused and dense products differ`);
+    }
+  });
+
+  it('reads at least 2.5× fewer bytes than f32 weights at eb 1e-3 on N(0, 0.02) weights', function () {
+    const [d, ff] = [256, 512];
+    const engine = CpuExpertEngine.fromReader({ hiddenSize: d, expertFfnSize: ff, numLayers: 1, numExperts: 1 }, () => randomExperts(1, 1, d, ff, 5)[0][0], { bound: 1e-3 });
+    const ratio = (3 * d * ff * 4) / engine.expertBytes();
+    assert.ok(ratio >= 2.5, `f32 bytes / fused bytes = ${ratio.toFixed(2)}`);
+  });
+});
+
+describe('the CPU engine on bad input', function () {
+  const d = 64;
+  const ff = 96;
+  const [[m]] = randomExperts(1, 1, d, ff, 2);
+  it('refuses a fused matrix whose shape does not hold the stream, naming both', function () {
+    const s = compress(m.gate, { bound: 1e-3 });
+    assert.throws(() => fusedMatrix(s, ff, d + 32), (e: unknown) => (e as { code?: string }).code === 'BAD_SHAPE' && /96×96/.test((e as Error).message));
+    assert.throws(() => fusedMatrix(compress(new Float32Array(40 * 3), { bound: 1e-3 }), 3, 40), (e: unknown) => (e as { code?: string }).code === 'BAD_SHAPE');
+  });
+  it('refuses a damaged stream with the codec error that names it', function () {
+    const s = Buffer.from(compress(m.gate, { bound: 1e-3 }));
+    s[s.length - 5] ^= 0x40;
+    assert.throws(() => fusedMatrix(s, ff, d), (e: unknown) => (e as { code?: string }).code === 'CHECKSUM');
+  });
+  it('rejects a matrix of the wrong size, a hidden state of the wrong length and a missing matrix', async function () {
+    const ids = Int32Array.from([0, 0]);
+    const w = Float32Array.from([0.5, 0.5]);
+    const h = gaussian(d, 1, 1);
+    await assert.rejects(nativeExpertLayer(() => ({ ...m, up: m.up.subarray(1) }), d, ff, h, ids, w, 1), /expert 0 up has 6143 values, expected 96×64/);
+    await assert.rejects(nativeExpertLayer(() => m, d, ff, h.subarray(1), ids, w, 1), /hidden has 63 values, expected 64/);
+    await assert.rejects(nativeExpertLayer(() => ({ ...m, down: 'x' as never }), d, ff, h, ids, w, 1), /expert 0 down must be a Float32Array or a fusedMatrix/);
+    const ok = await nativeExpertLayer(() => m, d, ff, h, ids, w, 1);
+    assert.equal(ok.length, d);
+  });
+});

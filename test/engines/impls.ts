@@ -1,0 +1,73 @@
+// The expert engines as EngineImpls for the conformance suite.
+import { compress, compressLadder, ladderBounds, splitRungs } from '../../src/codec/index.js';
+import { native } from '../../src/codec/native.js';
+import { ResidentExpertEngine } from '../../src/model/engine.js';
+import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, type NativeExpert } from '../../src/offload/cpu-engine.js';
+import type { ExpertMatrices } from '../../src/offload/expert-engine.js';
+import type { EngineImpl } from './conformance.js';
+
+const SHAPES: [number, number][] = [[128, 256], [64, 96]];
+const ODD: [number, number] = [40, 72]; // rows that are not whole codec blocks (dense only)
+
+export const tfjsResident: EngineImpl = {
+  name: 'tfjs resident',
+  unavailable: () => null,
+  shapes: [...SHAPES, ODD],
+  offThread: false,
+  async make(experts, d, ff) {
+    const engine = new ResidentExpertEngine(d, ff, experts.length, experts[0].length, (l, e) => experts[l][e]);
+    return { engine, used: (l, e) => experts[l][e] };
+  },
+};
+
+export function cpuDense(threads: number, sync: boolean): EngineImpl {
+  return {
+    name: `CPU dense f32, ${threads ? `${threads} thread` : 'every core'}${sync ? ', on the calling thread' : ''}`,
+    unavailable: () => null,
+    shapes: [...SHAPES, ODD],
+    offThread: !sync,
+    async make(experts, d, ff) {
+      const engine = new CpuExpertEngine(d, ff, experts.map((row) => row.map((m) => ({ ...m }))), { threads, sync });
+      return { engine, used: (l, e) => experts[l][e] };
+    },
+  };
+}
+
+/** The fused engine on streams within `bound`; with `rungs`, ladders read at rung `k`. */
+export function cpuFused(decoder: 'gfni' | 'plane loop', bound: number, ladder?: { rungs: number; k: number }): EngineImpl {
+  const pick = () => native.setFusedDecoder(decoder);
+  return {
+    name: `CPU fused (${decoder}) at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}`,
+    unavailable: () => {
+      const can = native.setFusedDecoder(decoder);
+      native.setFusedDecoder('gfni') || native.setFusedDecoder('plane loop');
+      return can ? null : `this CPU has no ${decoder} (GFNI with AVX-512 VBMI)`;
+    },
+    shapes: SHAPES,
+    offThread: true,
+    async make(experts, d, ff) {
+      const one = (v: Float32Array, rows: number, cols: number) => {
+        if (!ladder) return fusedMatrix(compress(v, { bound }), rows, cols);
+        const s = splitRungs(compressLadder(v, { bounds: ladderBounds(bound, ladder.rungs) }));
+        return fusedMatrix(s.head, rows, cols, { rungs: s.rungs.slice(0, ladder.k + 1), k: ladder.k });
+      };
+      const mats: NativeExpert[][] = experts.map((row) => row.map((m) => ({ gate: one(m.gate, ff, d), up: one(m.up, ff, d), down: one(m.down, d, ff) })));
+      const values = mats.map((row) =>
+        row.map((m): ExpertMatrices => ({ gate: fusedMatrixValues(m.gate as never), up: fusedMatrixValues(m.up as never), down: fusedMatrixValues(m.down as never) })),
+      );
+      const inner = new CpuExpertEngine(d, ff, mats);
+      // The decoder is a process-wide choice: set it for each call (the suite's calls do not
+      // overlap with another impl's), and put the CPU's best back when done.
+      const engine = {
+        compute: (...a: Parameters<CpuExpertEngine['compute']>) => {
+          pick();
+          return inner.compute(...a);
+        },
+        dispose: () => {
+          native.setFusedDecoder('gfni') || native.setFusedDecoder('plane loop');
+        },
+      };
+      return { engine, used: (l, e) => values[l][e] };
+    },
+  };
+}
