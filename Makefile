@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-control fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-control bench-engine fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -70,6 +70,9 @@ bench-codec: build
 # and its canary quality as this runtime computes it (bench/results/model.json).
 bench-model: build
 	npx tsx bench/model/run.ts
+
+bench-engine: build
+	npx tsx bench/engine/run.ts
 
 # Expert offload on the embedded model: bf16 / int8 / int4 baselines against ebserve's ladder
 # plans, three cache sizes, emulated links scaled by regime (bench/offload/README.md).

@@ -14,6 +14,8 @@
         "src/native/crc32c.cc",
         "src/native/cuda_bridge.cc",
         "src/native/emulated_codec.cc",
+        "src/native/decoder_addon.cc",
+        "src/native/decoder_cpu.cc",
         "src/native/emulated_pipeline.cc",
         "src/native/expert_addon.cc",
         "src/native/expert_cpu.cc",

@@ -20,6 +20,9 @@ export interface NativeCodec {
   fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
   /** The weights the fused product multiplies with, as f32 (checkpoint layout). */
   fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
+  /** The native forward pass (src/native/decoder_cpu.h); src/model/native-forward.ts builds the spec. */
+  decoderNew(spec: object): unknown;
+  decoderForwardAsync(decoder: unknown, tokens: Int32Array, pos0: number, allLogits: boolean, keys: Float32Array[], values: Float32Array[], threads: number): Promise<{ logits: Float32Array; ids: Int32Array; weights: Float32Array; expertSeconds: number; otherSeconds: number }>;
   /** Picks the fused path's block decoder; false when the CPU cannot run the one asked for. */
   setFusedDecoder(name: 'gfni' | 'plane loop'): boolean;
   /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */

@@ -18,7 +18,9 @@ import { openCheckpoint, type Checkpoint } from './checkpoint.js';
 import { ResidentExpertEngine, type ExpertEngine, type ExpertMatrices } from './engine.js';
 import { denseTensorNames, expertName } from './names.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
-import { MoeTransformer } from './transformer.js';
+import { nativeForwardUnsupported, NativeForward } from './native-forward.js';
+import { MoeTransformer, rotaryTables } from './transformer.js';
+import { CpuExpertEngine, type CpuEngineOptions } from '../offload/cpu-engine.js';
 import type { ExpertSource } from '../offload/source.js';
 
 export { EMBEDDED_MODEL_DIR } from './embedded.js';
@@ -28,6 +30,12 @@ export interface LoadOptions {
   backend?: BackendName;
   /** Builds the expert engine; the default keeps every expert resident as tfjs tensors. */
   engine?: (checkpoint: Checkpoint) => ExpertEngine | Promise<ExpertEngine>;
+  /**
+   * The CPU engine instead (ignored when `engine` is given): experts in the addon, dense f32 or,
+   * with `bound`, compressed and multiplied by the fused path; and, unless nativeForward is
+   * false, the whole forward pass in the addon for the architectures it covers.
+   */
+  cpu?: CpuEngineOptions & { nativeForward?: boolean };
 }
 
 export interface LoadedModel {
@@ -75,10 +83,17 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
   try {
     const c = checkpoint.config;
     const tokenizer = await loadTokenizer(dir, c);
-    engine = opts.engine
-      ? await opts.engine(checkpoint)
-      : new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, (l, e) => readExpert(checkpoint, l, e));
-    const model = new MoeTransformer(c, (name) => checkpoint.readTensor(name), denseTensorNames(c), engine);
+    const read = (l: number, e: number) => readExpert(checkpoint, l, e);
+    let cpu: CpuExpertEngine | undefined;
+    if (opts.engine) engine = await opts.engine(checkpoint);
+    else if (opts.cpu) engine = cpu = CpuExpertEngine.fromReader(c, read, opts.cpu);
+    else engine = new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, read);
+    const readDense = (name: string) => checkpoint.readTensor(name);
+    const names = denseTensorNames(c);
+    const model = new MoeTransformer(c, readDense, names, engine);
+    if (cpu && opts.cpu?.nativeForward !== false && !nativeForwardUnsupported(c)) {
+      model.useNativeForward(new NativeForward(c, readDense, names, cpu, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), opts.cpu?.threads));
+    }
     const used = engine;
     return {
       checkpoint,

@@ -13,6 +13,7 @@ import * as tf from '@tensorflow/tfjs';
 
 import { swiglu, swigluTensors, type ExpertEngine, type SwigluTensors } from '../offload/expert-engine.js';
 import type { KvCache } from './kv-cache.js';
+import type { NativeForward } from './native-forward.js';
 import type { ModelConfig } from './types.js';
 
 /** Checkpoint names of one layer's dense tensors (optional ones as the architecture has them). */
@@ -74,6 +75,8 @@ export class MoeTransformer {
   private readonly sin: Float32Array;
   /** Called with every layer's routing (usage statistics, prefetch). */
   onRouting?: (r: Routing) => void;
+  /** Runs the model's own passes in the addon instead (see useNativeForward). */
+  private native?: NativeForward;
 
   constructor(
     readonly config: ModelConfig,
@@ -128,6 +131,7 @@ export class MoeTransformer {
       if (!(tok >= 0 && tok < c.vocabSize)) throw new RangeError(`token ${tok} outside the vocabulary of ${c.vocabSize}`);
       x0.set(this.embed.subarray(tok * d, tok * d + d), t * d);
     });
+    if (this.native && engine === this.experts) return this.forwardNative(this.native, tokens, cache, allLogits, engine);
     engine.beginForward?.(T);
     let x = tf.tensor2d(x0, [T, d]);
     for (let l = 0; l < c.numLayers; l++) {
@@ -150,6 +154,28 @@ export class MoeTransformer {
     const out = (await logits.data()) as Float32Array;
     logits.dispose();
     return out;
+  }
+
+  /**
+   * From now on the model's own passes (those with its own engine) run in the addon; passes with
+   * another engine (the canary runner's) still run here. `native` must use the model's experts.
+   */
+  useNativeForward(native: NativeForward | undefined): void {
+    this.native = native;
+  }
+
+  get nativeForward(): NativeForward | undefined {
+    return this.native;
+  }
+
+  private async forwardNative(native: NativeForward, tokens: number[], cache: KvCache, allLogits: boolean, engine: ExpertEngine): Promise<Float32Array> {
+    const T = tokens.length;
+    engine.beginForward?.(T);
+    const step = await native.step(tokens, cache, allLogits);
+    cache.advance(T);
+    if (this.onRouting) for (const r of step.routing) this.onRouting(r);
+    engine.endForward?.(T);
+    return step.logits;
   }
 
   /** Self-attention of the T new positions over the cache; writes their keys and values to it. */

@@ -13,6 +13,7 @@
 #include "cuda_bridge.h"
 #include "emulated_codec.h"
 #include "emulated_pipeline.h"
+#include "expert_addon.h"
 #include "expert_cpu.h"
 #include "napi_util.h"
 #include "parallel.h"
@@ -268,6 +269,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   eb::register_emulated_pipeline(env, exports);
   eb::register_cuda(env, exports);
   eb::register_expert_engine(env, exports);
+  eb::register_decoder(env, exports);
   return exports;
 }
 

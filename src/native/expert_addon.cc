@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "expert_cpu.h"
+#include "expert_addon.h"
 #include "napi_util.h"
 
 namespace eb {
@@ -115,14 +115,8 @@ LayerCall layer_call(const Napi::CallbackInfo& info, float* out_or_null, Napi::F
   if (c.T < 0 || c.k < 1 || c.d < 1 || c.ff < 1) throw Napi::RangeError::New(env, "T ≥ 0, k, d and ff ≥ 1 are required");
   if (!info[0].IsArray()) throw Napi::TypeError::New(env, "experts must be an array of [gate, up, down]");
   auto experts = info[0].As<Napi::Array>();
-  for (uint32_t e = 0; e < experts.Length(); e++) {
-    Napi::Value ev = experts.Get(e);
-    if (!ev.IsArray() || ev.As<Napi::Array>().Length() != 3) throw Napi::TypeError::New(env, "expert " + std::to_string(e) + " must be [gate, up, down]");
-    auto m = ev.As<Napi::Array>();
-    std::string name = "expert " + std::to_string(e);
-    c.experts.push_back({matrix_of(env, m.Get(0u), c.ff, c.d, name + " gate"), matrix_of(env, m.Get(1u), c.ff, c.d, name + " up"),
-                         matrix_of(env, m.Get(2u), c.d, c.ff, name + " down")});
-  }
+  for (uint32_t e = 0; e < experts.Length(); e++)
+    c.experts.push_back(expert_weights_of(env, experts.Get(e), c.d, c.ff, "expert " + std::to_string(e)));
   size_t S = (size_t)c.T * c.k;
   auto ids = typed_of<Napi::Int32Array>(env, info[1], napi_int32_array, S, "slotExpert");
   for (size_t s = 0; s < S; s++)
@@ -190,6 +184,13 @@ Napi::Value SetFusedDecoder(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+ExpertWeights expert_weights_of(Napi::Env env, const Napi::Value& v, int d, int ff, const std::string& what) {
+  if (!v.IsArray() || v.As<Napi::Array>().Length() != 3) throw Napi::TypeError::New(env, what + " must be [gate, up, down]");
+  auto m = v.As<Napi::Array>();
+  return {matrix_of(env, m.Get(0u), ff, d, what + " gate"), matrix_of(env, m.Get(1u), ff, d, what + " up"),
+          matrix_of(env, m.Get(2u), d, ff, what + " down")};
+}
 
 void register_expert_engine(Napi::Env env, Napi::Object exports) {
   exports.Set("fusedMatrix", Napi::Function::New(env, FusedMatrixNew));

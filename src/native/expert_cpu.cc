@@ -164,6 +164,12 @@ void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, i
   else dense_rows(m.dense, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
+void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x, int ldx, int n, float* y, int ldy, int threads) {
+  if ((double)rows * cols * n < kParallelMacs || threads <= 1) return matrix_rows(m, cols, 0, rows, x, ldx, n, y, ldy);
+  const int rb = std::max(1, rows / (4 * threads));
+  pool().run((rows + rb - 1) / rb, threads, [&](int i) { matrix_rows(m, cols, i * rb, std::min(rows, (i + 1) * rb), x, ldx, n, y, ldy); });
+}
+
 void expert_layer(const LayerCall& c) {
   const int E = (int)c.experts.size(), S = c.T * c.k;
   for (const ExpertWeights& w : c.experts)
@@ -194,43 +200,58 @@ void expert_layer(const LayerCall& c) {
     w.y.resize((size_t)w.n * d);
     macs += 3.0 * w.n * d * ff;
   }
-  const int threads = macs < kParallelMacs ? 1 : c.threads;
-  // Rows per task: enough work (~64 Ki multiply-adds) that handing it out is cheap, and several
-  // tasks per thread so that the last one does not leave a core idle.
-  auto split = [&](int rows, int cols, int n) {
-    int rb = (int)std::max<double>(1, 65536.0 / ((double)cols * n));
-    rb = std::min(rb, std::max(1, rows / (4 * std::max(1, threads))));
-    return std::max(1, std::min(rb, rows));
-  };
-  struct Task {
-    int e, r0, r1;
-  };
-  std::vector<Task> tasks;
-  for (int e = 0; e < E; e++) {
-    if (!work[e].n) continue;
-    int rb = split(ff, d, work[e].n);
-    for (int r = 0; r < ff; r += rb) tasks.push_back({e, r, std::min(ff, r + rb)});
-  }
-  pool().run((int)tasks.size(), threads, [&](int i) {
-    const Task& t = tasks[i];
-    Work& w = work[t.e];
-    const ExpertWeights& m = c.experts[t.e];
-    matrix_rows(m.gate, d, t.r0, t.r1, w.x.data(), d, w.n, w.h.data(), ff);
-    matrix_rows(m.up, d, t.r0, t.r1, w.x.data(), d, w.n, w.u.data(), ff);
+  int used = 0;
+  for (const Work& w : work) used += w.n > 0;
+  auto gate_up = [&](int e, int r0, int r1) {
+    Work& w = work[e];
+    const ExpertWeights& m = c.experts[e];
+    matrix_rows(m.gate, d, r0, r1, w.x.data(), d, w.n, w.h.data(), ff);
+    matrix_rows(m.up, d, r0, r1, w.x.data(), d, w.n, w.u.data(), ff);
     for (int n = 0; n < w.n; n++)
-      for (size_t i = (size_t)n * ff + t.r0; i < (size_t)n * ff + t.r1; i++) w.h[i] = silu_times(w.h[i], w.u[i]);
-  });
-  tasks.clear();
-  for (int e = 0; e < E; e++) {
-    if (!work[e].n) continue;
-    int rb = split(d, ff, work[e].n);
-    for (int r = 0; r < d; r += rb) tasks.push_back({e, r, std::min(d, r + rb)});
+      for (size_t i = (size_t)n * ff + r0; i < (size_t)n * ff + r1; i++) w.h[i] = silu_times(w.h[i], w.u[i]);
+  };
+  auto down = [&](int e, int r0, int r1) {
+    Work& w = work[e];
+    matrix_rows(c.experts[e].down, ff, r0, r1, w.h.data(), ff, w.n, w.y.data(), d);
+  };
+  if (macs < kParallelMacs || c.threads <= 1) {
+    // Small calls (a decode step of a small model): one task per expert, the whole FFN in it, so
+    // the two phases need no barrier and the pool is woken once (or not at all, on one thread).
+    std::vector<int> list;
+    for (int e = 0; e < E; e++)
+      if (work[e].n) list.push_back(e);
+    pool().run((int)list.size(), used >= 2 ? c.threads : 1, [&](int i) {
+      gate_up(list[i], 0, ff);
+      down(list[i], 0, d);
+    });
+  } else {
+    // Rows per task: enough work (~64 Ki multiply-adds) that handing it out is cheap, and several
+    // tasks per thread so that the last one does not leave a core idle. Gate and up of every
+    // expert, then (after the barrier the run's end is) every down.
+    const int threads = c.threads;
+    auto split = [&](int rows, int cols, int n) {
+      int rb = (int)std::max<double>(1, 65536.0 / ((double)cols * n));
+      rb = std::min(rb, std::max(1, rows / (4 * threads)));
+      return std::max(1, std::min(rb, rows));
+    };
+    struct Task {
+      int e, r0, r1;
+    };
+    std::vector<Task> tasks;
+    for (int e = 0; e < E; e++) {
+      if (!work[e].n) continue;
+      int rb = split(ff, d, work[e].n);
+      for (int r = 0; r < ff; r += rb) tasks.push_back({e, r, std::min(ff, r + rb)});
+    }
+    pool().run((int)tasks.size(), threads, [&](int i) { gate_up(tasks[i].e, tasks[i].r0, tasks[i].r1); });
+    tasks.clear();
+    for (int e = 0; e < E; e++) {
+      if (!work[e].n) continue;
+      int rb = split(d, ff, work[e].n);
+      for (int r = 0; r < d; r += rb) tasks.push_back({e, r, std::min(d, r + rb)});
+    }
+    pool().run((int)tasks.size(), threads, [&](int i) { down(tasks[i].e, tasks[i].r0, tasks[i].r1); });
   }
-  pool().run((int)tasks.size(), threads, [&](int i) {
-    const Task& t = tasks[i];
-    Work& w = work[t.e];
-    matrix_rows(c.experts[t.e].down, ff, t.r0, t.r1, w.h.data(), ff, w.n, w.y.data(), d);
-  });
   // The weighted sum, slot by slot in a fixed order.
   memset(c.out, 0, sizeof(float) * (size_t)c.T * d);
   std::vector<int> seen(E, 0);

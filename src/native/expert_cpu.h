@@ -77,13 +77,7 @@ bool set_fused_decoder(bool gfni);
 // path shares, exposed for the engine's tests and benchmark.
 void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy);
 
-}  // namespace eb
+// All `rows` rows, split over the engine's pool when the product is big enough to pay for it.
+void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x, int ldx, int n, float* y, int ldy, int threads);
 
-namespace Napi {
-class Env;
-class Object;
-}  // namespace Napi
-namespace eb {
-// Adds fusedMatrix, fusedMatrixDecode, expertLayerSync and expertLayerAsync (expert_addon.cc).
-void register_expert_engine(Napi::Env env, Napi::Object exports);
 }  // namespace eb

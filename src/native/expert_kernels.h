@@ -53,13 +53,17 @@ EB_AI uint32_t ek_u32(const uint8_t* p) {
   return v;
 }
 
-// The lanes' sum in a fixed order, the same for every path, so equal weights give equal bits.
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v4f __attribute__((vector_size(16)));
+
+// The lanes' sum as a fixed tree (halves added pairwise), the same for every path, so equal
+// weights give equal bits; a tree is a few shuffles, where a lane-by-lane sum costs more than a
+// whole short row's products.
 EB_AI float ek_hsum(v16f a, v16f b) {
   v16f s = a + b;
-  float lo = 0, hi = 0;
-  for (int i = 0; i < 8; i++) lo += s[i];
-  for (int i = 8; i < 16; i++) hi += s[i];
-  return lo + hi;
+  v8f s8 = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15);
+  v4f s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // Weights straight from a dense f32 row.

@@ -116,6 +116,11 @@ export class CpuExpertEngine implements ExpertEngine {
     return new CpuExpertEngine(d, ff, experts, opts);
   }
 
+  /** Layer `l`'s experts, as the native forward takes them. */
+  layer(l: number): NativeExpert[] {
+    return this.experts[l];
+  }
+
   /** Bytes one token reads per expert it uses (the three matrices of expert 0 of layer 0). */
   expertBytes(): number {
     const x = this.experts[0][0];
