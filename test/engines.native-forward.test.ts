@@ -1,0 +1,107 @@
+// The native forward pass (src/native/decoder_cpu.h) against the TensorFlow.js model on the
+// embedded checkpoint: the same logits within f32 rounding, the same routing, the same greedy
+// text, the KV cache written as the tfjs model writes it, and the model's errors.
+import assert from 'node:assert/strict';
+
+import { generate } from '../src/model/generate.js';
+import { KvCache } from '../src/model/kv-cache.js';
+import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
+import type { Routing } from '../src/model/transformer.js';
+
+describe('the native forward pass on the embedded model', function () {
+  this.timeout(120_000);
+  let tfjs: LoadedModel;
+  let cpu: LoadedModel;
+  before(async () => {
+    tfjs = await loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm' });
+    cpu = await loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: {} });
+    assert.ok(cpu.model.nativeForward, 'the embedded model should run natively');
+  });
+  after(() => {
+    tfjs?.dispose();
+    cpu?.dispose();
+  });
+
+  const maxRel = (a: Float32Array, b: Float32Array) => {
+    let scale = 0;
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) {
+      scale = Math.max(scale, Math.abs(b[i]));
+      diff = Math.max(diff, Math.abs(a[i] - b[i]));
+    }
+    return diff / scale;
+  };
+
+  it('gives the logits of every position of a prefill and of decode steps within 1e-5 of the tfjs model', async function () {
+    const tokens = tfjs.tokenizer.encode('It is a truth universally acknowledged, that');
+    const ca = KvCache.forModel(tfjs.checkpoint.config);
+    const cb = KvCache.forModel(cpu.checkpoint.config);
+    const a = await tfjs.model.forward(tokens, ca, true);
+    const b = await cpu.model.forward(tokens, cb, true);
+    assert.equal(b.length, a.length);
+    assert.ok(maxRel(b, a) < 1e-5, `prefill: relative difference ${maxRel(b, a)}`);
+    for (const t of [32, 101, 7]) {
+      const x = await tfjs.model.forward([t], ca);
+      const y = await cpu.model.forward([t], cb);
+      assert.ok(maxRel(y, x) < 1e-5, `decode of ${t}: relative difference ${maxRel(y, x)}`);
+    }
+    assert.equal(cb.length, ca.length);
+    const w = ca.width * ca.length;
+    for (let l = 0; l < ca.numLayers; l++) {
+      assert.ok(maxRel(cb.keys[l].subarray(0, w), ca.keys[l].subarray(0, w)) < 1e-5, `layer ${l} keys`);
+      assert.ok(maxRel(cb.values[l].subarray(0, w), ca.values[l].subarray(0, w)) < 1e-5, `layer ${l} values`);
+    }
+  });
+
+  it('reports the same routing to onRouting', async function () {
+    const tokens = tfjs.tokenizer.encode('48+27=');
+    const seen = (m: LoadedModel) => {
+      const r: Routing[] = [];
+      m.model.onRouting = (x) => r.push({ layer: x.layer, ids: Int32Array.from(x.ids), weights: Float32Array.from(x.weights) });
+      return r;
+    };
+    const ra = seen(tfjs);
+    const rb = seen(cpu);
+    await tfjs.model.forward(tokens, KvCache.forModel(tfjs.checkpoint.config));
+    await cpu.model.forward(tokens, KvCache.forModel(cpu.checkpoint.config));
+    tfjs.model.onRouting = cpu.model.onRouting = undefined;
+    assert.equal(rb.length, ra.length);
+    for (let i = 0; i < ra.length; i++) {
+      assert.equal(rb[i].layer, ra[i].layer);
+      assert.deepEqual([...rb[i].ids], [...ra[i].ids], `layer ${ra[i].layer} routes differently`);
+      for (let j = 0; j < ra[i].weights.length; j++) assert.ok(Math.abs(rb[i].weights[j] - ra[i].weights[j]) < 1e-5);
+    }
+  });
+
+  it('generates the same greedy text, and the same answers to additions', async function () {
+    for (const prompt of ['Call me Ishmael.', '48+27=', 'In the beginning']) {
+      const a = await generate(tfjs.model, tfjs.tokenizer, prompt, { maxTokens: 24 });
+      const b = await generate(cpu.model, cpu.tokenizer, prompt, { maxTokens: 24 });
+      assert.equal(b.text, a.text, prompt);
+    }
+  });
+
+  it('refuses what the tfjs model refuses, and keeps the cache as it was', async function () {
+    const cache = KvCache.forModel(cpu.checkpoint.config);
+    await cpu.model.forward([1, 2, 3], cache);
+    await assert.rejects(cpu.model.forward([9999], cache), /outside the vocabulary/);
+    await assert.rejects(cpu.model.forward(new Array(300).fill(1), cache), /context is 256 positions/);
+    assert.equal(cache.length, 3);
+    const ok = await cpu.model.forward([4], cache);
+    assert.equal(ok.length, cpu.checkpoint.config.vocabSize);
+  });
+
+  it('keeps the event loop running during a long prefill', async function () {
+    const tokens = new Array(200).fill(0).map((_, i) => 32 + (i % 90));
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    const started = performance.now();
+    let steps = 0;
+    while (performance.now() - started < 150) {
+      await cpu.model.forward(tokens, KvCache.forModel(cpu.checkpoint.config), true);
+      steps++;
+    }
+    clearInterval(timer);
+    assert.ok(ticks >= steps, `the timer ticked ${ticks} times during ${steps} forwards`);
+  });
+});
