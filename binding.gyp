@@ -16,6 +16,7 @@
         "src/native/emulated_codec.cc",
         "src/native/decoder_addon.cc",
         "src/native/decoder_cpu.cc",
+        "src/native/emulated_expert.cc",
         "src/native/emulated_pipeline.cc",
         "src/native/expert_addon.cc",
         "src/native/expert_cpu.cc",

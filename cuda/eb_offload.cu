@@ -3,6 +3,7 @@
 // run on an emulated device; what is here is the one-to-one mapping of its calls onto the CUDA
 // runtime API, and the reasons for the flags chosen.
 #include "eb_offload.h"
+#include "eb_expert_kernels.cuh"
 
 #include <cuda_runtime.h>
 
@@ -86,6 +87,15 @@ double CudaRuntime::elapsed_seconds(cudaEvent_t a, cudaEvent_t b) {
   float ms = 0;
   EB_CUDA(cudaEventElapsedTime(&ms, a, b));
   return ms * 1e-3;
+}
+
+void CudaRuntime::expert_ffn(const float* gate, const float* up, const float* down, const float* x, int n, int d, int ff,
+                             float* h, float* y, cudaStream_t st) {
+  if (n <= 0) return;
+  eb_gpu::ebx_gate_up_kernel<<<ebx_grid_blocks((uint64_t)n * ff), EBX_THREADS, 0, st>>>(gate, up, x, n, d, ff, h);
+  EB_CUDA(cudaGetLastError());
+  eb_gpu::ebx_down_kernel<<<ebx_grid_blocks((uint64_t)n * d), EBX_THREADS, 0, st>>>(down, h, n, d, ff, y);
+  EB_CUDA(cudaGetLastError());
 }
 
 void CudaRuntime::decode_resident(const StreamView& s, const uint8_t* const* d_rung, int k, DType dt, void* d_out,

@@ -43,6 +43,9 @@ class CudaRuntime {
   void stream_synchronize(Stream s);
   double elapsed_seconds(Event a, Event b);
   void decode_resident(const StreamView& s, const uint8_t* const* d_rung, int k, DType dt, void* d_out, Stream st);
+  // The expert FFN kernels (cuda/eb_expert_kernels.cuh) on st: h = silu(x·gateᵀ) ⊙ (x·upᵀ), y = h·downᵀ.
+  void expert_ffn(const float* gate, const float* up, const float* down, const float* x, int n, int d, int ff, float* h,
+                  float* y, Stream st);
   // Nothing to do here; an NVTX range would name the fetch in Nsight, but the toolkit's NVTX is
   // not linked into the addon.
   void tag(int) {}

@@ -35,6 +35,10 @@ export interface NativeCodec {
   cudaDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
   /** The expert offload pipeline (cuda/eb_pipeline.h) on an emulated device: modelled times, and a trace. */
   emulatedPipelineRun?(fetches: PipelineFetch[], options?: EmulatedPipelineOptions): EmulatedPipelineResult;
+  /** One layer's routed experts by the CUDA engine's host code and kernels on the emulated device (src/native/expert_layer_driver.h). */
+  emulatedExpertLayer(experts: DeviceExpertArg[], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, options?: EmulatedPipelineOptions): DeviceLayerResult;
+  /** The same on the GPU; present when built with nvcc, throws "no usable CUDA device: …" without one. */
+  cudaExpertLayer?(experts: DeviceExpertArg[], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number): DeviceLayerResult;
   /** The same pipeline on the GPU; present when built with nvcc, throws "no usable CUDA device: …" without one. */
   cudaPipelineRun?(fetches: PipelineFetch[], options?: { outputSlots?: number; inFlight?: number }): PipelineResult;
 }
@@ -45,6 +49,19 @@ export interface PipelineFetch {
   rungs: Bytes[];
   k?: number;
   outDtype?: number;
+}
+
+/** An expert for the device engines: each matrix's stream head and rungs, decoded at rung k. */
+export interface DeviceExpertArg {
+  gate: PipelineFetch;
+  up: PipelineFetch;
+  down: PipelineFetch;
+}
+
+export interface DeviceLayerResult {
+  out: Float32Array;
+  /** Per matrix fetched (gate, up, down of each distinct expert in first-seen order). */
+  fetches: { bytes: number; copies: number; transferSeconds: number; decompressSeconds: number }[];
 }
 
 export interface EmulatedPipelineOptions {

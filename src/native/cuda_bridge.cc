@@ -8,6 +8,7 @@
 #include "../../cuda/eb_cuda.h"
 #include "../../cuda/eb_offload.h"
 #include "napi_util.h"
+#include "expert_layer_driver.h"
 #include "pipeline_driver.h"
 #endif
 
@@ -104,9 +105,31 @@ Napi::Value CudaPipelineRun(const Napi::CallbackInfo& info) {
   }
 }
 
+// cudaExpertLayer(experts, slotExpert, slotWeight, hidden, T, k, d, ff) → {out, fetches}: one
+// layer's routed experts by the CUDA engine (expert_layer_driver.h), as the emulated test runs it.
+Napi::Value CudaExpertLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    std::vector<DeviceExpertSpec> experts = device_expert_specs(info[0]);
+    LayerArgs a = layer_args(info);
+    std::lock_guard<std::mutex> lock(context_mutex);
+    cuda::CudaRuntime rt(the_context());
+    return device_layer_js(env, run_device_expert_layer(rt, experts, a.hidden, a.ids, a.weights, a.T, a.k, a.d, a.ff));
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::invalid_argument& e) {
+    throw Napi::RangeError::New(env, e.what());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, e.what());
+  }
+}
+
 }  // namespace
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
+  exports.Set("cudaExpertLayer", Napi::Function::New(env, CudaExpertLayer));
   exports.Set("cudaCompress", Napi::Function::New(env, CudaCompress));
   exports.Set("cudaDecompress", Napi::Function::New(env, CudaDecompress));
   exports.Set("cudaPipelineRun", Napi::Function::New(env, CudaPipelineRun));

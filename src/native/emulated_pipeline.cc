@@ -38,6 +38,8 @@
 #include <vector>
 
 #include "emulated_codec.h"
+#include "emulated_expert.h"
+#include "expert_layer_driver.h"
 #include "napi_util.h"
 #include "pipeline_driver.h"
 #include "stream_format.h"
@@ -54,6 +56,7 @@ class EmulatedRuntime {
     double link_bandwidth = 24e9;    // bytes/s, one direction of PCIe 4.0 x16 after overheads
     double copy_latency = 5e-6;      // seconds per cudaMemcpyAsync
     double decode_bandwidth = 300e9;  // output bytes/s of the decode kernels
+    double ffn_flops = 50e12;         // the expert FFN kernels' arithmetic rate
   };
   struct TraceEntry {
     uint64_t seq;
@@ -156,6 +159,24 @@ class EmulatedRuntime {
                   StreamView dv = resident_view(h, rungs.data(), k);
                   emulated_decode_rungs(dv, dv.rung, k, dt, d_out);
                 }});
+  }
+
+  // The CUDA engine's two FFN kernels on stream s (cuda/eb_expert_kernels.cuh, emulated).
+  void expert_ffn(const float* g, const float* u, const float* dn, const float* x, int n, int d, int ff, float* h, float* y, Stream s) {
+    const size_t wb = (size_t)d * ff * 4, xb = (size_t)n * d * 4, hb = (size_t)n * ff * 4;
+    auto checks = [=] {
+      need(g, wb, Device, "FFN kernel gate weights");
+      need(u, wb, Device, "FFN kernel up weights");
+      need(dn, wb, Device, "FFN kernel down weights");
+      need(x, xb, Device, "FFN kernel input");
+      need(h, hb, Device, "FFN kernel hidden");
+      need(y, xb, Device, "FFN kernel output");
+    };
+    checks();
+    push(s, Op{Op::Work, "ffn", tag_, 3 * wb, 0, 0, 6.0 * n * d * ff / model_.ffn_flops, [=] {
+                 checks();
+                 emulated_expert_ffn(g, u, dn, x, n, d, ff, h, y);
+               }});
   }
 
   void tag(int fetch) { tag_ = fetch; }
@@ -322,6 +343,31 @@ class EmulatedRuntime {
   std::vector<TraceEntry> trace_;
 };
 
+// trace: [{seq, stream, kind, fetch, bytes, start, end}] and model: {emulated, the model's figures}.
+void add_trace(Napi::Env env, const EmulatedRuntime& rt, const EmulatedRuntime::Model& m, Napi::Object o) {
+  const auto& tr = rt.trace();
+  Napi::Array trace = Napi::Array::New(env, tr.size());
+  for (size_t i = 0; i < tr.size(); i++) {
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("seq", (double)tr[i].seq);
+    t.Set("stream", rt.stream_name(tr[i].stream));
+    t.Set("kind", tr[i].kind);
+    t.Set("fetch", tr[i].fetch);
+    t.Set("bytes", (double)tr[i].bytes);
+    t.Set("start", tr[i].start);
+    t.Set("end", tr[i].end);
+    trace.Set(i, t);
+  }
+  o.Set("trace", trace);
+  Napi::Object model = Napi::Object::New(env);
+  model.Set("emulated", true);
+  model.Set("linkBandwidth", m.link_bandwidth);
+  model.Set("copyLatency", m.copy_latency);
+  model.Set("decodeBandwidth", m.decode_bandwidth);
+  model.Set("ffnFlops", m.ffn_flops);
+  o.Set("model", model);
+}
+
 double number_option(const Napi::Object& o, const char* name, double def, double min) {
   if (!o.Has(name) || o.Get(name).IsUndefined()) return def;
   double v = o.Get(name).As<Napi::Number>().DoubleValue();
@@ -347,26 +393,7 @@ Napi::Value EmulatedPipelineRun(const Napi::CallbackInfo& info) {
 
     EmulatedRuntime rt(seed, m);
     Napi::Object o = run_result_js(env, run_fetches(rt, specs, slots, in_flight));
-    const auto& tr = rt.trace();
-    Napi::Array trace = Napi::Array::New(env, tr.size());
-    for (size_t i = 0; i < tr.size(); i++) {
-      Napi::Object t = Napi::Object::New(env);
-      t.Set("seq", (double)tr[i].seq);
-      t.Set("stream", rt.stream_name(tr[i].stream));
-      t.Set("kind", tr[i].kind);
-      t.Set("fetch", tr[i].fetch);
-      t.Set("bytes", (double)tr[i].bytes);
-      t.Set("start", tr[i].start);
-      t.Set("end", tr[i].end);
-      trace.Set(i, t);
-    }
-    o.Set("trace", trace);
-    Napi::Object model = Napi::Object::New(env);
-    model.Set("emulated", true);
-    model.Set("linkBandwidth", m.link_bandwidth);
-    model.Set("copyLatency", m.copy_latency);
-    model.Set("decodeBandwidth", m.decode_bandwidth);
-    o.Set("model", model);
+    add_trace(env, rt, m, o);
     return o;
   } catch (const CodecError& e) {
     throw codec_error(env, e);
@@ -379,10 +406,40 @@ Napi::Value EmulatedPipelineRun(const Napi::CallbackInfo& info) {
   }
 }
 
+// emulatedExpertLayer(experts, slotExpert, slotWeight, hidden, T, k, d, ff, {seed?, ...model})
+// → {out, fetches, trace, model}: one layer's experts by the CUDA engine's host code
+// (expert_layer_driver.h) on the emulated device.
+Napi::Value EmulatedExpertLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    std::vector<DeviceExpertSpec> experts = device_expert_specs(info[0]);
+    LayerArgs a = layer_args(info);
+    Napi::Object opt = info[8].IsObject() ? info[8].As<Napi::Object>() : Napi::Object::New(env);
+    EmulatedRuntime::Model m;
+    m.link_bandwidth = number_option(opt, "linkBandwidth", m.link_bandwidth, 1);
+    m.copy_latency = number_option(opt, "copyLatency", m.copy_latency, 0);
+    m.decode_bandwidth = number_option(opt, "decodeBandwidth", m.decode_bandwidth, 1);
+    EmulatedRuntime rt((uint64_t)number_option(opt, "seed", 1, 0), m);
+    DeviceLayerResult r = run_device_expert_layer(rt, experts, a.hidden, a.ids, a.weights, a.T, a.k, a.d, a.ff);
+    Napi::Object o = device_layer_js(env, std::move(r));
+    add_trace(env, rt, m, o);
+    return o;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::invalid_argument& e) {
+    throw Napi::RangeError::New(env, e.what());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, std::string("emulated CUDA engine: ") + e.what());
+  }
+}
+
 }  // namespace
 
 void register_emulated_pipeline(Napi::Env env, Napi::Object exports) {
   exports.Set("emulatedPipelineRun", Napi::Function::New(env, EmulatedPipelineRun));
+  exports.Set("emulatedExpertLayer", Napi::Function::New(env, EmulatedExpertLayer));
 }
 
 }  // namespace eb

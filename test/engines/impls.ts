@@ -1,8 +1,9 @@
 // The expert engines as EngineImpls for the conformance suite.
-import { compress, compressLadder, ladderBounds, splitRungs } from '../../src/codec/index.js';
+import { compress, compressLadder, decompressRungs, ladderBounds, splitRungs } from '../../src/codec/index.js';
 import { native } from '../../src/codec/native.js';
 import { ResidentExpertEngine } from '../../src/model/engine.js';
 import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, type NativeExpert } from '../../src/offload/cpu-engine.js';
+import { CudaExpertEngine } from '../../src/offload/cuda-engine.js';
 import type { ExpertMatrices } from '../../src/offload/expert-engine.js';
 import type { EngineImpl } from './conformance.js';
 
@@ -67,6 +68,36 @@ export function cpuFused(decoder: 'gfni' | 'plane loop', bound: number, ladder?:
           native.setFusedDecoder('gfni') || native.setFusedDecoder('plane loop');
         },
       };
+      return { engine, used: (l, e) => values[l][e] };
+    },
+  };
+}
+
+/** The CUDA engine on the emulated device (or, with `gpu`, on a GPU when there is one) over streams within `bound`. */
+export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { rungs: number; k: number }): EngineImpl {
+  return {
+    name: `CUDA engine (${where === 'emulated' ? 'emulated device, the kernels run on the CPU' : 'GPU'}) at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}`,
+    unavailable: () => {
+      if (where === 'emulated') return null;
+      const cuda = native.info().cuda;
+      return cuda.available ? null : `no usable CUDA device: ${cuda.error ?? 'none'}`;
+    },
+    shapes: [...SHAPES, ODD],
+    offThread: false,
+    async make(experts, d, ff) {
+      const one = (v: Float32Array) => {
+        const s = splitRungs(ladder ? compressLadder(v, { bounds: ladderBounds(bound, ladder.rungs) }) : compress(v, { bound }));
+        const k = ladder ? ladder.k : 0;
+        return { head: s.head, rungs: s.rungs.slice(0, k + 1), k };
+      };
+      const mats = experts.map((row) => row.map((m) => ({ gate: one(m.gate), up: one(m.up), down: one(m.down) })));
+      const values = mats.map((row) =>
+        row.map((m): ExpertMatrices => {
+          const dec = (x: { head: Uint8Array; rungs: Uint8Array[] }) => decompressRungs(x.head, x.rungs) as Float32Array;
+          return { gate: dec(m.gate), up: dec(m.up), down: dec(m.down) };
+        }),
+      );
+      const engine = where === 'emulated' ? CudaExpertEngine.emulated(d, ff, mats) : CudaExpertEngine.gpu(d, ff, mats);
       return { engine, used: (l, e) => values[l][e] };
     },
   };

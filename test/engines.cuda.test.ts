@@ -1,0 +1,70 @@
+// The CUDA expert engine (cuda/eb_expert_kernels.cuh driven by src/native/expert_layer_driver.h
+// through the offload pipeline): the shared engine suite on the emulated device, where the
+// kernels' own bodies run on the CPU, and on a GPU when one is present (none here, nor in CI).
+import assert from 'node:assert/strict';
+
+import { compress, splitRungs } from '../src/codec/index.js';
+import { native } from '../src/codec/native.js';
+import { CudaExpertEngine } from '../src/offload/cuda-engine.js';
+import type { TelemetryEvent } from '../src/offload/telemetry.js';
+import { gaussian } from './codec/data.js';
+import { randomExperts, runEngineConformance } from './engines/conformance.js';
+import { cudaEngine } from './engines/impls.js';
+
+runEngineConformance(cudaEngine('emulated', 1e-3));
+runEngineConformance(cudaEngine('emulated', 1.25e-4, { rungs: 4, k: 1 }));
+runEngineConformance(cudaEngine('gpu', 1e-3));
+
+describe('the CUDA engine on the emulated device', function () {
+  const d = 64;
+  const ff = 96;
+  const [[a, b]] = randomExperts(1, 2, d, ff, 8);
+  const part = (v: Float32Array) => {
+    const s = splitRungs(compress(v, { bound: 1e-3 }));
+    return { head: s.head, rungs: s.rungs };
+  };
+  const experts = [a, b].map((m) => ({ gate: part(m.gate), up: part(m.up), down: part(m.down) }));
+
+  it("reports every matrix's copy as a TransferSample timed by the copy stream's events", async function () {
+    const events: TelemetryEvent[] = [];
+    const engine = CudaExpertEngine.emulated(d, ff, [experts], { telemetry: { emit: (e) => events.push(e) }, emulation: { linkBandwidth: 1e9, copyLatency: 1e-5 } });
+    await engine.compute(0, gaussian(d, 1, 1), Int32Array.from([1, 0]), Float32Array.from([0.5, 0.5]), 1);
+    const transfers = events.filter((e) => e.kind === 'transfer');
+    assert.equal(transfers.length, 6);
+    for (const t of transfers) {
+      assert.equal(t.kind === 'transfer' && t.link, 'emulated-cuda');
+      if (t.kind !== 'transfer') continue;
+      assert.ok(t.emulated);
+      // Modelled: latency + bytes / bandwidth for the copy of this matrix's rungs.
+      assert.ok(Math.abs(t.seconds - (1e-5 + t.bytes / 1e9)) < 1e-9, `${t.seconds} s for ${t.bytes} bytes`);
+    }
+    assert.deepEqual(transfers.map((t) => t.kind === 'transfer' && t.expert), [1, 1, 1, 0, 0, 0]);
+  });
+
+  it('runs the FFN kernels on the compute stream only after the weights they read were decoded', function () {
+    const r = native.emulatedExpertLayer(experts, Int32Array.from([0, 1]), Float32Array.from([0.5, 0.5]), gaussian(d, 1, 2), 1, 2, d, ff, { seed: 5 }) as unknown as {
+      trace: { seq: number; stream: string; kind: string; fetch: number; end: number; start: number }[];
+    };
+    for (const e of [0, 1]) {
+      const ffn = r.trace.find((t) => t.kind === 'ffn' && t.fetch === e)!;
+      assert.equal(ffn.stream, 'compute');
+      const decodes = r.trace.filter((t) => t.kind === 'decode' && t.fetch === e);
+      assert.equal(decodes.length, 3);
+      for (const dec of decodes) {
+        assert.ok(dec.seq < ffn.seq, 'a kernel ran before its weights were decoded');
+        assert.ok(dec.end <= ffn.start + 1e-15, 'the modelled kernel start precedes a decode end');
+      }
+    }
+  });
+
+  const damage = (r: Uint8Array) => {
+    const b = Buffer.from(r);
+    b[b.length - 6] ^= 0x10; // a plane word: the rung's checksum no longer matches
+    return b;
+  };
+  it('refuses a damaged stream with the codec error that names it', async function () {
+    const bad = { ...experts[0], up: { head: experts[0].up.head, rungs: [damage(experts[0].up.rungs[0])] } };
+    const engine = CudaExpertEngine.emulated(d, ff, [[bad]]);
+    await assert.rejects(engine.compute(0, gaussian(d, 1, 3), Int32Array.from([0]), Float32Array.from([1]), 1), (e: unknown) => (e as { code?: string }).code === 'CHECKSUM');
+  });
+});
