@@ -2,6 +2,9 @@
 // through the offload pipeline): the shared engine suite on the emulated device, where the
 // kernels' own bodies run on the CPU, and on a GPU when one is present (none here, nor in CI).
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
 import { compress, splitRungs } from '../src/codec/index.js';
 import { native } from '../src/codec/native.js';
@@ -14,6 +17,26 @@ import { cudaEngine } from './engines/impls.js';
 runEngineConformance(cudaEngine('emulated', 1e-3));
 runEngineConformance(cudaEngine('emulated', 1.25e-4, { rungs: 4, k: 1 }));
 runEngineConformance(cudaEngine('gpu', 1e-3));
+
+describe('the CUDA engine build', function () {
+  const object = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'build', 'cuda', 'eb_offload.o');
+  it('is linked into the addon when it was built with nvcc, and says why it cannot run without a GPU', function () {
+    const cuda = native.info().cuda;
+    assert.equal(typeof native.cudaExpertLayer === 'function', cuda.built);
+    if (!cuda.built || cuda.available) this.skip();
+    const x = { head: new Uint8Array(0), rungs: [] };
+    assert.throws(() => native.cudaExpertLayer!([{ gate: x, up: x, down: x }], new Int32Array(0), new Float32Array(0), new Float32Array(0), 0, 1, 4, 4), /CUDA|stream/);
+  });
+  it('holds machine code of both FFN kernels for sm_80 and for sm_90', function () {
+    if (!native.info().cuda.built || !existsSync(object)) this.skip();
+    const bytes = readFileSync(object).toString('latin1');
+    for (const kernel of ['_ZN6eb_gpu18ebx_gate_up_kernelEPKfS1_S1_iiiPf', '_ZN6eb_gpu15ebx_down_kernelEPKfS1_iiiPf']) {
+      const cubins = bytes.split(`.text.${kernel}`).length - 1;
+      assert.ok(cubins >= 2, `${kernel}: ${cubins} cubin sections, expected one per architecture`);
+    }
+    for (const arch of ['sm_80', 'sm_90']) assert.ok(bytes.includes(arch), `no ${arch} code`);
+  });
+});
 
 describe('the CUDA engine on the emulated device', function () {
   const d = 64;

@@ -7,6 +7,7 @@ import { generate } from '../src/model/generate.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
 import type { Routing } from '../src/model/transformer.js';
+import { post, startEmbedded } from './serve/helpers.js';
 
 describe('the native forward pass on the embedded model', function () {
   this.timeout(120_000);
@@ -103,5 +104,24 @@ describe('the native forward pass on the embedded model', function () {
     }
     clearInterval(timer);
     assert.ok(ticks >= steps, `the timer ticked ${ticks} times during ${steps} forwards`);
+  });
+});
+
+describe('ebserve serve --engine cpu', function () {
+  this.timeout(120_000);
+  it('serves completions from the CPU engine on compressed experts, and says so in /health', async function () {
+    const server = await startEmbedded({ spec: { engine: 'cpu', cpuBound: 1e-3, fixedLevel: undefined } });
+    try {
+      const res = await post(server.url, '/v1/completions', { prompt: '48+27=', max_tokens: 4, stop: ['\n'] });
+      assert.equal(res.status, 200);
+      const body = (await res.json()) as { choices: { text: string }[] };
+      assert.equal(body.choices[0].text, '75');
+      const health = (await (await fetch(`${server.url}/health`)).json()) as { engine: string; engine_details: Record<string, unknown> };
+      assert.equal(health.engine, 'cpu');
+      assert.equal(health.engine_details.cpu_bound, 1e-3);
+      assert.equal(health.engine_details.native_forward, true);
+    } finally {
+      await server.shutdown();
+    }
   });
 });

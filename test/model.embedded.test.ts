@@ -109,6 +109,19 @@ describe('ebserve generate', function () {
     assert.match(out.stderr, /backend (wasm|cpu|tensorflow)/);
   });
 
+  it("prints PyTorch's greedy continuation with --engine cpu too, dense and compressed within 1e-4", async function () {
+    const r = reference.prompts[0];
+    for (const extra of [[], ['--bound', '1e-4']]) {
+      const out = await ebserve('generate', '--engine', 'cpu', ...extra, '--prompt', r.prompt, '--max-tokens', String(r.greedy_bytes.length));
+      assert.equal(out.code, 0, out.stderr);
+      assert.equal(out.stdout, Buffer.from(r.greedy_bytes).toString('utf8'), extra.join(' '));
+      assert.match(out.stderr, /engine cpu, experts (dense f32|compressed within 0\.0001), whole forward pass native/);
+    }
+    const misuse = await ebserve('generate', '--bound', '1e-3', '--prompt', 'a');
+    assert.equal(misuse.code, 2);
+    assert.match(misuse.stderr, /--bound is a setting of --engine cpu/);
+  });
+
   it('prints one JSON line per prompt with --prompts, skipping blank lines', async function () {
     const file = path.join(dir, 'prompts.txt');
     fs.writeFileSync(file, '12+34=\n\n48+27=\n');

@@ -1,5 +1,5 @@
 // `ebserve generate [--model DIR] --prompt TEXT | --prompts FILE [--max-tokens N] [--temperature T]
-// [--top-p P] [--seed S] [--stop S]… [--backend B]` — runs the model on a prompt and prints only
+// [--top-p P] [--seed S] [--stop S]… [--backend B] [--engine tfjs|cpu] [--bound EB]` — runs the model on a prompt and prints only
 // the continuation on stdout (streamed as it becomes final); with --prompts, one JSON line
 // {"prompt", "text"} per non-empty line of FILE. What was loaded, on which TensorFlow.js backend
 // and why, goes to stderr.
@@ -11,11 +11,14 @@ import { readInput } from './files.js';
 
 export const usage = `usage: ebserve generate [--model DIR] (--prompt TEXT | --prompts FILE) [--max-tokens N]
                         [--temperature T] [--top-p P] [--seed S] [--stop TEXT]... [--backend wasm|cpu|tensorflow]
+                        [--engine tfjs|cpu] [--bound EB]
   --model DIR      a Hugging Face checkpoint folder (default: the embedded model, ${EMBEDDED_MODEL_DIR})
   --max-tokens N   tokens to generate at most (default 64)
   --temperature T  0 (default) is greedy; above 0 samples
   --top-p P        nucleus sampling mass in (0, 1] (default 1)
-  --seed S         seed of the sampler, so a sampled continuation can be reproduced`;
+  --seed S         seed of the sampler, so a sampled continuation can be reproduced
+  --engine E       tfjs (default): the TensorFlow.js model, experts as tensors; cpu: the native CPU engine
+  --bound EB       cpu: experts compressed within this absolute error bound, multiplied in place`;
 
 export async function generateCommand(argv: string[]): Promise<number> {
   const { values, help } = parse('generate', argv, {
@@ -28,6 +31,8 @@ export async function generateCommand(argv: string[]): Promise<number> {
     seed: { type: 'string' },
     stop: { type: 'string', multiple: true },
     backend: { type: 'string' },
+    engine: { type: 'string' },
+    bound: { type: 'string' },
     help: { type: 'boolean', short: 'h' },
   }, []);
   if (help) {
@@ -45,6 +50,9 @@ export async function generateCommand(argv: string[]): Promise<number> {
     stop: (values.stop as string[] | undefined) ?? [],
   };
   const backend = values.backend === undefined ? undefined : oneOf<BackendName>('generate', 'backend', values.backend, ['tensorflow', 'wasm', 'cpu']);
+  const engine = oneOf<'tfjs' | 'cpu'>('generate', 'engine', values.engine, ['tfjs', 'cpu'], 'tfjs');
+  if (values.bound !== undefined && engine !== 'cpu') throw new UsageError('generate: --bound is a setting of --engine cpu');
+  const bound = values.bound === undefined ? undefined : numberIn('generate', 'bound', values.bound, Number.MIN_VALUE, 1e6, 1e-3);
   // Read the prompts before the model: a missing file should fail fast.
   const prompts = values.prompts !== undefined
     ? (await readInput(values.prompts as string)).toString('utf8').split(/\r?\n/).filter((line) => line.length > 0)
@@ -55,9 +63,12 @@ export async function generateCommand(argv: string[]): Promise<number> {
   // should not pay.
   const { loadModel } = await import('../model/load.js');
   const { generate } = await import('../model/generate.js');
-  const m = await loadModel(dir, { backend });
+  const m = await loadModel(dir, { backend, cpu: engine === 'cpu' ? { bound } : undefined });
   try {
     process.stderr.write(`ebserve generate: ${dir} (${m.checkpoint.config.arch}), TensorFlow.js backend ${m.backend.name} (${m.backend.reason})\n`);
+    if (engine === 'cpu') {
+      process.stderr.write(`ebserve generate: engine cpu, experts ${bound === undefined ? 'dense f32' : `compressed within ${bound}`}, ${m.model.nativeForward ? 'whole forward pass native' : 'dense layers on TensorFlow.js'}\n`);
+    }
     if (values.prompt !== undefined) {
       const g = await generate(m.model, m.tokenizer, prompts[0], { ...opts, onText: (t) => process.stdout.write(t) });
       if (process.stdout.isTTY) process.stdout.write('\n');

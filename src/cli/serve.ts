@@ -1,4 +1,4 @@
-// `ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine resident|offload]
+// `ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
 // [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N] [--max-body-bytes N]
 // [--drain-timeout S] [--backend B]` — the OpenAI-compatible server, with the controller choosing
 // every layer's error bound live (unless --level fixes one). The port is bound before the model loads, so /health answers 503
@@ -11,8 +11,8 @@ import type { EngineName } from '../serve/served-model.js';
 import { UsageError, integer, numberIn, oneOf, parse } from './args.js';
 import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
 
-export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine resident|offload]
-                     [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N]
+export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
+                     [--bound EB] [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N]
                      [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
   --model DIR            a Hugging Face checkpoint folder (default: the profile's model, else the embedded one,
                          ${EMBEDDED_MODEL_DIR})
@@ -23,7 +23,10 @@ export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--prof
   --host H               address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
   --port N               port (default 8080; 0 picks a free one, printed at startup)
   --engine E             offload (default): experts in host memory as precision-ladder rungs, a device cache
-                         in front; resident: every expert held as TensorFlow.js tensors
+                         in front; resident: every expert held as TensorFlow.js tensors; cpu: the native
+                         CPU engine (every expert in the addon, the whole forward pass there for Mixtral-style
+                         layers), dense f32, or compressed within --bound and multiplied in place
+  --bound EB             cpu: keep experts compressed within this absolute error bound (fused path)
   --experts-per-layer N  offload: experts per layer the device cache holds (default: the profile's device budget)
   --level N              offload: fix every layer at this level, 0 (the ladder's loosest bound) .. its exact bytes;
                          no controller
@@ -42,6 +45,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     host: { type: 'string' },
     port: { type: 'string' },
     engine: { type: 'string' },
+    bound: { type: 'string' },
     'experts-per-layer': { type: 'string' },
     level: { type: 'string' },
     'max-queue': { type: 'string' },
@@ -54,7 +58,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     console.log(usage);
     return 0;
   }
-  const engine = oneOf<EngineName>('serve', 'engine', values.engine, ['offload', 'resident'], 'offload');
+  const engine = oneOf<EngineName>('serve', 'engine', values.engine, ['offload', 'resident', 'cpu'], 'offload');
   // Policy and profile are checked before the port is bound: a bad file is a usage problem.
   const { loadPolicy } = await import('../control/policy.js');
   const { loadProfile } = await import('../control/profile.js');
@@ -70,10 +74,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
     fixedLevel: values.level === undefined ? undefined : integer('serve', 'level', values.level, 0, levels - 1, levels - 1),
     dryRun: Boolean(values['dry-run']),
     backend: values.backend === undefined ? undefined : oneOf<BackendName>('serve', 'backend', values.backend, ['tensorflow', 'wasm', 'cpu']),
+    cpuBound: values.bound === undefined ? undefined : numberIn('serve', 'bound', values.bound, Number.MIN_VALUE, 1e6, 1e-3),
   };
-  if (engine === 'resident' && (values['experts-per-layer'] !== undefined || values.level !== undefined || values['dry-run'])) {
-    throw new UsageError('serve: --experts-per-layer, --level and --dry-run are offload settings; the resident engine holds every expert exactly');
+  if (engine !== 'offload' && (values['experts-per-layer'] !== undefined || values.level !== undefined || values['dry-run'])) {
+    throw new UsageError(`serve: --experts-per-layer, --level and --dry-run are offload settings; the ${engine} engine holds every expert`);
   }
+  if (values.bound !== undefined && engine !== 'cpu') throw new UsageError('serve: --bound is a setting of the cpu engine');
   const { readAdminToken } = await import('../serve/admin.js');
   const adminToken = readAdminToken(values['admin-token-file'] as string | undefined, process.env.EBSERVE_ADMIN_TOKEN);
   const host = (values.host as string | undefined) ?? '127.0.0.1';

@@ -27,6 +27,8 @@ import type { Profile } from '../control/profile.js';
 import { createOffload, deviceBudget, levelCount, uniformPlan, type Ladder, type Link, type OffloadExpertEngine, type TelemetryBus } from '../offload/index.js';
 import type { ExpertStore } from '../offload/store.js';
 import { ServedControl } from './served-control.js';
+import { native } from '../codec/native.js';
+import { nativeForwardUnsupported } from '../model/native-forward.js';
 import { defaultCacheDir } from '../offload/store-file.js';
 import type { EngineName, ServeGenerateOptions, ServedModel } from './served-model.js';
 
@@ -44,6 +46,8 @@ export interface ModelSpec {
   /** Offload: the controller decides and reports but changes nothing. */
   dryRun?: boolean;
   backend?: BackendName;
+  /** cpu: keep experts compressed within this absolute bound (the fused path); dense f32 without. */
+  cpuBound?: number;
 }
 
 /** What level `level` of `ladder` means, in words. */
@@ -51,6 +55,19 @@ export function describeLevel(ladder: Ladder, level: number): string {
   const b = ladder.bounds;
   if (level >= b.length) return 'the exact bytes';
   return `error bound ${b[level]}${ladder.boundMode === 'sigma' ? 'σ' : ''} per tensor (${ladder.boundMode})`;
+}
+
+async function loadCpu(spec: ModelSpec, id: string, log: (line: string) => void) {
+  const m = await loadModel(spec.dir, { backend: spec.backend, cpu: { bound: spec.cpuBound } });
+  const c = m.checkpoint.config;
+  log(`ebserve serve: model ${id} (${spec.dir}): ${c.arch}, ${c.numLayers} layers × ${c.numExperts} experts (top-${c.topK}), d ${c.hiddenSize}, context ${c.maxPositions} tokens, ${c.tokenizer} tokenizer`);
+  const unsupported = nativeForwardUnsupported(c);
+  log(
+    `ebserve serve: engine cpu: all ${c.numLayers * c.numExperts} experts in the addon, ` +
+      (spec.cpuBound === undefined ? 'dense f32' : `compressed within ${spec.cpuBound} (abs) and multiplied in place (fused decoder: ${native.info().fusedDecoder})`) +
+      `; ${unsupported ? `dense layers on TensorFlow.js ${m.backend.name} (${unsupported})` : 'the whole forward pass native'}`,
+  );
+  return m;
 }
 
 /** Loads `spec` and logs what was loaded, one line each. Errors name the file, tensor or flag. */
@@ -115,7 +132,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     return offload.engine;
   };
 
-  const m = await loadModel(spec.dir, { backend: spec.backend, engine });
+  const m = spec.engine === 'cpu' ? await loadCpu(spec, id, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
+  if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? 'none (dense f32)', native_forward: Boolean(m.model.nativeForward) };
   let control: ServedControl | undefined;
   if (offloaded && spec.fixedLevel === undefined) {
     try {

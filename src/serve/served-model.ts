@@ -7,7 +7,7 @@
 import type { Generation, GenerateOptions } from '../model/generate.js';
 import type { ServedControl } from './served-control.js';
 
-export type EngineName = 'resident' | 'offload';
+export type EngineName = 'resident' | 'offload' | 'cpu';
 
 export interface ServeGenerateOptions extends Pick<GenerateOptions, 'maxTokens' | 'temperature' | 'topP' | 'seed' | 'stop' | 'onText' | 'signal'> {
   /** Called once per generated token, right after its logits are computed. */
