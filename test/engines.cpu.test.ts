@@ -8,7 +8,7 @@ import { native } from '../src/codec/native.js';
 import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, nativeExpertLayer } from '../src/offload/cpu-engine.js';
 import { distribution, gaussian } from './codec/data.js';
 import { randomExperts, runEngineConformance } from './engines/conformance.js';
-import { cpuDense, cpuFused, tfjsResident } from './engines/impls.js';
+import { cpuDense, cpuFused, offloadEngine, tfjsResident } from './engines/impls.js';
 
 runEngineConformance(tfjsResident);
 runEngineConformance(cpuDense(0, false));
@@ -17,6 +17,8 @@ runEngineConformance(cpuFused('gfni', 1e-3));
 runEngineConformance(cpuFused('plane loop', 1e-3));
 runEngineConformance(cpuFused('gfni', 1.25e-4, { rungs: 4, k: 2 }));
 runEngineConformance(cpuFused('plane loop', 1.25e-4, { rungs: 4, k: 1 }));
+runEngineConformance(offloadEngine('tfjs'));
+runEngineConformance(offloadEngine('cpu'));
 
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 

@@ -38,7 +38,7 @@ describe('offload engine (embedded model)', function () {
   });
 
   /** The embedded model with an offload engine over `store`; samples land in `samples`. */
-  async function offloaded(opts: { tierA: number; tierB: number; prefetch?: boolean }) {
+  async function offloaded(opts: { tierA: number; tierB: number; prefetch?: boolean; compute?: 'tfjs' | 'cpu' }) {
     const bus = new TelemetryBus();
     const samples: OffloadSample[] = [];
     bus.on((s) => samples.push(s));
@@ -46,7 +46,7 @@ describe('offload engine (embedded model)', function () {
     const m = await loadModel(EMBEDDED_MODEL_DIR, {
       engine: () =>
         (engine = new OffloadExpertEngine({
-          store, link: new CopyLink(), budget: { tierABytes: opts.tierA * decodedBytes, tierBBytes: opts.tierB }, telemetry: bus, prefetch: opts.prefetch,
+          store, link: new CopyLink(), budget: { tierABytes: opts.tierA * decodedBytes, tierBBytes: opts.tierB }, telemetry: bus, prefetch: opts.prefetch, compute: opts.compute,
         })),
     });
     return { m, engine, samples };
@@ -68,6 +68,20 @@ describe('offload engine (embedded model)', function () {
       engine.setPlan(uniformPlan(8, store.exact, 1));
       const got = await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 32 });
       assert.equal(got.text, want.text);
+      assert.ok(engine.fetcher.stats.transfers > 0, 'experts crossed the link');
+    } finally {
+      m.dispose();
+    }
+  });
+
+  it("gives the same tokens when the CPU engine multiplies from the cache's f32 buffers", async function () {
+    const want = await generate(resident.model, resident.tokenizer, PROMPT, { maxTokens: 32 });
+    const { m, engine } = await offloaded({ tierA: 2 * 2 * 8, tierB: 0, compute: 'cpu' });
+    try {
+      engine.setPlan(uniformPlan(8, store.exact, 1));
+      const got = await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 32 });
+      assert.equal(got.text, want.text);
+      assert.equal(engine.fetcher.form, 'f32');
       assert.ok(engine.fetcher.stats.transfers > 0, 'experts crossed the link');
     } finally {
       m.dispose();

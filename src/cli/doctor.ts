@@ -1,5 +1,5 @@
 // `ebserve doctor [--json]` — what this machine offers ebserve, and why each choice falls where it
-// does: the CPU codec's SIMD level and threads, CUDA (built into the addon or not; runtime and
+// does: the CPU codec's SIMD level and threads, the fused expert path's block decoder, CUDA (built into the addon or not; runtime and
 // driver versions, devices, or the runtime's error), and the TensorFlow.js backend the model
 // would run on, with the reason earlier choices were passed over.
 import { native } from '../codec/native.js';
@@ -21,10 +21,13 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   const c = info.cuda;
   const report = {
     node: process.version,
-    cpu: { simd: info.simd, threads: info.threads },
+    cpu: { simd: info.simd, threads: info.threads, fused_decoder: info.fusedDecoder },
     cuda: { built: c.built, available: c.available, devices: c.devices ?? 0, runtime_version: c.runtimeVersion ?? null, driver_version: c.driverVersion ?? null, error: c.error ?? null },
     tensorflow_backend: { name: backend.name, reason: backend.reason },
-    engine: c.available ? 'CUDA device available' : 'CPU: no usable CUDA device, experts are decoded and computed on the CPU',
+    engine: c.available
+      ? 'CUDA device available'
+      : `CPU: no usable CUDA device; the cpu engine multiplies on ${info.threads} threads, fused on compressed blocks with the ${info.fusedDecoder} decoder` +
+        (info.fusedDecoder === 'gfni' ? '' : ' (no GFNI with AVX-512 VBMI here, so the fused path is slower than on CPUs that have them)'),
   };
   if (values.json) {
     console.log(JSON.stringify(report, null, 2));
@@ -32,7 +35,7 @@ export async function doctorCommand(argv: string[]): Promise<number> {
   }
   console.log([
     `node        ${report.node}`,
-    `cpu codec   ${info.simd}, ${info.threads} threads`,
+    `cpu codec   ${info.simd}, ${info.threads} threads; fused decoder ${info.fusedDecoder}`,
     `cuda        ${!c.built ? 'not built into the addon (no nvcc when it was built)' : c.available ? `${c.devices} device(s), runtime ${version(c.runtimeVersion)}, driver ${version(c.driverVersion)}` : `built (runtime ${version(c.runtimeVersion)}), unusable: ${c.error}`}`,
     `tensorflow  ${backend.name} (${backend.reason})`,
     `engine      ${report.engine}`,

@@ -2,7 +2,8 @@
  * The offload expert engine: the model's ExpertEngine backed by the store, the link and the
  * device cache. For each layer it fetches the routed experts at the level the current
  * PrecisionPlan names (waiting only for what is not already on the device), computes them with
- * TensorFlow.js, and releases them. Prefetch hints start the next layer's fetches while this
+ * TensorFlow.js or, with `compute: 'cpu'`, in the addon straight from the device cache's f32
+ * buffers (the CPU engine: nothing is copied into tfjs), and releases them. Prefetch hints start the next layer's fetches while this
  * layer computes. Every forward step ends with a TokenSample splitting its time into compute,
  * transfer wait and decompress wait.
  *
@@ -12,11 +13,14 @@
  * const m = await loadModel(dir, { engine: () => engine });
  */
 import { combineExperts, distinctExperts, type ExpertEngine } from './expert-engine.js';
-import { ExpertFetcher, type ExpertHandle, type FetcherOptions } from './fetcher.js';
+import { nativeExpertLayer } from './cpu-engine.js';
+import { ExpertFetcher, matricesOf, tensorsOf, type ExpertHandle, type FetcherOptions } from './fetcher.js';
 import { checkPlan, uniformPlan, type PrecisionPlan } from './plan.js';
 import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 
-export interface OffloadEngineOptions extends FetcherOptions {
+export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
+  /** Who multiplies: TensorFlow.js (default) or the CPU engine in the addon. */
+  compute?: 'tfjs' | 'cpu';
   /** The first plan (default: every layer at the finest level). */
   plan?: PrecisionPlan;
   /** Act on the model's prefetch hints (default true). */
@@ -42,20 +46,23 @@ export class OffloadExpertEngine implements ExpertEngine {
   private readonly predictedFor = new Map<number, Set<number>>();
   private readonly onExpertUsed?: OffloadEngineOptions['onExpertUsed'];
   private readonly d: number;
+  private readonly ff: number;
+  private readonly compute_: 'tfjs' | 'cpu';
   // The forward step under way: its start and the waits inside it (ms).
   private stepStart = 0;
   private transferWait = 0;
   private decompressWait = 0;
 
   constructor(opts: OffloadEngineOptions) {
-    this.fetcher = new ExpertFetcher(opts);
+    this.compute_ = opts.compute ?? 'tfjs';
+    this.fetcher = new ExpertFetcher({ ...opts, form: this.compute_ === 'cpu' ? 'f32' : 'tfjs' });
     const s = opts.store;
     this.plan = opts.plan ?? uniformPlan(s.numLayers, s.levels - 1);
     checkPlan(this.plan, s.ladder, s.numLayers);
     this.prefetchOn = opts.prefetch ?? true;
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
     this.onExpertUsed = opts.onExpertUsed;
-    this.d = s.expert(0, 0).gate.shape[1];
+    [this.ff, this.d] = s.expert(0, 0).gate.shape;
   }
 
   get currentPlan(): PrecisionPlan {
@@ -119,7 +126,8 @@ export class OffloadExpertEngine implements ExpertEngine {
       if (failed) throw failed.reason;
       this.splitWait(waitStart, waitEnd, [...handles.values()]);
       for (const [e, h] of handles) this.onExpertUsed?.(layer, e, h);
-      return combineExperts(this.d, hidden, ids, weights, T, (e) => handles.get(e)!.weights);
+      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => matricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T);
+      return combineExperts(this.d, hidden, ids, weights, T, (e) => tensorsOf(handles.get(e)!.weights));
     } finally {
       for (const h of handles.values()) h.release();
     }

@@ -5,7 +5,8 @@
  *   miss: tier B (compressed rungs on the device) ─ missing rungs ─link─► device
  *         ─ decompress (worker threads) ─► tier A insert ──────────────────────────► handle
  *
- * Tier A holds decoded experts (tfjs tensors: the memory the engine computes from), tier B the
+ * Tier A holds decoded experts (the memory the engine computes from: tfjs tensors, or f32 arrays
+ * the CPU engine multiplies in the addon, as the fetcher's `form` says), tier B the
  * compressed rungs that crossed the link, so a tier-A eviction or a tightened plan costs only a
  * decompression and the missing residual rungs, not the whole expert again. Each tier has its
  * own byte budget, never exceeded, and an eviction policy (LRU default, LFU). Concurrent requests
@@ -49,6 +50,29 @@ export function deviceBudget(
   return { tierABytes: Math.floor(total * (1 - f)), tierBBytes: Math.floor(total * f) };
 }
 
+/**
+ * What tier A holds for an expert: tfjs tensors (the tfjs engine), or its f32 matrices as they
+ * were decoded (the CPU engine reads them in place, nothing is copied into tfjs).
+ */
+export type DecodedForm = 'tfjs' | 'f32';
+export type DecodedWeights = SwigluTensors | ExpertMatrices;
+
+/** The tensors of a tfjs-form expert (throws for an f32-form one: a wiring mistake). */
+export function tensorsOf(w: DecodedWeights): SwigluTensors {
+  if (!('gateT' in w)) throw new Error('this expert was decoded for the CPU engine, not as tfjs tensors');
+  return w;
+}
+
+/** The matrices of an f32-form expert. */
+export function matricesOf(w: DecodedWeights): ExpertMatrices {
+  if (!('gate' in w)) throw new Error('this expert was decoded as tfjs tensors, not for the CPU engine');
+  return w;
+}
+
+function freeWeights(w: DecodedWeights): void {
+  if ('gateT' in w) disposeSwiglu(w);
+}
+
 /** An expert's compressed parts on the device: codec rungs 0..held (and/or its exact bytes). */
 interface DeviceParts {
   held: number;
@@ -58,7 +82,7 @@ interface DeviceParts {
 
 interface Decoded {
   level: number;
-  weights: SwigluTensors;
+  weights: DecodedWeights;
   /** Users holding a handle; a transient entry is freed when the last lets go. */
   users: number;
   transient: boolean;
@@ -69,7 +93,7 @@ interface Decoded {
 
 /** An expert ready to compute with. Call release() when done (it may be evicted afterwards). */
 export interface ExpertHandle {
-  readonly weights: SwigluTensors;
+  readonly weights: DecodedWeights;
   readonly level: number;
   readonly transferDoneAt: number;
   readonly decodedAt: number;
@@ -100,6 +124,8 @@ export interface FetcherOptions {
    * precise as the plan; canaries and profiling set this to measure the plan itself.
    */
   strictLevels?: boolean;
+  /** What tier A holds (default tfjs tensors). */
+  form?: DecodedForm;
 }
 
 export class ExpertFetcher {
@@ -116,12 +142,14 @@ export class ExpertFetcher {
   private readonly ff: number;
   private closed = false;
   private readonly strict: boolean;
+  readonly form: DecodedForm;
 
   constructor(opts: FetcherOptions) {
     this.store = opts.store;
     this.link = opts.link;
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
     this.strict = opts.strictLevels ?? false;
+    this.form = opts.form ?? 'tfjs';
     const policy = opts.policy ?? 'lru';
     this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v));
     this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy));
@@ -133,6 +161,10 @@ export class ExpertFetcher {
   /** Brings expert (layer, expert) to `level` or tighter and pins it until the handle's release. */
   async acquire(layer: number, expert: number, level: number, prefetch = false): Promise<ExpertHandle> {
     if (this.closed) throw new Error('the expert fetcher is closed');
+    const { numLayers, numExperts } = this.store;
+    if (!(Number.isInteger(layer) && layer >= 0 && layer < numLayers)) throw new RangeError(`layer ${layer} is not one of the store's ${numLayers}`);
+    // Keys are layer · experts + expert: an out-of-range expert would alias another layer's.
+    if (!(Number.isInteger(expert) && expert >= 0 && expert < numExperts)) throw new RangeError(`expert ${expert} is not one of layer ${layer}'s ${numExperts}`);
     const key = layer * this.store.numExperts + expert;
     let loaded = false;
     for (;;) {
@@ -164,7 +196,7 @@ export class ExpertFetcher {
     this.closed = true;
     for (const k of this.tierA.keys()) {
       const d = this.tierA.remove(k)!;
-      if (d.users === 0) disposeSwiglu(d.weights);
+      if (d.users === 0) freeWeights(d.weights);
       else d.transient = true; // freed by the last release
     }
     for (const k of this.tierB.keys()) this.tierB.remove(k);
@@ -202,7 +234,7 @@ export class ExpertFetcher {
       bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
       values: this.decodedBytes / 4, seconds: (decodedAt - t) / 1000,
     });
-    const decoded: Decoded = { level, weights: swigluTensors(values, this.d, this.ff), users: 0, transient: false, transferDoneAt, decodedAt };
+    const decoded: Decoded = { level, weights: this.form === 'tfjs' ? swigluTensors(values, this.d, this.ff) : values, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
     if ((old && this.tierA.pinned(key)) || !this.makeRoomA(key, old)) {
       decoded.transient = true;
@@ -246,13 +278,13 @@ export class ExpertFetcher {
         released = true;
         d.users--;
         if (this.tierA.peek(key) === d) this.tierA.unpin(key);
-        if (d.transient && d.users === 0) disposeSwiglu(d.weights);
+        if (d.transient && d.users === 0) freeWeights(d.weights);
       },
     };
   }
 
   private dropDecoded(d: Decoded): void {
-    if (d.users === 0) disposeSwiglu(d.weights);
+    if (d.users === 0) freeWeights(d.weights);
     else d.transient = true;
   }
 

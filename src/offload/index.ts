@@ -34,6 +34,8 @@ export interface OffloadOptions {
   policy?: EvictionPolicyName;
   plan?: PrecisionPlan;
   prefetch?: boolean;
+  /** Who multiplies the fetched experts: TensorFlow.js (default) or the CPU engine in the addon. */
+  compute?: 'tfjs' | 'cpu';
   telemetry?: TelemetrySink;
   /** Show a progress bar on stderr while compressing (default true). */
   progress?: boolean;
@@ -56,6 +58,6 @@ export async function createOffload(source: ExpertSource, opts: OffloadOptions):
   if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
   const link = opts.emulatedLink ? new EmulatedLink(opts.emulatedLink) : new CopyLink();
   log(`offload: link ${link.describe()}`);
-  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch });
+  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute });
   return { opened, link, engine };
 }

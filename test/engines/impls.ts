@@ -4,6 +4,11 @@ import { native } from '../../src/codec/native.js';
 import { ResidentExpertEngine } from '../../src/model/engine.js';
 import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, type NativeExpert } from '../../src/offload/cpu-engine.js';
 import { CudaExpertEngine } from '../../src/offload/cuda-engine.js';
+import { OffloadExpertEngine } from '../../src/offload/engine.js';
+import { CopyLink } from '../../src/offload/link.js';
+import { DEFAULT_LADDER, uniformPlan } from '../../src/offload/plan.js';
+import type { ExpertSource, RawTensor } from '../../src/offload/source.js';
+import { buildStore } from '../../src/offload/store.js';
 import type { ExpertMatrices } from '../../src/offload/expert-engine.js';
 import type { EngineImpl } from './conformance.js';
 
@@ -99,6 +104,30 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
       );
       const engine = where === 'emulated' ? CudaExpertEngine.emulated(d, ff, mats) : CudaExpertEngine.gpu(d, ff, mats);
       return { engine, used: (l, e) => values[l][e] };
+    },
+  };
+}
+
+/** The offload engine (store of ladder rungs, link, device cache) at its exact level, computing with tfjs or the CPU engine. */
+export function offloadEngine(compute: 'tfjs' | 'cpu'): EngineImpl {
+  return {
+    name: `offload engine at the exact level, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s f32 buffers' : 'TensorFlow.js'}`,
+    unavailable: () => null,
+    shapes: [[64, 96], ODD],
+    offThread: compute === 'cpu',
+    async make(experts, d, ff) {
+      const raw = (v: Float32Array, shape: number[]): RawTensor => ({ dtype: 'F32', shape, bytes: new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
+      const source: ExpertSource = {
+        numLayers: experts.length,
+        numExperts: experts[0].length,
+        hash: 'conformance',
+        readExpert: (l, e) => ({ gate: raw(experts[l][e].gate, [ff, d]), up: raw(experts[l][e].up, [ff, d]), down: raw(experts[l][e].down, [d, ff]) }),
+      };
+      const store = await buildStore(source, DEFAULT_LADDER);
+      const engine = new OffloadExpertEngine({
+        store, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, plan: uniformPlan(experts.length, store.exact),
+      });
+      return { engine, used: (l, e) => experts[l][e] };
     },
   };
 }
