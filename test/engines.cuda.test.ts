@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { compress, splitRungs } from '../src/codec/index.js';
 import { native } from '../src/codec/native.js';
 import { CudaExpertEngine } from '../src/offload/cuda-engine.js';
-import type { TelemetryEvent } from '../src/offload/telemetry.js';
+import type { OffloadSample as TelemetryEvent } from '../src/offload/telemetry.js';
 import { gaussian } from './codec/data.js';
 import { randomExperts, runEngineConformance } from './engines/conformance.js';
 import { cudaEngine } from './engines/impls.js';

@@ -7,6 +7,7 @@ import { generate } from '../src/model/generate.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
 import type { Routing } from '../src/model/transformer.js';
+import type { OffloadSample as TelemetryEvent } from '../src/offload/telemetry.js';
 import { post, startEmbedded } from './serve/helpers.js';
 
 describe('the native forward pass on the embedded model', function () {
@@ -104,6 +105,23 @@ describe('the native forward pass on the embedded model', function () {
     }
     clearInterval(timer);
     assert.ok(ticks >= steps, `the timer ticked ${ticks} times during ${steps} forwards`);
+  });
+});
+
+describe('the CPU engine telemetry', function () {
+  it('reports every forward step, native or not, as a TokenSample of compute time', async function () {
+    const samples: TelemetryEvent[] = [];
+    const m = await loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: { telemetry: { emit: (e) => samples.push(e) } } });
+    try {
+      const cache = KvCache.forModel(m.checkpoint.config);
+      await m.model.forward([1, 2, 3], cache);
+      await m.model.forward([4], cache);
+      const tokens = samples.filter((s) => s.kind === 'token');
+      assert.deepEqual(tokens.map((s) => s.kind === 'token' && s.tokens), [3, 1]);
+      for (const s of tokens) if (s.kind === 'token') assert.ok(s.seconds > 0 && s.computeSeconds === s.seconds && s.transferWaitSeconds === 0);
+    } finally {
+      m.dispose();
+    }
   });
 });
 

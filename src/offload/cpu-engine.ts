@@ -13,6 +13,7 @@ import { compress } from '../codec/index.js';
 import { codecCall } from '../codec/errors.js';
 import { native, type RawFusedMatrix, type RawMatrix } from '../codec/native.js';
 import { distinctExperts, type ExpertEngine, type ExpertMatrices } from './expert-engine.js';
+import type { TelemetrySink } from './telemetry.js';
 
 /** One expert as the native engine reads it. */
 export interface NativeExpert {
@@ -87,18 +88,33 @@ export interface CpuEngineStats {
 export interface CpuEngineOptions extends NativeLayerOptions {
   /** Keep experts compressed within this absolute bound and use the fused path; dense f32 when absent. */
   bound?: number;
+  /** Where each forward step's TokenSample goes (all compute: every expert is resident, nothing waits). */
+  telemetry?: TelemetrySink;
 }
 
 /** Every expert resident in host memory, dense f32 or compressed, computed by the addon. */
 export class CpuExpertEngine implements ExpertEngine {
   readonly stats: CpuEngineStats = { calls: 0, seconds: 0, bytesRead: 0 };
+  private stepStart = 0;
 
   constructor(
     private readonly d: number,
     private readonly ff: number,
     private readonly experts: NativeExpert[][],
-    private readonly opts: NativeLayerOptions = {},
+    private readonly opts: CpuEngineOptions = {},
   ) {}
+
+  beginForward(): void {
+    this.stepStart = performance.now();
+  }
+
+  endForward(T: number): void {
+    if (!this.stepStart || !this.opts.telemetry) return;
+    const now = performance.now();
+    const seconds = (now - this.stepStart) / 1000;
+    this.opts.telemetry.emit({ kind: 'token', at: now / 1000, tokens: T, seconds, computeSeconds: seconds, transferWaitSeconds: 0, decompressWaitSeconds: 0 });
+    this.stepStart = 0;
+  }
 
   /** Reads every expert of a model (dense f32, or compressed when opts.bound is set). */
   static fromReader(

@@ -57,8 +57,8 @@ export function describeLevel(ladder: Ladder, level: number): string {
   return `error bound ${b[level]}${ladder.boundMode === 'sigma' ? 'σ' : ''} per tensor (${ladder.boundMode})`;
 }
 
-async function loadCpu(spec: ModelSpec, id: string, log: (line: string) => void) {
-  const m = await loadModel(spec.dir, { backend: spec.backend, cpu: { bound: spec.cpuBound } });
+async function loadCpu(spec: ModelSpec, id: string, telemetry: TelemetryBus, log: (line: string) => void) {
+  const m = await loadModel(spec.dir, { backend: spec.backend, cpu: { bound: spec.cpuBound, telemetry } });
   const c = m.checkpoint.config;
   log(`ebserve serve: model ${id} (${spec.dir}): ${c.arch}, ${c.numLayers} layers × ${c.numExperts} experts (top-${c.topK}), d ${c.hiddenSize}, context ${c.maxPositions} tokens, ${c.tokenizer} tokenizer`);
   const unsupported = nativeForwardUnsupported(c);
@@ -132,7 +132,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     return offload.engine;
   };
 
-  const m = spec.engine === 'cpu' ? await loadCpu(spec, id, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
+  const m = spec.engine === 'cpu' ? await loadCpu(spec, id, telemetry, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
   if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? 'none (dense f32)', native_forward: Boolean(m.model.nativeForward) };
   let control: ServedControl | undefined;
   if (offloaded && spec.fixedLevel === undefined) {
