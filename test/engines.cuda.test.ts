@@ -22,10 +22,9 @@ describe('the CUDA engine build', function () {
   const object = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'build', 'cuda', 'eb_offload.o');
   it('is linked into the addon when it was built with nvcc, and says why it cannot run without a GPU', function () {
     const cuda = native.info().cuda;
-    assert.equal(typeof native.cudaExpertLayer === 'function', cuda.built);
+    assert.equal(typeof native.cudaEngineNew === 'function', cuda.built);
     if (!cuda.built || cuda.available) this.skip();
-    const x = { head: new Uint8Array(0), rungs: [] };
-    assert.throws(() => native.cudaExpertLayer!([{ gate: x, up: x, down: x }], new Int32Array(0), new Float32Array(0), new Float32Array(0), 0, 1, 4, 4), /CUDA|stream/);
+    assert.throws(() => CudaExpertEngine.gpu(4, 4, [[]], { capacity: 1 }), /no usable CUDA device|CUDA/);
   });
   it('holds machine code of both FFN kernels for sm_80 and for sm_90', function () {
     if (!native.info().cuda.built || !existsSync(object)) this.skip();
@@ -52,6 +51,7 @@ describe('the CUDA engine on the emulated device', function () {
     const events: TelemetryEvent[] = [];
     const engine = CudaExpertEngine.emulated(d, ff, [experts], { telemetry: { emit: (e) => events.push(e) }, emulation: { linkBandwidth: 1e9, copyLatency: 1e-5 } });
     await engine.compute(0, gaussian(d, 1, 1), Int32Array.from([1, 0]), Float32Array.from([0.5, 0.5]), 1);
+    await engine.compute(0, gaussian(d, 1, 1), Int32Array.from([1, 0]), Float32Array.from([0.5, 0.5]), 1); // on the device now: no transfer
     const transfers = events.filter((e) => e.kind === 'transfer');
     assert.equal(transfers.length, 6);
     for (const t of transfers) {
@@ -64,10 +64,10 @@ describe('the CUDA engine on the emulated device', function () {
     assert.deepEqual(transfers.map((t) => t.kind === 'transfer' && t.expert), [1, 1, 1, 0, 0, 0]);
   });
 
-  it('runs the FFN kernels on the compute stream only after the weights they read were decoded', function () {
-    const r = native.emulatedExpertLayer(experts, Int32Array.from([0, 1]), Float32Array.from([0.5, 0.5]), gaussian(d, 1, 2), 1, 2, d, ff, { seed: 5 }) as unknown as {
-      trace: { seq: number; stream: string; kind: string; fetch: number; end: number; start: number }[];
-    };
+  it('runs the FFN kernels on the compute stream only after the weights they read were decoded', async function () {
+    const engine = CudaExpertEngine.emulated(d, ff, [experts], { emulation: { seed: 5 } });
+    return engine.compute(0, gaussian(d, 1, 2), Int32Array.from([0, 1]), Float32Array.from([0.5, 0.5]), 1).then(() => {
+    const r = engine.trace!();
     for (const e of [0, 1]) {
       const ffn = r.trace.find((t) => t.kind === 'ffn' && t.fetch === e)!;
       assert.equal(ffn.stream, 'compute');
@@ -78,6 +78,42 @@ describe('the CUDA engine on the emulated device', function () {
         assert.ok(dec.end <= ffn.start + 1e-15, 'the modelled kernel start precedes a decode end');
       }
     }
+    });
+  });
+
+  it('gives the same outputs when a small device evicts experts and reuses their buffers', async function () {
+    const [[c, e2]] = randomExperts(1, 2, d, ff, 9);
+    const more = [...experts, ...[c, e2].map((m) => ({ gate: part(m.gate), up: part(m.up), down: part(m.down) }))];
+    const small = CudaExpertEngine.emulated(d, ff, [more], { capacity: 2, emulation: { seed: 2 } });
+    const roomy = CudaExpertEngine.emulated(d, ff, [more]);
+    const h = gaussian(2 * d, 1, 6);
+    const w = Float32Array.from([0.6, 0.4, 0.3, 0.7]);
+    for (const ids of [[0, 1, 1, 0], [2, 3, 3, 2], [0, 2, 1, 3], [1, 0, 0, 1]]) {
+      const a = await small.compute(0, h, Int32Array.from(ids), w, 2);
+      const b = await roomy.compute(0, h, Int32Array.from(ids), w, 2);
+      assert.deepEqual(a, b, `experts ${ids}`);
+    }
+    assert.ok(small.stats.misses > roomy.stats.misses, 'the small device fetched again what it had evicted');
+  });
+
+  it("overlaps the next layer's prefetched transfers and decodes with this layer's kernels", async function () {
+    // Two layers of the same two experts; prefetch(1) is hinted before layer 0 computes, as the model does.
+    const engine = CudaExpertEngine.emulated(d, ff, [experts, experts], { emulation: { seed: 3, linkBandwidth: 1e8 } });
+    const h = gaussian(d, 1, 4);
+    const ids = Int32Array.from([0, 1]);
+    const w = Float32Array.from([0.5, 0.5]);
+    await engine.compute(0, h, ids, w, 1);
+    engine.prefetch(1, ids);
+    await engine.compute(0, h, ids, w, 1); // layer 0 again, its experts on the device: kernels only
+    await engine.compute(1, h, ids, w, 1);
+    assert.equal(engine.stats.misses, 2, 'layer 0 fetched its two experts once');
+    assert.equal(engine.stats.hits, 4, "the second layer-0 call and layer 1 (prefetched) found theirs");
+    const t = engine.trace!().trace;
+    const secondFfn = t.filter((x) => x.kind === 'ffn' && x.fetch < 2)[2];
+    const layer1Copies = t.filter((x) => x.kind === 'copy_h2d' && x.stream === 'copy' && x.fetch >= 2);
+    assert.ok(layer1Copies.length >= 6, 'layer 1 rungs crossed the link');
+    // In modelled time the copy engine moved layer 1's rungs while compute ran layer 0's kernels.
+    assert.ok(layer1Copies[0].start < secondFfn.end, `layer 1's first copy started at ${layer1Copies[0].start}, after layer 0's kernels ended at ${secondFfn.end}`);
   });
 
   const damage = (r: Uint8Array) => {

@@ -35,10 +35,15 @@ export interface NativeCodec {
   cudaDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
   /** The expert offload pipeline (cuda/eb_pipeline.h) on an emulated device: modelled times, and a trace. */
   emulatedPipelineRun?(fetches: PipelineFetch[], options?: EmulatedPipelineOptions): EmulatedPipelineResult;
-  /** One layer's routed experts by the CUDA engine's host code and kernels on the emulated device (src/native/expert_layer_driver.h). */
-  emulatedExpertLayer(experts: DeviceExpertArg[], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, options?: EmulatedPipelineOptions): DeviceLayerResult;
-  /** The same on the GPU; present when built with nvcc, throws "no usable CUDA device: …" without one. */
-  cudaExpertLayer?(experts: DeviceExpertArg[], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number): DeviceLayerResult;
+  /** The CUDA engine (src/native/device_engine.h) on an emulated device, kept across layer calls. */
+  emulatedEngineNew(d: number, ff: number, capacity: number, options?: EmulatedPipelineOptions): unknown;
+  emulatedEnginePrefetch(engine: unknown, expert: DeviceExpertArg): void;
+  emulatedEngineLayer(engine: unknown, experts: DeviceExpertArg[], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number): DeviceLayerResult;
+  emulatedEngineTrace(engine: unknown): { trace: EmulatedPipelineResult['trace']; model: EmulatedPipelineResult['model'] };
+  /** The same on the GPU; present when built with nvcc; cudaEngineNew throws "no usable CUDA device: …" without one. */
+  cudaEngineNew?(d: number, ff: number, capacity: number): unknown;
+  cudaEnginePrefetch?(engine: unknown, expert: DeviceExpertArg): void;
+  cudaEngineLayer?(engine: unknown, experts: DeviceExpertArg[], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number): DeviceLayerResult;
   /** The same pipeline on the GPU; present when built with nvcc, throws "no usable CUDA device: …" without one. */
   cudaPipelineRun?(fetches: PipelineFetch[], options?: { outputSlots?: number; inFlight?: number }): PipelineResult;
 }
@@ -53,6 +58,8 @@ export interface PipelineFetch {
 
 /** An expert for the device engines: each matrix's stream head and rungs, decoded at rung k. */
 export interface DeviceExpertArg {
+  /** Which expert (layer · experts + expert): the device engine caches weights by it. */
+  key: number;
   gate: PipelineFetch;
   up: PipelineFetch;
   down: PipelineFetch;
@@ -60,8 +67,11 @@ export interface DeviceExpertArg {
 
 export interface DeviceLayerResult {
   out: Float32Array;
-  /** Per matrix fetched (gate, up, down of each distinct expert in first-seen order). */
-  fetches: { bytes: number; copies: number; transferSeconds: number; decompressSeconds: number }[];
+  /** Per matrix fetched and first used by this call (gate, up, down of each such expert). */
+  fetches: { expert: number; bytes: number; copies: number; transferSeconds: number; decompressSeconds: number }[];
+  /** Routed experts whose weights were on the device or on their way (prefetched), and those fetched now. */
+  hits: number;
+  misses: number;
 }
 
 export interface EmulatedPipelineOptions {

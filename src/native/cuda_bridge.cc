@@ -105,16 +105,18 @@ Napi::Value CudaPipelineRun(const Napi::CallbackInfo& info) {
   }
 }
 
-// cudaExpertLayer(experts, slotExpert, slotWeight, hidden, T, k, d, ff) → {out, fetches}: one
-// layer's routed experts by the CUDA engine (expert_layer_driver.h), as the emulated test runs it.
-Napi::Value CudaExpertLayer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+// The CUDA engine (device_engine.h) on the GPU, kept across layer calls.
+struct CudaEngine {
+  cuda::CudaRuntime rt;
+  DeviceEngine<cuda::CudaRuntime> engine;
+  CudaEngine(int d, int ff, int capacity) : rt(the_context()), engine(rt, d, ff, capacity) {}
+};
+
+template <class Fn>
+Napi::Value cuda_call(Napi::Env env, Fn fn) {
   try {
-    std::vector<DeviceExpertSpec> experts = device_expert_specs(info[0]);
-    LayerArgs a = layer_args(info);
     std::lock_guard<std::mutex> lock(context_mutex);
-    cuda::CudaRuntime rt(the_context());
-    return device_layer_js(env, run_device_expert_layer(rt, experts, a.hidden, a.ids, a.weights, a.T, a.k, a.d, a.ff));
+    return fn();
   } catch (const CodecError& e) {
     throw codec_error(env, e);
   } catch (const Napi::Error&) {
@@ -126,10 +128,48 @@ Napi::Value CudaExpertLayer(const Napi::CallbackInfo& info) {
   }
 }
 
+// cudaEngineNew(d, ff, capacity) → handle; throws "no usable CUDA device: …" without a GPU.
+Napi::Value CudaEngineNew(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return cuda_call(env, [&]() -> Napi::Value {
+    auto* h = new CudaEngine(info[0].As<Napi::Number>().Int32Value(), info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Number>().Int32Value());
+    return Napi::External<CudaEngine>::New(env, h, [](Napi::Env, CudaEngine* p) {
+      std::lock_guard<std::mutex> lock(context_mutex);
+      delete p;
+    });
+  });
+}
+
+// cudaEnginePrefetch(handle, {key, gate, up, down}) and cudaEngineLayer(handle, experts, slotExpert,
+// slotWeight, hidden, T, k, d, ff) → {out, fetches, hits, misses}: as the emulated engine's.
+Napi::Value CudaEnginePrefetch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return cuda_call(env, [&]() -> Napi::Value {
+    CudaEngine& h = holder_of<CudaEngine>(info[0]);
+    Napi::Array one = Napi::Array::New(env, 1);
+    one.Set(0u, info[1]);
+    h.engine.prefetch(expert_keys(one)[0], device_expert_specs(one)[0]);
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaEngineLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return cuda_call(env, [&]() -> Napi::Value {
+    CudaEngine& h = holder_of<CudaEngine>(info[0]);
+    std::vector<DeviceExpertSpec> specs = device_expert_specs(info[1]);
+    std::vector<int> keys = expert_keys(info[1]);
+    LayerArgs a = layer_args(info, 2);
+    return device_layer_js(env, h.engine.layer(keys, specs, a.hidden, a.ids, a.weights, a.T, a.k));
+  });
+}
+
 }  // namespace
 
 void register_cuda(Napi::Env env, Napi::Object exports) {
-  exports.Set("cudaExpertLayer", Napi::Function::New(env, CudaExpertLayer));
+  exports.Set("cudaEngineNew", Napi::Function::New(env, CudaEngineNew));
+  exports.Set("cudaEnginePrefetch", Napi::Function::New(env, CudaEnginePrefetch));
+  exports.Set("cudaEngineLayer", Napi::Function::New(env, CudaEngineLayer));
   exports.Set("cudaCompress", Napi::Function::New(env, CudaCompress));
   exports.Set("cudaDecompress", Napi::Function::New(env, CudaDecompress));
   exports.Set("cudaPipelineRun", Napi::Function::New(env, CudaPipelineRun));

@@ -406,24 +406,18 @@ Napi::Value EmulatedPipelineRun(const Napi::CallbackInfo& info) {
   }
 }
 
-// emulatedExpertLayer(experts, slotExpert, slotWeight, hidden, T, k, d, ff, {seed?, ...model})
-// → {out, fetches, trace, model}: one layer's experts by the CUDA engine's host code
-// (expert_layer_driver.h) on the emulated device.
-Napi::Value EmulatedExpertLayer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
+// The CUDA engine (device_engine.h) on its own emulated device, kept across layer calls.
+struct EmulatedEngine {
+  EmulatedRuntime::Model model;
+  EmulatedRuntime rt;
+  DeviceEngine<EmulatedRuntime> engine;
+  EmulatedEngine(EmulatedRuntime::Model m, uint64_t seed, int d, int ff, int capacity) : model(m), rt(seed, m), engine(rt, d, ff, capacity) {}
+};
+
+template <class Fn>
+Napi::Value emulated_call(Napi::Env env, Fn fn) {
   try {
-    std::vector<DeviceExpertSpec> experts = device_expert_specs(info[0]);
-    LayerArgs a = layer_args(info);
-    Napi::Object opt = info[8].IsObject() ? info[8].As<Napi::Object>() : Napi::Object::New(env);
-    EmulatedRuntime::Model m;
-    m.link_bandwidth = number_option(opt, "linkBandwidth", m.link_bandwidth, 1);
-    m.copy_latency = number_option(opt, "copyLatency", m.copy_latency, 0);
-    m.decode_bandwidth = number_option(opt, "decodeBandwidth", m.decode_bandwidth, 1);
-    EmulatedRuntime rt((uint64_t)number_option(opt, "seed", 1, 0), m);
-    DeviceLayerResult r = run_device_expert_layer(rt, experts, a.hidden, a.ids, a.weights, a.T, a.k, a.d, a.ff);
-    Napi::Object o = device_layer_js(env, std::move(r));
-    add_trace(env, rt, m, o);
-    return o;
+    return fn();
   } catch (const CodecError& e) {
     throw codec_error(env, e);
   } catch (const Napi::Error&) {
@@ -435,11 +429,65 @@ Napi::Value EmulatedExpertLayer(const Napi::CallbackInfo& info) {
   }
 }
 
+// emulatedEngineNew(d, ff, capacity, {seed?, linkBandwidth?, copyLatency?, decodeBandwidth?}) → handle
+Napi::Value EmulatedEngineNew(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return emulated_call(env, [&]() -> Napi::Value {
+    Napi::Object opt = info[3].IsObject() ? info[3].As<Napi::Object>() : Napi::Object::New(env);
+    EmulatedRuntime::Model m;
+    m.link_bandwidth = number_option(opt, "linkBandwidth", m.link_bandwidth, 1);
+    m.copy_latency = number_option(opt, "copyLatency", m.copy_latency, 0);
+    m.decode_bandwidth = number_option(opt, "decodeBandwidth", m.decode_bandwidth, 1);
+    auto* h = new EmulatedEngine(m, (uint64_t)number_option(opt, "seed", 1, 0), info[0].As<Napi::Number>().Int32Value(),
+                                 info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Number>().Int32Value());
+    return Napi::External<EmulatedEngine>::New(env, h, [](Napi::Env, EmulatedEngine* p) { delete p; });
+  });
+}
+
+// emulatedEnginePrefetch(handle, {key, gate, up, down}): starts the expert's fetch; never waits.
+Napi::Value EmulatedEnginePrefetch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return emulated_call(env, [&]() -> Napi::Value {
+    EmulatedEngine& h = holder_of<EmulatedEngine>(info[0]);
+    Napi::Array one = Napi::Array::New(env, 1);
+    one.Set(0u, info[1]);
+    h.engine.prefetch(expert_keys(one)[0], device_expert_specs(one)[0]);
+    return env.Undefined();
+  });
+}
+
+// emulatedEngineLayer(handle, experts [{key, gate, up, down}], slotExpert, slotWeight, hidden, T, k, d, ff)
+// → {out, fetches, hits, misses}
+Napi::Value EmulatedEngineLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return emulated_call(env, [&]() -> Napi::Value {
+    EmulatedEngine& h = holder_of<EmulatedEngine>(info[0]);
+    std::vector<DeviceExpertSpec> specs = device_expert_specs(info[1]);
+    std::vector<int> keys = expert_keys(info[1]);
+    LayerArgs a = layer_args(info, 2);
+    return device_layer_js(env, h.engine.layer(keys, specs, a.hidden, a.ids, a.weights, a.T, a.k));
+  });
+}
+
+// emulatedEngineTrace(handle) → {trace, model}: every operation the emulated device ran so far.
+Napi::Value EmulatedEngineTrace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return emulated_call(env, [&]() -> Napi::Value {
+    EmulatedEngine& h = holder_of<EmulatedEngine>(info[0]);
+    Napi::Object o = Napi::Object::New(env);
+    add_trace(env, h.rt, h.model, o);
+    return o;
+  });
+}
+
 }  // namespace
 
 void register_emulated_pipeline(Napi::Env env, Napi::Object exports) {
   exports.Set("emulatedPipelineRun", Napi::Function::New(env, EmulatedPipelineRun));
-  exports.Set("emulatedExpertLayer", Napi::Function::New(env, EmulatedExpertLayer));
+  exports.Set("emulatedEngineNew", Napi::Function::New(env, EmulatedEngineNew));
+  exports.Set("emulatedEnginePrefetch", Napi::Function::New(env, EmulatedEnginePrefetch));
+  exports.Set("emulatedEngineLayer", Napi::Function::New(env, EmulatedEngineLayer));
+  exports.Set("emulatedEngineTrace", Napi::Function::New(env, EmulatedEngineTrace));
 }
 
 }  // namespace eb
