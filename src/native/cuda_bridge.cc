@@ -112,20 +112,13 @@ struct CudaEngine {
   CudaEngine(int d, int ff, int capacity) : rt(the_context()), engine(rt, d, ff, capacity) {}
 };
 
+// The engine's calls share the one CUDA context, so they take its lock.
 template <class Fn>
 Napi::Value cuda_call(Napi::Env env, Fn fn) {
-  try {
+  return with_js_errors(env, "", [&]() -> Napi::Value {
     std::lock_guard<std::mutex> lock(context_mutex);
     return fn();
-  } catch (const CodecError& e) {
-    throw codec_error(env, e);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const std::invalid_argument& e) {
-    throw Napi::RangeError::New(env, e.what());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, e.what());
-  }
+  });
 }
 
 // cudaEngineNew(d, ff, capacity) → handle; throws "no usable CUDA device: …" without a GPU.
@@ -143,25 +136,11 @@ Napi::Value CudaEngineNew(const Napi::CallbackInfo& info) {
 // cudaEnginePrefetch(handle, {key, gate, up, down}) and cudaEngineLayer(handle, experts, slotExpert,
 // slotWeight, hidden, T, k, d, ff) → {out, fetches, hits, misses}: as the emulated engine's.
 Napi::Value CudaEnginePrefetch(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return cuda_call(env, [&]() -> Napi::Value {
-    CudaEngine& h = holder_of<CudaEngine>(info[0]);
-    Napi::Array one = Napi::Array::New(env, 1);
-    one.Set(0u, info[1]);
-    h.engine.prefetch(expert_keys(one)[0], device_expert_specs(one)[0]);
-    return env.Undefined();
-  });
+  return cuda_call(info.Env(), [&] { return engine_prefetch_js<CudaEngine>(info); });
 }
 
 Napi::Value CudaEngineLayer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return cuda_call(env, [&]() -> Napi::Value {
-    CudaEngine& h = holder_of<CudaEngine>(info[0]);
-    std::vector<DeviceExpertSpec> specs = device_expert_specs(info[1]);
-    std::vector<int> keys = expert_keys(info[1]);
-    LayerArgs a = layer_args(info, 2);
-    return device_layer_js(env, h.engine.layer(keys, specs, a.hidden, a.ids, a.weights, a.T, a.k));
-  });
+  return cuda_call(info.Env(), [&] { return engine_layer_js<CudaEngine>(info); });
 }
 
 }  // namespace

@@ -144,6 +144,8 @@ class DeviceEngine {
   }
 
   int resident() const { return (int)entries_.size(); }
+  int d() const { return d_; }
+  int ff() const { return ff_; }
 
  private:
   struct Entry {

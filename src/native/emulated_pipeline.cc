@@ -416,17 +416,7 @@ struct EmulatedEngine {
 
 template <class Fn>
 Napi::Value emulated_call(Napi::Env env, Fn fn) {
-  try {
-    return fn();
-  } catch (const CodecError& e) {
-    throw codec_error(env, e);
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const std::invalid_argument& e) {
-    throw Napi::RangeError::New(env, e.what());
-  } catch (const std::exception& e) {
-    throw Napi::Error::New(env, std::string("emulated CUDA engine: ") + e.what());
-  }
+  return with_js_errors(env, "emulated CUDA engine: ", fn);
 }
 
 // emulatedEngineNew(d, ff, capacity, {seed?, linkBandwidth?, copyLatency?, decodeBandwidth?}) → handle
@@ -446,27 +436,13 @@ Napi::Value EmulatedEngineNew(const Napi::CallbackInfo& info) {
 
 // emulatedEnginePrefetch(handle, {key, gate, up, down}): starts the expert's fetch; never waits.
 Napi::Value EmulatedEnginePrefetch(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return emulated_call(env, [&]() -> Napi::Value {
-    EmulatedEngine& h = holder_of<EmulatedEngine>(info[0]);
-    Napi::Array one = Napi::Array::New(env, 1);
-    one.Set(0u, info[1]);
-    h.engine.prefetch(expert_keys(one)[0], device_expert_specs(one)[0]);
-    return env.Undefined();
-  });
+  return emulated_call(info.Env(), [&] { return engine_prefetch_js<EmulatedEngine>(info); });
 }
 
 // emulatedEngineLayer(handle, experts [{key, gate, up, down}], slotExpert, slotWeight, hidden, T, k, d, ff)
 // → {out, fetches, hits, misses}
 Napi::Value EmulatedEngineLayer(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return emulated_call(env, [&]() -> Napi::Value {
-    EmulatedEngine& h = holder_of<EmulatedEngine>(info[0]);
-    std::vector<DeviceExpertSpec> specs = device_expert_specs(info[1]);
-    std::vector<int> keys = expert_keys(info[1]);
-    LayerArgs a = layer_args(info, 2);
-    return device_layer_js(env, h.engine.layer(keys, specs, a.hidden, a.ids, a.weights, a.T, a.k));
-  });
+  return emulated_call(info.Env(), [&] { return engine_layer_js<EmulatedEngine>(info); });
 }
 
 // emulatedEngineTrace(handle) → {trace, model}: every operation the emulated device ran so far.

@@ -88,18 +88,54 @@ inline Napi::Object device_layer_js(Napi::Env env, DeviceLayerResult&& r) {
   o.Set("out", out);
   Napi::Array reps = Napi::Array::New(env, r.reports.size());
   for (size_t i = 0; i < r.reports.size(); i++) {
-    Napi::Object f = Napi::Object::New(env);
+    Napi::Object f = fetch_report_js(env, r.reports[i]);
     f.Set("expert", r.fetched_experts[i]);
-    f.Set("bytes", (double)r.reports[i].bytes);
-    f.Set("copies", r.reports[i].copies);
-    f.Set("transferSeconds", r.reports[i].transfer_seconds);
-    f.Set("decompressSeconds", r.reports[i].decompress_seconds);
     reps.Set(i, f);
   }
   o.Set("fetches", reps);
   o.Set("hits", r.hits);
   o.Set("misses", r.misses);
   return o;
+}
+
+// Runs fn, turning what it throws into JS errors: CodecError with its code, std::invalid_argument
+// as a RangeError, anything else as an Error whose message starts with `prefix`.
+template <class Fn>
+Napi::Value with_js_errors(Napi::Env env, const char* prefix, Fn fn) {
+  try {
+    return fn();
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::invalid_argument& e) {
+    throw Napi::RangeError::New(env, e.what());
+  } catch (const std::exception& e) {
+    throw Napi::Error::New(env, std::string(prefix) + e.what());
+  }
+}
+
+// (handle, {key, gate, up, down}): starts the expert's fetch on the engine; never waits.
+template <class Holder>
+Napi::Value engine_prefetch_js(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Holder& h = holder_of<Holder>(info[0]);
+  Napi::Array one = Napi::Array::New(env, 1);
+  one.Set(0u, info[1]);
+  h.engine.prefetch(expert_keys(one)[0], device_expert_specs(one)[0]);
+  return env.Undefined();
+}
+
+// (handle, experts [{key, gate, up, down}], slotExpert, slotWeight, hidden, T, k, d, ff) → device_layer_js.
+template <class Holder>
+Napi::Value engine_layer_js(const Napi::CallbackInfo& info) {
+  Holder& h = holder_of<Holder>(info[0]);
+  std::vector<DeviceExpertSpec> specs = device_expert_specs(info[1]);
+  std::vector<int> keys = expert_keys(info[1]);
+  LayerArgs a = layer_args(info, 2);
+  if (a.d != h.engine.d() || a.ff != h.engine.ff())
+    throw Napi::RangeError::New(info.Env(), "the engine holds experts of d " + std::to_string(h.engine.d()) + ", ff " + std::to_string(h.engine.ff()));
+  return device_layer_js(info.Env(), h.engine.layer(keys, specs, a.hidden, a.ids, a.weights, a.T, a.k));
 }
 
 }  // namespace eb

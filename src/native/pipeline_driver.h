@@ -153,6 +153,16 @@ RunResult run_fetches(RT& rt, const std::vector<FetchSpec>& specs, int slots, in
   return res;
 }
 
+// {bytes, copies, transferSeconds, decompressSeconds}
+inline Napi::Object fetch_report_js(Napi::Env env, const FetchReport& r) {
+  Napi::Object f = Napi::Object::New(env);
+  f.Set("bytes", (double)r.bytes);
+  f.Set("copies", r.copies);
+  f.Set("transferSeconds", r.transfer_seconds);
+  f.Set("decompressSeconds", r.decompress_seconds);
+  return f;
+}
+
 // {outputs: Buffer[], fetches: [{bytes, copies, transferSeconds, decompressSeconds}], rungBuffers}
 inline Napi::Object run_result_js(Napi::Env env, RunResult&& r) {
   Napi::Object o = Napi::Object::New(env);
@@ -161,14 +171,7 @@ inline Napi::Object run_result_js(Napi::Env env, RunResult&& r) {
     outs.Set(i, r.outputs[i].empty() ? Napi::Buffer<uint8_t>::New(env, 0) : to_buffer(env, std::move(r.outputs[i])));
   o.Set("outputs", outs);
   Napi::Array reps = Napi::Array::New(env, r.reports.size());
-  for (size_t i = 0; i < r.reports.size(); i++) {
-    Napi::Object f = Napi::Object::New(env);
-    f.Set("bytes", (double)r.reports[i].bytes);
-    f.Set("copies", r.reports[i].copies);
-    f.Set("transferSeconds", r.reports[i].transfer_seconds);
-    f.Set("decompressSeconds", r.reports[i].decompress_seconds);
-    reps.Set(i, f);
-  }
+  for (size_t i = 0; i < r.reports.size(); i++) reps.Set(i, fetch_report_js(env, r.reports[i]));
   o.Set("fetches", reps);
   o.Set("rungBuffers", (double)r.rung_buffers);
   return o;
