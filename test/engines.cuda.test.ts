@@ -127,3 +127,39 @@ describe('the CUDA engine on the emulated device', function () {
     await assert.rejects(engine.compute(0, gaussian(d, 1, 3), Int32Array.from([0]), Float32Array.from([1]), 1), (e: unknown) => (e as { code?: string }).code === 'CHECKSUM');
   });
 });
+
+describe('the embedded model on the emulated CUDA engine', function () {
+  this.timeout(120_000);
+  it("gives the resident model's greedy tokens at a tight bound, prefetching each next layer's experts", async function () {
+    const { EMBEDDED_MODEL_DIR, loadModel, readExpert } = await import('../src/model/load.js');
+    const { generate } = await import('../src/model/generate.js');
+    const resident = await loadModel(EMBEDDED_MODEL_DIR);
+    let engine!: CudaExpertEngine;
+    const cuda = await loadModel(EMBEDDED_MODEL_DIR, {
+      engine: (ck) => {
+        const c = ck.config;
+        const part = (v: Float32Array) => {
+          const s = splitRungs(compress(v, { bound: 1e-5 }));
+          return { head: s.head, rungs: s.rungs };
+        };
+        const experts = Array.from({ length: c.numLayers }, (_, l) =>
+          Array.from({ length: c.numExperts }, (_, e) => {
+            const m = readExpert(ck, l, e);
+            return { gate: part(m.gate), up: part(m.up), down: part(m.down) };
+          }),
+        );
+        // Room for two layers' worth of routed experts: what prefetch needs to run a layer ahead.
+        return (engine = CudaExpertEngine.emulated(c.hiddenSize, c.expertFfnSize, experts, { capacity: 2 * c.topK * 2 }));
+      },
+    });
+    try {
+      const want = await generate(resident.model, resident.tokenizer, '48+27=', { maxTokens: 4, stop: ['\n'] });
+      const got = await generate(cuda.model, cuda.tokenizer, '48+27=', { maxTokens: 4, stop: ['\n'] });
+      assert.equal(got.text, want.text);
+      assert.ok(engine.stats.prefetched > 0 && engine.stats.hits > 0, JSON.stringify(engine.stats));
+    } finally {
+      resident.dispose();
+      cuda.dispose();
+    }
+  });
+});
