@@ -114,6 +114,13 @@ interface RunResult {
   engine: OffloadExpertEngine;
 }
 
+/**
+ * Who multiplies the experts (BENCH_OFFLOAD_COMPUTE): tfjs, or the CPU engine in the addon
+ * reading the device cache's f32 buffers. The resident reference computes the same way, so the
+ * links are scaled to the same compute.
+ */
+const COMPUTE = (process.env.BENCH_OFFLOAD_COMPUTE ?? 'cpu') as 'tfjs' | 'cpu';
+
 /** Generates DECODE_TOKENS after each of the first DECODE_PROMPTS canary prompts, from a cold cache. */
 async function run(scheme: Scheme, tierAExperts: number, link: Link, prefetch: boolean, strictLevels = false): Promise<RunResult> {
   const bus = new TelemetryBus();
@@ -136,7 +143,7 @@ async function run(scheme: Scheme, tierAExperts: number, link: Link, prefetch: b
   const m = await loadModel(EMBEDDED_MODEL_DIR, {
     engine: () =>
       (engine = new OffloadExpertEngine({
-        store: scheme.store, link, budget: { tierABytes: tierAExperts * decodedBytes, tierBBytes: 0 }, telemetry: bus, plan: scheme.plan, prefetch, strictLevels,
+        store: scheme.store, link, budget: { tierABytes: tierAExperts * decodedBytes, tierBBytes: 0 }, telemetry: bus, plan: scheme.plan, prefetch, strictLevels, compute: COMPUTE,
       })),
   });
   try {
@@ -169,7 +176,9 @@ function maxWeightError(scheme: Scheme, report: ReturnType<typeof ladderReport>,
 }
 
 async function main(): Promise<void> {
-  const resident = await loadModel(EMBEDDED_MODEL_DIR);
+  if (COMPUTE !== 'tfjs' && COMPUTE !== 'cpu') throw new Error(`BENCH_OFFLOAD_COMPUTE is tfjs or cpu, got ${COMPUTE}`);
+  log(`experts computed by ${COMPUTE === 'cpu' ? 'the CPU engine (dense layers on tfjs)' : 'TensorFlow.js'}`);
+  const resident = await loadModel(EMBEDDED_MODEL_DIR, COMPUTE === 'cpu' ? { cpu: { nativeForward: false } } : {});
   const source = checkpointExperts(resident.checkpoint);
   const L = resident.checkpoint.config.numLayers;
   const active = resident.checkpoint.config.topK;
@@ -314,6 +323,7 @@ async function main(): Promise<void> {
     ladder: DEFAULT_LADDER,
     link_emulated: true,
     compute_seconds_per_token: computeSeconds,
+    expert_compute: COMPUTE,
     resident_tokens_per_s: 1 / computeSeconds,
     bf16_bytes_per_token_2x: bf16Bytes,
     link2x_bytes_per_s: link2x,

@@ -146,6 +146,7 @@ void decoder_forward(const DecoderModel& m, ForwardCall& c) {
     call.experts = L.experts;
     call.out = moe.data();
     call.threads = c.threads;
+    call.back_to_back = true;
     double e0 = now();
     expert_layer(call);
     expert += now() - e0;

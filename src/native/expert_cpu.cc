@@ -216,11 +216,14 @@ void expert_layer(const LayerCall& c) {
   };
   if (macs < kParallelMacs || c.threads <= 1) {
     // Small calls (a decode step of a small model): one task per expert, the whole FFN in it, so
-    // the two phases need no barrier and the pool is woken once (or not at all, on one thread).
+    // the two phases need no barrier. Helpers only when the caller says calls come back to back
+    // (a native forward, layer after layer, so they are still spinning): otherwise waking one
+    // costs more than the call's work, and a helper left spinning takes a core from whatever
+    // runs between the calls (TensorFlow.js's dense layers).
     std::vector<int> list;
     for (int e = 0; e < E; e++)
       if (work[e].n) list.push_back(e);
-    pool().run((int)list.size(), used >= 2 ? c.threads : 1, [&](int i) {
+    pool().run((int)list.size(), used >= 2 && c.back_to_back ? c.threads : 1, [&](int i) {
       gate_up(list[i], 0, ff);
       down(list[i], 0, d);
     });

@@ -25,9 +25,17 @@ export interface NativeExpert {
 export interface NativeLayerOptions {
   /** Threads for the call (default every core). */
   threads?: number;
-  /** Run on the calling thread (benchmarks measure the worker hand-off with it); default false. */
-  sync?: boolean;
+  /**
+   * Where the call runs: on a libuv worker (false), on the calling thread (true), or 'auto'
+   * (default): the calling thread for calls under SYNC_MACS multiply-adds. A worker hand-off costs
+   * ~85 µs and, measured on the embedded model with tfjs dense layers, slows the whole step by
+   * more than that; a call that small blocks the loop for less time than one tfjs op does.
+   */
+  sync?: boolean | 'auto';
 }
+
+/** Multiply-adds below which sync: 'auto' runs a call on the calling thread (~100 µs of work). */
+export const SYNC_MACS = 1 << 21;
 
 /**
  * One layer's routed experts through the addon: out[t] = Σ_j weights[t·k+j] · expert(ids[t·k+j])(hidden[t]).
@@ -52,7 +60,10 @@ export function nativeExpertLayer(
   });
   const k = T ? ids.length / T : 1;
   const threads = opts.threads ?? 0;
-  if (opts.sync) return Promise.resolve(native.expertLayerSync(mats, slotExpert, weights, hidden, T, k, d, ff, threads));
+  const sync = opts.sync ?? 'auto';
+  if (sync === true || (sync === 'auto' && 3 * d * ff * ids.length < SYNC_MACS)) {
+    return Promise.resolve().then(() => native.expertLayerSync(mats, slotExpert, weights, hidden, T, k, d, ff, threads));
+  }
   return native.expertLayerAsync(mats, slotExpert, weights, hidden, T, k, d, ff, threads);
 }
 
