@@ -129,10 +129,15 @@ describe('control loop scenario (embedded model, emulated link, real time)', fun
       // 4. Down again; once the plan has loosened, a canary run of it against a floor of 99.9 %.
       const drop2 = now();
       link.setBandwidth(b0 / 4);
-      while (!c.plan.levels.some((lv, l) => lv < tightest[l]) && now() - drop2 < 10_000) await new Promise((r) => setTimeout(r, 100));
+      // Up to 20 s: on a loaded machine the p95 window (64 steps) turns over slowly at a quarter
+      // of the bandwidth, and the plan the recovery tightened must be seen to miss first.
+      while (!c.plan.levels.some((lv, l) => lv < tightest[l]) && now() - drop2 < 20_000) await new Promise((r) => setTimeout(r, 100));
       phase = 'end';
       await done;
-      assert.ok(c.plan.levels.some((lv, l) => lv < tightest[l]), 'loosened again after the second drop');
+      assert.ok(
+        c.plan.levels.some((lv, l) => lv < tightest[l]),
+        `loosened again after the second drop: ${decisions.filter((d) => d.t > drop2).slice(-4).map((d) => `${d.action}: ${d.reason}`).join(' | ')}`,
+      );
       const strict = new OffloadExpertEngine({ store, link: new CopyLink(), budget: { tierABytes: 64 * decodedBytes, tierBBytes: 0 }, prefetch: false, strictLevels: true });
       const reference = new OffloadExpertEngine({ store, link: new CopyLink(), budget: { tierABytes: 64 * decodedBytes, tierBBytes: 0 }, prefetch: false, strictLevels: true, plan: uniformPlan(8, store.exact) });
       try {
