@@ -1,13 +1,14 @@
 /**
  * The CPU expert engine: the model's ExpertEngine computed in the addon (src/native/expert_cpu.h)
- * on every core, off the event loop, from weights that never enter TensorFlow.js. An expert's
+ * on every core, from weights that never enter TensorFlow.js; calls of real size run on a libuv
+ * worker, off the event loop (small ones on the calling thread, see NativeLayerOptions). An expert's
  * matrices are either dense f32 (what the tfjs engine would copy into the wasm heap) or
  * compressed streams multiplied in place by the fused path, which decodes each 32-value block in
  * registers inside the dot product: a token then reads the compressed bytes, not f32 weights.
  *
  * @example
+ * const m = await loadModel(dir, { cpu: { bound: 1e-3 } });   // + the native forward pass
  * const engine = CpuExpertEngine.fromReader(config, (l, e) => readExpert(ckpt, l, e), { bound: 1e-3 });
- * const m = await loadModel(dir, { engine: () => engine });
  */
 import { compress } from '../codec/index.js';
 import { codecCall } from '../codec/errors.js';
