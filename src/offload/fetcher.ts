@@ -22,6 +22,13 @@ import type { ExpertStore } from './store.js';
 import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 import { Tier } from './tier.js';
 
+/**
+ * Values below which a matrix decodes on one thread: the codec starts its helper threads per call
+ * (~50 µs), longer than such a decode takes, and the three matrices of an expert decode at once on
+ * libuv's workers anyway, beside the compute that needs the other core.
+ */
+const ONE_THREAD_VALUES = 1 << 20;
+
 export interface DeviceBudget {
   /** Decoded experts (f32 values the engine computes from). */
   tierABytes: number;
@@ -259,7 +266,7 @@ export class ExpertFetcher {
       if (level === this.store.exact) return this.store.decodeExact(stored[m], x.exact!);
       // The device copies came from the store, which verified every rung when it was built or
       // loaded: the hot path skips the checksums.
-      return (await decompressRungsAsync(x.head!, x.rungs.slice(0, level + 1), { verify: false })) as Float32Array;
+      return (await decompressRungsAsync(x.head!, x.rungs.slice(0, level + 1), { verify: false, threads: stored[m].shape[0] * stored[m].shape[1] < ONE_THREAD_VALUES ? 1 : 0 })) as Float32Array;
     };
     const [gate, up, down] = await Promise.all(MATRICES.map(one));
     return { gate, up, down };
