@@ -1,4 +1,4 @@
-// The CUDA expert engine (cuda/eb_expert_kernels.cuh driven by src/native/expert_layer_driver.h
+// The CUDA expert engine (cuda/eb_expert_kernels.cuh driven by src/native/device_engine_js.h
 // through the offload pipeline): the shared engine suite on the emulated device, where the
 // kernels' own bodies run on the CPU, and on a GPU when one is present (none here, nor in CI).
 import assert from 'node:assert/strict';

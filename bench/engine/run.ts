@@ -139,16 +139,20 @@ function bf16Gaussian(n: number, seed: number): Uint16Array {
   return out;
 }
 
+/** bf16 bits → f32 values (exact). */
 const toF32 = (h: Uint16Array) => {
   const f = new Float32Array(h.length);
-  new Uint32Array(f.buffer).set(Uint32Array.from(h, (b) => b << 16));
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < h.length; i++) u[i] = h[i] << 16;
   return f;
 };
 
 async function mixtral(memcpy: number): Promise<Row[]> {
   const { d, ff, experts: E } = MIXTRAL;
   log(`mixtral-expert: making ${E} experts of 3 × ${d}×${ff} bf16 weights`);
-  const bf16 = Array.from({ length: E }, (_, e) => ({ gate: bf16Gaussian(d * ff, 3 * e + 1), up: bf16Gaussian(d * ff, 3 * e + 2), down: bf16Gaussian(d * ff, 3 * e + 3) }));
+  // bf16 weights, as f32 once: every engine reads these same values (none writes them).
+  const weightsOf = (seed: number) => toF32(bf16Gaussian(d * ff, seed));
+  const f32 = Array.from({ length: E }, (_, e): ExpertMatrices => ({ gate: weightsOf(3 * e + 1), up: weightsOf(3 * e + 2), down: weightsOf(3 * e + 3) }));
   const x = Float32Array.from(toF32(bf16Gaussian(d, 99)), (v) => v * 50);
   const ids = Int32Array.from({ length: E }, (_, i) => i);
   const weights = Float32Array.from({ length: E }, () => 1 / E);
@@ -168,7 +172,6 @@ async function mixtral(memcpy: number): Promise<Row[]> {
   for (const engine of ENGINES) {
     let row: Row | undefined;
     if (engine === 'tfjs') {
-      const f32 = bf16.map((m): ExpertMatrices => ({ gate: toF32(m.gate), up: toF32(m.up), down: toF32(m.down) }));
       try {
         const tensors = f32.map((m) => swigluTensors(m, d, ff));
         const s = await time(async () => combineExperts(d, x, ids, weights, 1, (e) => tensors[e]));
@@ -180,11 +183,7 @@ async function mixtral(memcpy: number): Promise<Row[]> {
       }
     } else {
       const bound = boundOf(engine);
-      const experts: NativeExpert[] = bf16.map((m) =>
-        bound === undefined
-          ? { gate: toF32(m.gate), up: toF32(m.up), down: toF32(m.down) }
-          : compressedExpert({ gate: toF32(m.gate), up: toF32(m.up), down: toF32(m.down) }, d, ff, bound),
-      );
+      const experts: NativeExpert[] = f32.map((m) => (bound === undefined ? m : compressedExpert(m, d, ff, bound)));
       const eng = new CpuExpertEngine(d, ff, [experts]);
       const s = await time(() => eng.compute(0, x, ids, weights, 1));
       row = { workload: 'mixtral-expert', engine, tokens_per_s: 1 / s, bytes_per_token: E * eng.expertBytes(), memcpy_fraction: 0 };

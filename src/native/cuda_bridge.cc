@@ -8,7 +8,7 @@
 #include "../../cuda/eb_cuda.h"
 #include "../../cuda/eb_offload.h"
 #include "napi_util.h"
-#include "expert_layer_driver.h"
+#include "device_engine_js.h"
 #include "pipeline_driver.h"
 #endif
 

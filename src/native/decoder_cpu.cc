@@ -143,7 +143,8 @@ void decoder_forward(const DecoderModel& m, ForwardCall& c) {
     call.hidden = h.data();
     call.slot_expert = ids;
     call.slot_weight = w;
-    call.experts = L.experts;
+    call.experts = L.experts.data();
+    call.num_experts = (int)L.experts.size();
     call.out = moe.data();
     call.threads = c.threads;
     call.back_to_back = true;

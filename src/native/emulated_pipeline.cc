@@ -39,7 +39,7 @@
 
 #include "emulated_codec.h"
 #include "emulated_expert.h"
-#include "expert_layer_driver.h"
+#include "device_engine_js.h"
 #include "napi_util.h"
 #include "pipeline_driver.h"
 #include "stream_format.h"
@@ -376,6 +376,15 @@ double number_option(const Napi::Object& o, const char* name, double def, double
   return v;
 }
 
+// The emulated device's model from options {linkBandwidth?, copyLatency?, decodeBandwidth?}.
+EmulatedRuntime::Model model_of(const Napi::Object& opt) {
+  EmulatedRuntime::Model m;
+  m.link_bandwidth = number_option(opt, "linkBandwidth", m.link_bandwidth, 1);
+  m.copy_latency = number_option(opt, "copyLatency", m.copy_latency, 0);
+  m.decode_bandwidth = number_option(opt, "decodeBandwidth", m.decode_bandwidth, 1);
+  return m;
+}
+
 // emulatedPipelineRun(fetches, {seed?, outputSlots?, inFlight?, linkBandwidth?, copyLatency?,
 // decodeBandwidth?}) → {outputs, fetches, rungBuffers, trace, model} (pipeline_driver.h)
 Napi::Value EmulatedPipelineRun(const Napi::CallbackInfo& info) {
@@ -383,10 +392,7 @@ Napi::Value EmulatedPipelineRun(const Napi::CallbackInfo& info) {
   try {
     std::vector<FetchSpec> specs = fetch_specs(info[0]);
     Napi::Object opt = info[1].IsObject() ? info[1].As<Napi::Object>() : Napi::Object::New(env);
-    EmulatedRuntime::Model m;
-    m.link_bandwidth = number_option(opt, "linkBandwidth", m.link_bandwidth, 1);
-    m.copy_latency = number_option(opt, "copyLatency", m.copy_latency, 0);
-    m.decode_bandwidth = number_option(opt, "decodeBandwidth", m.decode_bandwidth, 1);
+    EmulatedRuntime::Model m = model_of(opt);
     uint64_t seed = (uint64_t)number_option(opt, "seed", 1, 0);
     int slots = (int)number_option(opt, "outputSlots", 0, 0);
     int in_flight = (int)number_option(opt, "inFlight", 0, 0);
@@ -424,10 +430,7 @@ Napi::Value EmulatedEngineNew(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return emulated_call(env, [&]() -> Napi::Value {
     Napi::Object opt = info[3].IsObject() ? info[3].As<Napi::Object>() : Napi::Object::New(env);
-    EmulatedRuntime::Model m;
-    m.link_bandwidth = number_option(opt, "linkBandwidth", m.link_bandwidth, 1);
-    m.copy_latency = number_option(opt, "copyLatency", m.copy_latency, 0);
-    m.decode_bandwidth = number_option(opt, "decodeBandwidth", m.decode_bandwidth, 1);
+    EmulatedRuntime::Model m = model_of(opt);
     auto* h = new EmulatedEngine(m, (uint64_t)number_option(opt, "seed", 1, 0), info[0].As<Napi::Number>().Int32Value(),
                                  info[1].As<Napi::Number>().Int32Value(), info[2].As<Napi::Number>().Int32Value());
     return Napi::External<EmulatedEngine>::New(env, h, [](Napi::Env, EmulatedEngine* p) { delete p; });

@@ -103,10 +103,23 @@ A typed_of(Napi::Env env, const Napi::Value& v, napi_typedarray_type t, size_t n
   return a;
 }
 
-// (experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads) → a LayerCall writing into out.
-LayerCall layer_call(const Napi::CallbackInfo& info, float* out_or_null, Napi::Float32Array* out) {
-  Napi::Env env = info.Env();
+// A LayerCall and the experts it points at.
+struct ParsedCall {
+  std::vector<ExpertWeights> experts;
   LayerCall c;
+  // The call, pointing at this object's experts (wherever the object has moved to).
+  LayerCall& call() {
+    c.experts = experts.data();
+    c.num_experts = (int)experts.size();
+    return c;
+  }
+};
+
+// (experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads) → a call writing into *out.
+ParsedCall layer_call(const Napi::CallbackInfo& info, Napi::Float32Array* out) {
+  Napi::Env env = info.Env();
+  ParsedCall p;
+  LayerCall& c = p.c;
   c.T = info[4].As<Napi::Number>().Int32Value();
   c.k = info[5].As<Napi::Number>().Int32Value();
   c.d = info[6].As<Napi::Number>().Int32Value();
@@ -116,7 +129,7 @@ LayerCall layer_call(const Napi::CallbackInfo& info, float* out_or_null, Napi::F
   if (!info[0].IsArray()) throw Napi::TypeError::New(env, "experts must be an array of [gate, up, down]");
   auto experts = info[0].As<Napi::Array>();
   for (uint32_t e = 0; e < experts.Length(); e++)
-    c.experts.push_back(expert_weights_of(env, experts.Get(e), c.d, c.ff, "expert " + std::to_string(e)));
+    p.experts.push_back(expert_weights_of(env, experts.Get(e), c.d, c.ff, "expert " + std::to_string(e)));
   size_t S = (size_t)c.T * c.k;
   auto ids = typed_of<Napi::Int32Array>(env, info[1], napi_int32_array, S, "slotExpert");
   for (size_t s = 0; s < S; s++)
@@ -126,42 +139,42 @@ LayerCall layer_call(const Napi::CallbackInfo& info, float* out_or_null, Napi::F
   c.slot_weight = typed_of<Napi::Float32Array>(env, info[2], napi_float32_array, S, "slotWeight").Data();
   c.hidden = typed_of<Napi::Float32Array>(env, info[3], napi_float32_array, (size_t)c.T * c.d, "hidden").Data();
   *out = Napi::Float32Array::New(env, (size_t)c.T * c.d);
-  c.out = out_or_null ? out_or_null : out->Data();
-  return c;
+  c.out = out->Data();
+  return p;
 }
 
 Napi::Value ExpertLayerSync(const Napi::CallbackInfo& info) {
   Napi::Float32Array out;
-  LayerCall c = layer_call(info, nullptr, &out);
-  expert_layer(c);
+  ParsedCall p = layer_call(info, &out);
+  expert_layer(p.call());
   return out;
 }
 
 class LayerWorker : public PromiseWorker {
  public:
-  LayerWorker(Napi::Env env, const Napi::CallbackInfo& info, LayerCall c, Napi::Float32Array out)
-      : PromiseWorker(env, info), c_(std::move(c)), out_(Napi::Persistent(out)) {}
-  void run() override { expert_layer(c_); }
+  LayerWorker(Napi::Env env, const Napi::CallbackInfo& info, ParsedCall p, Napi::Float32Array out)
+      : PromiseWorker(env, info), p_(std::move(p)), out_(Napi::Persistent(out)) {}
+  void run() override { expert_layer(p_.call()); }
   void OnOK() override { deferred_.Resolve(out_.Value()); }
 
  private:
-  LayerCall c_;
+  ParsedCall p_;
   Napi::Reference<Napi::Float32Array> out_;
 };
 
 Napi::Value ExpertLayerAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Float32Array out;
-  LayerCall c;
+  ParsedCall parsed;
   try {
-    c = layer_call(info, nullptr, &out);
+    parsed = layer_call(info, &out);
   } catch (const Napi::Error& e) {
     auto d = Napi::Promise::Deferred::New(env);
     d.Reject(e.Value());
     return d.Promise();
   }
   // The matrices' memory stays alive with info's objects (the experts array holds them).
-  auto* w = new LayerWorker(env, info, std::move(c), out);
+  auto* w = new LayerWorker(env, info, std::move(parsed), out);
   Napi::Promise p = w->promise();
   w->Queue();
   return p;

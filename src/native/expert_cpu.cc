@@ -101,6 +101,7 @@ void FusedMatrix::sync_view() {
   v.row_word = row_word.data();
   v.row_escape = row_escape.data();
   memcpy(v.cut, view.h.cut, sizeof v.cut);
+  ek_block_words(v.cut, k, v.words);
   v.k = k;
   v.rows = rows;
   v.cols = cols;
@@ -124,8 +125,7 @@ FusedMatrix prepare_fused(const StreamView& s, int k, int rows, int cols) {
   f.row_word.assign((size_t)rows * R, 0);
   f.row_escape.assign(rows, 0);
   uint32_t words[EB_MAX_RATE + 1][EB_MAX_RUNGS];
-  for (int r = 0; r <= EB_MAX_RATE; r++)
-    for (int j = 0; j < R; j++) words[r][j] = 4 * eb_rung_words(r, j, s.h.cut);
+  ek_block_words(s.h.cut, k, words);
   uint64_t at[EB_MAX_RUNGS] = {0};
   uint64_t e = 0;
   for (int r = 0; r < rows; r++) {
@@ -171,9 +171,9 @@ void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x
 }
 
 void expert_layer(const LayerCall& c) {
-  const int E = (int)c.experts.size(), S = c.T * c.k;
-  for (const ExpertWeights& w : c.experts)
-    for (const MatrixRef* m : {&w.gate, &w.up, &w.down})
+  const int E = c.num_experts, S = c.T * c.k;
+  for (int e = 0; e < E; e++)
+    for (const MatrixRef* m : {&c.experts[e].gate, &c.experts[e].up, &c.experts[e].down})
       if (!m->dense && !m->fused) throw std::invalid_argument("an expert matrix is missing");
   // Tokens each expert serves, in slot order.
   std::vector<std::vector<int>> slots(E);

@@ -57,7 +57,8 @@ struct LayerCall {
   const float* hidden = nullptr;
   const int32_t* slot_expert = nullptr;
   const float* slot_weight = nullptr;
-  std::vector<ExpertWeights> experts;
+  const ExpertWeights* experts = nullptr;  // [num_experts], the caller's
+  int num_experts = 0;
   float* out = nullptr;
   int threads = 1;
   // Calls follow each other within microseconds (a native forward's layers): small ones may use

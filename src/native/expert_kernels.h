@@ -30,10 +30,17 @@ struct FusedView {
   uint64_t escape_count;
   const uint64_t* row_word;    // [row * (k + 1) + j]
   const uint64_t* row_escape;  // [row]
+  uint32_t words[EB_MAX_RATE + 1][EB_MAX_RUNGS];  // [rate][j]: bytes a block of that rate has in rung j
   uint8_t cut[EB_MAX_RUNGS];
   int k, rows, cols;
   float ebf;
 };
+
+// words[r][j] for rungs 0..k of a ladder `cut`.
+inline void ek_block_words(const uint8_t* cut, int k, uint32_t (*words)[EB_MAX_RUNGS]) {
+  for (int r = 0; r <= EB_MAX_RATE; r++)
+    for (int j = 0; j <= k; j++) words[r][j] = 4 * eb_rung_words(r, j, cut);
+}
 
 namespace {
 
@@ -125,14 +132,10 @@ struct FusedSrc {
   const Planes planes;
   const uint8_t* in[K];
   const uint8_t* rates = nullptr;
-  uint32_t words[EB_MAX_RATE + 1][K];
   uint64_t lo = 0, esc = 0, next_esc = 0;  // the block's first value; the next escape and its value index
   const float* row = nullptr;              // (dense rows only)
 
-  explicit FusedSrc(const FusedView& fv) : f(fv), planes(fv) {
-    for (int r = 0; r <= EB_MAX_RATE; r++)
-      for (int j = 0; j <= f.k && j < K; j++) words[r][j] = 4 * eb_rung_words(r, j, f.cut);
-  }
+  explicit FusedSrc(const FusedView& fv) : f(fv), planes(fv) {}
   EB_AI int rungs() const { return Single ? 1 : f.k + 1; }
   EB_AI void find_escape() { next_esc = esc < f.escape_count ? ek_u32(f.escapes + 8 * esc) : ~(uint64_t)0; }
   EB_AI void begin_row(int r) {
@@ -149,7 +152,7 @@ struct FusedSrc {
       w1 = v16f{};
     } else {
       planes.weights(in, r, w0, w1);
-      for (int j = 0; j < rungs(); j++) in[j] += words[r][j];
+      for (int j = 0; j < rungs(); j++) in[j] += f.words[r][j];
     }
     // Escapes of this block (rare): the exact values over the reconstruction.
     uint64_t hi = lo + EB_BLOCK;

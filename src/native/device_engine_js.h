@@ -1,4 +1,4 @@
-// expert_layer_driver: the JS arguments and results of the CUDA engine's functions (device_engine.h),
+// device_engine_js: the JS arguments and results of the CUDA engine's functions (device_engine.h),
 // shared by the emulated device (emulated_pipeline.cc) and the GPU (cuda_bridge.cc).
 #pragma once
 #include <string.h>
