@@ -12,6 +12,7 @@
         "src/native/addon.cc",
         "src/native/codec_cpu.cc",
         "src/native/crc32c.cc",
+        "src/native/decode_stream.cc",
         "src/native/cuda_bridge.cc",
         "src/native/emulated_codec.cc",
         "src/native/decoder_addon.cc",

@@ -52,7 +52,7 @@ describe('policies and profiles', function () {
     for (const f of fs.readdirSync('policies').filter((x) => x.endsWith('.yaml'))) loadPolicy(path.join('policies', f));
     const r = resolvePolicy(loadPolicy('policies/u-shape.yaml'), 8);
     assert.deepEqual(r.group, ['shallow', 'shallow', 'middle', 'middle', 'middle', 'middle', 'deep', 'deep']);
-    assert.deepEqual(r.floor, [0, 0, 2, 2, 2, 2, 0, 0]);
+    assert.deepEqual(r.floor, [0, 0, 1, 1, 1, 1, 0, 0]);
     assert.deepEqual(r.ceiling, new Array(8).fill(5));
     assert.ok(r.prior[3][0] > r.prior[0][0], 'loosening the middle costs more');
     r.prior.forEach((row) => assert.equal(row[5], 0, 'the exact level costs nothing'));

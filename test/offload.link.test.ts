@@ -84,6 +84,23 @@ describe('offload: links', function () {
       assert.ok(Math.abs(b.r.seconds - 0.035) < 1e-9, `second ${b.r.seconds} s`);
     });
 
+    it('says when a started move lands, and lands it then', async function () {
+      const link = new EmulatedLink({ bytesPerSecond: 1e6, latencySeconds: 0.002 });
+      const t0 = performance.now();
+      const a = link.start(parts(3000)); // 3 ms on the link + 2 ms
+      const b = link.start(parts(1000)); // queued behind it: lands 1 ms after a's link time ends
+      assert.equal(a.bytes, 3000);
+      assert.ok(a.landsAt >= t0 + 5 - EPS_MS && a.landsAt <= performance.now() + 5 + EPS_MS, `a lands at +${a.landsAt - t0} ms`);
+      assert.ok(Math.abs(b.landsAt - a.landsAt - 1) < 1e-6, `b lands ${b.landsAt - a.landsAt} ms after a`);
+      await a.landed;
+      assert.ok(performance.now() >= a.landsAt - EPS_MS, 'landed before landsAt');
+      await b.landed;
+      assert.ok(performance.now() >= b.landsAt - EPS_MS);
+      const copy = new CopyLink().start(parts(10));
+      assert.ok(copy.landsAt <= performance.now());
+      assert.equal(copy.device[0].length, 10);
+    });
+
     it('applies a new bandwidth to the moves issued after it', async function () {
       const link = new EmulatedLink({ bytesPerSecond: 1e6 });
       const before = link.move(parts(4000)); // issued at 1 MB/s

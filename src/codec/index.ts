@@ -113,6 +113,37 @@ export async function decompressRungsAsync(head: Uint8Array, rungs: Uint8Array[]
   return typed(raw, opts.outDtype ?? 'f32', opts.out);
 }
 
+/** A stream as the offload store keeps it: its head and the rungs to decode (every one given). */
+export interface RungParts {
+  head: Uint8Array;
+  rungs: Uint8Array[];
+}
+
+export interface StreamDecode {
+  /** Each part's values, f32. */
+  values: Float32Array[];
+  /** The decode's own time on the stream's thread. */
+  seconds: number;
+  /** How long the job waited past its start time behind earlier jobs. */
+  waitedSeconds: number;
+}
+
+/**
+ * Decodes streams to f32 on the addon's decode stream: one thread per process that starts each
+ * job no earlier than `startAt` (a performance.now() time, such as when a copy lands) by itself,
+ * without waiting for the event loop, jobs in order of their start times. Validates the streams'
+ * structure when queued (a bad one rejects at once) but not their checksums: the offload store
+ * verified them when it built or loaded them.
+ */
+export function decodeOnStream(parts: RungParts[], opts: { startAt?: number; threads?: number } = {}): Promise<StreamDecode> {
+  const delay = opts.startAt === undefined ? 0 : opts.startAt - performance.now();
+  try {
+    return codecAwait(native.decodeStreamRun(parts, delay, opts.threads ?? 1));
+  } catch (e) {
+    return codecAwait(Promise.reject(e));
+  }
+}
+
 /** Validates a stream (checksums too unless verify: false) and describes it. */
 export function inspect(stream: Uint8Array, opts: { verify?: boolean; rungs?: Uint8Array[] } = {}): StreamInfo {
   const raw = codecCall(() => native.inspect(stream, opts.rungs ?? null, opts.verify ?? true));

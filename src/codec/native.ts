@@ -11,6 +11,8 @@ export interface NativeCodec {
   compressAsync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number): Promise<Buffer>;
   decompressSync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Bytes;
   decompressAsync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Promise<Bytes>;
+  /** The decode stream (src/native/decode_stream.h): decodes every rung of each part, starting no earlier than delayMs from now. */
+  decodeStreamRun(parts: { head: Bytes; rungs: Bytes[] }[], delayMs: number, threads: number): Promise<{ values: Float32Array[]; seconds: number; waitedSeconds: number }>;
   inspect(head: Bytes, rungs: Bytes[] | null, verify: boolean): RawInfo;
   entropyBits(input: Bytes, dtype: number, eb: number): number;
   /** CRC-32C of data; with threads > 1 computed in segments and combined (same value). */

@@ -11,6 +11,7 @@
 #include "codec_cpu.h"
 #include "crc32c.h"
 #include "cuda_bridge.h"
+#include "decode_stream.h"
 #include "emulated_codec.h"
 #include "emulated_pipeline.h"
 #include "expert_addon.h"
@@ -265,6 +266,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("entropyBits", Napi::Function::New(env, EntropyBits));
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
   exports.Set("info", Napi::Function::New(env, Info));
+  eb::register_decode_stream(env, exports);
   eb::register_emulated(env, exports);
   eb::register_emulated_pipeline(env, exports);
   eb::register_cuda(env, exports);

@@ -3,7 +3,7 @@
  *
  *   tier A hit at that level or tighter ───────────────────────────────────────────► handle
  *   miss: tier B (compressed rungs on the device) ─ missing rungs ─link─► device
- *         ─ decompress (worker threads) ─► tier A insert ──────────────────────────► handle
+ *         ─ decompress (the decode stream, from the moment the move lands) ─► tier A insert ─► handle
  *
  * Tier A holds decoded experts (the memory the engine computes from: tfjs tensors, or f32 arrays
  * the CPU engine multiplies in the addon, as the fetcher's `form` says), tier B the
@@ -13,7 +13,7 @@
  * for one expert share one load. An entry in use by a computation is pinned; when nothing can be
  * evicted the request is served by a transient copy that is freed on release (counted).
  */
-import { decompressRungsAsync } from '../codec/index.js';
+import { decodeOnStream } from '../codec/index.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
 import type { Link } from './link.js';
@@ -23,9 +23,8 @@ import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 import { Tier } from './tier.js';
 
 /**
- * Values below which a matrix decodes on one thread: the codec starts its helper threads per call
- * (~50 µs), longer than such a decode takes, and the three matrices of an expert decode at once on
- * libuv's workers anyway, beside the compute that needs the other core.
+ * Values below which a matrix decodes on the decode stream's thread alone: the codec starts its
+ * helper threads per call (~50 µs), longer than such a decode takes, and the other core computes.
  */
 const ONE_THREAD_VALUES = 1 << 20;
 
@@ -217,29 +216,35 @@ export class ExpertFetcher {
     this.count(layer, 'B', have ? 'hit' : 'miss', prefetch);
     let parts = b ?? { held: -1, parts: { gate: { rungs: [] }, up: { rungs: [] }, down: { rungs: [] } }, bytes: 0 };
     let transferDoneAt = 0;
+    let landed: Promise<void> = Promise.resolve();
+    let landsAt: number | undefined;
     if (!have) {
       const from = exact ? -1 : held;
       const toMove = this.store.partsToMove(layer, expert, from, level);
-      const moved = await this.link.move(MATRICES.flatMap((m) => toMove[m]));
-      transferDoneAt = performance.now();
-      this.stats.transfers++;
-      this.stats.bytesMoved += moved.bytes;
-      this.telemetry.emit({
-        kind: 'transfer', at: transferDoneAt / 1000, layer, expert, rung: level, fromRung: exact ? level : held + 1,
-        bytes: moved.bytes, seconds: moved.seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
+      const move = this.link.start(MATRICES.flatMap((m) => toMove[m]));
+      parts = mergeParts(parts, toMove, move.device, exact, level);
+      landsAt = move.landsAt;
+      landed = move.landed.then(() => {
+        transferDoneAt = move.landsAt;
+        this.stats.transfers++;
+        this.stats.bytesMoved += move.bytes;
+        this.telemetry.emit({
+          kind: 'transfer', at: performance.now() / 1000, layer, expert, rung: level, fromRung: exact ? level : held + 1,
+          bytes: move.bytes, seconds: move.seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
+        });
+        this.tierB.remove(key);
+        if (this.tierB.reserve(parts.bytes)) this.tierB.set(key, parts, parts.bytes);
       });
-      parts = mergeParts(parts, toMove, moved.device, exact, level);
-      this.tierB.remove(key);
-      if (this.tierB.reserve(parts.bytes)) this.tierB.set(key, parts, parts.bytes);
     }
-    const t = performance.now();
-    const values = await this.decode(parts, layer, expert, level);
+    // The codec's rungs decode on the decode stream, which starts when the move lands by itself;
+    // exact bytes (and a baseline store's own formats) decode here once it has.
+    const [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, landsAt), landed]);
     const decodedAt = performance.now();
     this.stats.decompressions++;
     this.telemetry.emit({
       kind: 'decompress', at: decodedAt / 1000, layer, expert, rung: level,
       bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
-      values: this.decodedBytes / 4, seconds: (decodedAt - t) / 1000,
+      values: this.decodedBytes / 4, seconds,
     });
     const decoded: Decoded = { level, weights: this.form === 'tfjs' ? swigluTensors(values, this.d, this.ff) : values, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
@@ -259,17 +264,22 @@ export class ExpertFetcher {
     return this.tierA.reserve(old ? 0 : this.decodedBytes, key);
   }
 
-  private async decode(p: DeviceParts, layer: number, expert: number, level: number): Promise<ExpertMatrices> {
+  /** Decodes an expert's parts once they have landed; `seconds` is the decode's own time. */
+  private async decode(p: DeviceParts, layer: number, expert: number, level: number, landed: Promise<void>, landsAt?: number): Promise<{ values: ExpertMatrices; seconds: number }> {
     const stored = this.store.expert(layer, expert);
-    const one = async (m: MatrixName): Promise<Float32Array> => {
-      const x = p.parts[m];
-      if (level === this.store.exact) return this.store.decodeExact(stored[m], x.exact!);
-      // The device copies came from the store, which verified every rung when it was built or
-      // loaded: the hot path skips the checksums.
-      return (await decompressRungsAsync(x.head!, x.rungs.slice(0, level + 1), { verify: false, threads: stored[m].shape[0] * stored[m].shape[1] < ONE_THREAD_VALUES ? 1 : 0 })) as Float32Array;
-    };
-    const [gate, up, down] = await Promise.all(MATRICES.map(one));
-    return { gate, up, down };
+    if (level === this.store.exact) {
+      await landed;
+      const t = performance.now();
+      const [gate, up, down] = MATRICES.map((m) => this.store.decodeExact(stored[m], p.parts[m].exact!));
+      return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
+    }
+    const values = stored.gate.shape[0] * stored.gate.shape[1];
+    const run = await decodeOnStream(
+      MATRICES.map((m) => ({ head: p.parts[m].head!, rungs: p.parts[m].rungs.slice(0, level + 1) })),
+      { startAt: landsAt, threads: values < ONE_THREAD_VALUES ? 1 : 0 },
+    );
+    const [gate, up, down] = run.values;
+    return { values: { gate, up, down }, seconds: run.seconds };
   }
 
   private handle(key: number, d: Decoded): ExpertHandle {

@@ -9,7 +9,8 @@
  *
  * Emulation keeps time by the clock, not by sleeping through compute: a move issued before a
  * layer's compute finishes in the background, and a wait after the compute only waits for what
- * is left — the same overlap a copy engine gives.
+ * is left — the same overlap a copy engine gives. `start` says when a move will land, so the
+ * device's decode stream can begin at that moment without the (possibly busy) event loop.
  */
 
 export interface MoveResult {
@@ -20,13 +21,29 @@ export interface MoveResult {
   seconds: number;
 }
 
+/** A move under way: its device copies exist, and the link says when it lands. */
+export interface StartedMove extends MoveResult {
+  /** When the move lands on the device (performance.now() ms). */
+  landsAt: number;
+  /** Resolves once it has. */
+  landed: Promise<void>;
+}
+
 export interface Link {
   /** 'copy' or 'emulated'. */
   readonly name: string;
   readonly emulated: boolean;
   /** One line for logs: what the link is and, when emulated, its parameters. */
   describe(): string;
+  /** Starts a move without waiting for it: the device's decode stream waits for `landsAt` itself. */
+  start(parts: Uint8Array[]): StartedMove;
+  /** A move, resolved once it has landed. */
   move(parts: Uint8Array[]): Promise<MoveResult>;
+}
+
+async function landed(m: StartedMove): Promise<MoveResult> {
+  await m.landed;
+  return { device: m.device, bytes: m.bytes, seconds: m.seconds };
 }
 
 function copyAll(parts: Uint8Array[]): { device: Uint8Array[]; bytes: number } {
@@ -44,10 +61,14 @@ export class CopyLink implements Link {
   describe(): string {
     return 'host copy (no CUDA device: experts are copied into the memory the engine computes from)';
   }
-  async move(parts: Uint8Array[]): Promise<MoveResult> {
+  start(parts: Uint8Array[]): StartedMove {
     const t = performance.now();
     const { device, bytes } = copyAll(parts);
-    return { device, bytes, seconds: (performance.now() - t) / 1000 };
+    const now = performance.now();
+    return { device, bytes, seconds: (now - t) / 1000, landsAt: now, landed: Promise.resolve() };
+  }
+  move(parts: Uint8Array[]): Promise<MoveResult> {
+    return landed(this.start(parts));
   }
 }
 
@@ -88,15 +109,17 @@ export class EmulatedLink implements Link {
     return `EMULATED link: ${(this.bandwidth / 1e6).toFixed(3)} MB/s, ${(this.latency * 1e6).toFixed(0)} µs per move (a real copy, completed on the emulated link's schedule)`;
   }
 
-  async move(parts: Uint8Array[]): Promise<MoveResult> {
+  start(parts: Uint8Array[]): StartedMove {
     const now = performance.now();
     const { device, bytes } = copyAll(parts);
     const start = Math.max(now, this.busyUntil);
     const occupancy = (bytes / this.bandwidth) * 1000;
     this.busyUntil = start + occupancy;
     const done = start + occupancy + this.latency * 1000;
-    await sleepUntil(done);
-    return { device, bytes, seconds: (done - start) / 1000 };
+    return { device, bytes, seconds: (done - start) / 1000, landsAt: done, landed: sleepUntil(done) };
+  }
+  move(parts: Uint8Array[]): Promise<MoveResult> {
+    return landed(this.start(parts));
   }
 }
 

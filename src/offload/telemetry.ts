@@ -33,6 +33,7 @@ export interface DecompressSample {
   /** Compressed bytes read and values written. */
   bytes: number;
   values: number;
+  /** The decode's own time (on the decode stream, its wait for the move and for earlier jobs excluded). */
   seconds: number;
 }
 
