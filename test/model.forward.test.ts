@@ -4,10 +4,12 @@
 // full-width q/k norms without top-k renormalisation (OLMoE), tied embeddings.
 import assert from 'node:assert/strict';
 
+import * as tf from '@tensorflow/tfjs';
+
 import { initBackend } from '../src/model/backend.js';
 import { ResidentExpertEngine } from '../src/model/engine.js';
 import { KvCache } from '../src/model/kv-cache.js';
-import { MoeTransformer } from '../src/model/transformer.js';
+import { MoeTransformer, predictRouting } from '../src/model/transformer.js';
 import type { ModelConfig } from '../src/model/types.js';
 import { rng } from './codec/data.js';
 import { randomModel, smallConfig as config } from './model/random-model.js';
@@ -76,5 +78,54 @@ describe('MoE forward pass', function () {
     await assert.rejects(model.forward([1, 2, 3, 4, 5, 6, 7], new KvCache(c.numLayers, width, 6)), /context is 6 positions/);
     model.dispose();
     engine.dispose();
+  });
+});
+
+describe('prefetch hints', function () {
+  before(async function () {
+    await initBackend();
+  });
+
+  it("predicts with each layer's own norm and router: the top-k of tfjs's routing logits", function () {
+    const c = config({ numExperts: 6, topK: 2 });
+    const d = c.hiddenSize;
+    const r = rng(9);
+    const T = 7;
+    const hidden = Float32Array.from({ length: T * d }, () => r() * 2 - 1);
+    const norm = Float32Array.from({ length: d }, () => 0.5 + r());
+    const router = Float32Array.from({ length: c.numExperts * d }, () => r() * 2 - 1);
+    const ids = predictRouting({ norm, router }, hidden, T, d, c.topK, c.rmsNormEps);
+    const want = tf.tidy(() => {
+      const h = tf.tensor2d(hidden, [T, d]);
+      const n = tf.mul(h, tf.rsqrt(tf.add(tf.mean(tf.square(h), -1, true), c.rmsNormEps)));
+      return tf.topk(tf.matMul(tf.mul(n, tf.tensor1d(norm)), tf.tensor2d(router, [c.numExperts, d]), false, true), c.topK).indices.dataSync();
+    });
+    assert.deepEqual(Array.from(ids), Array.from(want));
+  });
+
+  it('hints every layer before it computes, layer 0 from the token embeddings', async function () {
+    const c = config({});
+    const m = randomModel(c, 5);
+    const inner = new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, m.experts);
+    const events: string[] = [];
+    const hints: Int32Array[] = [];
+    const engine = {
+      compute: (l: number, h: Float32Array, ids: Int32Array, w: Float32Array, T: number) => (events.push(`compute ${l}`), inner.compute(l, h, ids, w, T)),
+      prefetch: (l: number, ids: Int32Array) => (events.push(`hint ${l}`), (hints[l] = ids)),
+      dispose: () => inner.dispose(),
+    };
+    const model = new MoeTransformer(c, m.read, m.names, engine);
+    const tokens = [3, 1, 4];
+    await model.forward(tokens, new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions));
+    // Layer l + 1's hint comes after layer l's attention, before layer l computes its experts.
+    const order = ['hint 0'];
+    for (let l = 0; l < c.numLayers; l++) order.push(...(l + 1 < c.numLayers ? [`hint ${l + 1}`] : []), `compute ${l}`);
+    assert.deepEqual(events, order);
+    const d = c.hiddenSize;
+    const embed = m.read(m.names.embed);
+    const x0 = new Float32Array(tokens.length * d);
+    tokens.forEach((t, i) => x0.set(embed.subarray(t * d, (t + 1) * d), i * d));
+    const n0 = m.names.layers[0];
+    assert.deepEqual(Array.from(hints[0]), Array.from(predictRouting({ norm: m.read(n0.postNorm), router: m.read(n0.router) }, x0, tokens.length, d, c.topK, c.rmsNormEps)));
   });
 });

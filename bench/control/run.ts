@@ -203,6 +203,8 @@ async function main(): Promise<void> {
       decisions: r.decisions,
       tokens: r.tokens,
       distinct_plans: r.tokensPerPlan.size,
+      // Each plan the run decoded under: its levels, tokens and canary agreement.
+      plans: [...r.tokensPerPlan].map(([key, n]) => ({ levels: key.split(',').map(Number), tokens: n, canary_agreement: scores.get(key)! })),
       phases: r.phases.map((p) => ({ name: p.name, tokens: p.tokens, sla_attainment: p.underSla / Math.max(1, p.tokens) })),
     });
   }

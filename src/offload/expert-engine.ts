@@ -17,8 +17,9 @@ export interface ExpertEngine {
    */
   compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array>;
   /**
-   * A hint that layer `layer` will soon need experts `ids` (the next layer's router applied to the
-   * current hidden state): an engine that fetches may start now. Never throws, never waits.
+   * A hint that layer `layer` will soon need experts `ids` (that layer's router applied to the
+   * current hidden state; for layer 0, to the token embeddings): an engine that fetches may start
+   * now. Never throws, never waits.
    */
   prefetch?(layer: number, ids: Int32Array): void;
   /** The model starts a forward pass (a step of T tokens)… */
