@@ -90,6 +90,18 @@ describe('controller (virtual time)', function () {
     assert.ok(plan[0] <= plan[L - 1], `${plan}`);
   });
 
+  it('loosens no further than its loss budget, and says why it holds over the SLA', function () {
+    // The same slow link as above; a budget of 0.05 allows loosening layer 0 to level 1 (0.04)
+    // but not to level 0 (0.08), nor layer 1 one level (0.04 + 0.04).
+    const r = simulate(base({ lossBudget: 0.05 }), (c, at) => slowTokens(c, at, 1, 60, 0.09, 8e6), 60);
+    const plan = r.plans[r.plans.length - 1].levels;
+    assert.deepEqual(plan, [1, 3, 3, 3]);
+    const last = r.decisions[r.decisions.length - 1];
+    assert.equal(last.action, 'hold');
+    assert.match(last.reason, /more loss than the accuracy floor allows \(budget 0.05\)/);
+    assert.ok(last.inputs!.targetLoss <= 0.05);
+  });
+
   it('upgrades only after the stable window, then waits a window again', function () {
     const start: PrecisionPlan = { version: 1, levels: [0, 0, 0, 0] };
     // Fast tokens from t = 1 on: the target is tighter; the window is 50 ms.

@@ -4,7 +4,7 @@
 // over seeded random inputs).
 import assert from 'node:assert/strict';
 
-import { planLevels, predictSeconds, type PlannerInput } from '../src/control/planner.js';
+import { planLevels, predictLoss, predictSeconds, type PlannerInput } from '../src/control/planner.js';
 import { rng } from './codec/data.js';
 
 /** A random but well-formed input: bytes grow with the level, sensitivity falls to 0 at the top. */
@@ -32,6 +32,8 @@ function randomInput(seed: number): PlannerInput {
     overhead: r() < 0.5 ? 0 : r() * 1e-4,
     computeSeconds: 0.005 + r() * 0.02,
     slaSeconds: 0.01 + r() * 0.2,
+    // Half the inputs carry a loss budget: the properties below must hold with one too.
+    lossBudget: r() < 0.5 ? undefined : r() * L,
   };
 }
 
@@ -73,6 +75,20 @@ describe('planner', function () {
     assert.equal(p.meetsTarget, false);
   });
 
+  it('takes no move past the loss budget, and says the budget stopped it', function () {
+    // At 45 ms the SLA wants [1, 0] (loss 0.1 + 0.05); a budget of 0.12 allows layer 1's two moves only.
+    const p = planLevels({ ...two, slaSeconds: 0.045, lossBudget: 0.12 });
+    assert.deepEqual(p.levels, [2, 0]);
+    assert.equal(p.meetsTarget, false);
+    assert.equal(p.stoppedByBudget, true);
+    assert.ok(Math.abs(p.predictedLoss - 0.05) < 1e-12);
+    const free = planLevels({ ...two, slaSeconds: 0.045, lossBudget: 1 });
+    assert.deepEqual(free.levels, [1, 0]);
+    assert.equal(free.stoppedByBudget, false);
+    assert.ok(free.meetsTarget);
+    assert.throws(() => planLevels({ ...two, lossBudget: -1 }), /loss budget must be ≥ 0, got -1/);
+  });
+
   it('never touches a layer that fetches nothing', function () {
     const p = planLevels({ ...two, fetchesPerToken: [1, 0], slaSeconds: 0.02 });
     assert.equal(p.levels[1], 2);
@@ -108,6 +124,21 @@ describe('planner', function () {
         for (const f of [0.9, 0.5, 0.25, 0.1]) {
           const lo = planLevels({ ...x, bandwidth: x.bandwidth * f }).levels;
           assert.ok(tighterOrEqual(hi, lo), `seed ${seed} ×${f}: [${lo}] is tighter somewhere than [${hi}]`);
+        }
+      }
+    });
+
+    it('keeps the predicted loss within the budget, and is the unbudgeted plan when that fits', function () {
+      for (let seed = 1; seed <= 300; seed++) {
+        const x = randomInput(seed);
+        const free = planLevels({ ...x, slaSeconds: x.slaSeconds / 4, lossBudget: undefined });
+        for (const f of [0, 0.25, 0.5, 1]) {
+          const budget = f * free.predictedLoss + predictLoss(x.sensitivity, x.ceiling);
+          const p = planLevels({ ...x, slaSeconds: x.slaSeconds / 4, lossBudget: budget });
+          assert.ok(p.predictedLoss <= budget + 1e-9, `seed ${seed}: loss ${p.predictedLoss} over ${budget}`);
+          assert.ok(Math.abs(p.predictedLoss - predictLoss(x.sensitivity, p.levels)) < 1e-9);
+          assert.ok(tighterOrEqual(p.levels, free.levels), `seed ${seed}: a budget gave a looser plan`);
+          if (free.predictedLoss <= budget) assert.deepEqual(p.levels, free.levels, `seed ${seed}: budget ${budget} fits, yet the plan changed`);
         }
       }
     });

@@ -43,6 +43,8 @@ export interface ControllerOptions {
   lookupsPerToken: number;
   /** [layer][level] accuracy cost (the profile's measured sensitivity or the policy's prior). */
   sensitivity: number[][];
+  /** The most predicted loss (Σ sensitivity) a plan may have (the planner's lossBudget); none: unlimited. */
+  lossBudget?: number;
   floor: number[];
   ceiling: number[];
   hysteresis: Hysteresis;
@@ -183,7 +185,7 @@ export class Controller {
     const { decision, tighterSince } = decide({
       now, state, levels: this.plan.levels, lastChange: this.lastChange, tighterSince: this.tighterSince, slaSeconds: this.sla,
       hysteresis: this.o.hysteresis, levelBytes: this.o.levelBytes, lookupsPerToken: this.o.lookupsPerToken,
-      sensitivity: this.o.sensitivity, floor: this.floors(now), ceiling: this.o.ceiling, frozen: this.frozen,
+      sensitivity: this.o.sensitivity, floor: this.floors(now), ceiling: this.o.ceiling, lossBudget: this.o.lossBudget, frozen: this.frozen,
     });
     this.tighterSince = tighterSince;
     this.record({ ...decision, dryRun: this.dry && decision.action !== 'hold' });

@@ -60,6 +60,8 @@ export interface DecisionInputs {
   predictedSeconds: number;
   fetchesPerToken: number[];
   targetLevels: number[];
+  /** The target plan's predicted loss (Σ sensitivity at its levels). */
+  targetLoss: number;
 }
 
 export interface Decision {
@@ -88,6 +90,8 @@ export interface DecideContext {
   sensitivity: number[][];
   floor: number[];
   ceiling: number[];
+  /** The planner's loss budget (see PlannerInput.lossBudget); none: unlimited. */
+  lossBudget?: number;
   frozen: boolean;
 }
 
@@ -115,6 +119,7 @@ export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; 
     sensitivity: c.sensitivity,
     floor: c.floor,
     ceiling: c.ceiling,
+    lossBudget: c.lossBudget,
   };
   const predicted = predictSeconds(x, c.levels);
   const known = !Number.isNaN(measuredP95) && measuredP95 > 0;
@@ -131,6 +136,7 @@ export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; 
     predictedSeconds: predicted,
     fetchesPerToken: x.fetchesPerToken,
     targetLevels: target.levels,
+    targetLoss: target.predictedLoss,
   };
   const observed = known ? measuredP95 : predicted;
   const tol = c.hysteresis.tolerance;
@@ -173,5 +179,6 @@ export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; 
     return apply('upgrade', order, `p95 ${observed.toFixed(4)} s under the SLA ${c.slaSeconds} s − ${100 * tol} % for ${c.hysteresis.stable_window_ms / 1000} s`);
   }
   if (!over && !under) return hold('p95 within the tolerance band', inputs);
+  if (over && target.stoppedByBudget) return hold(`over the SLA, but a looser plan would predict more loss than the accuracy floor allows (budget ${c.lossBudget})`, inputs);
   return hold(over ? 'over the SLA, but no layer can go looser (floors, quarantine)' : 'plan already as tight as allowed', inputs);
 }

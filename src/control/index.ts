@@ -67,15 +67,19 @@ export function startControl(o: ControlOptions): Control {
   const L = o.store.numLayers;
   const r = resolvePolicy(o.policy, L);
   const { table, source } = plannerSensitivity(o.policy, o.profile, L);
+  const canaryFloor = { ...o.policy.canaries.floor, top1_agreement: o.profile.accuracy_floor ?? o.policy.canaries.floor.top1_agreement };
   const controller = new Controller({
     levelBytes: Array.from({ length: L }, (_, l) => o.store.layerLevelBytes(l)),
     lookupsPerToken: o.topK,
     sensitivity: table,
+    // A measured profile's sensitivity is in canary units (1 − top-1 agreement), so the floor
+    // bounds a plan's predicted loss before any canary runs; a prior's unit is its own.
+    lossBudget: source === 'profile' ? 1 - canaryFloor.top1_agreement : undefined,
     floor: r.floor,
     ceiling: r.ceiling,
     hysteresis: o.policy.control,
     decideEveryMs: o.policy.control.decide_every_ms,
-    canaryFloor: { ...o.policy.canaries.floor, top1_agreement: o.profile.accuracy_floor ?? o.policy.canaries.floor.top1_agreement },
+    canaryFloor,
     quarantineMs: o.policy.canaries.quarantine_ms,
     slaSeconds: o.profile.sla.p95_inter_token_seconds,
     bandwidth: { priorBytesPerSecond: o.profile.link.prior_bytes_per_second },

@@ -7,7 +7,10 @@
  * tightest level the policy allows). While the prediction is over the target (the SLA times a
  * headroom), it loosens one layer by one level: the move that costs the least accuracy per
  * second it saves (sensitivity from the profile, or the policy's prior). Layers never go below
- * their floor (the loosest allowed; a quarantined level raises it).
+ * their floor (the loosest allowed; a quarantined level raises it), and with a loss budget no
+ * move is taken that would bring the plan's predicted loss (the sum of its layers' sensitivities)
+ * past it: as loose as the SLA needs, no looser than the accuracy floor allows, and where both
+ * cannot hold, accuracy wins.
  *
  * Why greedy is safe here: the seconds a move saves are (bytes saved) × fetches / bandwidth, so
  * the ranking of moves does not depend on the bandwidth, and a plan is always a prefix of one
@@ -38,6 +41,11 @@ export interface PlannerInput {
   /** [layer]: the loosest and tightest levels allowed. */
   floor: number[];
   ceiling: number[];
+  /**
+   * The most predicted loss a plan may have, Σ sensitivity[l][level], in the sensitivity's own
+   * unit (1 − top-1 agreement for a measured profile: 1 − the accuracy floor). None: unlimited.
+   */
+  lossBudget?: number;
 }
 
 export interface PlanMove {
@@ -52,9 +60,18 @@ export interface PlannerOutput {
   levels: number[];
   predictedSeconds: number;
   targetSeconds: number;
-  /** Whether the prediction meets the target (false: every layer is at its floor and it still does not). */
+  /** Whether the prediction meets the target (false: floors or the loss budget stopped it first). */
   meetsTarget: boolean;
+  /** The plan's predicted loss (Σ sensitivity at its levels). */
+  predictedLoss: number;
+  /** The loss budget stopped the planner before the target was met. */
+  stoppedByBudget: boolean;
   moves: PlanMove[];
+}
+
+/** Predicted loss of `levels`: the sum of each layer's sensitivity at its level. */
+export function predictLoss(sensitivity: number[][], levels: number[]): number {
+  return levels.reduce((s, lv, l) => s + sensitivity[l][lv], 0);
 }
 
 /** Predicted decode-step seconds of `levels`. */
@@ -77,6 +94,7 @@ export function checkPlannerInput(x: PlannerInput): void {
   same('ceiling', x.ceiling);
   if (!(x.bandwidth > 0)) throw new RangeError(`planner: bandwidth must be > 0, got ${x.bandwidth}`);
   if (!(x.slaSeconds > 0)) throw new RangeError(`planner: the SLA must be > 0 seconds, got ${x.slaSeconds}`);
+  if (x.lossBudget !== undefined && !(x.lossBudget >= 0)) throw new RangeError(`planner: the loss budget must be ≥ 0, got ${x.lossBudget}`);
   for (let l = 0; l < L; l++) {
     const n = x.levelBytes[l].length;
     if (x.sensitivity[l].length !== n) throw new RangeError(`planner: layer ${l} has ${n} levels of bytes but ${x.sensitivity[l].length} of sensitivity`);
@@ -92,6 +110,8 @@ export function planLevels(x: PlannerInput): PlannerOutput {
   const levels = [...x.ceiling];
   const moves: PlanMove[] = [];
   let t = predictSeconds(x, levels);
+  let loss = predictLoss(x.sensitivity, levels);
+  let stoppedByBudget = false;
   while (t > target) {
     let best: PlanMove | undefined;
     let bestRatio = Infinity;
@@ -111,9 +131,17 @@ export function planLevels(x: PlannerInput): PlannerOutput {
       }
     }
     if (!best) break;
+    // The sequence stops here rather than skipping to a cheaper later move, so every plan is still
+    // a prefix of the one sequence (the monotonicity above holds with a budget too).
+    const after = loss + x.sensitivity[best.layer][best.to] - x.sensitivity[best.layer][best.from];
+    if (x.lossBudget !== undefined && after > x.lossBudget) {
+      stoppedByBudget = true;
+      break;
+    }
     levels[best.layer] = best.to;
     moves.push(best);
+    loss = after;
     t = predictSeconds(x, levels);
   }
-  return { levels, predictedSeconds: t, targetSeconds: target, meetsTarget: t <= target, moves };
+  return { levels, predictedSeconds: t, targetSeconds: target, meetsTarget: t <= target, predictedLoss: loss, stoppedByBudget, moves };
 }

@@ -4,6 +4,7 @@
 // referenced until its promise settles, and references are only made and dropped on the JS thread.
 #include "decode_stream.h"
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -145,6 +146,8 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   if (!info[0].IsArray()) throw Napi::TypeError::New(env, "parts must be an array of {head, rungs}");
   auto parts = info[0].As<Napi::Array>();
   double delay_ms = info[1].IsNumber() ? info[1].As<Napi::Number>().DoubleValue() : 0;
+  if (!(delay_ms > 0)) delay_ms = 0;           // NaN, negative: start now
+  delay_ms = std::min(delay_ms, 3600e3);       // an hour at most (no link takes longer)
   auto job = std::make_unique<Job>(env);
   job->threads = threads_of(info[2]);
   job->start = Clock::now() + std::chrono::microseconds((int64_t)(std::max(0.0, delay_ms) * 1000));
@@ -157,17 +160,8 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
       Napi::Value head = o.Get("head"), rungs = o.Get("rungs");
       if (!rungs.IsArray()) throw Napi::TypeError::New(env, "part " + std::to_string(i) + ": rungs must be an array");
       Bytes h = bytes_of(head, "head");
-      auto ra = rungs.As<Napi::Array>();
-      std::vector<const uint8_t*> rp;
-      std::vector<size_t> rl;
-      for (uint32_t r = 0; r < ra.Length(); r++) {
-        Bytes b = bytes_of(ra.Get(r), "rung");
-        rp.push_back(b.data);
-        rl.push_back(b.len);
-        job->keep.push_back(Napi::Persistent(ra.Get(r).As<Napi::Object>()));
-      }
       job->keep.push_back(Napi::Persistent(head.As<Napi::Object>()));
-      StreamView s = parse_parts(h.data, h.len, rp.data(), rl.data(), (int)rp.size(), false);
+      StreamView s = parse_split_stream(h, rungs.As<Napi::Array>(), false, job->keep);
       if (s.available < 1) throw CodecError("BAD_RUNGS", "part " + std::to_string(i) + " has no rung to decode");
       auto out = Napi::Float32Array::New(env, s.h.count);
       job->out.push_back(out.Data());

@@ -39,16 +39,7 @@ Napi::Value FusedMatrixNew(const Napi::CallbackInfo& info) {
     bool verify = info[5].ToBoolean();
     StreamView s;
     if (info[1].IsArray()) {
-      auto arr = info[1].As<Napi::Array>();
-      std::vector<const uint8_t*> rung;
-      std::vector<size_t> len;
-      for (uint32_t i = 0; i < arr.Length(); i++) {
-        Bytes b = bytes_of(arr.Get(i), "rung");
-        rung.push_back(b.data);
-        len.push_back(b.len);
-        keep.push_back(Napi::Persistent(arr.Get(i).As<Napi::Object>()));
-      }
-      s = parse_parts(head.data, head.len, rung.data(), len.data(), (int)rung.size(), verify);
+      s = parse_split_stream(head, info[1].As<Napi::Array>(), verify, keep);
     } else {
       s = parse_stream(head.data, head.len, verify);
     }

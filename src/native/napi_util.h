@@ -79,6 +79,20 @@ inline CompressArgs compress_args(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// A stream given as its head and an array of rungs (the offload store's split form), validated;
+// every rung is referenced in `keep` so its memory outlives the StreamView that points into it.
+inline StreamView parse_split_stream(const Bytes& head, const Napi::Array& rungs, bool verify, std::vector<Napi::ObjectReference>& keep) {
+  std::vector<const uint8_t*> rung;
+  std::vector<size_t> len;
+  for (uint32_t i = 0; i < rungs.Length(); i++) {
+    Bytes b = bytes_of(rungs.Get(i), "rung");
+    rung.push_back(b.data);
+    len.push_back(b.len);
+    keep.push_back(Napi::Persistent(rungs.Get(i).As<Napi::Object>()));
+  }
+  return parse_parts(head.data, head.len, rung.data(), len.data(), (int)rung.size(), verify);
+}
+
 // Hands a vector to JS without a copy.
 inline Napi::Buffer<uint8_t> to_buffer(Napi::Env env, std::vector<uint8_t>&& v) {
   auto* owned = new std::vector<uint8_t>(std::move(v));
