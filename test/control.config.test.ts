@@ -94,6 +94,7 @@ describe('policies and profiles', function () {
     fails(loadProfile, write('l.yaml', { ...PROFILE, device: { experts_per_layer: 2, memory_budget_bytes: 1e6 } }), 'device', /exactly one of experts_per_layer and memory_budget_bytes/);
     const sensitivity = { error_model: 'codec', metric: '1 - top1_agreement', bound_mode: 'sigma', bounds: [0.5, 0.25], exact: true, layers: [[0.1, 0.05, 0], [0.1, 0]] };
     fails(loadProfile, write('m.yaml', { ...PROFILE, sensitivity }), 'sensitivity.layers.1', /expected 3 levels/);
+    fails(loadProfile, write('m2.yaml', { ...PROFILE, sensitivity: { ...sensitivity, layers: [[0.1, 0.05, 0], [0.1, 0.05, 0]], loss_scale: 0 } }), 'sensitivity.loss_scale', /expected a number > 0/);
   });
 
   it('names a YAML syntax error with its line, and a missing file', function () {
@@ -138,6 +139,15 @@ describe('planner sensitivity from a profile', function () {
     for (let k = 0; k + 1 < b.length; k++) assert.ok(Math.abs(table[1][k] / table[1][k + 1] - 2) < 1e-9, 'halves per rung');
     assert.equal(table[1][5], 0);
     assert.ok(table[1][0] < table[0][0], 'the tolerant layer stays the cheaper one');
+  });
+
+  it('scales the fitted rows by the profile\'s measured loss scale', function () {
+    const rows = new Array(8).fill([0.2, 0.1, 0.05, 0.025, 0.0125, 0]);
+    const plain = plannerSensitivity(policy, withRows(rows), 8).table;
+    const scaled = withRows(rows);
+    scaled.sensitivity = { ...scaled.sensitivity, loss_scale: 0.5 } as typeof scaled.sensitivity;
+    const half = plannerSensitivity(policy, scaled, 8).table;
+    half.forEach((row, l) => row.forEach((v, k) => assert.ok(Math.abs(v - 0.5 * plain[l][k]) < 1e-12, `layer ${l} level ${k}`)));
   });
 
   it('falls back to the policy\'s prior when the profile measured another ladder or depth', function () {

@@ -69,6 +69,17 @@ describe('ebserve profile (embedded model)', function () {
     // 8 layers + 3 groups + 1 expert, 5 rungs, 2 error models.
     assert.equal(study.cells.length, (8 + 3 + 1) * 5 * 2);
     assert.deepEqual([...new Set(study.cells.map((c) => c.target.kind))].sort(), ['expert', 'group', 'layer']);
+    // Whole plans along the planner's moves, and the loss scale fitted to them.
+    const plans = (study as unknown as { plans: { levels: number[]; predictedLoss: number; measuredLoss: number }[]; lossScale?: number }).plans;
+    assert.ok(plans.length >= 1);
+    for (const c of plans) {
+      assert.equal(c.levels.length, 8);
+      assert.ok(c.predictedLoss >= 0 && c.measuredLoss >= 0 && c.measuredLoss <= 1, JSON.stringify(c));
+    }
+    const pm = plans.reduce((a, c) => a + c.predictedLoss * c.measuredLoss, 0);
+    const pp = plans.reduce((a, c) => a + c.predictedLoss * c.predictedLoss, 0);
+    if (pm > 0) assert.ok(Math.abs(p.sensitivity!.loss_scale! - Math.min(10, Math.max(0.05, pm / pp))) < 1e-3, `loss scale ${p.sensitivity!.loss_scale}`);
+    else assert.equal(p.sensitivity!.loss_scale, undefined);
     for (const model of ['codec', 'gaussian']) {
       const svg = fs.readFileSync(path.join(dir, `tiny-${model}.svg`), 'utf8');
       assert.match(svg, /^<svg /);

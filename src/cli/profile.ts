@@ -13,6 +13,9 @@ import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
 import { integer, oneOf, parse } from './args.js';
 import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
 
+/** Summed per-layer losses at which whole plans are scored to fit the profile's loss_scale. */
+const PLAN_LOSSES = [0.01, 0.02, 0.04, 0.08];
+
 export const usage = `usage: ebserve profile [--model DIR] [--policy FILE] [--base-profile FILE] [--out FILE] [--items N]
                        [--experts N] [--error-models codec,gaussian] [--fresh]
   --model DIR          checkpoint folder (default: the embedded model)
@@ -55,7 +58,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
   const { openStore, defaultCacheDir } = await import('../offload/store-file.js');
   const { progressBar } = await import('../offload/progress.js');
   const { CanaryRunner } = await import('../control/canaries.js');
-  const { PerturbedEngine, runProfile, sensitivityTable } = await import('../control/profiler.js');
+  const { PerturbedEngine, runProfile, scorePlans, sensitivityTable } = await import('../control/profiler.js');
   const { lineChart } = await import('../control/plot.js');
   const { canaryTarget } = await import('../serve/canary-target.js');
 
@@ -100,16 +103,41 @@ export async function profileCommand(argv: string[]): Promise<number> {
     bar.done(`${cells.length} measurements${resumedCells ? ` (${resumedCells} resumed from ${statePath})` : ''}`);
 
     const sensitivity = sensitivityTable(cells, store, 'codec');
+    const measured = { error_model: 'codec' as const, metric: '1 - top1_agreement' as const, bound_mode: policy.ladder.bound_mode, bounds: policy.ladder.bounds, exact: policy.ladder.exact, layers: sensitivity };
+    // Whole plans: the planner's own moves (this policy's floors, the table as the planner reads
+    // it), cut where the summed cost first reaches each loss in PLAN_LOSSES.
+    const { plannerSensitivity } = await import('../control/index.js');
+    const { planLevels } = await import('../control/planner.js');
+    const table = plannerSensitivity(policy, { ...base, sensitivity: measured }, L).table;
+    const moves = planLevels({
+      levelBytes: Array.from({ length: L }, (_, l) => store.layerLevelBytes(l)), fetchesPerToken: new Array(L).fill(1), bandwidth: 1, overhead: 0,
+      computeSeconds: 0, slaSeconds: 1e-12, sensitivity: table, floor: r.floor, ceiling: r.ceiling,
+    }).moves;
+    const plans: number[][] = [];
+    for (const target of PLAN_LOSSES) {
+      const levels = [...r.ceiling];
+      let loss = 0;
+      for (const mv of moves) {
+        if (loss >= target) break;
+        loss += table[mv.layer][mv.to] - table[mv.layer][mv.from];
+        levels[mv.layer] = mv.to;
+      }
+      if (!plans.some((p) => p.join() === levels.join())) plans.push(levels);
+    }
+    const planBar = progressBar('scoring whole plans');
+    planBar(0, plans.length, '');
+    const scored = models.includes('codec') ? await scorePlans(runner, engine!, table, plans) : { cells: [], lossScale: undefined };
+    planBar.done(scored.lossScale === undefined ? 'no loss scale' : `loss scale ${scored.lossScale.toFixed(3)} (measured / summed over ${scored.cells.length} plans)`);
     const profile = {
       ...Object.fromEntries(Object.entries(base).filter(([k]) => !['file', 'modelDir', 'sensitivity'].includes(k))),
       name: path.basename(stem),
       description: `measured by ebserve profile on ${path.basename(dir)} (${items} canary items per measurement)`,
       model: path.relative(path.dirname(out), dir) || '.',
-      sensitivity: { error_model: 'codec', metric: '1 - top1_agreement', bound_mode: policy.ladder.bound_mode, bounds: policy.ladder.bounds, exact: policy.ladder.exact, layers: sensitivity },
+      sensitivity: { ...measured, ...(scored.lossScale === undefined ? {} : { loss_scale: Number(scored.lossScale.toFixed(4)) }) },
     };
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, `# Written by \`ebserve profile\`: per-layer sensitivity measured on the canaries (1 − top-1 agreement with\n# the uncompressed model when that layer alone runs at a level). Study: ${path.basename(stem)}.study.json\n${flowNumbers(profile)}`);
-    fs.writeFileSync(`${stem}.study.json`, `${JSON.stringify({ model: dir, ladder: policy.ladder, items, groups, experts, cells }, null, 1)}\n`);
+    fs.writeFileSync(`${stem}.study.json`, `${JSON.stringify({ model: dir, ladder: policy.ladder, items, groups, experts, cells, plans: scored.cells, lossScale: scored.lossScale }, null, 1)}\n`);
     const plots: string[] = [];
     for (const model of models) {
       const series = policy.ladder.bounds.map((b, level) => ({

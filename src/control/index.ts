@@ -54,9 +54,10 @@ export function plannerSensitivity(policy: Policy, profile: Profile, layers: num
   if (!same) return { table: resolvePolicy(policy, layers).prior, source: 'policy prior' };
   const b = s.bounds;
   const bb = b.reduce((a, x) => a + x * x, 0);
+  const scale = s.loss_scale ?? 1;
   return {
     table: s.layers.map((row) => {
-      const w = b.reduce((a, x, k) => a + x * row[k], 0) / bb;
+      const w = (scale * b.reduce((a, x, k) => a + x * row[k], 0)) / bb;
       return row.map((_, k) => (k < b.length ? w * b[k] : 0));
     }),
     source: 'profile',

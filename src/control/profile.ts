@@ -44,6 +44,11 @@ export const profileSchema = z.strictObject({
     exact: z.boolean(),
     /** [layer][level]: measured accuracy cost of that layer alone at that level. */
     layers: z.array(z.array(z.number().min(0).max(1))).min(1),
+    /**
+     * Measured loss of whole plans over the loss the layers' costs add up to (ebserve profile
+     * scores a few of the planner's plans): how far the layers' losses add. 1 when absent.
+     */
+    loss_scale: z.number().gt(0, { error: 'expected a number > 0' }).max(10, { error: 'expected a number ≤ 10' }).optional(),
   }).optional(),
 });
 

@@ -99,6 +99,15 @@ export class PerturbedEngine implements ExpertEngine {
     }
   }
 
+  /** Every expert of each layer at that layer's level of `levels` (the codec's error). */
+  perturbPlan(levels: number[]): void {
+    this.restore();
+    levels.forEach((level, l) => {
+      if (level === this.store.exact) return;
+      for (let e = 0; e < this.store.numExperts; e++) this.overrides.set(l * this.store.numExperts + e, swigluTensors(this.values(l, e, level), this.d, this.ff));
+    });
+  }
+
   restore(): void {
     for (const t of this.overrides.values()) disposeSwiglu(t);
     this.overrides.clear();
@@ -198,4 +207,33 @@ export function sensitivityTable(cells: ProfileCell[], store: ExpertStore, model
     for (let k = row.length - 2; k >= 0; k--) row[k] = Math.max(row[k], row[k + 1]);
     return row.map((v) => Number(v.toFixed(6)));
   });
+}
+
+export interface PlanCell {
+  levels: number[];
+  /** The plan's cost by the (smoothed) per-layer table, summed over layers. */
+  predictedLoss: number;
+  /** 1 − top-1 agreement measured with the whole plan (the codec's error). */
+  measuredLoss: number;
+}
+
+/**
+ * Scores whole plans with the codec's error and fits how far the layers' losses add up: the
+ * least-squares scale s with measured ≈ s · predicted. A plan perturbs every layer at once, so
+ * this is the evidence the per-layer cells cannot give.
+ */
+export async function scorePlans(runner: CanaryRunner, engine: PerturbedEngine, table: number[][], plans: number[][]): Promise<{ cells: PlanCell[]; lossScale: number | undefined }> {
+  const cells: PlanCell[] = [];
+  for (const levels of plans) {
+    engine.perturbPlan(levels);
+    try {
+      const r = await runner.scoreWith(engine, 0);
+      cells.push({ levels, predictedLoss: levels.reduce((a, lv, l) => a + table[l][lv], 0), measuredLoss: 1 - r.top1Agreement });
+    } finally {
+      engine.restore();
+    }
+  }
+  const pp = cells.reduce((a, c) => a + c.predictedLoss * c.predictedLoss, 0);
+  const pm = cells.reduce((a, c) => a + c.predictedLoss * c.measuredLoss, 0);
+  return { cells, lossScale: pp > 0 && pm > 0 ? Math.min(10, Math.max(0.05, pm / pp)) : undefined };
 }
