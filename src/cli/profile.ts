@@ -125,8 +125,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
       if (!plans.some((p) => p.join() === levels.join())) plans.push(levels);
     }
     const planBar = progressBar('scoring whole plans');
-    planBar(0, plans.length, '');
-    const scored = models.includes('codec') ? await scorePlans(runner, engine!, table, plans) : { cells: [], lossScale: undefined };
+    const scored = models.includes('codec') ? await scorePlans(runner, engine!, table, plans, (done, total) => planBar(done, total, `plan ${done} of ${total}`)) : { cells: [], lossScale: undefined };
     planBar.done(scored.lossScale === undefined ? 'no loss scale' : `loss scale ${scored.lossScale.toFixed(3)} (measured / summed over ${scored.cells.length} plans)`);
     const profile = {
       ...Object.fromEntries(Object.entries(base).filter(([k]) => !['file', 'modelDir', 'sensitivity'].includes(k))),

@@ -19,6 +19,7 @@ import { combineExperts, disposeSwiglu, swigluTensors, type ExpertEngine, type E
 import { MATRICES } from '../offload/source.js';
 import type { ExpertStore } from '../offload/store.js';
 import type { CanaryRunner } from './canaries.js';
+import { predictLoss } from './planner.js';
 
 export type ErrorModel = 'codec' | 'gaussian';
 
@@ -222,16 +223,17 @@ export interface PlanCell {
  * least-squares scale s with measured ≈ s · predicted. A plan perturbs every layer at once, so
  * this is the evidence the per-layer cells cannot give.
  */
-export async function scorePlans(runner: CanaryRunner, engine: PerturbedEngine, table: number[][], plans: number[][]): Promise<{ cells: PlanCell[]; lossScale: number | undefined }> {
+export async function scorePlans(runner: CanaryRunner, engine: PerturbedEngine, table: number[][], plans: number[][], onPlan?: (done: number, total: number) => void): Promise<{ cells: PlanCell[]; lossScale: number | undefined }> {
   const cells: PlanCell[] = [];
   for (const levels of plans) {
     engine.perturbPlan(levels);
     try {
       const r = await runner.scoreWith(engine, 0);
-      cells.push({ levels, predictedLoss: levels.reduce((a, lv, l) => a + table[l][lv], 0), measuredLoss: 1 - r.top1Agreement });
+      cells.push({ levels, predictedLoss: predictLoss(table, levels), measuredLoss: 1 - r.top1Agreement });
     } finally {
       engine.restore();
     }
+    onPlan?.(cells.length, plans.length);
   }
   const pp = cells.reduce((a, c) => a + c.predictedLoss * c.predictedLoss, 0);
   const pm = cells.reduce((a, c) => a + c.predictedLoss * c.measuredLoss, 0);

@@ -150,7 +150,7 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   delay_ms = std::min(delay_ms, 3600e3);       // an hour at most (no link takes longer)
   auto job = std::make_unique<Job>(env);
   job->threads = threads_of(info[2]);
-  job->start = Clock::now() + std::chrono::microseconds((int64_t)(std::max(0.0, delay_ms) * 1000));
+  job->start = Clock::now() + std::chrono::microseconds((int64_t)(delay_ms * 1000));
   Napi::Array values = Napi::Array::New(env, parts.Length());
   try {
     for (uint32_t i = 0; i < parts.Length(); i++) {

@@ -40,8 +40,12 @@ export interface PrefetchStats {
 export class OffloadExpertEngine implements ExpertEngine {
   readonly fetcher: ExpertFetcher;
   readonly prefetchStats: PrefetchStats = { demanded: 0, predicted: 0, issued: 0, failed: 0 };
+  /**
+   * Present only with prefetch on: the model skips its predictions for an engine without it
+   * (they read each layer's hidden state back from the backend).
+   */
+  readonly prefetch?: (layer: number, ids: Int32Array) => void;
   private plan: PrecisionPlan;
-  private readonly prefetchOn: boolean;
   private readonly telemetry: TelemetrySink;
   private readonly predictedFor = new Map<number, Set<number>>();
   private readonly onExpertUsed?: OffloadEngineOptions['onExpertUsed'];
@@ -59,7 +63,7 @@ export class OffloadExpertEngine implements ExpertEngine {
     const s = opts.store;
     this.plan = opts.plan ?? uniformPlan(s.numLayers, s.levels - 1);
     checkPlan(this.plan, s.ladder, s.numLayers);
-    this.prefetchOn = opts.prefetch ?? true;
+    if (opts.prefetch ?? true) this.prefetch = (layer, ids) => this.startPrefetch(layer, ids);
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
     this.onExpertUsed = opts.onExpertUsed;
     [this.ff, this.d] = s.expert(0, 0).gate.shape;
@@ -93,8 +97,7 @@ export class OffloadExpertEngine implements ExpertEngine {
     this.stepStart = 0;
   }
 
-  prefetch(layer: number, ids: Int32Array): void {
-    if (!this.prefetchOn) return;
+  private startPrefetch(layer: number, ids: Int32Array): void {
     const level = this.plan.levels[layer];
     const set = new Set<number>();
     for (const e of distinctExperts(ids)) {

@@ -215,7 +215,6 @@ export class ExpertFetcher {
     const have = exact ? Boolean(b?.parts.gate.exact) : held >= level; // rungs 0..level decode from any longer run
     this.count(layer, 'B', have ? 'hit' : 'miss', prefetch);
     let parts = b ?? { held: -1, parts: { gate: { rungs: [] }, up: { rungs: [] }, down: { rungs: [] } }, bytes: 0 };
-    let transferDoneAt = 0;
     let landed: Promise<void> = Promise.resolve();
     let landsAt: number | undefined;
     if (!have) {
@@ -225,7 +224,6 @@ export class ExpertFetcher {
       parts = mergeParts(parts, toMove, move.device, exact, level);
       landsAt = move.landsAt;
       landed = move.landed.then(() => {
-        transferDoneAt = move.landsAt;
         this.stats.transfers++;
         this.stats.bytesMoved += move.bytes;
         this.telemetry.emit({
@@ -240,6 +238,7 @@ export class ExpertFetcher {
     // exact bytes (and a baseline store's own formats) decode here once it has.
     const [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, landsAt), landed]);
     const decodedAt = performance.now();
+    const transferDoneAt = landsAt ?? 0; // 0: nothing crossed the link
     this.stats.decompressions++;
     this.telemetry.emit({
       kind: 'decompress', at: decodedAt / 1000, layer, expert, rung: level,
@@ -273,10 +272,10 @@ export class ExpertFetcher {
       const [gate, up, down] = MATRICES.map((m) => this.store.decodeExact(stored[m], p.parts[m].exact!));
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
-    const values = stored.gate.shape[0] * stored.gate.shape[1];
+    const count = stored.gate.shape[0] * stored.gate.shape[1];
     const run = await decodeOnStream(
       MATRICES.map((m) => ({ head: p.parts[m].head!, rungs: p.parts[m].rungs.slice(0, level + 1) })),
-      { startAt: landsAt, threads: values < ONE_THREAD_VALUES ? 1 : 0 },
+      { startAt: landsAt, threads: count < ONE_THREAD_VALUES ? 1 : 0 },
     );
     const [gate, up, down] = run.values;
     return { values: { gate, up, down }, seconds: run.seconds };
