@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { TestScheduler } from 'rxjs/testing';
 
 import { Controller, type ControllerOptions } from '../src/control/controller.js';
-import type { Decision } from '../src/control/decide.js';
+import { decide, type Decision } from '../src/control/decide.js';
 import type { PrecisionPlan } from '../src/offload/plan.js';
 import type { OffloadSample } from '../src/offload/telemetry.js';
 
@@ -30,7 +30,7 @@ const base = (over: Partial<ControllerOptions> = {}): ControllerOptions => ({
 });
 
 const token = (seconds: number): OffloadSample => ({ kind: 'token', at: 0, tokens: 1, seconds, computeSeconds: 0.01, transferWaitSeconds: seconds - 0.01, decompressWaitSeconds: 0 });
-const transfer = (bytesPerSecond: number): OffloadSample => ({ kind: 'transfer', at: 0, layer: 0, expert: 0, rung: 3, fromRung: 0, bytes: 80e3, seconds: 80e3 / bytesPerSecond, link: 'emulated', emulated: true, prefetch: false });
+const transfer = (bytesPerSecond: number, layer = 0): OffloadSample => ({ kind: 'transfer', at: 0, layer, expert: 0, rung: 3, fromRung: 0, bytes: 80e3, seconds: 80e3 / bytesPerSecond, link: 'emulated', emulated: true, prefetch: false });
 const miss = (layer: number): OffloadSample => ({ kind: 'cache', at: 0, layer, tier: 'A', result: 'miss', prefetch: false });
 
 interface Run {
@@ -58,12 +58,16 @@ function simulate(opts: ControllerOptions, feed: (c: Controller, at: (ms: number
   return out;
 }
 
-/** Telemetry of a slow link: every layer misses, tokens take `seconds`. */
+/** Telemetry of a slow link: every lookup misses (two per layer), tokens take `seconds`, one every 2 ms. */
 function slowTokens(c: Controller, at: (ms: number, f: () => void) => void, from: number, to: number, seconds: number, bps: number) {
   for (let t = from; t < to; t += 2) {
     at(t, () => {
-      c.samples.next(transfer(bps));
-      for (let l = 0; l < L; l++) c.samples.next(miss(l));
+      for (let l = 0; l < L; l++) {
+        c.samples.next(miss(l));
+        c.samples.next(transfer(bps, l));
+        c.samples.next(miss(l));
+        c.samples.next(transfer(bps, l));
+      }
       c.samples.next(token(seconds));
     });
   }
@@ -88,6 +92,58 @@ describe('controller (virtual time)', function () {
     // The shallowest layer is the cheapest to loosen here: it moves first and furthest.
     const plan = r.plans[r.plans.length - 1].levels;
     assert.ok(plan[0] <= plan[L - 1], `${plan}`);
+  });
+
+  it('degrades on the model\'s prediction when the link slows, before the measured p95 has moved', function () {
+    const r = simulate(base(), (c, at) => {
+      slowTokens(c, at, 1, 100, 0.02, 1e9); // a fast link: the model learns how far off it is
+      slowTokens(c, at, 101, 102, 0.2, 1e6); // one step's moves on a link 1000× slower
+    }, 115);
+    assert.ok(r.decisions.filter((d) => d.t < 101).every((d) => d.action === 'hold'), 'nothing to do on the fast link');
+    const first = r.decisions.find((d) => d.action === 'degrade');
+    assert.ok(first, r.decisions.map((d) => `${d.t} ${d.reason}`).join('\n'));
+    assert.equal(first.t, 110, 'the first tick after the slow moves');
+    assert.ok(first.inputs!.p95Seconds! < 0.05, `measured p95 ${first.inputs!.p95Seconds} still under the SLA`);
+    assert.ok(first.inputs!.predictedP95Seconds > 0.05, `predicted p95 ${first.inputs!.predictedP95Seconds} over it`);
+  });
+
+  it('acts on a p95 just over the SLA, and holds inside the tolerance band below it', function () {
+    // 4e7 B/s: the model predicts 42 ms for the tightest plan; steps measure 52.5 ms (5 % over the SLA) or 48 ms.
+    const over = simulate(base(), (c, at) => slowTokens(c, at, 1, 60, 0.0525, 4e7), 60);
+    const d = over.decisions.find((x) => x.action === 'degrade');
+    assert.ok(d, over.decisions.map((x) => `${x.t} ${x.reason}`).join('\n'));
+    assert.ok(d.inputs!.p95Seconds! < 0.05 * 1.1, 'inside what a band around the SLA would have tolerated');
+    const inside = simulate(base(), (c, at) => slowTokens(c, at, 1, 60, 0.048, 4e7), 60);
+    assert.ok(inside.decisions.every((x) => x.action === 'hold'), inside.decisions.map((x) => `${x.t} ${x.reason}`).join('\n'));
+    assert.match(inside.decisions[inside.decisions.length - 1].reason, /within the tolerance band below the SLA/);
+    assert.equal(inside.plans.length, 1, 'no plan but the first');
+  });
+
+  it('upgrades toward the safest target its stable window saw, not the latest', function () {
+    // The state of a fast link, where the planner's target is the tightest plan.
+    const c = new Controller(base());
+    for (let i = 0; i < 20; i++) {
+      for (let l = 0; l < L; l++) for (let k = 0; k < 2; k++) c.samples.next(transfer(1e9, l));
+      c.samples.next(token(0.012));
+    }
+    const state = c.state$.value;
+    const o = base();
+    c.stop();
+    const ctx = {
+      now: 1000, state, levels: [0, 0, 0, 0], lastChange: new Array<number>(L).fill(-Infinity), slaSeconds: o.slaSeconds, hysteresis: o.hysteresis,
+      levelBytes: o.levelBytes, lookupsPerToken: o.lookupsPerToken, sensitivity: o.sensitivity, floor: o.floor, ceiling: o.ceiling, frozen: false,
+    };
+    // A window that began 100 ms ago and saw, at a dip, a target of [1, 2, 1, 2]:
+    const up = decide({ ...ctx, tighterSince: 900, safestTarget: [1, 2, 1, 2] });
+    assert.equal(up.decision.action, 'upgrade', up.decision.reason);
+    assert.deepEqual(up.decision.inputs!.targetLevels, [3, 3, 3, 3], 'today\'s target is the tightest plan');
+    assert.deepEqual(up.decision.levels, [1, 2, 1, 2], 'the window\'s safest target is what it moves to');
+    assert.equal(up.safestTarget, null, 'a new window starts after the upgrade');
+    // A window just opened: it waits, and carries the safest target on.
+    const wait = decide({ ...ctx, tighterSince: 990, safestTarget: [2, 3, 3, 1] });
+    assert.equal(wait.decision.action, 'hold');
+    assert.deepEqual(wait.safestTarget, [2, 3, 3, 1]);
+    assert.equal(wait.tighterSince, 990);
   });
 
   it('loosens no further than its loss budget, and says why it holds over the SLA', function () {
@@ -128,7 +184,7 @@ describe('controller (virtual time)', function () {
   it('freezes the plan when telemetry goes stale, and resumes when it flows again', function () {
     const opts = base({ hysteresis: { ...base().hysteresis, stale_after_ms: 30 } });
     const r = simulate(opts, (c, at) => {
-      slowTokens(c, at, 1, 4, 0.01, 8e6);
+      slowTokens(c, at, 1, 4, 0.01, 1e9); // a fast link, then silence, then a slow one
       slowTokens(c, at, 100, 130, 0.2, 2e6);
     }, 140);
     const stale = r.decisions.filter((d) => /telemetry stale/.test(d.reason)).map((d) => d.t);

@@ -1,7 +1,8 @@
 // The controller's estimators, each a pure reducer tested alone: link bandwidth (prior until
 // enough bytes, the lower of fast/slow EWMAs and a robust harmonic window, small moves ignored
 // for the rate but kept for the fixed overhead, capacity as a windowed max), rolling p95
-// inter-token latency, and per-layer miss rate.
+// inter-token latency, per-layer miss rate, link moves per decode step, and the step-time
+// model's error.
 import assert from 'node:assert/strict';
 
 import {
@@ -15,6 +16,8 @@ import {
 } from '../src/control/estimators/bandwidth.js';
 import { computeMedian, latencyInit, latencyStep, p95, quantile } from '../src/control/estimators/latency.js';
 import { missInit, missRate, missStep } from '../src/control/estimators/miss-rate.js';
+import { modelErrorInit, modelErrorP95, modelErrorStep } from '../src/control/estimators/model-error.js';
+import { movesInit, movesPerToken, movesToken, movesTransfer } from '../src/control/estimators/moves.js';
 import { rng } from './codec/data.js';
 
 const fold = (s: BandwidthState, moves: { bytes: number; seconds: number }[]) => moves.reduce(bandwidthStep, s);
@@ -118,5 +121,52 @@ describe('miss-rate estimator', function () {
     assert.equal(missRate(same, 1), 0.5);
     assert.equal(missRate(s, 0, 0.25), 0.25, 'other layers untouched');
     assert.equal(missStep(s, { layer: 7, tier: 'A', result: 'miss', prefetch: false }), s, 'a layer it does not have');
+  });
+});
+
+describe('moves estimator', function () {
+  it('counts every move of a layer per decode step, prefetches included, as an EWMA', function () {
+    let s = movesInit(3, 0.5);
+    assert.ok(Number.isNaN(movesPerToken(s, 0)), 'unknown before the first decode step');
+    s = movesTransfer(movesTransfer(movesTransfer(s, 0), 0), 2);
+    s = movesToken(s, 1);
+    assert.deepEqual([0, 1, 2].map((l) => movesPerToken(s, l)), [2, 0, 1]);
+    s = movesToken(movesTransfer(movesTransfer(movesTransfer(movesTransfer(s, 0), 0), 0), 0), 1);
+    assert.deepEqual([0, 1, 2].map((l) => movesPerToken(s, l)), [3, 0, 0.5], 'half way to 4, 0 and 0');
+  });
+
+  it('leaves a prefill\'s moves out of the per-step rate, and ignores a layer it does not have', function () {
+    let s = movesToken(movesTransfer(movesInit(2, 0.5), 1), 1);
+    const before = movesPerToken(s, 1);
+    s = movesToken(movesTransfer(movesTransfer(s, 1), 1), 12); // a 12-token prefill
+    assert.equal(movesPerToken(s, 1), before);
+    s = movesToken(s, 1);
+    assert.equal(movesPerToken(s, 1), before / 2, 'the prefill\'s moves did not carry into the next step');
+    assert.equal(movesTransfer(s, 5), s);
+    assert.throws(() => movesInit(2, 0), /alpha must be in \(0, 1\]/);
+  });
+});
+
+describe('model-error estimator', function () {
+  it('answers 1 until minSamples steps, then the p95 of measured over predicted in its window', function () {
+    let s = modelErrorInit(20, 4);
+    for (let i = 0; i < 3; i++) s = modelErrorStep(s, 0.02, 0.04);
+    assert.equal(modelErrorP95(s), 1, 'the model as it is until enough steps');
+    s = modelErrorStep(s, 0.02, 0.04);
+    assert.equal(modelErrorP95(s), 0.5);
+    for (let i = 0; i < 19; i++) s = modelErrorStep(s, 0.03, 0.04);
+    s = modelErrorStep(s, 0.06, 0.04);
+    assert.equal(s.ratios.length, 20, 'only the window is kept');
+    assert.equal(modelErrorP95(s), 0.75, 'nearest rank: the 19th of 20 (the one outlier is the 20th)');
+  });
+
+  it('ignores steps it cannot pair with a prediction, and clamps the ratio to [1/4, 4]', function () {
+    let s = modelErrorInit(8, 1);
+    s = modelErrorStep(modelErrorStep(modelErrorStep(s, 0.1, NaN), 0.1, 0), Number.NaN, 0.1);
+    assert.equal(s.ratios.length, 0);
+    assert.equal(modelErrorP95(modelErrorStep(s, 1, 0.01)), 4);
+    assert.equal(modelErrorP95(modelErrorStep(s, 0.001, 1)), 0.25);
+    assert.throws(() => modelErrorInit(4, 5), /minSamples/);
+    assert.throws(() => modelErrorInit(0), /whole number ≥ 1/);
   });
 });

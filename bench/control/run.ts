@@ -26,6 +26,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import { CanaryRunner, type TextCanary } from '../../src/control/canaries.js';
+import { bandwidthEstimate } from '../../src/control/estimators/bandwidth.js';
 import { startControl, type Control } from '../../src/control/index.js';
 import { loadPolicy } from '../../src/control/policy.js';
 import { loadProfile } from '../../src/control/profile.js';
@@ -37,9 +38,15 @@ import { uniformPlan } from '../../src/offload/plan.js';
 import { buildStore, type ExpertStore } from '../../src/offload/store.js';
 import { TelemetryBus } from '../../src/offload/telemetry.js';
 import { canaryTarget } from '../../src/serve/canary-target.js';
+import { timelineChart, type TimelineStep } from './timeline-chart.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const RESULTS = path.join(ROOT, 'bench', 'results', 'control.json');
+// BENCH_CONTROL_PLANS=controller,static-loosest replays only those (while tuning); the results
+// then go to control-partial.json and control-trace-partial.svg, leaving the full run's alone.
+const ONLY = process.env.BENCH_CONTROL_PLANS?.split(',');
+const SUFFIX = ONLY ? '-partial' : '';
+const RESULTS = path.join(ROOT, 'bench', 'results', `control${SUFFIX}.json`);
+const PICTURE = path.join(ROOT, 'bench', 'results', `control-trace${SUFFIX}.svg`);
 const TRACE: { name: string; seconds: number; multiple: number | [number, number, number] }[] = [
   { name: 'steady', seconds: 10, multiple: 1 },
   { name: 'drop 4x', seconds: 20, multiple: 0.25 },
@@ -64,6 +71,10 @@ interface TraceRun {
   /** Decode tokens per distinct plan (levels joined). */
   tokensPerPlan: Map<string, number>;
   phases: { name: string; tokens: number; underSla: number }[];
+  /** Every decode step: seconds since the trace started, its time, the link's multiple, the plan. */
+  timeline: TimelineStep[];
+  /** The controller's decisions that changed the plan. */
+  changes: { t: number; action: string; reason: string; levels: number[]; inputs?: unknown }[];
 }
 
 /** Replays the trace once with `levels` fixed, or with the controller choosing. */
@@ -75,7 +86,9 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
     store, link, telemetry: bus, budget: { tierABytes: 2 * 2 * store.numLayers * decoded, tierBBytes: 0 },
     plan: levels === 'controller' ? uniformPlan(store.numLayers, store.exact) : { version: 1, levels },
   });
-  const run: TraceRun = { tokens: 0, underSla: 0, bytes: 0, decisions: 0, tokensPerPlan: new Map(), phases: [] };
+  const run: TraceRun = { tokens: 0, underSla: 0, bytes: 0, decisions: 0, tokensPerPlan: new Map(), phases: [], timeline: [], changes: [] };
+  let start = performance.now();
+  let multiple = 1;
   let control: Control | undefined;
   if (levels === 'controller') {
     const policy = loadPolicy(POLICY);
@@ -84,7 +97,12 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
     profile.sla = { ...profile.sla, p95_inter_token_seconds: sla };
     profile.link = { prior_bytes_per_second: link2x };
     control = startControl({ policy, profile, store, engine, telemetry: bus, topK: m.checkpoint.config.topK });
-    control.controller.decisions$.subscribe((d) => d.action !== 'hold' && run.decisions++);
+    control.controller.decisions$.subscribe((d) => {
+      // BENCH_CONTROL_HOLDS=1 keeps the holds too, with every decision's inputs (to see why it held).
+      if (d.action === 'hold' && !process.env.BENCH_CONTROL_HOLDS) return;
+      if (d.action !== 'hold') run.decisions++;
+      run.changes.push({ t: (performance.now() - start) / 1000, action: d.action, reason: d.reason, levels: d.levels, ...(process.env.BENCH_CONTROL_HOLDS ? { inputs: d.inputs } : {}) });
+    });
   }
   let phase = { name: '', tokens: 0, underSla: 0 };
   let pendingBytes = 0;
@@ -100,6 +118,12 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
           phase.underSla++;
         }
         const key = engine.currentPlan.levels.join(',');
+        const st = control?.controller.state$.value;
+        run.timeline.push({
+          t: (performance.now() - start) / 1000, seconds: s.seconds, multiple, levels: [...engine.currentPlan.levels],
+          // What the controller believed after this step: the link (as a multiple of link2x) and how far its model was off.
+          ...(st ? { estimatedMultiple: bandwidthEstimate(st.bandwidth) / link2x, modelRatio: st.modelError.ratios[st.modelError.ratios.length - 1] } : {}),
+        });
         run.tokensPerPlan.set(key, (run.tokensPerPlan.get(key) ?? 0) + 1);
       }
       pendingBytes = 0;
@@ -109,17 +133,22 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
   const loop = (async () => {
     for (let i = 0; decoding; i++) await generate(m.model, m.tokenizer, text[i % text.length].prompt, { maxTokens: 32, engine });
   })();
+  start = performance.now();
+  const setMultiple = (x: number) => {
+    multiple = x;
+    link.setBandwidth(link2x * x);
+  };
   for (const p of TRACE) {
     phase = { name: p.name, tokens: 0, underSla: 0 };
     run.phases.push(phase);
     const end = performance.now() + p.seconds * 1000;
     if (typeof p.multiple === 'number') {
-      link.setBandwidth(link2x * p.multiple);
+      setMultiple(p.multiple);
       await new Promise((r) => setTimeout(r, p.seconds * 1000));
     } else {
       const [hi, lo, each] = p.multiple;
       for (let k = 0; performance.now() < end; k++) {
-        link.setBandwidth(link2x * (k % 2 === 0 ? hi : lo));
+        setMultiple(k % 2 === 0 ? hi : lo);
         await new Promise((r) => setTimeout(r, Math.min(each * 1000, end - performance.now())));
       }
     }
@@ -166,13 +195,14 @@ async function main(): Promise<void> {
   const floor = loadProfile(path.join(ROOT, 'profiles', 'cpu.yaml')).accuracy_floor ?? 0.97;
   log(`compute ${(tc * 1000).toFixed(1)} ms/token; link2x ${(link2x / 1e6).toFixed(2)} MB/s (EMULATED); SLA ${(sla * 1000).toFixed(1)} ms p95 inter-token; floor ${floor}`);
 
-  const plans: [PlanName, number[] | 'controller'][] = [
+  const all: [PlanName, number[] | 'controller'][] = [
     ['controller', 'controller'],
     ['static-tightest', new Array(L).fill(store.exact)],
     ['static-loosest', new Array(L).fill(0)],
     // The u-shape prior's shape: middle layers at the finest rung, shallow and deep quarters one looser.
     ['static-u-shape', Array.from({ length: L }, (_, l) => (l < L / 4 || l >= (3 * L) / 4 ? store.exact - 2 : store.exact - 1))],
   ];
+  const plans = all.filter(([name]) => !ONLY || ONLY.includes(name));
   const runs = new Map<PlanName, TraceRun>();
   for (const [name, levels] of plans) {
     log(`${name}: replaying the trace (${TRACE.reduce((a, p) => a + p.seconds, 0)} s)`);
@@ -206,6 +236,8 @@ async function main(): Promise<void> {
       // Each plan the run decoded under: its levels, tokens and canary agreement.
       plans: [...r.tokensPerPlan].map(([key, n]) => ({ levels: key.split(',').map(Number), tokens: n, canary_agreement: scores.get(key)! })),
       phases: r.phases.map((p) => ({ name: p.name, tokens: p.tokens, sla_attainment: p.underSla / Math.max(1, p.tokens) })),
+      // The controller's run step by step, and the decisions that changed its plan.
+      ...(name === 'controller' ? { timeline: r.timeline, changes: r.changes } : {}),
     });
   }
   strict.dispose();
@@ -228,19 +260,24 @@ async function main(): Promise<void> {
   };
   fs.mkdirSync(path.dirname(RESULTS), { recursive: true });
   fs.writeFileSync(RESULTS, JSON.stringify(result, null, 2) + '\n');
+  const ladder = loadPolicy(POLICY).ladder;
+  const levelNames = [...ladder.bounds.map((b) => `${b}${ladder.bound_mode === 'sigma' ? 'σ' : ''}`), ...(ladder.exact ? ['exact'] : [])];
+  const traceSeconds = TRACE.reduce((a, p) => a + p.seconds, 0);
+  const cr = runs.get('controller');
+  if (cr) fs.writeFileSync(PICTURE, timelineChart({ title: `controller on the trace (link EMULATED): ${(100 * cr.underSla / cr.tokens).toFixed(1)} % of steps under the SLA`, steps: cr.timeline, slaSeconds: sla, traceSeconds, levelNames }));
   console.log(`\nembedded model, ${cpus.length} × ${result.machine.model}; link EMULATED, link2x ${(link2x / 1e6).toFixed(2)} MB/s; SLA p95 ${(sla * 1000).toFixed(1)} ms; canary floor ${floor}`);
   console.log('| plan | SLA attainment | canary agreement | link kB/token | decisions | per phase (attainment) |');
   console.log('|---|---|---|---|---|---|');
   for (const r of rows) {
     console.log(`| ${r.plan} | ${(100 * r.sla_attainment).toFixed(1)} % | ${(100 * r.canary_agreement).toFixed(2)} % | ${(r.link_bytes_per_token / 1e3).toFixed(1)} | ${r.decisions} | ${r.phases.map((p) => `${p.name} ${(100 * p.sla_attainment).toFixed(0)} %`).join(', ')} |`);
   }
-  const c = rows[0];
-  const t = rows.find((r) => r.plan === 'static-tightest')!;
-  const l = rows.find((r) => r.plan === 'static-loosest')!;
-  console.log(`${c.sla_attainment >= 0.95 && c.canary_agreement >= floor ? 'PASS' : 'MISS'}  controller: ${(100 * c.sla_attainment).toFixed(1)} % under the SLA (>= 95 %), agreement ${(100 * c.canary_agreement).toFixed(2)} % (>= floor)`);
-  console.log(`${t.sla_attainment < 0.8 ? 'PASS' : 'MISS'}  static tightest: ${(100 * t.sla_attainment).toFixed(1)} % under the SLA (< 80 %)`);
-  console.log(`${l.canary_agreement < floor ? 'PASS' : 'MISS'}  static loosest: agreement ${(100 * l.canary_agreement).toFixed(2)} % (< floor)`);
-  console.log(`wrote ${path.relative(ROOT, RESULTS)} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
+  const c = rows.find((r) => r.plan === 'controller');
+  const t = rows.find((r) => r.plan === 'static-tightest');
+  const l = rows.find((r) => r.plan === 'static-loosest');
+  if (c) console.log(`${c.sla_attainment >= 0.95 && c.canary_agreement >= floor ? 'PASS' : 'MISS'}  controller: ${(100 * c.sla_attainment).toFixed(1)} % under the SLA (>= 95 %), agreement ${(100 * c.canary_agreement).toFixed(2)} % (>= floor)`);
+  if (t) console.log(`${t.sla_attainment < 0.8 ? 'PASS' : 'MISS'}  static tightest: ${(100 * t.sla_attainment).toFixed(1)} % under the SLA (< 80 %)`);
+  if (l) console.log(`${l.canary_agreement < floor ? 'PASS' : 'MISS'}  static loosest: agreement ${(100 * l.canary_agreement).toFixed(2)} % (< floor)`);
+  console.log(`wrote ${path.relative(ROOT, RESULTS)} and ${path.relative(ROOT, PICTURE)} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
 }
 
 await main();

@@ -17,10 +17,13 @@ import { asyncScheduler, BehaviorSubject, interval, map, scan, Subject, Subscrip
 
 import type { PrecisionPlan } from '../offload/plan.js';
 import type { OffloadSample } from '../offload/telemetry.js';
-import { decide, type ControlState, type Decision, type Hysteresis, type LayerChange } from './decide.js';
+import { decide, plannerInput, type ControlState, type Decision, type Hysteresis, type LayerChange } from './decide.js';
 import { bandwidthInit, bandwidthStep, type BandwidthOptions } from './estimators/bandwidth.js';
 import { latencyInit, latencyStep } from './estimators/latency.js';
 import { missInit, missStep } from './estimators/miss-rate.js';
+import { modelErrorInit, modelErrorStep } from './estimators/model-error.js';
+import { movesInit, movesToken, movesTransfer } from './estimators/moves.js';
+import { predictSeconds } from './planner.js';
 
 /** A canary run's scores of the plan `planVersion` (from the canary runner). */
 export interface CanaryResult {
@@ -79,6 +82,7 @@ export class Controller {
   private readonly plans = new Map<number, PrecisionPlan>();
   private lastChange: number[];
   private tighterSince: number | null = null;
+  private safestTarget: number[] | null = null;
   private lastGood: PrecisionPlan;
   private quarantine: ({ level: number; until: number } | undefined)[];
   private frozen = false;
@@ -99,14 +103,19 @@ export class Controller {
     this.lastChange = new Array<number>(L).fill(-Infinity);
     this.quarantine = new Array(L).fill(undefined);
     this.state$ = new BehaviorSubject<ControlState>({
-      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(LATENCY_WINDOW), misses: missInit(L), lastSampleAt: -Infinity, samples: 0,
+      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(LATENCY_WINDOW), misses: missInit(L), moves: movesInit(L), modelError: modelErrorInit(LATENCY_WINDOW),
+      lastSampleAt: -Infinity, samples: 0,
     });
+    // A step's predicted time: the plan in force, at the estimates just before the step ended.
+    // None (NaN, skipped) before any step's compute time is known: the model would have no compute term.
+    const predict = (st: ControlState) =>
+      st.latency.steps.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla, hysteresis: this.o.hysteresis }), this.plan.levels);
 
     this.subs.add(
       this.samples
         .pipe(
           map((s) => [s, this.scheduler.now()] as const),
-          scan((st, [s, now]) => reduce(st, s, now), this.state$.value),
+          scan((st, [s, now]) => reduce(st, s, now, predict), this.state$.value),
         )
         .subscribe(this.state$),
     );
@@ -182,12 +191,13 @@ export class Controller {
 
   private tick(state: ControlState): void {
     const now = this.scheduler.now();
-    const { decision, tighterSince } = decide({
-      now, state, levels: this.plan.levels, lastChange: this.lastChange, tighterSince: this.tighterSince, slaSeconds: this.sla,
+    const { decision, tighterSince, safestTarget } = decide({
+      now, state, levels: this.plan.levels, lastChange: this.lastChange, tighterSince: this.tighterSince, safestTarget: this.safestTarget, slaSeconds: this.sla,
       hysteresis: this.o.hysteresis, levelBytes: this.o.levelBytes, lookupsPerToken: this.o.lookupsPerToken,
       sensitivity: this.o.sensitivity, floor: this.floors(now), ceiling: this.o.ceiling, lossBudget: this.o.lossBudget, frozen: this.frozen,
     });
     this.tighterSince = tighterSince;
+    this.safestTarget = safestTarget;
     this.record({ ...decision, dryRun: this.dry && decision.action !== 'hold' });
     if (decision.action !== 'hold' && !this.dry) this.apply(decision.levels, decision.changes, now);
   }
@@ -225,19 +235,30 @@ export class Controller {
     const reason = `canary below the floor (top-1 ${r.top1Agreement.toFixed(4)} < ${f.top1_agreement}${r.exactMatch !== undefined ? `, exact ${r.exactMatch.toFixed(3)}` : ''}) on plan ${r.planVersion}: back to plan ${this.lastGood.version}, quarantining ${loosened.map((l) => `layer ${l} level ${scored.levels[l]}`).join(', ') || 'nothing'}`;
     this.counts.rollbacks++;
     this.tighterSince = null;
+    this.safestTarget = null;
     this.record({ at: now, action: 'rollback', reason, changes, levels: [...this.lastGood.levels], dryRun: this.dry });
     if (!this.dry && changes.length) this.apply([...this.lastGood.levels], changes, now);
   }
 }
 
-/** Folds one telemetry sample into the estimators (a pure step). */
-export function reduce(st: ControlState, s: OffloadSample, now: number): ControlState {
+/**
+ * Folds one telemetry sample into the estimators (a pure step). `predict` gives the model's time
+ * for a decode step from the state before it (for the model-error estimator); none: not tracked.
+ */
+export function reduce(st: ControlState, s: OffloadSample, now: number, predict?: (st: ControlState) => number): ControlState {
   const base = { ...st, lastSampleAt: now, samples: st.samples + 1 };
   switch (s.kind) {
     case 'transfer':
-      return { ...base, bandwidth: bandwidthStep(st.bandwidth, s) };
+      return { ...base, bandwidth: bandwidthStep(st.bandwidth, s), moves: movesTransfer(st.moves, s.layer) };
     case 'token':
-      return s.tokens === 1 ? { ...base, latency: latencyStep(st.latency, s) } : base;
+      if (s.tokens !== 1) return { ...base, moves: movesToken(st.moves, s.tokens) };
+      // The prediction is made before this step's moves are folded in, from the rates so far.
+      return {
+        ...base,
+        latency: latencyStep(st.latency, s),
+        moves: movesToken(st.moves, 1),
+        modelError: predict ? modelErrorStep(st.modelError, s.seconds, predict(st)) : st.modelError,
+      };
     case 'cache':
       return { ...base, misses: missStep(st.misses, s) };
     default:

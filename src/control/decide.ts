@@ -4,30 +4,41 @@
  * the SLA and any quarantined levels. The RxJS wiring (controller.ts) calls it every tick and
  * applies what it returns; the marble tests drive the timing, the unit tests this logic.
  *
+ * Two views of the p95: the measured one (the last dozens of steps: true, but seconds late after
+ * the link changes) and the predicted one (the planner's model of the current plan at today's
+ * bandwidth estimate, times the model's own error p95 — estimators/model-error.ts: fresh within
+ * a few moves). The controller acts on the worse of the two.
+ *
  * Rules, in order:
  *  1. frozen by an operator → hold;
  *  2. no telemetry for stale_after_ms (the watchdog) → hold: the plan is frozen until samples
  *     flow again, since deciding on stale estimates is worse than not deciding;
- *  3. ask the planner for a target plan. Its link model is calibrated by measurement: the SLA
- *     it aims at is scaled by predicted/measured p95 of the current plan, so a model that
- *     under-predicts gets a tighter target and one that over-predicts a looser one;
- *  4. degrade at once: p95 above SLA·(1 + tolerance) (or, before any p95, a prediction above
- *     it) and the target looser somewhere → move up to max_layers_per_decision layers to their
- *     target, in the planner's order, skipping layers within their dwell time;
- *  5. upgrade only after a stable window: p95 below SLA·(1 − tolerance) and the target tighter
- *     somewhere, continuously for stable_window_ms → tighten up to k layers, the most
- *     sensitive first;
+ *  3. ask the planner for a target plan, aimed at SLA / (the model's error p95), so that its
+ *     predicted p95 meets the SLA with the policy's headroom;
+ *  4. degrade at once: p95 over the SLA and the target looser somewhere → move up to
+ *     max_layers_per_decision layers to their target, in the planner's order, skipping layers
+ *     within their dwell time. The SLA is a limit, not a set point: the tolerance band lies
+ *     below it, never above;
+ *  5. upgrade only after a stable window: p95 under SLA·(1 − tolerance) and the target tighter
+ *     somewhere, continuously for stable_window_ms → tighten up to k layers, the most sensitive
+ *     first, toward the safest target of the window (the loosest level each layer had in any of
+ *     its targets, as Kubernetes' HPA acts on the safest recommendation of its window), so a
+ *     link that dipped within the window is planned for;
  *  6. otherwise hold (inside the tolerance band, waiting for the window, or nothing to change).
  */
 import { bandwidthEstimate, overheadEstimate, type BandwidthState } from './estimators/bandwidth.js';
 import { computeMedian, p95, type LatencyState } from './estimators/latency.js';
 import { missRate, type MissState } from './estimators/miss-rate.js';
+import { modelErrorP95, type ModelErrorState } from './estimators/model-error.js';
+import { movesPerToken, type MovesState } from './estimators/moves.js';
 import { planLevels, predictSeconds, type PlannerInput } from './planner.js';
 
 export interface ControlState {
   bandwidth: BandwidthState;
   latency: LatencyState;
   misses: MissState;
+  moves: MovesState;
+  modelError: ModelErrorState;
   /** Scheduler time (ms) of the last telemetry sample, and how many have arrived. */
   lastSampleAt: number;
   samples: number;
@@ -53,7 +64,11 @@ export type DecisionAction = 'degrade' | 'upgrade' | 'hold' | 'rollback';
 export interface DecisionInputs {
   bandwidthBytesPerSecond: number;
   overheadSeconds: number;
+  /** Measured p95 of the last steps; null before any. */
   p95Seconds: number | null;
+  /** The current plan's predicted time × the model's error p95 (rule 3). */
+  predictedP95Seconds: number;
+  modelErrorP95: number;
   computeSeconds: number | null;
   slaSeconds: number;
   plannerSlaSeconds: number;
@@ -82,6 +97,8 @@ export interface DecideContext {
   lastChange: number[];
   /** Since when (ms) the target has been tighter than the plan with p95 under the band, or null. */
   tighterSince: number | null;
+  /** The safest (loosest per layer) target seen since tighterSince, or null. */
+  safestTarget: number[] | null;
   slaSeconds: number;
   hysteresis: Hysteresis;
   levelBytes: number[][];
@@ -95,24 +112,21 @@ export interface DecideContext {
   frozen: boolean;
 }
 
-export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; tighterSince: number | null } {
-  const hold = (reason: string, inputs?: DecisionInputs, tighterSince: number | null = null) => ({
-    decision: { at: c.now, action: 'hold' as const, reason, changes: [], levels: [...c.levels], inputs },
-    tighterSince,
-  });
-  if (c.frozen) return hold('frozen by an operator');
-  if (c.state.samples === 0) return hold('no telemetry yet');
-  const silent = c.now - c.state.lastSampleAt;
-  if (silent > c.hysteresis.stale_after_ms) return hold(`telemetry stale (no sample for ${(silent / 1000).toFixed(1)} s): plan frozen`);
-
-  const L = c.levels.length;
-  const measuredP95 = p95(c.state.latency);
-  const compute = computeMedian(c.state.latency);
-  const x: PlannerInput = {
+/** What the planner is told at a tick: the plan's costs and limits, and the estimators' view. */
+export function plannerInput(
+  state: ControlState,
+  c: Pick<DecideContext, 'levelBytes' | 'lookupsPerToken' | 'slaSeconds' | 'hysteresis' | 'sensitivity' | 'floor' | 'ceiling' | 'lossBudget'>,
+): PlannerInput {
+  const compute = computeMedian(state.latency);
+  return {
     levelBytes: c.levelBytes,
-    fetchesPerToken: Array.from({ length: L }, (_, l) => c.lookupsPerToken * missRate(c.state.misses, l, 1)),
-    bandwidth: bandwidthEstimate(c.state.bandwidth),
-    overhead: overheadEstimate(c.state.bandwidth),
+    // Experts moved per decode step (prefetches included); before the first step, lookups × miss rate.
+    fetchesPerToken: c.levelBytes.map((_, l) => {
+      const moved = movesPerToken(state.moves, l);
+      return Number.isNaN(moved) ? c.lookupsPerToken * missRate(state.misses, l, 1) : moved;
+    }),
+    bandwidth: bandwidthEstimate(state.bandwidth),
+    overhead: overheadEstimate(state.bandwidth),
     computeSeconds: Number.isNaN(compute) ? 0 : compute,
     slaSeconds: c.slaSeconds,
     headroom: c.hysteresis.headroom,
@@ -121,15 +135,36 @@ export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; 
     ceiling: c.ceiling,
     lossBudget: c.lossBudget,
   };
+}
+
+type Decided = { decision: Omit<Decision, 'dryRun'>; tighterSince: number | null; safestTarget: number[] | null };
+
+export function decide(c: DecideContext): Decided {
+  const hold = (reason: string, inputs?: DecisionInputs, tighterSince: number | null = null, safestTarget: number[] | null = null): Decided => ({
+    decision: { at: c.now, action: 'hold' as const, reason, changes: [], levels: [...c.levels], inputs },
+    tighterSince,
+    safestTarget,
+  });
+  if (c.frozen) return hold('frozen by an operator');
+  if (c.state.samples === 0) return hold('no telemetry yet');
+  const silent = c.now - c.state.lastSampleAt;
+  if (silent > c.hysteresis.stale_after_ms) return hold(`telemetry stale (no sample for ${(silent / 1000).toFixed(1)} s): plan frozen`);
+
+  const measuredP95 = p95(c.state.latency);
+  const compute = computeMedian(c.state.latency);
+  const x = plannerInput(c.state, c);
   const predicted = predictSeconds(x, c.levels);
+  const error = modelErrorP95(c.state.modelError);
+  const predictedP95 = predicted * error;
   const known = !Number.isNaN(measuredP95) && measuredP95 > 0;
-  const calibration = known ? Math.min(4, Math.max(0.25, predicted / measuredP95)) : 1;
-  const plannerSla = c.slaSeconds * calibration;
+  const plannerSla = c.slaSeconds / error;
   const target = planLevels({ ...x, slaSeconds: plannerSla });
   const inputs: DecisionInputs = {
     bandwidthBytesPerSecond: x.bandwidth,
     overheadSeconds: x.overhead,
     p95Seconds: known ? measuredP95 : null,
+    predictedP95Seconds: predictedP95,
+    modelErrorP95: error,
     computeSeconds: Number.isNaN(compute) ? null : compute,
     slaSeconds: c.slaSeconds,
     plannerSlaSeconds: plannerSla,
@@ -138,18 +173,19 @@ export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; 
     targetLevels: target.levels,
     targetLoss: target.predictedLoss,
   };
-  const observed = known ? measuredP95 : predicted;
+  const observed = known ? Math.max(measuredP95, predictedP95) : predictedP95;
+  const seen = known ? `p95 ${observed.toFixed(4)} s (measured ${measuredP95.toFixed(4)}, predicted ${predictedP95.toFixed(4)})` : `predicted p95 ${observed.toFixed(4)} s`;
   const tol = c.hysteresis.tolerance;
   const movable = (l: number) => c.now - c.lastChange[l] >= c.hysteresis.dwell_ms;
-  const apply = (action: 'degrade' | 'upgrade', layers: number[], reason: string) => {
+  const apply = (action: 'degrade' | 'upgrade', layers: number[], to: number[], reason: string): Decided => {
     const picked = layers.filter(movable).slice(0, c.hysteresis.max_layers_per_decision);
     if (!picked.length) return hold(`${action} wanted (${reason}) but every such layer is within its dwell time`, inputs);
     const levels = [...c.levels];
     const changes = picked.map((l) => {
-      levels[l] = target.levels[l];
-      return { layer: l, from: c.levels[l], to: target.levels[l] };
+      levels[l] = to[l];
+      return { layer: l, from: c.levels[l], to: to[l] };
     });
-    return { decision: { at: c.now, action, reason, changes, levels, inputs }, tighterSince: null };
+    return { decision: { at: c.now, action, reason, changes, levels, inputs }, tighterSince: null, safestTarget: null };
   };
 
   // A plan outside what the policy allows now (a quarantine raised a floor): fix at once.
@@ -157,28 +193,32 @@ export function decide(c: DecideContext): { decision: Omit<Decision, 'dryRun'>; 
   if (outside.length) {
     const levels = c.levels.map((lv, l) => Math.min(c.ceiling[l], Math.max(c.floor[l], lv)));
     const changes = outside.map((l) => ({ layer: l, from: c.levels[l], to: levels[l] }));
-    return { decision: { at: c.now, action: 'upgrade', reason: 'levels outside the allowed floor/ceiling (quarantine or policy)', changes, levels, inputs }, tighterSince: null };
+    return { decision: { at: c.now, action: 'upgrade', reason: 'levels outside the allowed floor/ceiling (quarantine or policy)', changes, levels, inputs }, tighterSince: null, safestTarget: null };
   }
 
   const looser = target.levels.map((lv, l) => (lv < c.levels[l] ? l : -1)).filter((l) => l >= 0);
-  const tighter = target.levels.map((lv, l) => (lv > c.levels[l] ? l : -1)).filter((l) => l >= 0);
-  const over = observed > c.slaSeconds * (1 + tol);
+  const over = observed > c.slaSeconds;
   const under = observed < c.slaSeconds * (1 - tol);
   if (over && looser.length) {
     // The planner's own move order: cheapest accuracy per second saved first.
     const order = [...new Set(target.moves.map((m) => m.layer))].filter((l) => looser.includes(l));
-    return apply('degrade', order, `p95 ${observed.toFixed(4)} s over the SLA ${c.slaSeconds} s + ${100 * tol} %`);
+    return apply('degrade', order, target.levels, `${seen} over the SLA ${c.slaSeconds} s`);
   }
-  if (under && tighter.length) {
+  const safest = under ? target.levels.map((lv, l) => Math.min(lv, c.safestTarget?.[l] ?? Infinity)) : null;
+  const tighter = safest ? safest.map((lv, l) => (lv > c.levels[l] ? l : -1)).filter((l) => l >= 0) : [];
+  if (safest && tighter.length) {
     const since = c.tighterSince ?? c.now;
     if (c.now - since < c.hysteresis.stable_window_ms) {
-      return hold(`tighter plan possible; waiting for a stable window (${((c.now - since) / 1000).toFixed(1)} of ${c.hysteresis.stable_window_ms / 1000} s)`, inputs, since);
+      return hold(`tighter plan possible; waiting for a stable window (${((c.now - since) / 1000).toFixed(1)} of ${c.hysteresis.stable_window_ms / 1000} s)`, inputs, since, safest);
     }
-    const gain = (l: number) => c.sensitivity[l][c.levels[l]] - c.sensitivity[l][target.levels[l]];
+    const gain = (l: number) => c.sensitivity[l][c.levels[l]] - c.sensitivity[l][safest[l]];
     const order = [...tighter].sort((a, b) => gain(b) - gain(a) || a - b);
-    return apply('upgrade', order, `p95 ${observed.toFixed(4)} s under the SLA ${c.slaSeconds} s − ${100 * tol} % for ${c.hysteresis.stable_window_ms / 1000} s`);
+    return apply('upgrade', order, safest, `${seen} under the SLA ${c.slaSeconds} s − ${100 * tol} % for ${c.hysteresis.stable_window_ms / 1000} s`);
   }
-  if (!over && !under) return hold('p95 within the tolerance band', inputs);
+  if (!over && !under) return hold(`${seen} within the tolerance band below the SLA`, inputs);
+  if (over && target.meetsTarget && !looser.length && measuredP95 > predictedP95) {
+    return hold(`over the SLA by the measured p95 (${measuredP95.toFixed(4)} s), but the model predicts the plan meets it now: the slow steps predate the last change`, inputs);
+  }
   if (over && target.stoppedByBudget) return hold(`over the SLA, but a looser plan would predict more loss than the accuracy floor allows (budget ${c.lossBudget})`, inputs);
   return hold(over ? 'over the SLA, but no layer can go looser (floors, quarantine)' : 'plan already as tight as allowed', inputs);
 }
