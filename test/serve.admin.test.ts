@@ -57,8 +57,11 @@ describe('admin API', function () {
     const d = (await (await get(url, '/admin/decisions?limit=5')).json()) as { decisions: { action: string; reason: string }[] };
     assert.ok(d.decisions.length >= 1 && d.decisions.length <= 5);
     assert.ok(d.decisions.every((x) => typeof x.reason === 'string' && x.reason.length > 0));
-    const e = (await (await get(url, '/admin/estimates')).json()) as { bandwidth_bytes_per_second: { estimate: number }; samples: number };
+    const e = (await (await get(url, '/admin/estimates')).json()) as { bandwidth_bytes_per_second: { estimate: number }; samples: number; moves_per_token_per_layer: (number | null)[]; model_error_p95: number };
     assert.ok(e.bandwidth_bytes_per_second.estimate > 0);
+    assert.equal(e.moves_per_token_per_layer.length, 8);
+    assert.ok(e.moves_per_token_per_layer.some((x) => x !== null && x > 0), 'the decode steps moved experts');
+    assert.ok(e.model_error_p95 >= 0.25 && e.model_error_p95 <= 4);
     assert.ok(e.samples > 0, 'telemetry reached the controller');
     assert.equal((await get(url, '/admin/decisions?limit=0')).status, 400);
   });
@@ -132,6 +135,8 @@ describe('admin API', function () {
     }
     assert.ok(metric(text, 'ebserve_link_bandwidth_estimate_bytes_per_second', { estimator: 'estimate' })! > 0);
     assert.equal(metric(text, 'ebserve_controller_rollbacks_total'), 0);
+    const ratio = metric(text, 'ebserve_controller_model_error_ratio')!;
+    assert.ok(ratio >= 0.25 && ratio <= 4, `model error ratio ${ratio}`);
     assert.match(text, /ebserve_controller_decisions_total\{direction="hold",reason="[a-z_]+"\} \d+/);
   });
 

@@ -70,10 +70,14 @@ export function timelineChart(o: { title: string; steps: TimelineStep[]; slaSeco
   for (let l = 0; l < L; l++) {
     const y = bottom.y + l * row;
     out.push(`<text x="${m.l - 6}" y="${y + row - 5}" text-anchor="end">layer ${l}</text>`);
-    for (let i = 0; i < o.steps.length; i++) {
+    // One cell per run of steps at the same level (cells per step would leave hairline gaps).
+    for (let i = 0; i < o.steps.length; ) {
+      let j = i;
+      while (j + 1 < o.steps.length && o.steps[j + 1].levels[l] === o.steps[i].levels[l]) j++;
       const x0 = px(i === 0 ? 0 : o.steps[i].t);
-      const x1 = px(i + 1 < o.steps.length ? o.steps[i + 1].t : o.traceSeconds);
-      out.push(`<rect x="${x0.toFixed(1)}" y="${y}" width="${Math.max(0.5, x1 - x0).toFixed(1)}" height="${row - 2}" fill="${shade(o.steps[i].levels[l])}"/>`);
+      const x1 = px(j + 1 < o.steps.length ? o.steps[j + 1].t : o.traceSeconds);
+      out.push(`<rect x="${x0.toFixed(1)}" y="${y}" width="${Math.max(0.5, x1 - x0).toFixed(1)}" height="${row - 2}" fill="${shade(o.steps[i].levels[l])}" shape-rendering="crispEdges"/>`);
+      i = j + 1;
     }
   }
   o.levelNames.forEach((name, k) => {

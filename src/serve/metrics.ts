@@ -127,6 +127,10 @@ export class ServeMetrics {
         for (const k of ['estimate', 'fast', 'slow', 'robust', 'capacity'] as const) this.set({ estimator: k }, b[k]);
       },
     });
+    new Gauge({
+      name: name('controller_model_error_ratio'), help: 'p95 of a decode step\'s measured over predicted time (the planner aims at the SLA divided by it; 1 until enough steps).', registers,
+      collect() { this.set(control.estimates().model_error_p95); },
+    });
     new Gauge({ name: name('layer_error_bound'), help: 'Each layer\'s error bound at its current level, in the ladder\'s unit (σ for a sigma ladder; 0: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.layerBounds()) });
     new Gauge({ name: name('layer_rung'), help: 'Each layer\'s level in the ladder (0: the loosest rung; the highest: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.controller.plan.levels) });
     new Gauge({ name: name('compression_ratio'), help: 'Original expert bytes over the bytes moved per expert at each layer\'s current level.', labelNames: ['layer'], registers, collect: per((c) => c.compressionRatios()) });

@@ -13,6 +13,8 @@ import { startControl, type CanaryResult, type Control, type Decision } from '..
 import { bandwidthEstimate, bandwidthParts, capacityEstimate, overheadEstimate } from '../control/estimators/bandwidth.js';
 import { computeMedian, p95 } from '../control/estimators/latency.js';
 import { missRate } from '../control/estimators/miss-rate.js';
+import { modelErrorP95 } from '../control/estimators/model-error.js';
+import { movesPerToken } from '../control/estimators/moves.js';
 import { loadPolicy, type Policy } from '../control/policy.js';
 import type { Profile } from '../control/profile.js';
 import type { LoadedModel } from '../model/load.js';
@@ -134,6 +136,9 @@ export class ServedControl {
       p95_inter_token_seconds: Number.isNaN(p) ? null : p,
       compute_seconds_per_token: Number.isNaN(cm) ? null : cm,
       miss_rate_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => missRate(s.misses, l, NaN)).map((x) => (Number.isNaN(x) ? null : x)),
+      moves_per_token_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => movesPerToken(s.moves, l)).map((x) => (Number.isNaN(x) ? null : x)),
+      // p95 of measured over predicted step time: what the planner divides the SLA by.
+      model_error_p95: modelErrorP95(s.modelError),
       samples: s.samples,
     };
   }
