@@ -18,7 +18,9 @@
  * the trace); the agreement of every plan it used is scored afterwards on the canaries and
  * weighted by the tokens decoded under it.
  *
- * Prints a table, writes bench/results/control.json. A report, never an assertion.
+ * Prints a table, writes bench/results/control.json (with the controller's run step by step and
+ * every decision that changed its plan) and draws that run in bench/results/control-trace.svg.
+ * A report, never an assertion.
  */
 import fs from 'node:fs';
 import os from 'node:os';

@@ -28,7 +28,9 @@ export function timelineChart(o: { title: string; steps: TimelineStep[]; slaSeco
   const row = 18;
   const bottom = { y: top.y + top.h + 40, h: L * row };
   const H = bottom.y + bottom.h + 50;
-  const px = (t: number) => m.l + (t / o.traceSeconds) * (W - m.l - m.r);
+  // The run's last generation may finish a little after the trace: keep its steps on the chart.
+  const span = Math.max(o.traceSeconds, ...o.steps.map((s) => s.t));
+  const px = (t: number) => m.l + (t / span) * (W - m.l - m.r);
   const yMax = Math.max(2 * o.slaSeconds, ...o.steps.map((s) => Math.min(s.seconds, 4 * o.slaSeconds)));
   const py = (y: number) => top.y + top.h - (Math.min(y, yMax) / yMax) * top.h;
   const maxMultiple = Math.max(1, ...o.steps.map((s) => s.multiple));
@@ -42,7 +44,7 @@ export function timelineChart(o: { title: string; steps: TimelineStep[]; slaSeco
     let j = i;
     while (j + 1 < o.steps.length && o.steps[j + 1].multiple === o.steps[i].multiple) j++;
     const x0 = px(i === 0 ? 0 : o.steps[i].t);
-    const x1 = px(j + 1 < o.steps.length ? o.steps[j + 1].t : o.traceSeconds);
+    const x1 = px(j + 1 < o.steps.length ? o.steps[j + 1].t : span);
     const h = (o.steps[i].multiple / maxMultiple) * top.h;
     out.push(`<rect x="${x0.toFixed(1)}" y="${(top.y + top.h - h).toFixed(1)}" width="${Math.max(0, x1 - x0).toFixed(1)}" height="${h.toFixed(1)}" fill="#e8eef8"/>`);
     i = j + 1;
@@ -75,7 +77,7 @@ export function timelineChart(o: { title: string; steps: TimelineStep[]; slaSeco
       let j = i;
       while (j + 1 < o.steps.length && o.steps[j + 1].levels[l] === o.steps[i].levels[l]) j++;
       const x0 = px(i === 0 ? 0 : o.steps[i].t);
-      const x1 = px(j + 1 < o.steps.length ? o.steps[j + 1].t : o.traceSeconds);
+      const x1 = px(j + 1 < o.steps.length ? o.steps[j + 1].t : span);
       out.push(`<rect x="${x0.toFixed(1)}" y="${y}" width="${Math.max(0.5, x1 - x0).toFixed(1)}" height="${row - 2}" fill="${shade(o.steps[i].levels[l])}" shape-rendering="crispEdges"/>`);
       i = j + 1;
     }
@@ -85,7 +87,7 @@ export function timelineChart(o: { title: string; steps: TimelineStep[]; slaSeco
     out.push(`<rect x="${W - m.r + 6}" y="${y}" width="12" height="12" fill="${shade(k)}"/>`);
     out.push(`<text x="${W - m.r + 22}" y="${y + 10}">${esc(name)}</text>`);
   });
-  for (let t = 0; t <= o.traceSeconds; t += 10) {
+  for (let t = 0; t <= span; t += 10) {
     out.push(`<text x="${px(t)}" y="${bottom.y + bottom.h + 16}" text-anchor="middle">${t}</text>`);
   }
   out.push(`<text x="${(m.l + W - m.r) / 2}" y="${H - 10}" text-anchor="middle">seconds into the trace</text>`);
