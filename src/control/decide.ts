@@ -217,7 +217,7 @@ export function decide(c: DecideContext): Decided {
   }
   if (!over && !under) return hold(`${seen} within the tolerance band below the SLA`, inputs);
   if (over && target.meetsTarget && !looser.length && measuredP95 > predictedP95) {
-    return hold(`over the SLA by the measured p95 (${measuredP95.toFixed(4)} s), but the model predicts the plan meets it now: the slow steps predate the last change`, inputs);
+    return hold(`over the SLA by the measured p95 (${measuredP95.toFixed(4)} s), but the model predicts the plan meets it now: the slow steps were measured before the plan or the link last changed`, inputs);
   }
   if (over && target.stoppedByBudget) return hold(`over the SLA, but a looser plan would predict more loss than the accuracy floor allows (budget ${c.lossBudget})`, inputs);
   return hold(over ? 'over the SLA, but no layer can go looser (floors, quarantine)' : 'plan already as tight as allowed', inputs);

@@ -25,7 +25,7 @@
 export interface PlannerInput {
   /** [layer][level]: bytes one expert costs to fetch at that level (levels loosest first). */
   levelBytes: number[][];
-  /** [layer]: experts fetched over the link per decode token (lookups × miss rate). */
+  /** [layer]: experts moved over the link per decode token (prefetches included; the controller's moves estimator). */
   fetchesPerToken: number[];
   /** Bytes per second, and seconds of fixed cost per move. */
   bandwidth: number;
