@@ -107,6 +107,16 @@ describe('controller (virtual time)', function () {
     assert.ok(first.inputs!.predictedP95Seconds > 0.05, `predicted p95 ${first.inputs!.predictedP95Seconds} over it`);
   });
 
+  it('trusts a measured p95 under the SLA over a model whose error it does not know yet', function () {
+    // At 8e6 B/s the model predicts 170 ms a step; the steps measure 20 ms. Until 8 steps have
+    // shown how far off it is, the measurement wins; after, the model's error is 0.25 (its clamp).
+    const r = simulate(base(), (c, at) => slowTokens(c, at, 1, 60, 0.02, 8e6), 60);
+    assert.ok(r.decisions.every((d) => d.action === 'hold'), r.decisions.map((d) => `${d.t} ${d.reason}`).join('\n'));
+    assert.equal(r.decisions[0].inputs!.modelErrorP95, 1, 'the first tick: error not known');
+    assert.ok(r.decisions[0].inputs!.predictedP95Seconds > 0.05, 'the uncalibrated prediction is over the SLA');
+    assert.equal(r.plans.length, 1);
+  });
+
   it('acts on a p95 just over the SLA, and holds inside the tolerance band below it', function () {
     // 4e7 B/s: the model predicts 42 ms for the tightest plan; steps measure 52.5 ms (5 % over the SLA) or 48 ms.
     const over = simulate(base(), (c, at) => slowTokens(c, at, 1, 60, 0.0525, 4e7), 60);

@@ -7,7 +7,8 @@
  * Two views of the p95: the measured one (the last dozens of steps: true, but seconds late after
  * the link changes) and the predicted one (the planner's model of the current plan at today's
  * bandwidth estimate, times the model's own error p95 — estimators/model-error.ts: fresh within
- * a few moves). The controller acts on the worse of the two.
+ * a few moves). The controller acts on the worse of the two — once the model's error is known
+ * (minSamples steps); before that, on the measurement when there is one.
  *
  * Rules, in order:
  *  1. frozen by an operator → hold;
@@ -29,7 +30,7 @@
 import { bandwidthEstimate, overheadEstimate, type BandwidthState } from './estimators/bandwidth.js';
 import { computeMedian, p95, type LatencyState } from './estimators/latency.js';
 import { missRate, type MissState } from './estimators/miss-rate.js';
-import { modelErrorP95, type ModelErrorState } from './estimators/model-error.js';
+import { modelErrorKnown, modelErrorP95, type ModelErrorState } from './estimators/model-error.js';
 import { movesPerToken, type MovesState } from './estimators/moves.js';
 import { planLevels, predictSeconds, type PlannerInput } from './planner.js';
 
@@ -173,7 +174,8 @@ export function decide(c: DecideContext): Decided {
     targetLevels: target.levels,
     targetLoss: target.predictedLoss,
   };
-  const observed = known ? Math.max(measuredP95, predictedP95) : predictedP95;
+  // An uncalibrated model (too few steps to know its error) does not overrule a measurement.
+  const observed = known ? (modelErrorKnown(c.state.modelError) ? Math.max(measuredP95, predictedP95) : measuredP95) : predictedP95;
   const seen = known ? `p95 ${observed.toFixed(4)} s (measured ${measuredP95.toFixed(4)}, predicted ${predictedP95.toFixed(4)})` : `predicted p95 ${observed.toFixed(4)} s`;
   const tol = c.hysteresis.tolerance;
   const movable = (l: number) => c.now - c.lastChange[l] >= c.hysteresis.dwell_ms;

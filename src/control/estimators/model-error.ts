@@ -38,12 +38,15 @@ export function modelErrorStep(s: ModelErrorState, measuredSeconds: number, pred
   return { ...s, ratios: [...s.ratios.slice(Math.max(0, s.ratios.length - s.window + 1)), r] };
 }
 
+/** Whether enough steps were seen for the ratio to say anything about this model. */
+export const modelErrorKnown = (s: ModelErrorState): boolean => s.ratios.length >= s.minSamples;
+
 /**
  * The 95th percentile of measured / predicted, clamped to [1/4, 4] (a model off by more than 4×
  * is a broken sample, not a calibration); 1 until minSamples steps were seen — the model leaves
  * prefetch overlap out and so errs slow, the safe side to start on.
  */
 export function modelErrorP95(s: ModelErrorState): number {
-  if (s.ratios.length < s.minSamples) return 1;
+  if (!modelErrorKnown(s)) return 1;
   return Math.min(4, Math.max(0.25, quantile(s.ratios, 0.95)));
 }
