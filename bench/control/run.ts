@@ -55,6 +55,7 @@ const TRACE: { name: string; seconds: number; multiple: number | [number, number
   { name: 'recovery', seconds: 10, multiple: 1 },
   { name: 'oscillation', seconds: 20, multiple: [1, 0.25, 2] }, // [high, low, seconds each]
 ];
+const TRACE_SECONDS = TRACE.reduce((a, p) => a + p.seconds, 0);
 const CANARY_ITEMS = 8;
 /** The controller's policy (BENCH_CONTROL_POLICY to try another; it must share the default's ladder). */
 const POLICY = path.resolve(process.env.BENCH_CONTROL_POLICY ?? path.join(ROOT, 'policies', 'u-shape.yaml'));
@@ -207,7 +208,7 @@ async function main(): Promise<void> {
   const plans = all.filter(([name]) => !ONLY || ONLY.includes(name));
   const runs = new Map<PlanName, TraceRun>();
   for (const [name, levels] of plans) {
-    log(`${name}: replaying the trace (${TRACE.reduce((a, p) => a + p.seconds, 0)} s)`);
+    log(`${name}: replaying the trace (${TRACE_SECONDS} s)`);
     const r = await replay(m, store, link2x, sla, levels);
     runs.set(name, r);
     log(`${name}: ${r.tokens} tokens, ${(100 * r.underSla / r.tokens).toFixed(1)} % under the SLA; ${r.phases.map((p) => `${p.name} ${(100 * p.underSla / Math.max(1, p.tokens)).toFixed(0)} %`).join(', ')}`);
@@ -264,9 +265,8 @@ async function main(): Promise<void> {
   fs.writeFileSync(RESULTS, JSON.stringify(result, null, 2) + '\n');
   const ladder = loadPolicy(POLICY).ladder;
   const levelNames = [...ladder.bounds.map((b) => `${b}${ladder.bound_mode === 'sigma' ? 'σ' : ''}`), ...(ladder.exact ? ['exact'] : [])];
-  const traceSeconds = TRACE.reduce((a, p) => a + p.seconds, 0);
   const cr = runs.get('controller');
-  if (cr) fs.writeFileSync(PICTURE, timelineChart({ title: `controller on the trace (link EMULATED): ${(100 * cr.underSla / cr.tokens).toFixed(1)} % of steps under the SLA`, steps: cr.timeline, slaSeconds: sla, traceSeconds, levelNames }));
+  if (cr) fs.writeFileSync(PICTURE, timelineChart({ title: `controller on the trace (link EMULATED): ${(100 * cr.underSla / cr.tokens).toFixed(1)} % of steps under the SLA`, steps: cr.timeline, slaSeconds: sla, traceSeconds: TRACE_SECONDS, levelNames }));
   console.log(`\nembedded model, ${cpus.length} × ${result.machine.model}; link EMULATED, link2x ${(link2x / 1e6).toFixed(2)} MB/s; SLA p95 ${(sla * 1000).toFixed(1)} ms; canary floor ${floor}`);
   console.log('| plan | SLA attainment | canary agreement | link kB/token | decisions | per phase (attainment) |');
   console.log('|---|---|---|---|---|---|');
