@@ -9,9 +9,19 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 
 import { loadProfile } from '../src/control/profile.js';
+import { plansAtLosses } from '../src/control/profiler.js';
 
 const bin = path.resolve('bin/ebserve');
 const ARGS = ['profile', '--items', '1', '--experts', '1', '--error-models', 'codec,gaussian'];
+
+describe('plansAtLosses', function () {
+  it('cuts the move sequence where its summed cost first reaches each loss, once per distinct plan', function () {
+    const table = [[0.04, 0.01, 0], [0.03, 0.02, 0]];
+    const mv = (layer: number, from: number, to: number) => ({ layer, from, to, secondsSaved: 0, accuracyCost: 0 });
+    const moves = [mv(0, 2, 1), mv(1, 2, 1), mv(0, 1, 0)]; // costs 0.01, 0.02, 0.03
+    assert.deepEqual(plansAtLosses(moves, table, [2, 2], [0.01, 0.02, 0.03, 0.1]), [[1, 2], [1, 1], [0, 1]]);
+  });
+});
 
 describe('ebserve profile (embedded model)', function () {
   this.timeout(180_000);

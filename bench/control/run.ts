@@ -47,6 +47,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 // then go to control-partial.json and control-trace-partial.svg, leaving the full run's alone.
 const ONLY = process.env.BENCH_CONTROL_PLANS?.split(',');
 const SUFFIX = ONLY ? '-partial' : '';
+/** BENCH_CONTROL_HOLDS=1 keeps the controller's holds too, with every decision's inputs (to see why it held). */
+const HOLDS = Boolean(process.env.BENCH_CONTROL_HOLDS);
 const RESULTS = path.join(ROOT, 'bench', 'results', `control${SUFFIX}.json`);
 const PICTURE = path.join(ROOT, 'bench', 'results', `control-trace${SUFFIX}.svg`);
 const TRACE: { name: string; seconds: number; multiple: number | [number, number, number] }[] = [
@@ -101,10 +103,9 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
     profile.link = { prior_bytes_per_second: link2x };
     control = startControl({ policy, profile, store, engine, telemetry: bus, topK: m.checkpoint.config.topK });
     control.controller.decisions$.subscribe((d) => {
-      // BENCH_CONTROL_HOLDS=1 keeps the holds too, with every decision's inputs (to see why it held).
-      if (d.action === 'hold' && !process.env.BENCH_CONTROL_HOLDS) return;
+      if (d.action === 'hold' && !HOLDS) return;
       if (d.action !== 'hold') run.decisions++;
-      run.changes.push({ t: (performance.now() - start) / 1000, action: d.action, reason: d.reason, levels: d.levels, ...(process.env.BENCH_CONTROL_HOLDS ? { inputs: d.inputs } : {}) });
+      run.changes.push({ t: (performance.now() - start) / 1000, action: d.action, reason: d.reason, levels: d.levels, ...(HOLDS ? { inputs: d.inputs } : {}) });
     });
   }
   let phase = { name: '', tokens: 0, underSla: 0 };

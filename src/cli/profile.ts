@@ -58,7 +58,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
   const { openStore, defaultCacheDir } = await import('../offload/store-file.js');
   const { progressBar } = await import('../offload/progress.js');
   const { CanaryRunner } = await import('../control/canaries.js');
-  const { PerturbedEngine, runProfile, scorePlans, sensitivityTable } = await import('../control/profiler.js');
+  const { PerturbedEngine, plansAtLosses, runProfile, scorePlans, sensitivityTable } = await import('../control/profiler.js');
   const { lineChart } = await import('../control/plot.js');
   const { canaryTarget } = await import('../serve/canary-target.js');
 
@@ -113,17 +113,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
       levelBytes: Array.from({ length: L }, (_, l) => store.layerLevelBytes(l)), fetchesPerToken: new Array(L).fill(1), bandwidth: 1, overhead: 0,
       computeSeconds: 0, slaSeconds: 1e-12, sensitivity: table, floor: r.floor, ceiling: r.ceiling,
     }).moves;
-    const plans: number[][] = [];
-    for (const target of PLAN_LOSSES) {
-      const levels = [...r.ceiling];
-      let loss = 0;
-      for (const mv of moves) {
-        if (loss >= target) break;
-        loss += table[mv.layer][mv.to] - table[mv.layer][mv.from];
-        levels[mv.layer] = mv.to;
-      }
-      if (!plans.some((p) => p.join() === levels.join())) plans.push(levels);
-    }
+    const plans = plansAtLosses(moves, table, r.ceiling, PLAN_LOSSES);
     const planBar = progressBar('scoring whole plans');
     const scored = models.includes('codec') ? await scorePlans(runner, engine!, table, plans, (done, total) => planBar(done, total, `plan ${done} of ${total}`)) : { cells: [], lossScale: undefined };
     planBar.done(scored.lossScale === undefined ? 'no loss scale' : `loss scale ${scored.lossScale.toFixed(3)} (measured / summed over ${scored.cells.length} plans)`);

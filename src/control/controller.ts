@@ -109,7 +109,7 @@ export class Controller {
     // A step's predicted time: the plan in force, at the estimates just before the step ended.
     // None (NaN, skipped) before any step's compute time is known: the model would have no compute term.
     const predict = (st: ControlState) =>
-      st.latency.steps.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla, hysteresis: this.o.hysteresis }), this.plan.levels);
+      st.latency.steps.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla }), this.plan.levels);
 
     this.subs.add(
       this.samples

@@ -152,7 +152,6 @@ export function decide(c: DecideContext): Decided {
   if (silent > c.hysteresis.stale_after_ms) return hold(`telemetry stale (no sample for ${(silent / 1000).toFixed(1)} s): plan frozen`);
 
   const measuredP95 = p95(c.state.latency);
-  const compute = computeMedian(c.state.latency);
   const x = plannerInput(c.state, c);
   const predicted = predictSeconds(x, c.levels);
   const error = modelErrorP95(c.state.modelError);
@@ -166,7 +165,7 @@ export function decide(c: DecideContext): Decided {
     p95Seconds: known ? measuredP95 : null,
     predictedP95Seconds: predictedP95,
     modelErrorP95: error,
-    computeSeconds: Number.isNaN(compute) ? null : compute,
+    computeSeconds: c.state.latency.compute.length ? x.computeSeconds : null,
     slaSeconds: c.slaSeconds,
     plannerSlaSeconds: plannerSla,
     predictedSeconds: predicted,

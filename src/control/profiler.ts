@@ -19,7 +19,7 @@ import { combineExperts, disposeSwiglu, swigluTensors, type ExpertEngine, type E
 import { MATRICES } from '../offload/source.js';
 import type { ExpertStore } from '../offload/store.js';
 import type { CanaryRunner } from './canaries.js';
-import { predictLoss } from './planner.js';
+import { predictLoss, type PlanMove } from './planner.js';
 
 export type ErrorModel = 'codec' | 'gaussian';
 
@@ -208,6 +208,25 @@ export function sensitivityTable(cells: ProfileCell[], store: ExpertStore, model
     for (let k = row.length - 2; k >= 0; k--) row[k] = Math.max(row[k], row[k + 1]);
     return row.map((v) => Number(v.toFixed(6)));
   });
+}
+
+/**
+ * Prefixes of the planner's move sequence, from `ceiling`: for each loss in `losses`, the first
+ * prefix whose summed cost by `table` reaches it (the whole sequence if none does); distinct plans.
+ */
+export function plansAtLosses(moves: PlanMove[], table: number[][], ceiling: number[], losses: number[]): number[][] {
+  const plans: number[][] = [];
+  for (const target of losses) {
+    const levels = [...ceiling];
+    let loss = 0;
+    for (const mv of moves) {
+      if (loss >= target) break;
+      loss += table[mv.layer][mv.to] - table[mv.layer][mv.from];
+      levels[mv.layer] = mv.to;
+    }
+    if (!plans.some((p) => p.join() === levels.join())) plans.push(levels);
+  }
+  return plans;
 }
 
 export interface PlanCell {

@@ -272,7 +272,6 @@ export class MoeTransformer {
   }
 }
 
-/** x · rsqrt(mean(x², last axis) + ε) · w. */
 /**
  * The top-k experts of `router` [E, d] for each of T hidden states [T, d] after an RMS norm with
  * weights `norm` (what the layer's own routing computes, in float64; ties go to the lower expert).
@@ -305,6 +304,7 @@ export function predictRouting(w: { norm: Float32Array; router: Float32Array }, 
   return ids;
 }
 
+/** x · rsqrt(mean(x², last axis) + ε) · w. */
 function rmsNorm<T extends tf.Tensor>(x: T, w: tf.Tensor1D, eps: number): T {
   return tf.tidy(() => tf.mul(tf.mul(x, tf.rsqrt(tf.add(tf.mean(tf.square(x), -1, true), eps))), w)) as T;
 }

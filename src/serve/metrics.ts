@@ -17,6 +17,7 @@
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+import { modelErrorP95 } from '../control/estimators/model-error.js';
 import type { OffloadSample } from '../offload/telemetry.js';
 import type { ServedControl } from './served-control.js';
 
@@ -129,7 +130,7 @@ export class ServeMetrics {
     });
     new Gauge({
       name: name('controller_model_error_ratio'), help: 'p95 of a decode step\'s measured over predicted time (the planner aims at the SLA divided by it; 1 until enough steps).', registers,
-      collect() { this.set(control.estimates().model_error_p95); },
+      collect() { this.set(modelErrorP95(control.controller.state$.value.modelError)); },
     });
     new Gauge({ name: name('layer_error_bound'), help: 'Each layer\'s error bound at its current level, in the ladder\'s unit (σ for a sigma ladder; 0: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.layerBounds()) });
     new Gauge({ name: name('layer_rung'), help: 'Each layer\'s level in the ladder (0: the loosest rung; the highest: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.controller.plan.levels) });
