@@ -29,7 +29,7 @@ const base = (over: Partial<ControllerOptions> = {}): ControllerOptions => ({
   ...over,
 });
 
-const token = (seconds: number): OffloadSample => ({ kind: 'token', at: 0, tokens: 1, seconds, computeSeconds: 0.01, transferWaitSeconds: seconds - 0.01, decompressWaitSeconds: 0 });
+const token = (seconds: number): OffloadSample => ({ kind: 'token', at: 0, tokens: 1, sequences: 1, prefillTokens: 0, seconds, computeSeconds: 0.01, transferWaitSeconds: seconds - 0.01, decompressWaitSeconds: 0 });
 const transfer = (bytesPerSecond: number, layer = 0): OffloadSample => ({ kind: 'transfer', at: 0, layer, expert: 0, rung: 3, fromRung: 0, bytes: 80e3, seconds: 80e3 / bytesPerSecond, link: 'emulated', emulated: true, prefetch: false });
 const miss = (layer: number): OffloadSample => ({ kind: 'cache', at: 0, layer, tier: 'A', result: 'miss', prefetch: false });
 

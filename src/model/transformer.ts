@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs';
 
-import { swiglu, swigluTensors, type ExpertEngine, type SwigluTensors } from '../offload/expert-engine.js';
+import { swiglu, swigluTensors, type ExpertEngine, type StepShape, type SwigluTensors } from '../offload/expert-engine.js';
 import type { KvCache } from './kv-cache.js';
 import type { NativeForward } from './native-forward.js';
 import type { ModelConfig } from './types.js';
@@ -57,6 +57,41 @@ interface DenseLayer {
   router: tf.Tensor2D; // [d, E]
   sharedGate?: tf.Tensor2D; // [d, 1]
   shared?: SwigluTensors;
+}
+
+/** One sequence's share of a forward step (see MoeTransformer.forwardBatch). */
+export interface SequenceStep {
+  /** New tokens, at positions cache.length.. (at least one). */
+  tokens: number[];
+  /** This sequence's own cache: written and advanced by the step. */
+  cache: KvCache;
+  /** Logits of every new position [T, V] instead of the last one's [V]. */
+  allLogits?: boolean;
+  /** These tokens are (a chunk of) a prompt, not a decode token (default: more than one token). */
+  prefill?: boolean;
+}
+
+/**
+ * Throws a RangeError naming what is wrong with one sequence of a step: no tokens, a token
+ * outside the vocabulary, or positions past the context.
+ */
+export function checkSequence(c: ModelConfig, s: SequenceStep): void {
+  const T = s.tokens.length;
+  if (T === 0) throw new RangeError('forward needs at least one token');
+  const context = Math.min(c.maxPositions, s.cache.maxPositions);
+  if (s.cache.length + T > context) throw new RangeError(`context is ${context} positions; ${s.cache.length + T} asked`);
+  for (const tok of s.tokens) if (!(Number.isInteger(tok) && tok >= 0 && tok < c.vocabSize)) throw new RangeError(`token ${tok} outside the vocabulary of ${c.vocabSize}`);
+}
+
+/** What a step holds, as the engines' telemetry reports it. */
+export function stepShape(seqs: SequenceStep[]): StepShape {
+  let tokens = 0;
+  let prefillTokens = 0;
+  for (const s of seqs) {
+    tokens += s.tokens.length;
+    if (s.prefill ?? s.tokens.length > 1) prefillTokens += s.tokens.length;
+  }
+  return { tokens, sequences: seqs.length, prefillTokens };
 }
 
 /** The routing decision of one layer for T tokens: ids and weights, [T, k] each. */
@@ -123,19 +158,37 @@ export class MoeTransformer {
    * plan on its own engine while serving goes on with the dense weights shared).
    */
   async forward(tokens: number[], cache: KvCache, allLogits = false, engine: ExpertEngine = this.experts): Promise<Float32Array> {
+    return (await this.forwardBatch([{ tokens, cache, allLogits }], engine))[0];
+  }
+
+  /**
+   * One forward step for a batch of sequences, each with its own new tokens and KV cache (a
+   * prompt chunk, or one decode token): every sequence's tokens at positions cache.length.., its
+   * cache advanced. Returns each sequence's logits, as forward() would. Every sequence is checked
+   * before anything runs (checkSequence): a bad one fails the call and writes nothing. The
+   * experts a step's tokens route to are fetched once per layer for the whole batch.
+   */
+  async forwardBatch(seqs: SequenceStep[], engine: ExpertEngine = this.experts): Promise<Float32Array[]> {
+    if (seqs.length === 0) throw new RangeError('a forward step needs at least one sequence');
+    seqs.forEach((s) => checkSequence(this.config, s));
+    if (new Set(seqs.map((s) => s.cache)).size !== seqs.length) throw new RangeError('two sequences of one step share a KV cache');
+    const shape = stepShape(seqs);
+    if (this.native && engine === this.experts) return this.forwardNative(this.native, seqs, shape, engine);
+    engine.beginForward?.(shape);
+    // TensorFlow.js runs the sequences one after another within the step: it is the reference
+    // and the path for architectures the native forward does not cover, not the fast one.
+    const out: Float32Array[] = [];
+    for (const s of seqs) out.push(await this.forwardOne(s.tokens, s.cache, s.allLogits ?? false, engine));
+    engine.endForward?.(shape);
+    return out;
+  }
+
+  private async forwardOne(tokens: number[], cache: KvCache, allLogits: boolean, engine: ExpertEngine): Promise<Float32Array> {
     const c = this.config;
     const T = tokens.length;
     const d = c.hiddenSize;
-    if (T === 0) throw new RangeError('forward needs at least one token');
-    const context = Math.min(c.maxPositions, cache.maxPositions);
-    if (cache.length + T > context) throw new RangeError(`context is ${context} positions; ${cache.length + T} asked`);
     const x0 = new Float32Array(T * d);
-    tokens.forEach((tok, t) => {
-      if (!(tok >= 0 && tok < c.vocabSize)) throw new RangeError(`token ${tok} outside the vocabulary of ${c.vocabSize}`);
-      x0.set(this.embed.subarray(tok * d, tok * d + d), t * d);
-    });
-    if (this.native && engine === this.experts) return this.forwardNative(this.native, tokens, cache, allLogits, engine);
-    engine.beginForward?.(T);
+    tokens.forEach((tok, t) => x0.set(this.embed.subarray(tok * d, tok * d + d), t * d));
     // Layer 0 has no layer before it to overlap: its router on the embeddings predicts it (measured
     // on the embedded model: 277 of its 280 experts in a decode run), while its attention runs.
     if (engine.prefetch) this.prefetchNext(engine, 0, x0, T);
@@ -151,7 +204,6 @@ export class MoeTransformer {
       tf.dispose([afterAttn, h, moe]);
     }
     cache.advance(T);
-    engine.endForward?.(T);
     const logits = tf.tidy(() => {
       const last = allLogits ? x : x.slice([T - 1, 0], [1, d]);
       return tf.matMul(rmsNorm(last as tf.Tensor2D, this.norm, c.rmsNormEps), this.lmHeadT);
@@ -174,14 +226,18 @@ export class MoeTransformer {
     return this.native;
   }
 
-  private async forwardNative(native: NativeForward, tokens: number[], cache: KvCache, allLogits: boolean, engine: ExpertEngine): Promise<Float32Array> {
-    const T = tokens.length;
-    engine.beginForward?.(T);
-    const step = await native.step(tokens, cache, allLogits);
-    cache.advance(T);
-    if (this.onRouting) for (const r of step.routing) this.onRouting(r);
-    engine.endForward?.(T);
-    return step.logits;
+  private async forwardNative(native: NativeForward, seqs: SequenceStep[], shape: StepShape, engine: ExpertEngine): Promise<Float32Array[]> {
+    engine.beginForward?.(shape);
+    const out: Float32Array[] = [];
+    for (const s of seqs) {
+      const T = s.tokens.length;
+      const step = await native.step(s.tokens, s.cache, s.allLogits ?? false);
+      s.cache.advance(T);
+      if (this.onRouting) for (const r of step.routing) this.onRouting(r);
+      out.push(step.logits);
+    }
+    engine.endForward?.(shape);
+    return out;
   }
 
   /** Self-attention of the T new positions over the cache; writes their keys and values to it. */

@@ -13,7 +13,7 @@
 import { compress } from '../codec/index.js';
 import { codecCall } from '../codec/errors.js';
 import { native, type RawFusedMatrix, type RawMatrix } from '../codec/native.js';
-import { distinctExperts, type ExpertEngine, type ExpertMatrices } from './expert-engine.js';
+import { distinctExperts, type ExpertEngine, type ExpertMatrices, type StepShape } from './expert-engine.js';
 import type { TelemetrySink } from './telemetry.js';
 
 /** One expert as the native engine reads it. */
@@ -120,11 +120,11 @@ export class CpuExpertEngine implements ExpertEngine {
     this.stepStart = performance.now();
   }
 
-  endForward(T: number): void {
+  endForward(step: StepShape): void {
     if (!this.stepStart || !this.opts.telemetry) return;
     const now = performance.now();
     const seconds = (now - this.stepStart) / 1000;
-    this.opts.telemetry.emit({ kind: 'token', at: now / 1000, tokens: T, seconds, computeSeconds: seconds, transferWaitSeconds: 0, decompressWaitSeconds: 0 });
+    this.opts.telemetry.emit({ kind: 'token', at: now / 1000, ...step, seconds, computeSeconds: seconds, transferWaitSeconds: 0, decompressWaitSeconds: 0 });
     this.stepStart = 0;
   }
 

@@ -12,7 +12,7 @@
  * engine.setPlan(uniformPlan(store.numLayers, store.exact));
  * const m = await loadModel(dir, { engine: () => engine });
  */
-import { combineExperts, distinctExperts, type ExpertEngine } from './expert-engine.js';
+import { combineExperts, distinctExperts, type ExpertEngine, type StepShape } from './expert-engine.js';
 import { nativeExpertLayer } from './cpu-engine.js';
 import { ExpertFetcher, matricesOf, tensorsOf, type ExpertHandle, type FetcherOptions } from './fetcher.js';
 import { checkPlan, uniformPlan, type PrecisionPlan } from './plan.js';
@@ -85,12 +85,12 @@ export class OffloadExpertEngine implements ExpertEngine {
     this.decompressWait = 0;
   }
 
-  endForward(T: number): void {
+  endForward(step: StepShape): void {
     if (!this.stepStart) return;
     const now = performance.now();
     const total = now - this.stepStart;
     this.telemetry.emit({
-      kind: 'token', at: now / 1000, tokens: T, seconds: total / 1000,
+      kind: 'token', at: now / 1000, ...step, seconds: total / 1000,
       computeSeconds: Math.max(0, total - this.transferWait - this.decompressWait) / 1000,
       transferWaitSeconds: this.transferWait / 1000, decompressWaitSeconds: this.decompressWait / 1000,
     });

@@ -22,12 +22,22 @@ export interface ExpertEngine {
    * now. Never throws, never waits.
    */
   prefetch?(layer: number, ids: Int32Array): void;
-  /** The model starts a forward pass (a step of T tokens)… */
-  beginForward?(T: number): void;
+  /** The model starts a forward step (every sequence of a batch)… */
+  beginForward?(step: StepShape): void;
   /** …and has finished it. */
-  endForward?(T: number): void;
+  endForward?(step: StepShape): void;
   /** Releases whatever the engine holds. */
   dispose(): void;
+}
+
+/**
+ * What one forward step holds: its tokens (all sequences together), the sequences in the batch,
+ * and how many of the tokens are prompt (prefill) tokens rather than one decode token each.
+ */
+export interface StepShape {
+  tokens: number;
+  sequences: number;
+  prefillTokens: number;
 }
 
 /** One SwiGLU expert's matrices as stored in checkpoints: [ff, d], [ff, d], [d, ff] ([out, in]). */

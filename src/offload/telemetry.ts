@@ -47,11 +47,17 @@ export interface CacheSample {
   prefetch: boolean;
 }
 
-/** One forward step of T tokens, its time split into compute and the waits for experts. */
+/**
+ * One forward step, its time split into compute and the waits for experts. A step serves a batch:
+ * `sequences` sequences, `tokens` tokens in all, `prefillTokens` of them prompt tokens (a step
+ * with none is a pure decode step: one token per sequence, the inter-token gap its clients see).
+ */
 export interface TokenSample {
   kind: 'token';
   at: number;
   tokens: number;
+  sequences: number;
+  prefillTokens: number;
   seconds: number;
   computeSeconds: number;
   transferWaitSeconds: number;

@@ -99,7 +99,7 @@ export class ServeMetrics {
         this.cacheRequests.inc({ tier: s.tier, result: s.result });
         break;
       case 'token': {
-        const phase = s.tokens > 1 ? 'prefill' : 'decode';
+        const phase = s.prefillTokens > 0 ? 'prefill' : 'decode';
         this.steps.inc({ phase });
         this.stepCompute.inc({ phase }, s.computeSeconds);
         this.stepTransferWait.inc({ phase }, s.transferWaitSeconds);
