@@ -6,13 +6,12 @@
 // reports its time split.
 import assert from 'node:assert/strict';
 
-import * as tf from '@tensorflow/tfjs';
 
 import { decodeTensor } from '../src/codec/halfs-array.js';
 import { generate } from '../src/model/generate.js';
 import { checkpointExperts, EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
 import { OffloadExpertEngine } from '../src/offload/engine.js';
-import { deviceBudget } from '../src/offload/fetcher.js';
+import { deviceBudget, matricesOf } from '../src/offload/fetcher.js';
 import { CopyLink } from '../src/offload/link.js';
 import { DEFAULT_LADDER, uniformPlan } from '../src/offload/plan.js';
 import { MATRICES, type ExpertSource } from '../src/offload/source.js';
@@ -28,7 +27,7 @@ describe('offload engine (embedded model)', function () {
   let decodedBytes: number;
   const originals = new Map<string, Float32Array>();
   before(async function () {
-    resident = await loadModel(EMBEDDED_MODEL_DIR);
+    resident = await loadModel(EMBEDDED_MODEL_DIR, { nativeForward: false }); // the TensorFlow.js reference
     source = checkpointExperts(resident.checkpoint);
     store = await buildStore(source, DEFAULT_LADDER);
     decodedBytes = store.expertValues(0, 0) * 4;
@@ -63,11 +62,12 @@ describe('offload engine (embedded model)', function () {
 
   it('gives the all-resident model\'s greedy tokens at the exact level, through a cache of 2× the active experts', async function () {
     const want = await generate(resident.model, resident.tokenizer, PROMPT, { maxTokens: 32 });
-    const { m, engine } = await offloaded({ tierA: 2 * 2 * 8, tierB: 0 });
+    const { m, engine } = await offloaded({ tierA: 2 * 2 * 8, tierB: 0, compute: 'tfjs' });
     try {
       engine.setPlan(uniformPlan(8, store.exact, 1));
       const got = await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 32 });
       assert.equal(got.text, want.text);
+      assert.equal(engine.fetcher.form, 'tfjs');
       assert.ok(engine.fetcher.stats.transfers > 0, 'experts crossed the link');
     } finally {
       m.dispose();
@@ -101,10 +101,9 @@ describe('offload engine (embedded model)', function () {
           onExpertUsed: (layer, expert, h) => {
             assert.ok(h.level >= levels[layer], `layer ${layer}: handed level ${h.level}, planned ${levels[layer]}`);
             const stored = store.expert(layer, expert);
-            const tensors = { gate: h.weights.gateT, up: h.weights.upT, down: h.weights.downT };
+            const matrices = matricesOf(h.weights); // f32 in the checkpoint's layout, as the CPU engine reads them
             for (const which of MATRICES) {
-              // The engine keeps W transposed for x · W: transpose back to the checkpoint layout.
-              const got = tf.tidy(() => tensors[which].transpose().dataSync() as Float32Array);
+              const got = matrices[which];
               const x = original(layer, expert, which);
               const eb = h.level === store.exact ? 0 : stored[which].bounds[h.level];
               let worst = 0;

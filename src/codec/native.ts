@@ -24,12 +24,14 @@ export interface NativeCodec {
   fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
   /** The native forward pass (src/native/decoder_cpu.h); src/model/native-forward.ts builds the spec. */
   decoderNew(spec: object): unknown;
-  decoderForwardAsync(decoder: unknown, tokens: Int32Array, pos0: number, allLogits: boolean, keys: Float32Array[], values: Float32Array[], threads: number): Promise<{ logits: Float32Array; ids: Int32Array; weights: Float32Array; expertSeconds: number; otherSeconds: number }>;
+  decoderBegin(decoder: unknown, tokens: Int32Array, segments: { count: number; pos0: number; allLogits: boolean; keys: Float32Array[]; values: Float32Array[] }[], out: { hidden: Float32Array; ids: Int32Array; weights: Float32Array; predicted: Int32Array }, threads: number): unknown;
+  decoderLayer(step: unknown, layer: number, moe: Float32Array | null): Promise<void>;
+  decoderLogits(step: unknown, moe: Float32Array): Promise<{ logits: Float32Array; seconds: number }>;
   /** Picks the fused path's block decoder; false when the CPU cannot run the one asked for. */
   setFusedDecoder(name: 'gfni' | 'plane loop'): boolean;
   /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */
-  expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Float32Array;
-  expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Promise<Float32Array>;
+  expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number, backToBack?: boolean): Float32Array;
+  expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number, backToBack?: boolean): Promise<Float32Array>;
   emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
   emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
   /** Present when built with nvcc; they throw "no usable CUDA device: …" without a GPU. */

@@ -32,10 +32,14 @@ export interface LoadOptions {
   engine?: (checkpoint: Checkpoint) => ExpertEngine | Promise<ExpertEngine>;
   /**
    * The CPU engine instead (ignored when `engine` is given): experts in the addon, dense f32 or,
-   * with `bound`, compressed and multiplied by the fused path; and, unless nativeForward is
-   * false, the whole forward pass in the addon for the architectures it covers.
+   * with `bound`, compressed and multiplied by the fused path.
    */
-  cpu?: CpuEngineOptions & { nativeForward?: boolean };
+  cpu?: CpuEngineOptions;
+  /**
+   * Run the forward pass in the addon (src/model/native-forward.ts) for the architectures it
+   * covers, whatever the engine (default true); false keeps the TensorFlow.js reference.
+   */
+  nativeForward?: boolean;
 }
 
 export interface LoadedModel {
@@ -84,15 +88,14 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     const c = checkpoint.config;
     const tokenizer = await loadTokenizer(dir, c);
     const read = (l: number, e: number) => readExpert(checkpoint, l, e);
-    let cpu: CpuExpertEngine | undefined;
     if (opts.engine) engine = await opts.engine(checkpoint);
-    else if (opts.cpu) engine = cpu = CpuExpertEngine.fromReader(c, read, opts.cpu);
+    else if (opts.cpu) engine = CpuExpertEngine.fromReader(c, read, opts.cpu);
     else engine = new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, read);
     const readDense = (name: string) => checkpoint.readTensor(name);
     const names = denseTensorNames(c);
     const model = new MoeTransformer(c, readDense, names, engine);
-    if (cpu && opts.cpu?.nativeForward !== false && !nativeForwardUnsupported(c)) {
-      model.useNativeForward(new NativeForward(c, readDense, names, cpu, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), opts.cpu?.threads));
+    if (opts.nativeForward !== false && !nativeForwardUnsupported(c)) {
+      model.useNativeForward(new NativeForward(c, readDense, names, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), opts.cpu?.threads));
     }
     const used = engine;
     return {

@@ -1,28 +1,30 @@
 /**
- * The whole forward pass in the addon (src/native/decoder_cpu.h), for models whose layers it
- * covers: RMSNorm, grouped-query attention with rotary positions (q/k/v biases allowed), a top-k
- * router and routed SwiGLU experts computed by the CPU engine (dense or fused). One call per step
- * on a worker thread instead of ~100 TensorFlow.js ops per layer; the tfjs model stays the
- * reference it is tested against and the path for every other architecture.
+ * The forward step in the addon (src/native/decoder_cpu.h), layer by layer, for a batch of
+ * sequences and any ExpertEngine. Per layer: one addon call runs attention (each sequence over its
+ * own KV cache), the post-attention norm and the router for every token of the step, and writes
+ * the next layer's predicted routing; the engine is then told what to prefetch for the next layer
+ * and computes this layer's routed experts — the union over the whole batch, each expert fetched
+ * once — and its output goes into the next call. So the offload engine (device cache, link,
+ * decode stream, controller), the CPU engine's resident experts and the tfjs engine all run
+ * behind this one forward; the tfjs model stays the reference it is tested against and the path
+ * for the architectures it does not cover.
+ *
+ * What the round trips cost is measured, not guessed: `stats` splits every step's wall time into
+ * the addon's own time, the engine's, and the rest (JavaScript between the calls).
  */
 import { native } from '../codec/native.js';
-import type { CpuExpertEngine } from '../offload/cpu-engine.js';
-import type { KvCache } from './kv-cache.js';
-import type { DenseTensorNames, Routing } from './transformer.js';
+import type { ExpertEngine } from '../offload/expert-engine.js';
+import type { DenseTensorNames, Routing, SequenceStep } from './transformer.js';
 import type { ModelConfig } from './types.js';
-
-export interface NativeStep {
-  logits: Float32Array;
-  routing: Routing[];
-  /** Seconds in the routed experts and in everything else, measured in the addon. */
-  expertSeconds: number;
-  otherSeconds: number;
-}
 
 export interface NativeForwardStats {
   steps: number;
   tokens: number;
+  /** Seconds in the addon's calls (dense layers, attention, routers, LM head). */
+  nativeSeconds: number;
+  /** Seconds from handing a layer to the engine to its output (fetch waits included). */
   expertSeconds: number;
+  /** Seconds of the steps' wall time outside both: the JavaScript between the calls. */
   otherSeconds: number;
 }
 
@@ -36,7 +38,7 @@ export function nativeForwardUnsupported(c: ModelConfig): string | null {
 type NativeDecoder = { readonly __decoder: unique symbol };
 
 export class NativeForward {
-  readonly stats: NativeForwardStats = { steps: 0, tokens: 0, expertSeconds: 0, otherSeconds: 0 };
+  readonly stats: NativeForwardStats = { steps: 0, tokens: 0, nativeSeconds: 0, expertSeconds: 0, otherSeconds: 0 };
   private readonly handle: NativeDecoder;
 
   /** Throws when nativeForwardUnsupported(c) says why. */
@@ -44,41 +46,67 @@ export class NativeForward {
     private readonly c: ModelConfig,
     read: (name: string) => Float32Array,
     names: DenseTensorNames,
-    experts: CpuExpertEngine,
     rotary: [Float32Array, Float32Array],
     private readonly threads = 0,
   ) {
     const why = nativeForwardUnsupported(c);
     if (why) throw new Error(`the native forward cannot run this model: ${why}`);
     const spec = Object.freeze({
-      d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim, ff: c.expertFfnSize,
+      d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, experts: c.numExperts, topK: c.topK, maxPositions: c.maxPositions, eps: c.rmsNormEps,
       normTopk: c.normTopkProb, embed: read(names.embed), norm: read(names.norm), lmHead: read(names.lmHead),
       cos: rotary[0], sin: rotary[1],
-      layers: names.layers.map((n, l) => ({
+      layers: names.layers.map((n) => ({
         inputNorm: read(n.inputNorm), postNorm: read(n.postNorm), q: read(n.q), k: read(n.k), v: read(n.v), o: read(n.o),
         qBias: n.qBias ? read(n.qBias) : undefined, kBias: n.kBias ? read(n.kBias) : undefined, vBias: n.vBias ? read(n.vBias) : undefined,
         router: read(n.router),
-        experts: experts.layer(l).map((x) => [x.gate, x.up, x.down]),
       })),
     });
     this.handle = native.decoderNew(spec) as NativeDecoder;
   }
 
-  /** Runs `tokens` at positions cache.length.. (writing the cache) without advancing it. */
-  async step(tokens: number[], cache: KvCache, allLogits: boolean): Promise<NativeStep> {
-    const T = tokens.length;
-    const r = await native.decoderForwardAsync(this.handle, Int32Array.from(tokens), cache.length, allLogits, cache.keys, cache.values, this.threads);
-    const K = this.c.topK;
-    const routing = Array.from({ length: this.c.numLayers }, (_, l) => ({
-      layer: l,
-      ids: r.ids.subarray(l * T * K, (l + 1) * T * K),
-      weights: r.weights.subarray(l * T * K, (l + 1) * T * K),
-    }));
+  /**
+   * One step for `seqs` (checked by the caller: MoeTransformer.forwardBatch), experts computed by
+   * `engine`; writes and advances each sequence's cache. Returns each sequence's logits ([V], or
+   * [T, V] with allLogits). `onRouting` sees every layer's routing of the whole step.
+   */
+  async step(seqs: SequenceStep[], engine: ExpertEngine, onRouting?: (r: Routing) => void): Promise<Float32Array[]> {
+    const start = performance.now();
+    const c = this.c;
+    const T = seqs.reduce((n, s) => n + s.tokens.length, 0);
+    const K = c.topK;
+    const out = { hidden: new Float32Array(T * c.hiddenSize), ids: new Int32Array(T * K), weights: new Float32Array(T * K), predicted: new Int32Array(T * K) };
+    const segments = seqs.map((s) => ({ count: s.tokens.length, pos0: s.cache.length, allLogits: s.allLogits ?? false, keys: s.cache.keys, values: s.cache.values }));
+    const step = native.decoderBegin(this.handle, Int32Array.from(seqs.flatMap((s) => s.tokens)), segments, out, this.threads);
+    engine.prefetch?.(0, out.predicted);
+    let moe: Float32Array | null = null;
+    let expert = 0;
+    for (let l = 0; l < c.numLayers; l++) {
+      await native.decoderLayer(step, l, moe);
+      // Issued before this layer's experts compute, so the next layer's fetches overlap them.
+      if (l + 1 < c.numLayers) engine.prefetch?.(l + 1, out.predicted);
+      if (onRouting) onRouting({ layer: l, ids: out.ids.slice(), weights: out.weights.slice() });
+      const e0 = performance.now();
+      moe = await engine.compute(l, out.hidden, out.ids, out.weights, T);
+      expert += performance.now() - e0;
+    }
+    const r = await native.decoderLogits(step, moe!);
+    for (const s of seqs) s.cache.advance(s.tokens.length);
+    const total = (performance.now() - start) / 1000;
     this.stats.steps++;
     this.stats.tokens += T;
-    this.stats.expertSeconds += r.expertSeconds;
-    this.stats.otherSeconds += r.otherSeconds;
-    return { logits: r.logits, routing, expertSeconds: r.expertSeconds, otherSeconds: r.otherSeconds };
+    this.stats.nativeSeconds += r.seconds;
+    this.stats.expertSeconds += expert / 1000;
+    this.stats.otherSeconds += Math.max(0, total - r.seconds - expert / 1000);
+    // Each sequence's rows of the logits, in order.
+    const V = c.vocabSize;
+    const logits: Float32Array[] = [];
+    let row = 0;
+    for (const s of seqs) {
+      const rows = s.allLogits ? s.tokens.length : 1;
+      logits.push(r.logits.subarray(row * V, (row + rows) * V));
+      row += rows;
+    }
+    return logits;
   }
 }

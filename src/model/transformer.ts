@@ -112,7 +112,7 @@ export class MoeTransformer {
   private readonly hostRouting: { norm: Float32Array; router: Float32Array }[];
   /** Called with every layer's routing (usage statistics, prefetch). */
   onRouting?: (r: Routing) => void;
-  /** Runs the model's own passes in the addon instead (see useNativeForward). */
+  /** Runs every pass in the addon instead (see useNativeForward). */
   private native?: NativeForward;
 
   constructor(
@@ -173,7 +173,7 @@ export class MoeTransformer {
     seqs.forEach((s) => checkSequence(this.config, s));
     if (new Set(seqs.map((s) => s.cache)).size !== seqs.length) throw new RangeError('two sequences of one step share a KV cache');
     const shape = stepShape(seqs);
-    if (this.native && engine === this.experts) return this.forwardNative(this.native, seqs, shape, engine);
+    if (this.native) return this.forwardNative(this.native, seqs, shape, engine);
     engine.beginForward?.(shape);
     // TensorFlow.js runs the sequences one after another within the step: it is the reference
     // and the path for architectures the native forward does not cover, not the fast one.
@@ -215,8 +215,8 @@ export class MoeTransformer {
   }
 
   /**
-   * From now on the model's own passes (those with its own engine) run in the addon; passes with
-   * another engine (the canary runner's) still run here. `native` must use the model's experts.
+   * From now on every pass runs in the addon, its experts computed by whichever engine it names
+   * (the model's own, or the canary runner's); undefined goes back to TensorFlow.js.
    */
   useNativeForward(native: NativeForward | undefined): void {
     this.native = native;
@@ -228,14 +228,7 @@ export class MoeTransformer {
 
   private async forwardNative(native: NativeForward, seqs: SequenceStep[], shape: StepShape, engine: ExpertEngine): Promise<Float32Array[]> {
     engine.beginForward?.(shape);
-    const out: Float32Array[] = [];
-    for (const s of seqs) {
-      const T = s.tokens.length;
-      const step = await native.step(s.tokens, s.cache, s.allLogits ?? false);
-      s.cache.advance(T);
-      if (this.onRouting) for (const r of step.routing) this.onRouting(r);
-      out.push(step.logits);
-    }
+    const out = await native.step(seqs, engine, this.onRouting);
     engine.endForward?.(shape);
     return out;
   }

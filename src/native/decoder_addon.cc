@@ -1,17 +1,25 @@
 // decoder_addon: the Node face of decoder_cpu.h.
 //   decoderNew(spec) → handle. spec (src/model/native-forward.ts builds it) holds the config
-//     numbers and every weight as a Float32Array, experts as [gate, up, down] of Float32Arrays or
-//     fusedMatrix results; the handle keeps spec alive, so its arrays must not be replaced.
-//   decoderForwardAsync(handle, tokens, pos0, allLogits, keys[], values[], threads)
-//     → Promise<{ logits, ids, weights, expertSeconds, otherSeconds }>, on a libuv worker; the
-//     cache arrays are written in place.
+//     numbers and every dense weight as a Float32Array; the handle keeps spec alive, so its arrays
+//     must not be replaced.
+//   decoderBegin(handle, tokens, segments, out, threads) → step. segments: [{ count, pos0,
+//     allLogits, keys, values }] (keys/values: one Float32Array per layer, the sequence's cache);
+//     out: { hidden, ids, weights, predicted }, the arrays each layer call writes (kept alive by
+//     the step). Embeds the tokens and writes layer 0's predicted routing.
+//   decoderLayer(step, l, moe | null) → Promise<void>: adds the previous layer's experts' output,
+//     then layer l up to its router (decoder_cpu.h step_layer). Small calls run on the calling
+//     thread (a worker hand-off, ~85 µs, would cost more than the work); others on a libuv worker.
+//   decoderLogits(step, moe) → Promise<{ logits, seconds }>: the last layer's experts added, then
+//     each sequence's logits, in order; seconds is the time the step spent in native code.
+// Argument errors are TypeError / RangeError naming the argument; a bad sequence throws before
+// anything is written.
 #include <napi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "decoder_cpu.h"
-#include "expert_addon.h"
 #include "napi_util.h"
 
 namespace eb {
@@ -49,7 +57,6 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
   m.H = int_of(s, "heads");
   m.KV = int_of(s, "kvHeads");
   m.hd = int_of(s, "headDim");
-  m.ff = int_of(s, "ff");
   m.V = int_of(s, "vocab");
   m.E = int_of(s, "experts");
   m.top_k = int_of(s, "topK");
@@ -80,98 +87,184 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
     L.bk = f32_of(o, "kBias", kw, true);
     L.bv = f32_of(o, "vBias", kw, true);
     L.router = f32_of(o, "router", (size_t)m.E * m.d);
-    Napi::Value ev = o.Get("experts");
-    if (!ev.IsArray() || ev.As<Napi::Array>().Length() != (uint32_t)m.E)
-      throw Napi::TypeError::New(env, "decoder spec: layer " + std::to_string(l) + " needs " + std::to_string(m.E) + " experts");
-    auto ex = ev.As<Napi::Array>();
-    for (uint32_t e = 0; e < ex.Length(); e++)
-      L.experts.push_back(expert_weights_of(env, ex.Get(e), m.d, m.ff, "layer " + std::to_string(l) + " expert " + std::to_string(e)));
-    m.layers.push_back(std::move(L));
+    m.layers.push_back(L);
   }
+  if (m.layers.empty()) throw Napi::RangeError::New(env, "decoder spec: the model has no layers");
   h->spec = Napi::Persistent(s);
   return Napi::External<DecoderHolder>::New(env, h.release(), [](Napi::Env, DecoderHolder* p) { delete p; });
 }
 
-class ForwardWorker : public PromiseWorker {
- public:
-  ForwardWorker(Napi::Env env, const Napi::CallbackInfo& info, const DecoderModel& m, ForwardCall c, Napi::Object result)
-      : PromiseWorker(env, info), m_(m), c_(std::move(c)), result_(Napi::Persistent(result)) {}
-  void run() override { decoder_forward(m_, c_); }
-  void OnOK() override {
-    Napi::Object r = result_.Value();
-    r.Set("expertSeconds", c_.expert_seconds);
-    r.Set("otherSeconds", c_.other_seconds);
-    deferred_.Resolve(r);
-  }
-
- private:
-  const DecoderModel& m_;
-  ForwardCall c_;
-  Napi::ObjectReference result_;
+// A step and the JS arrays it writes into; one call at a time.
+struct StepHolder {
+  const DecoderModel* m = nullptr;
+  Step s;
+  std::vector<Napi::ObjectReference> keep;
+  bool busy = false;
 };
 
-Napi::Value DecoderForwardAsync(const Napi::CallbackInfo& info) {
+// Multiply-adds under which a layer call runs on the calling thread (as the expert engine's).
+constexpr double kSyncMacs = 1 << 21;
+
+StepHolder& step_of(const Napi::Value& v) {
+  if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a decoder step");
+  StepHolder& h = *v.As<Napi::External<StepHolder>>().Data();
+  if (h.busy) throw Napi::Error::New(v.Env(), "the step's previous call has not finished");
+  return h;
+}
+
+template <class E>
+E* array_of(Napi::Env env, Napi::Object o, const char* k, size_t n, napi_typedarray_type type, std::vector<Napi::ObjectReference>& keep) {
+  using A = Napi::TypedArrayOf<E>;
+  Napi::Value v = o.Get(k);
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type || v.As<A>().ElementLength() < n)
+    throw Napi::TypeError::New(env, std::string("step arrays: ") + k + " must be a " + (type == napi_int32_array ? "Int32Array" : "Float32Array") + " of at least " + std::to_string(n) + " values");
+  keep.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  return v.As<A>().Data();
+}
+
+Napi::Value DecoderBegin(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto deferred_error = [&](const Napi::Error& e) {
-    auto d = Napi::Promise::Deferred::New(env);
-    d.Reject(e.Value());
-    return d.Promise();
-  };
-  try {
-    if (!info[0].IsExternal()) throw Napi::TypeError::New(env, "expected a decoder handle");
-    const DecoderModel& m = info[0].As<Napi::External<DecoderHolder>>().Data()->m;
-    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-      throw Napi::TypeError::New(env, "tokens must be an Int32Array");
-    auto tokens = info[1].As<Napi::Int32Array>();
-    ForwardCall c;
-    c.tokens = tokens.Data();
-    c.T = (int)tokens.ElementLength();
-    c.pos0 = info[2].As<Napi::Number>().Int32Value();
-    c.all_logits = info[3].ToBoolean();
-    c.threads = threads_of(info[6]);
-    const size_t kw = (size_t)m.KV * m.hd;
+  if (!info[0].IsExternal()) throw Napi::TypeError::New(env, "expected a decoder handle");
+  const DecoderModel& m = info[0].As<Napi::External<DecoderHolder>>().Data()->m;
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw Napi::TypeError::New(env, "tokens must be an Int32Array");
+  if (!info[2].IsArray()) throw Napi::TypeError::New(env, "segments must be an array");
+  if (!info[3].IsObject()) throw Napi::TypeError::New(env, "the step's arrays must be an object");
+  auto tokens = info[1].As<Napi::Int32Array>();
+  auto h = std::make_unique<StepHolder>();
+  h->m = &m;
+  Step& s = h->s;
+  s.T = (int)tokens.ElementLength();
+  s.threads = threads_of(info[4]);
+  h->keep.push_back(Napi::Persistent(info[0].As<Napi::Object>()));
+  h->keep.push_back(Napi::Persistent(tokens.As<Napi::Object>()));
+  const size_t kw = (size_t)m.KV * m.hd;
+  auto segs = info[2].As<Napi::Array>();
+  int first = 0;
+  for (uint32_t i = 0; i < segs.Length(); i++) {
+    if (!segs.Get(i).IsObject()) throw Napi::TypeError::New(env, "segment " + std::to_string(i) + " must be an object");
+    Napi::Object o = segs.Get(i).As<Napi::Object>();
+    Segment g;
+    g.first = first;
+    g.count = int_of(o, "count");
+    g.pos0 = int_of(o, "pos0");
+    g.all_logits = o.Get("allLogits").ToBoolean();
+    first += g.count;
     for (int which = 0; which < 2; which++) {
-      Napi::Value av = info[4 + which];
+      Napi::Value av = o.Get(which ? "values" : "keys");
       if (!av.IsArray() || av.As<Napi::Array>().Length() != m.layers.size())
-        throw Napi::TypeError::New(env, std::string(which ? "values" : "keys") + " must be an array of one Float32Array per layer");
+        throw Napi::TypeError::New(env, "segment " + std::to_string(i) + ": " + (which ? "values" : "keys") + " must be an array of one Float32Array per layer");
       auto a = av.As<Napi::Array>();
       for (uint32_t l = 0; l < a.Length(); l++) {
         Napi::Value x = a.Get(l);
         if (!x.IsTypedArray() || x.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
             x.As<Napi::Float32Array>().ElementLength() < (size_t)m.max_pos * kw)
-          throw Napi::RangeError::New(env, "the cache's layer " + std::to_string(l) + " does not hold " + std::to_string(m.max_pos) + " positions");
-        (which ? c.values : c.keys).push_back(x.As<Napi::Float32Array>().Data());
+          throw Napi::RangeError::New(env, "segment " + std::to_string(i) + ": the cache's layer " + std::to_string(l) + " does not hold " + std::to_string(m.max_pos) + " positions");
+        h->keep.push_back(Napi::Persistent(x.As<Napi::Object>()));
+        (which ? g.values : g.keys).push_back(x.As<Napi::Float32Array>().Data());
       }
     }
-    if (c.T < 1 || c.pos0 < 0 || c.pos0 + c.T > m.max_pos)
-      throw Napi::RangeError::New(env, "context is " + std::to_string(m.max_pos) + " positions; " + std::to_string(c.pos0 + c.T) + " asked");
-    for (int t = 0; t < c.T; t++)
-      if (c.tokens[t] < 0 || c.tokens[t] >= m.V)
-        throw Napi::RangeError::New(env, "token " + std::to_string(c.tokens[t]) + " outside the vocabulary of " + std::to_string(m.V));
-    Napi::Object r = Napi::Object::New(env);
-    auto logits = Napi::Float32Array::New(env, (size_t)(c.all_logits ? c.T : 1) * m.V);
-    auto ids = Napi::Int32Array::New(env, m.layers.size() * c.T * m.top_k);
-    auto weights = Napi::Float32Array::New(env, m.layers.size() * c.T * m.top_k);
-    r.Set("logits", logits);
-    r.Set("ids", ids);
-    r.Set("weights", weights);
-    c.logits = logits.Data();
-    c.route_ids = ids.Data();
-    c.route_weights = weights.Data();
-    auto* w = new ForwardWorker(env, info, m, std::move(c), r);
-    Napi::Promise p = w->promise();
-    w->Queue();
-    return p;
-  } catch (const Napi::Error& e) {
-    return deferred_error(e);
+    s.segs.push_back(std::move(g));
   }
+  Napi::Object out = info[3].As<Napi::Object>();
+  const size_t T = (size_t)std::max(0, s.T), K = (size_t)m.top_k;
+  s.hidden = array_of<float>(env, out, "hidden", T * m.d, napi_float32_array, h->keep);
+  s.ids = array_of<int32_t>(env, out, "ids", T * K, napi_int32_array, h->keep);
+  s.weights = array_of<float>(env, out, "weights", T * K, napi_float32_array, h->keep);
+  s.predicted = array_of<int32_t>(env, out, "predicted", T * K, napi_int32_array, h->keep);
+  try {
+    step_begin(m, s, tokens.Data());
+  } catch (const std::invalid_argument& e) {
+    throw Napi::RangeError::New(env, e.what());
+  }
+  return Napi::External<StepHolder>::New(env, h.release(), [](Napi::Env, StepHolder* p) { delete p; });
+}
+
+// Runs `work` on a libuv worker, or here when it is small; settles the promise either way.
+class StepWorker : public PromiseWorker {
+ public:
+  StepWorker(Napi::Env env, const Napi::CallbackInfo& info, StepHolder& h, std::function<void()> work)
+      : PromiseWorker(env, info), h_(h), work_(std::move(work)) {}
+  void run() override { work_(); }
+  void OnOK() override {
+    h_.busy = false;
+    deferred_.Resolve(result ? result() : Env().Undefined());
+  }
+  void OnError(const Napi::Error& e) override {
+    h_.busy = false;
+    PromiseWorker::OnError(e);
+  }
+  std::function<Napi::Value()> result;
+
+ private:
+  StepHolder& h_;
+  std::function<void()> work_;
+};
+
+Napi::Value run_step_call(const Napi::CallbackInfo& info, StepHolder& h, bool small, std::function<void()> work, std::function<Napi::Value()> result) {
+  Napi::Env env = info.Env();
+  if (small) {
+    auto d = Napi::Promise::Deferred::New(env);
+    try {
+      work();
+    } catch (const std::exception& e) {
+      d.Reject(Napi::Error::New(env, e.what()).Value());
+      return d.Promise();
+    }
+    d.Resolve(result ? result() : env.Undefined());
+    return d.Promise();
+  }
+  h.busy = true;
+  auto* w = new StepWorker(env, info, h, std::move(work));
+  w->result = std::move(result);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+const float* moe_of(const Napi::Value& v, const Step& s, int d) {
+  if (v.IsNull() || v.IsUndefined()) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array || v.As<Napi::Float32Array>().ElementLength() != (size_t)s.T * d)
+    throw Napi::TypeError::New(v.Env(), "the experts' output must be a Float32Array of " + std::to_string((size_t)s.T * d) + " values");
+  return v.As<Napi::Float32Array>().Data();
+}
+
+Napi::Value DecoderLayerCall(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  StepHolder& h = step_of(info[0]);
+  const DecoderModel& m = *h.m;
+  int l = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : -1;
+  if (l < 0 || l >= (int)m.layers.size()) throw Napi::RangeError::New(env, "layer " + std::to_string(l) + " is not one of the model's " + std::to_string(m.layers.size()));
+  const float* moe = moe_of(info[2], h.s, m.d);
+  if ((l > 0) != (moe != nullptr)) throw Napi::TypeError::New(env, l ? "layer " + std::to_string(l) + " needs the previous layer's experts' output" : "layer 0 has no previous layer");
+  return run_step_call(info, h, step_layer_macs(m, h.s) < kSyncMacs, [&m, &h, l, moe] { step_layer(m, h.s, l, moe); }, nullptr);
+}
+
+Napi::Value DecoderLogits(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  StepHolder& h = step_of(info[0]);
+  const DecoderModel& m = *h.m;
+  const float* moe = moe_of(info[1], h.s, m.d);
+  if (!moe) throw Napi::TypeError::New(env, "the logits need the last layer's experts' output");
+  auto logits = Napi::Float32Array::New(env, (size_t)step_logit_rows(h.s) * m.V);
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(logits.As<Napi::Object>()));
+  float* out = logits.Data();
+  const double macs = (double)step_logit_rows(h.s) * m.V * m.d;
+  return run_step_call(info, h, macs < kSyncMacs, [&m, &h, moe, out] { step_logits(m, h.s, moe, out); }, [&h, ref, env] {
+    Napi::Object r = Napi::Object::New(env);
+    r.Set("logits", ref->Value());
+    r.Set("seconds", h.s.seconds);
+    return r.As<Napi::Value>();
+  });
 }
 
 }  // namespace
 
 void register_decoder(Napi::Env env, Napi::Object exports) {
   exports.Set("decoderNew", Napi::Function::New(env, DecoderNew));
-  exports.Set("decoderForwardAsync", Napi::Function::New(env, DecoderForwardAsync));
+  exports.Set("decoderBegin", Napi::Function::New(env, DecoderBegin));
+  exports.Set("decoderLayer", Napi::Function::New(env, DecoderLayerCall));
+  exports.Set("decoderLogits", Napi::Function::New(env, DecoderLogits));
 }
 
 }  // namespace eb

@@ -1,9 +1,9 @@
 /**
  * The offload expert engine: the model's ExpertEngine backed by the store, the link and the
  * device cache. For each layer it fetches the routed experts at the level the current
- * PrecisionPlan names (waiting only for what is not already on the device), computes them with
- * TensorFlow.js or, with `compute: 'cpu'`, in the addon straight from the device cache's f32
- * buffers (the CPU engine: nothing is copied into tfjs), and releases them. Prefetch hints start the next layer's fetches while this
+ * PrecisionPlan names (waiting only for what is not already on the device), computes them in the
+ * addon straight from the device cache's f32 buffers (the CPU engine's kernels: nothing is copied
+ * anywhere; the default) or, with `compute: 'tfjs'`, with TensorFlow.js, and releases them. Prefetch hints start the next layer's fetches while this
  * layer computes. Every forward step ends with a TokenSample splitting its time into compute,
  * transfer wait and decompress wait.
  *
@@ -19,7 +19,7 @@ import { checkPlan, uniformPlan, type PrecisionPlan } from './plan.js';
 import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 
 export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
-  /** Who multiplies: TensorFlow.js (default) or the CPU engine in the addon. */
+  /** Who multiplies: the CPU engine's kernels in the addon (default) or TensorFlow.js. */
   compute?: 'tfjs' | 'cpu';
   /** The first plan (default: every layer at the finest level). */
   plan?: PrecisionPlan;
@@ -58,7 +58,7 @@ export class OffloadExpertEngine implements ExpertEngine {
   private decompressWait = 0;
 
   constructor(opts: OffloadEngineOptions) {
-    this.compute_ = opts.compute ?? 'tfjs';
+    this.compute_ = opts.compute ?? 'cpu';
     this.fetcher = new ExpertFetcher({ ...opts, form: this.compute_ === 'cpu' ? 'f32' : 'tfjs' });
     const s = opts.store;
     this.plan = opts.plan ?? uniformPlan(s.numLayers, s.levels - 1);
@@ -129,7 +129,8 @@ export class OffloadExpertEngine implements ExpertEngine {
       if (failed) throw failed.reason;
       this.splitWait(waitStart, waitEnd, [...handles.values()]);
       for (const [e, h] of handles) this.onExpertUsed?.(layer, e, h);
-      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => matricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T);
+      // Inside a forward step the layers' calls come back to back (the pool's helpers are awake).
+      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => matricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T, { backToBack: this.stepStart > 0 });
       return combineExperts(this.d, hidden, ids, weights, T, (e) => tensorsOf(handles.get(e)!.weights));
     } finally {
       for (const h of handles.values()) h.release();
