@@ -19,6 +19,8 @@ runEngineConformance(cpuFused('gfni', 1.25e-4, { rungs: 4, k: 2 }));
 runEngineConformance(cpuFused('plane loop', 1.25e-4, { rungs: 4, k: 1 }));
 runEngineConformance(offloadEngine('tfjs'));
 runEngineConformance(offloadEngine('cpu'));
+runEngineConformance(offloadEngine('cpu', { level: 2, fused: false }));
+runEngineConformance(offloadEngine('cpu', { level: 2, fused: true }));
 
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 

@@ -14,13 +14,19 @@
  */
 import { combineExperts, distinctExperts, type ExpertEngine, type StepShape } from './expert-engine.js';
 import { nativeExpertLayer } from './cpu-engine.js';
-import { ExpertFetcher, matricesOf, tensorsOf, type ExpertHandle, type FetcherOptions } from './fetcher.js';
+import { ExpertFetcher, nativeMatricesOf, tensorsOf, type ExpertHandle, type FetcherOptions } from './fetcher.js';
 import { checkPlan, uniformPlan, type PrecisionPlan } from './plan.js';
 import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 
 export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
   /** Who multiplies: the CPU engine's kernels in the addon (default) or TensorFlow.js. */
   compute?: 'tfjs' | 'cpu';
+  /**
+   * With the CPU engine: keep a codec level's rungs compressed in tier A and multiply them with
+   * the fused product (decoding each block inside the dot product) instead of decoding them to
+   * f32 first. The exact level is always f32.
+   */
+  fused?: boolean;
   /** The first plan (default: every layer at the finest level). */
   plan?: PrecisionPlan;
   /** Act on the model's prefetch hints (default true). */
@@ -59,7 +65,8 @@ export class OffloadExpertEngine implements ExpertEngine {
 
   constructor(opts: OffloadEngineOptions) {
     this.compute_ = opts.compute ?? 'cpu';
-    this.fetcher = new ExpertFetcher({ ...opts, form: this.compute_ === 'cpu' ? 'f32' : 'tfjs' });
+    if (opts.fused && this.compute_ !== 'cpu') throw new RangeError('the fused form is multiplied by the CPU engine: compute must be cpu');
+    this.fetcher = new ExpertFetcher({ ...opts, form: this.compute_ === 'tfjs' ? 'tfjs' : opts.fused ? 'fused' : 'f32' });
     const s = opts.store;
     this.plan = opts.plan ?? uniformPlan(s.numLayers, s.levels - 1);
     checkPlan(this.plan, s.ladder, s.numLayers);
@@ -130,7 +137,7 @@ export class OffloadExpertEngine implements ExpertEngine {
       this.splitWait(waitStart, waitEnd, [...handles.values()]);
       for (const [e, h] of handles) this.onExpertUsed?.(layer, e, h);
       // Inside a forward step the layers' calls come back to back (the pool's helpers are awake).
-      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => matricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T, { backToBack: this.stepStart > 0 });
+      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => nativeMatricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T, { backToBack: this.stepStart > 0 });
       return combineExperts(this.d, hidden, ids, weights, T, (e) => tensorsOf(handles.get(e)!.weights));
     } finally {
       for (const h of handles.values()) h.release();

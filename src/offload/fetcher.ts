@@ -5,8 +5,10 @@
  *   miss: tier B (compressed rungs on the device) ─ missing rungs ─link─► device
  *         ─ decompress (the decode stream, from the moment the move lands) ─► tier A insert ─► handle
  *
- * Tier A holds decoded experts (the memory the engine computes from: tfjs tensors, or f32 arrays
- * the CPU engine multiplies in the addon, as the fetcher's `form` says), tier B the
+ * Tier A holds decoded experts (the memory the engine computes from, as the fetcher's `form` says:
+ * tfjs tensors, f32 arrays the CPU engine multiplies in the addon, or — `fused` — the compressed
+ * rungs themselves, indexed for the CPU engine's fused product, which decodes each block inside
+ * the dot product: no decode at all, and a tier-A entry costs the compressed bytes), tier B the
  * compressed rungs that crossed the link, so a tier-A eviction or a tightened plan costs only a
  * decompression and the missing residual rungs, not the whole expert again. Each tier has its
  * own byte budget, never exceeded, and an eviction policy (LRU default, LFU). Concurrent requests
@@ -14,6 +16,7 @@
  * evicted the request is served by a transient copy that is freed on release (counted).
  */
 import { decodeOnStream } from '../codec/index.js';
+import { fusedMatrix, matrixBytes, type NativeExpert } from './cpu-engine.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
 import type { Link } from './link.js';
@@ -57,11 +60,12 @@ export function deviceBudget(
 }
 
 /**
- * What tier A holds for an expert: tfjs tensors (the tfjs engine), or its f32 matrices as they
- * were decoded (the CPU engine reads them in place, nothing is copied into tfjs).
+ * What tier A holds for an expert: tfjs tensors (the tfjs engine), its f32 matrices as they were
+ * decoded (the CPU engine reads them in place, nothing is copied into tfjs), or its compressed
+ * rungs prepared for the CPU engine's fused product (codec levels; the exact level is f32).
  */
-export type DecodedForm = 'tfjs' | 'f32';
-export type DecodedWeights = SwigluTensors | ExpertMatrices;
+export type DecodedForm = 'tfjs' | 'f32' | 'fused';
+export type DecodedWeights = SwigluTensors | ExpertMatrices | NativeExpert;
 
 /** The tensors of a tfjs-form expert (throws for an f32-form one: a wiring mistake). */
 export function tensorsOf(w: DecodedWeights): SwigluTensors {
@@ -71,6 +75,12 @@ export function tensorsOf(w: DecodedWeights): SwigluTensors {
 
 /** The matrices of an f32-form expert. */
 export function matricesOf(w: DecodedWeights): ExpertMatrices {
+  if (!('gate' in w) || !(w.gate instanceof Float32Array)) throw new Error('this expert is not held as f32 matrices');
+  return w as ExpertMatrices;
+}
+
+/** The matrices of an f32- or fused-form expert as the CPU engine takes them. */
+export function nativeMatricesOf(w: DecodedWeights): NativeExpert {
   if (!('gate' in w)) throw new Error('this expert was decoded as tfjs tensors, not for the CPU engine');
   return w;
 }
@@ -92,6 +102,8 @@ interface Decoded {
   /** Users holding a handle; a transient entry is freed when the last lets go. */
   users: number;
   transient: boolean;
+  /** Bytes it holds in tier A. */
+  bytes: number;
   /** When its transfer and its decompression finished (performance.now() ms; 0 = none needed). */
   transferDoneAt: number;
   decodedAt: number;
@@ -162,6 +174,7 @@ export class ExpertFetcher {
     const gate = this.store.expert(0, 0).gate;
     [this.ff, this.d] = gate.shape;
     this.decodedBytes = this.store.expertValues(0, 0) * 4;
+    if (this.form === 'fused' && (this.d % 32 || this.ff % 32)) throw new RangeError(`the fused form needs rows of whole 32-value blocks; this model's experts are ${this.ff}×${this.d}`);
   }
 
   /** Brings expert (layer, expert) to `level` or tighter and pins it until the handle's release. */
@@ -245,31 +258,39 @@ export class ExpertFetcher {
       bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
       values: this.decodedBytes / 4, seconds,
     });
-    const decoded: Decoded = { level, weights: this.form === 'tfjs' ? swigluTensors(values, this.d, this.ff) : values, users: 0, transient: false, transferDoneAt, decodedAt };
+    const fused = !(values.gate instanceof Float32Array);
+    const bytes = fused ? MATRICES.reduce((n, m) => n + matrixBytes(values[m]), 0) : this.decodedBytes;
+    const weights = this.form === 'tfjs' ? swigluTensors(values as ExpertMatrices, this.d, this.ff) : values;
+    const decoded: Decoded = { level, weights, bytes, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
-    if ((old && this.tierA.pinned(key)) || !this.makeRoomA(key, old)) {
+    if ((old && this.tierA.pinned(key)) || !this.tierA.reserve(bytes - (old?.bytes ?? 0), key)) {
       decoded.transient = true;
       this.stats.transient++;
       return this.handle(key, decoded);
     }
     if (old) this.dropDecoded(this.tierA.remove(key)!);
-    this.tierA.set(key, decoded, this.decodedBytes);
+    this.tierA.set(key, decoded, bytes);
     this.tierA.pin(key);
     return this.handle(key, decoded);
   }
 
-  /** Room in tier A for `key`'s new entry (an old entry of the same key will be replaced). */
-  private makeRoomA(key: number, old: Decoded | undefined): boolean {
-    return this.tierA.reserve(old ? 0 : this.decodedBytes, key);
-  }
-
-  /** Decodes an expert's parts once they have landed; `seconds` is the decode's own time. */
-  private async decode(p: DeviceParts, layer: number, expert: number, level: number, landed: Promise<void>, landsAt?: number): Promise<{ values: ExpertMatrices; seconds: number }> {
+  /**
+   * Decodes an expert's parts once they have landed; `seconds` is the decode's own time. In the
+   * fused form a codec level is not decoded: its rungs are indexed (a pass over the rate bytes,
+   * one per 32 values, with the checksum checked) for the CPU engine's fused product.
+   */
+  private async decode(p: DeviceParts, layer: number, expert: number, level: number, landed: Promise<void>, landsAt?: number): Promise<{ values: NativeExpert; seconds: number }> {
     const stored = this.store.expert(layer, expert);
     if (level === this.store.exact) {
       await landed;
       const t = performance.now();
       const [gate, up, down] = MATRICES.map((m) => this.store.decodeExact(stored[m], p.parts[m].exact!));
+      return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
+    }
+    if (this.form === 'fused') {
+      await landed;
+      const t = performance.now();
+      const [gate, up, down] = MATRICES.map((m) => fusedMatrix(p.parts[m].head!, stored[m].shape[0], stored[m].shape[1], { rungs: p.parts[m].rungs.slice(0, level + 1), k: level }));
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     const count = stored.gate.shape[0] * stored.gate.shape[1];

@@ -108,12 +108,16 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
   };
 }
 
-/** The offload engine (store of ladder rungs, link, device cache) at its exact level, computing with tfjs or the CPU engine. */
-export function offloadEngine(compute: 'tfjs' | 'cpu'): EngineImpl {
+/**
+ * The offload engine (store of ladder rungs, link, device cache) at its exact level, computing
+ * with tfjs or the CPU engine; or, with `level`, at that codec level of the default ladder, its
+ * rungs decoded to f32 or (`fused`) multiplied compressed by the fused product.
+ */
+export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fused: boolean } | null = null): EngineImpl {
   return {
-    name: `offload engine at the exact level, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s f32 buffers' : 'TensorFlow.js'}`,
+    name: `offload engine at ${at ? `level ${at.level}, ${at.fused ? 'fused on the compressed rungs' : 'rungs decoded to f32'}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`,
     unavailable: () => null,
-    shapes: [[64, 96], ODD],
+    shapes: at ? SHAPES : [[64, 96], ODD],
     offThread: compute === 'cpu',
     async make(experts, d, ff) {
       const raw = (v: Float32Array, shape: number[]): RawTensor => ({ dtype: 'F32', shape, bytes: new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
@@ -124,10 +128,17 @@ export function offloadEngine(compute: 'tfjs' | 'cpu'): EngineImpl {
         readExpert: (l, e) => ({ gate: raw(experts[l][e].gate, [ff, d]), up: raw(experts[l][e].up, [ff, d]), down: raw(experts[l][e].down, [d, ff]) }),
       };
       const store = await buildStore(source, DEFAULT_LADDER);
+      const level = at?.level ?? store.exact;
       const engine = new OffloadExpertEngine({
-        store, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, plan: uniformPlan(experts.length, store.exact),
+        store, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, fused: at?.fused, plan: uniformPlan(experts.length, level),
       });
-      return { engine, used: (l, e) => experts[l][e] };
+      // What the engine computes with at a codec level: the store's rungs 0..level, decoded.
+      const decoded = (l: number, e: number): ExpertMatrices => {
+        const x = store.expert(l, e);
+        const dec = (m: (typeof x)['gate']) => decompressRungs(m.head, m.rungs.slice(0, level + 1)) as Float32Array;
+        return { gate: dec(x.gate), up: dec(x.up), down: dec(x.down) };
+      };
+      return { engine, used: (l, e) => (at ? decoded(l, e) : experts[l][e]) };
     },
   };
 }
