@@ -20,6 +20,9 @@
  *
  * Prints a table, writes bench/results/control.json (with the controller's run step by step and
  * every decision that changed its plan) and draws that run in bench/results/control-trace.svg.
+ * Every run is the product's path: the native forward (src/model/native-forward.ts) with the
+ * offload engine's experts multiplied by the CPU engine's kernels.
+ *
  * A report, never an assertion.
  */
 import fs from 'node:fs';
@@ -113,7 +116,7 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
   bus.on((s) => {
     if (s.kind === 'transfer') pendingBytes += s.bytes;
     if (s.kind === 'token') {
-      if (s.tokens === 1) {
+      if (s.prefillTokens === 0) {
         run.tokens++;
         phase.tokens++;
         run.bytes += pendingBytes;
@@ -177,7 +180,7 @@ async function main(): Promise<void> {
   let bytes = 0;
   bus.on((s) => {
     if (s.kind === 'transfer') bytes += s.bytes;
-    if (s.kind === 'token' && s.tokens === 1) {
+    if (s.kind === 'token' && s.prefillTokens === 0) {
       compute += s.computeSeconds;
       steps++;
     }
@@ -190,7 +193,7 @@ async function main(): Promise<void> {
   // The SLA: 1.5× the tightest plan's median decode step on the steady link.
   const steady: number[] = [];
   const bus2 = new TelemetryBus();
-  bus2.on((s) => s.kind === 'token' && s.tokens === 1 && steady.push(s.seconds));
+  bus2.on((s) => s.kind === 'token' && s.prefillTokens === 0 && steady.push(s.seconds));
   const tight = new OffloadExpertEngine({ store, link: new EmulatedLink({ bytesPerSecond: link2x }), telemetry: bus2, budget: { tierABytes: 4 * L * decoded, tierBBytes: 0 }, plan: uniformPlan(L, store.exact) });
   for (let i = 0; i < 6; i++) await generate(m.model, m.tokenizer, text[i].prompt, { maxTokens: 32, engine: tight });
   tight.dispose();
@@ -253,6 +256,7 @@ async function main(): Promise<void> {
     model: path.relative(ROOT, EMBEDDED_MODEL_DIR),
     machine: { cpus: cpus.length, model: cpus[0]?.model ?? 'unknown', node: process.version },
     link_emulated: true,
+    forward: 'native',
     controller_policy: path.relative(ROOT, POLICY),
     link2x_bytes_per_s: link2x,
     compute_seconds_per_token: tc,

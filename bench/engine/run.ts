@@ -99,7 +99,7 @@ async function embedded(engine: EngineName, memcpy: number): Promise<Row> {
         logits = await m.model.forward([next], cache, false, timed);
       }
       const seconds = (performance.now() - start) / 1000;
-      const expert = timed ? timed.seconds : nf!.expertSeconds - before!.e;
+      const expert = timed ? timed.seconds : nf!.expertSeconds - before!.expertSeconds;
       const other = timed ? seconds - timed.seconds : nf!.nativeSeconds - before!.nativeSeconds + nf!.otherSeconds - before!.otherSeconds;
       // The native forward's JavaScript between its per-layer calls (its round trips to the engine).
       const js = timed ? 0 : nf!.otherSeconds - before!.otherSeconds;

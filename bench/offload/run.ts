@@ -10,6 +10,11 @@
  *             (cheapest accuracy per byte first, by the measured sensitivity of profiles/tiny-moe.yaml
  *             when it exists, else the policy's prior), taken as far as canary agreement stays
  *             ≥ AGREEMENT_TARGET (a bisection over the move sequence)
+ *   u-shape-fused  the same plan, tier A holding the compressed rungs, multiplied by the fused
+ *             product (no decode; an entry costs its compressed bytes, so the same tier-A budget
+ *             holds more experts)
+ * Every run is the product's path: the native forward (src/model/native-forward.ts), experts
+ * through the offload engine, multiplied by the CPU engine's kernels.
  * for device caches (tier A) of 1×, 2× and 4× the active experts per layer; tier B is off so every
  * scheme gets the same device memory (decoded experts only).
  *
@@ -62,11 +67,13 @@ function median(xs: number[]): number {
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 
-type SchemeName = 'bf16' | 'int8' | 'int4g64' | 'uniform' | 'u-shape';
+type SchemeName = 'bf16' | 'int8' | 'int4g64' | 'uniform' | 'u-shape' | 'u-shape-fused';
 interface Scheme {
   name: SchemeName;
   store: ExpertStore;
   plan: PrecisionPlan;
+  /** Tier A keeps codec levels compressed for the fused product. */
+  fused?: boolean;
 }
 
 interface Row {
@@ -138,8 +145,8 @@ async function run(scheme: Scheme, tierAExperts: number, link: Link, prefetch: b
   bus.on((s) => {
     if (s.kind === 'transfer') pending += s.bytes;
     else if (s.kind === 'token') {
-      // A step of one token is a decode step; moves since the last step are its bytes.
-      if (s.tokens === 1) {
+      // A step without prompt tokens is a decode step; moves since the last step are its bytes.
+      if (s.prefillTokens === 0) {
         r.decodeTokens++;
         r.decodeSeconds += s.seconds;
         r.decodeBytes += pending;
@@ -152,7 +159,7 @@ async function run(scheme: Scheme, tierAExperts: number, link: Link, prefetch: b
   const m = await loadModel(EMBEDDED_MODEL_DIR, {
     engine: () =>
       (engine = new OffloadExpertEngine({
-        store: scheme.store, link, budget: { tierABytes: tierAExperts * decodedBytes, tierBBytes: 0 }, telemetry: bus, plan: scheme.plan, prefetch, strictLevels, compute: COMPUTE,
+        store: scheme.store, link, budget: { tierABytes: tierAExperts * decodedBytes, tierBBytes: 0 }, telemetry: bus, plan: scheme.plan, prefetch, strictLevels, compute: COMPUTE, fused: scheme.fused,
       })),
   });
   try {
@@ -186,8 +193,8 @@ function maxWeightError(scheme: Scheme, report: ReturnType<typeof ladderReport>,
 
 async function main(): Promise<void> {
   if (COMPUTE !== 'tfjs' && COMPUTE !== 'cpu') throw new Error(`BENCH_OFFLOAD_COMPUTE is tfjs or cpu, got ${COMPUTE}`);
-  log(`experts computed by ${COMPUTE === 'cpu' ? 'the CPU engine (dense layers on tfjs)' : 'TensorFlow.js'}`);
-  const resident = await loadModel(EMBEDDED_MODEL_DIR, COMPUTE === 'cpu' ? { cpu: { nativeForward: false } } : {});
+  log(`the native forward; experts computed by ${COMPUTE === 'cpu' ? 'the CPU engine' : 'TensorFlow.js'}`);
+  const resident = await loadModel(EMBEDDED_MODEL_DIR, COMPUTE === 'cpu' ? { cpu: {} } : {});
   const source = checkpointExperts(resident.checkpoint);
   const L = resident.checkpoint.config.numLayers;
   const active = resident.checkpoint.config.topK;
@@ -278,11 +285,12 @@ async function main(): Promise<void> {
     }),
     { name: 'uniform', store, plan: uniformPlan(L, uniformLevel) },
     { name: 'u-shape', store, plan: { version: 0, levels: uShape } },
+    ...(COMPUTE === 'cpu' ? [{ name: 'u-shape-fused' as const, store, plan: { version: 0, levels: uShape }, fused: true }] : []),
   ];
   const known = new Map(prefixScan.map((x) => [x.levels.join(), x.agreement]));
   const quality = new Map<SchemeName, { agreement: number; maxError: number }>();
   for (const s of schemes) {
-    const a = s.name === 'uniform' ? scan[scan.length - 1]?.agreement ?? 1 : (s.name === 'u-shape' ? known.get(uShape.join()) : undefined) ?? (await agreementOf(s));
+    const a = s.name === 'uniform' ? scan[scan.length - 1]?.agreement ?? 1 : (s.name.startsWith('u-shape') ? known.get(uShape.join()) : undefined) ?? (await agreementOf(s));
     quality.set(s.name, { agreement: a, maxError: maxWeightError(s, report, source) });
     log(`${s.name} [${s.plan.levels.join(' ')}]: agreement ${(100 * a).toFixed(2)} %, max weight error ${quality.get(s.name)!.maxError.toExponential(2)}`);
   }
@@ -339,6 +347,8 @@ async function main(): Promise<void> {
     machine: { cpus: cpus.length, model: cpus[0]?.model ?? 'unknown', node: process.version },
     ladder: DEFAULT_LADDER,
     link_emulated: true,
+    forward: 'native',
+    tier_a_forms: { 'u-shape-fused': 'compressed rungs, fused product', others: COMPUTE === 'cpu' ? 'f32' : 'tfjs tensors' },
     compute_seconds_per_token: computeSeconds,
     expert_compute: COMPUTE,
     resident_tokens_per_s: 1 / computeSeconds,
