@@ -29,6 +29,17 @@ describe('codec: the decode stream', function () {
     assert.deepEqual(many.values[0], decompressRungs(a.head, a.rungs));
   });
 
+  it('decodes into the buffers it is given (a recycled expert\'s), and refuses one of the wrong size', async function () {
+    const a = ladder(4096, 4);
+    const into = new Float32Array(4096).fill(7);
+    const r = await decodeOnStream([{ head: a.head, rungs: a.rungs }], { into: [into] });
+    assert.equal(r.values[0], into, 'the values are the given array');
+    assert.deepEqual(into, decompressRungs(a.head, a.rungs, { threads: 1 }));
+    await assert.rejects(decodeOnStream([{ head: a.head, rungs: a.rungs }], { into: [new Float32Array(4095)] }), /Float32Array of 4096 values/);
+    const fresh = await decodeOnStream([{ head: a.head, rungs: a.rungs }], { into: [undefined] });
+    assert.notEqual(fresh.values[0], into);
+  });
+
   it('starts no job before its start time, and takes jobs by start time, not by arrival', async function () {
     const a = ladder(5000, 3);
     const parts = [{ head: a.head, rungs: a.rungs }];

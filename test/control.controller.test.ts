@@ -3,11 +3,13 @@
 // layer keeps a level for its dwell time; the watchdog freezes the plan when telemetry stops;
 // a dry run decides and reports but changes nothing; freeze holds; a failing canary rolls back
 // and quarantines. The decision rules themselves (decide.ts) are exercised through the same runs.
+// With batches: reduce() counts a step by its shape, and at a larger batch the same link
+// leaves less of the SLA, so the controller degrades where a lone sequence would hold.
 import assert from 'node:assert/strict';
 
 import { TestScheduler } from 'rxjs/testing';
 
-import { Controller, type ControllerOptions } from '../src/control/controller.js';
+import { Controller, reduce, type ControllerOptions } from '../src/control/controller.js';
 import { decide, type Decision } from '../src/control/decide.js';
 import type { PrecisionPlan } from '../src/offload/plan.js';
 import type { OffloadSample } from '../src/offload/telemetry.js';
@@ -31,6 +33,13 @@ const base = (over: Partial<ControllerOptions> = {}): ControllerOptions => ({
 
 const token = (seconds: number): OffloadSample => ({ kind: 'token', at: 0, tokens: 1, sequences: 1, prefillTokens: 0, seconds, computeSeconds: 0.01, transferWaitSeconds: seconds - 0.01, decompressWaitSeconds: 0 });
 const transfer = (bytesPerSecond: number, layer = 0): OffloadSample => ({ kind: 'transfer', at: 0, layer, expert: 0, rung: 3, fromRung: 0, bytes: 80e3, seconds: 80e3 / bytesPerSecond, link: 'emulated', emulated: true, prefetch: false });
+/** A step of `batch` decode sequences (compute 10 ms + 4 ms per further sequence) whose experts moved at `bps`. */
+const compute = (batch: number) => 0.01 + 0.004 * (batch - 1);
+function batchStep(c: Controller, batch: number, bps: number) {
+  for (let l = 0; l < L; l++) for (let k = 0; k < 2; k++) c.samples.next(transfer(bps, l));
+  const link = (2 * L * 80e3) / bps;
+  c.samples.next({ kind: 'token', at: 0, tokens: batch, sequences: batch, prefillTokens: 0, seconds: compute(batch) + link, computeSeconds: compute(batch), transferWaitSeconds: link, decompressWaitSeconds: 0 });
+}
 const miss = (layer: number): OffloadSample => ({ kind: 'cache', at: 0, layer, tier: 'A', result: 'miss', prefetch: false });
 
 interface Run {
@@ -73,6 +82,45 @@ function slowTokens(c: Controller, at: (ms: number, f: () => void) => void, from
   }
 }
 
+describe('reduce (a step by its shape)', function () {
+  const fresh = () => {
+    const c = new Controller(base());
+    const st = c.state$.value;
+    c.stop();
+    return st;
+  };
+  const step = (tokens: number, sequences: number, prefillTokens: number): OffloadSample => ({
+    kind: 'token', at: 0, tokens, sequences, prefillTokens, seconds: 0.03, computeSeconds: 0.02, transferWaitSeconds: 0.01, decompressWaitSeconds: 0,
+  });
+  const moved = (st: ReturnType<typeof fresh>) => reduce(reduce(st, transfer(8e6, 1), 0), transfer(8e6, 1), 0);
+
+  it('counts a batched decode step (8 tokens, 8 sequences, no prompt tokens) as a decode step', function () {
+    const asked: number[] = [];
+    const st = reduce(moved(fresh()), step(8, 8, 0), 1, (_, tokens) => (asked.push(tokens), 0.03));
+    assert.deepEqual(st.latency.steps, [0.03]);
+    assert.deepEqual(st.latency.weights, [8], 'eight gaps clients saw');
+    assert.deepEqual(st.stepCost.tokens, [8]);
+    assert.equal(st.moves.perToken[1], 2, 'the batch\'s moves, once per step');
+    assert.deepEqual(asked, [8], 'the model\'s prediction for it is at its own tokens');
+    assert.deepEqual(st.modelError.ratios, [1]);
+  });
+
+  it('leaves a prefill step out, and counts a step with a chunk and decode sequences as a gap but not for the moves', function () {
+    const asked: number[] = [];
+    const predict = (_: unknown, tokens: number) => (asked.push(tokens), 0.03);
+    const prefill = reduce(moved(fresh()), step(12, 1, 12), 1, predict);
+    assert.deepEqual([prefill.latency.steps.length, prefill.stepCost.tokens.length, prefill.modelError.ratios.length], [0, 0, 0]);
+    assert.ok(Number.isNaN(prefill.moves.perToken[1]), 'not a decode step\'s moves');
+    assert.deepEqual(prefill.moves.pending, [0, 0, 0, 0], 'its moves do not carry into the next step');
+    assert.equal(prefill.samples, 3);
+    // Seven decode sequences and a 32-token chunk of a joining prompt, in one step.
+    const mixed = reduce(moved(fresh()), step(39, 8, 32), 1, predict);
+    assert.deepEqual([mixed.latency.steps, mixed.latency.weights, mixed.stepCost.tokens], [[0.03], [7], [39]]);
+    assert.ok(Number.isNaN(mixed.moves.perToken[1]));
+    assert.deepEqual(asked, [39]);
+  });
+});
+
 describe('controller (virtual time)', function () {
   it('decides at most once per period, on the freshest state', function () {
     const r = simulate(base(), (c, at) => slowTokens(c, at, 1, 95, 0.04, 8e6), 100);
@@ -105,6 +153,35 @@ describe('controller (virtual time)', function () {
     assert.equal(first.t, 110, 'the first tick after the slow moves');
     assert.ok(first.inputs!.p95Seconds! < 0.05, `measured p95 ${first.inputs!.p95Seconds} still under the SLA`);
     assert.ok(first.inputs!.predictedP95Seconds > 0.05, `predicted p95 ${first.inputs!.predictedP95Seconds} over it`);
+  });
+
+  it('at a larger batch degrades on the same link where a lone sequence holds, then holds on a plan that fits', function () {
+    // A fast link for 100 ms (the model learns its error), then one step's moves at 20 MB/s: 32 ms
+    // of link a step at the tightest plan. With one sequence (10 ms of compute) that fits the
+    // 50 ms SLA; with eight (38 ms) it does not. The measured p95 is under the SLA either way.
+    const run = (batch: number) =>
+      simulate(base(), (c, at) => {
+        for (let t = 1; t < 100; t += 2) at(t, () => batchStep(c, batch, 1e9));
+        at(101, () => batchStep(c, batch, 2e7));
+      }, 125);
+    const lone = run(1);
+    assert.ok(lone.decisions.every((d) => d.action === 'hold'), lone.decisions.map((d) => `${d.t} ${d.reason}`).join('\n'));
+    assert.equal(lone.plans.length, 1);
+    assert.ok(lone.decisions.at(-1)!.inputs!.predictedP95Seconds < 0.05 * 0.9);
+
+    const busy = run(8);
+    const first = busy.decisions.find((d) => d.action !== 'hold');
+    assert.ok(first, busy.decisions.map((d) => `${d.t} ${d.reason}`).join('\n'));
+    assert.equal(first.action, 'degrade');
+    assert.equal(first.t, 110, 'the first tick after the slow moves');
+    assert.equal(first.inputs!.tokensPerStep, 8);
+    assert.ok(Math.abs(first.inputs!.computeSeconds! - compute(8)) < 1e-9, `${first.inputs!.computeSeconds}`);
+    assert.ok(first.inputs!.p95Seconds! < 0.05, `measured p95 ${first.inputs!.p95Seconds} still under the SLA`);
+    assert.ok(first.inputs!.predictedP95Seconds > 0.05, `predicted p95 ${first.inputs!.predictedP95Seconds} over it`);
+    const after = busy.decisions.filter((d) => d.t > first.t);
+    assert.ok(after.length && after.every((d) => d.action === 'hold'), 'holds once the plan fits');
+    assert.ok(after.at(-1)!.inputs!.predictedP95Seconds <= 0.05, `${after.at(-1)!.inputs!.predictedP95Seconds}`);
+    assert.ok(busy.plans.at(-1)!.levels.some((lv) => lv < LEVELS - 1));
   });
 
   it('trusts a measured p95 under the SLA over a model whose error it does not know yet', function () {

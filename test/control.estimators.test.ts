@@ -1,8 +1,9 @@
 // The controller's estimators, each a pure reducer tested alone: link bandwidth (prior until
 // enough bytes, the lower of fast/slow EWMAs and a robust harmonic window, small moves ignored
 // for the rate but kept for the fixed overhead, capacity as a windowed max), rolling p95
-// inter-token latency, per-layer miss rate, link moves per decode step, and the step-time
-// model's error.
+// inter-token latency (steps weighted by their decode sequences) and the batch served, per-layer
+// miss rate, link moves per decode step (any batch), a step's compute as a function of its
+// tokens, and the step-time model's error.
 import assert from 'node:assert/strict';
 
 import {
@@ -14,10 +15,11 @@ import {
   overheadEstimate,
   type BandwidthState,
 } from '../src/control/estimators/bandwidth.js';
-import { computeMedian, latencyInit, latencyStep, p95, quantile } from '../src/control/estimators/latency.js';
+import { latencyInit, latencyStep, p95, quantile, servedTokens, weightedQuantile } from '../src/control/estimators/latency.js';
 import { missInit, missRate, missStep } from '../src/control/estimators/miss-rate.js';
 import { modelErrorInit, modelErrorP95, modelErrorStep } from '../src/control/estimators/model-error.js';
-import { movesInit, movesPerToken, movesToken, movesTransfer } from '../src/control/estimators/moves.js';
+import { movesInit, movesPerToken, movesStep, movesTransfer } from '../src/control/estimators/moves.js';
+import { stepCostAt, stepCostCurve, stepCostInit, stepCostPerToken, stepCostStep, type StepCostState } from '../src/control/estimators/step-cost.js';
 import { rng } from './codec/data.js';
 
 const fold = (s: BandwidthState, moves: { bytes: number; seconds: number }[]) => moves.reduce(bandwidthStep, s);
@@ -90,22 +92,96 @@ describe('bandwidth estimator', function () {
   });
 });
 
+const decode = (seconds: number, batch = 1) => ({ seconds, tokens: batch, prefillTokens: 0 });
+
 describe('latency estimator', function () {
   it('gives the nearest-rank p95 of the last window steps', function () {
     let s = latencyInit(100);
-    for (let i = 1; i <= 100; i++) s = latencyStep(s, { seconds: i / 1000, computeSeconds: 0.0005 });
+    for (let i = 1; i <= 100; i++) s = latencyStep(s, decode(i / 1000));
     assert.equal(p95(s), 0.095);
-    for (let i = 0; i < 100; i++) s = latencyStep(s, { seconds: 0.001, computeSeconds: 0.0005 });
+    for (let i = 0; i < 100; i++) s = latencyStep(s, decode(0.001));
     assert.equal(p95(s), 0.001, 'old steps left the window');
-    assert.equal(computeMedian(s), 0.0005);
+    assert.equal(servedTokens(s), 1);
   });
 
-  it('answers NaN before any step, and takes compute time as at most the step', function () {
+  it('answers NaN before any step', function () {
     const s = latencyInit(4);
     assert.ok(Number.isNaN(p95(s)));
-    assert.equal(computeMedian(latencyStep(s, { seconds: 0.01, computeSeconds: 0.5 })), 0.01);
+    assert.ok(Number.isNaN(servedTokens(s)));
     assert.equal(quantile([3, 1, 2], 0.5), 2);
     assert.throws(() => latencyInit(0), /whole number ≥ 1/);
+  });
+
+  it('weighs a step by its decode sequences: the p95 of the gaps clients saw', function () {
+    // 97 lone-sequence steps of 10 ms, 3 steps of 8 sequences at 30 ms: 24 of the 121 gaps are 30 ms.
+    let s = latencyInit(100);
+    for (let i = 0; i < 97; i++) s = latencyStep(s, decode(0.01));
+    for (let i = 0; i < 3; i++) s = latencyStep(s, decode(0.03, 8));
+    assert.equal(p95(s), 0.03, 'unweighted it would be 0.01 (the 95th of 100 steps)');
+    assert.equal(servedTokens(s), 8, 'the batch at the p95 of the gaps');
+    assert.equal(weightedQuantile([1, 2, 3], [1, 1, 1], 0.5), quantile([1, 2, 3], 0.5));
+    assert.equal(weightedQuantile([5, 1], [0, 3], 1), 1, 'a weight of 0 is no sample');
+  });
+
+  it('counts a step that carries a prefill chunk with its decode sequences, and a pure prefill not', function () {
+    let s = latencyInit(8);
+    s = latencyStep(s, { seconds: 0.5, tokens: 64, prefillTokens: 64 });
+    assert.equal(s.steps.length, 0, 'prompt tokens alone: time to first token, no inter-token gap');
+    s = latencyStep(s, { seconds: 0.05, tokens: 39, prefillTokens: 32 }); // 7 decode sequences + a 32-token chunk
+    assert.deepEqual([s.steps, s.weights, s.tokens], [[0.05], [7], [39]]);
+    assert.equal(latencyStep(s, decode(Number.NaN)), s);
+  });
+});
+
+describe('step-cost estimator', function () {
+  const linear = (t: number) => 0.004 + 0.0005 * t;
+  const feed = (s: StepCostState, batches: number[], cost = linear) =>
+    batches.reduce((st, t) => stepCostStep(st, { tokens: t, seconds: cost(t) + 0.02, computeSeconds: cost(t) }), s);
+  const close = (a: number, b: number, what: string) => assert.ok(Math.abs(a - b) < 1e-12, `${what}: ${a} vs ${b}`);
+
+  it('learns a linear cost: exact between the batches it saw and past them', function () {
+    const batches = Array.from({ length: 64 }, (_, i) => 1 + (i % 16)); // 1 … 16, four times
+    const s = feed(stepCostInit(), batches);
+    for (const t of [1, 3, 6, 8, 11.5, 16]) close(stepCostAt(s, t), linear(t), `at ${t} tokens`);
+    close(stepCostAt(s, 64), linear(64), 'on past the last bin at the last segment\'s slope');
+    close(stepCostAt(s, 0.5), linear(1), 'flat below the first bin');
+    close(stepCostPerToken(s, 8), linear(8) / 8, 'per token');
+    assert.ok(stepCostAt(s, 8) > stepCostAt(s, 1), 'a batch of 8 costs more than one token');
+    // Quarter-octave bins: 1 … 8 one each, then 9 with 10, 11 with 12, 13 with 14, 15 with 16.
+    assert.deepEqual(stepCostCurve(s).map((p) => p.tokens), [1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 15]);
+  });
+
+  it('is robust to a stalled step, and a rare shape speaks only from minSamples steps on', function () {
+    let s = feed(stepCostInit(64, 3), [1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8]);
+    const before = stepCostAt(s, 4);
+    s = stepCostStep(s, { tokens: 4, seconds: 0.5, computeSeconds: 0.5 }); // a GC pause
+    assert.equal(stepCostAt(s, 4), before, 'the bin\'s median did not move');
+    s = stepCostStep(s, { tokens: 40, seconds: 0.5, computeSeconds: 0.5 }); // one stalled step of a chunk-sized shape
+    close(stepCostAt(s, 40), linear(40), 'a lone step in its bin is no point: on at the slope');
+    s = feed(s, [40, 40]);
+    close(stepCostAt(s, 40), linear(40), 'three steps: the median of them');
+  });
+
+  it('forgets steps past its window, and never has more tokens cost less', function () {
+    let s = feed(stepCostInit(12, 3), [1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8]);
+    const slower = (t: number) => 2 * linear(t);
+    s = feed(s, [1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8], slower);
+    assert.equal(s.tokens.length, 12);
+    close(stepCostAt(s, 6), slower(6), 'only the last 12 steps');
+    // A bin whose median is below the one before it is lifted to it (the model errs slow).
+    const dip = feed(stepCostInit(64, 1), [1, 2, 4], (t) => (t === 2 ? 0.001 : linear(t)));
+    assert.equal(stepCostAt(dip, 2), linear(1));
+  });
+
+  it('answers the median of all until a bin has minSamples steps; NaN before any; ignores bad steps', function () {
+    let s = stepCostInit(16, 3);
+    assert.ok(Number.isNaN(stepCostAt(s, 1)));
+    s = stepCostStep(s, { tokens: 1, seconds: 0.01, computeSeconds: 0.5 });
+    assert.equal(stepCostAt(s, 8), 0.01, 'compute is at most the step; one step: flat');
+    assert.equal(stepCostStep(s, { tokens: 0, seconds: 0.01, computeSeconds: 0 }), s);
+    assert.equal(stepCostStep(s, { tokens: 2, seconds: Number.NaN, computeSeconds: 0 }), s);
+    assert.throws(() => stepCostInit(0), /whole number ≥ 1/);
+    assert.throws(() => stepCostInit(4, 5), /minSamples/);
   });
 });
 
@@ -129,18 +205,28 @@ describe('moves estimator', function () {
     let s = movesInit(3, 0.5);
     assert.ok(Number.isNaN(movesPerToken(s, 0)), 'unknown before the first decode step');
     s = movesTransfer(movesTransfer(movesTransfer(s, 0), 0), 2);
-    s = movesToken(s, 1);
+    s = movesStep(s, { prefillTokens: 0 });
     assert.deepEqual([0, 1, 2].map((l) => movesPerToken(s, l)), [2, 0, 1]);
-    s = movesToken(movesTransfer(movesTransfer(movesTransfer(movesTransfer(s, 0), 0), 0), 0), 1);
+    s = movesStep(movesTransfer(movesTransfer(movesTransfer(movesTransfer(s, 0), 0), 0), 0), { prefillTokens: 0 });
     assert.deepEqual([0, 1, 2].map((l) => movesPerToken(s, l)), [3, 0, 0.5], 'half way to 4, 0 and 0');
   });
 
+  it('counts a batch\'s moves per step, not per sequence', function () {
+    // Eight sequences in one decode step: layer 0 moved 5 experts for all of them.
+    let s = movesInit(1, 0.5);
+    for (let i = 0; i < 5; i++) s = movesTransfer(s, 0);
+    s = movesStep(s, { prefillTokens: 0 });
+    assert.equal(movesPerToken(s, 0), 5);
+  });
+
   it('leaves a prefill\'s moves out of the per-step rate, and ignores a layer it does not have', function () {
-    let s = movesToken(movesTransfer(movesInit(2, 0.5), 1), 1);
+    let s = movesStep(movesTransfer(movesInit(2, 0.5), 1), { prefillTokens: 0 });
     const before = movesPerToken(s, 1);
-    s = movesToken(movesTransfer(movesTransfer(s, 1), 1), 12); // a 12-token prefill
+    s = movesStep(movesTransfer(movesTransfer(s, 1), 1), { prefillTokens: 12 }); // a 12-token prefill
     assert.equal(movesPerToken(s, 1), before);
-    s = movesToken(s, 1);
+    s = movesStep(movesTransfer(movesTransfer(movesTransfer(s, 1), 1), 1), { prefillTokens: 32 }); // a chunk riding with decode tokens
+    assert.equal(movesPerToken(s, 1), before);
+    s = movesStep(s, { prefillTokens: 0 });
     assert.equal(movesPerToken(s, 1), before / 2, 'the prefill\'s moves did not carry into the next step');
     assert.equal(movesTransfer(s, 5), s);
     assert.throws(() => movesInit(2, 0), /alpha must be in \(0, 1\]/);

@@ -1,9 +1,18 @@
 // The planner, a pure function: with ample bandwidth every layer sits at its ceiling; it loosens
 // the layer whose move costs the least accuracy per second saved; floors and ceilings always hold;
 // lower bandwidth never gives a tighter plan and a looser SLA never a looser one (property tests
-// over seeded random inputs).
+// over seeded random inputs); fed by the controller's estimators, it predicts more compute at a
+// larger batch and never plans tighter for one.
 import assert from 'node:assert/strict';
 
+import { reduce } from '../src/control/controller.js';
+import { plannedTokens, plannerInput, type ControlState } from '../src/control/decide.js';
+import { bandwidthInit } from '../src/control/estimators/bandwidth.js';
+import { latencyInit } from '../src/control/estimators/latency.js';
+import { missInit } from '../src/control/estimators/miss-rate.js';
+import { modelErrorInit } from '../src/control/estimators/model-error.js';
+import { movesInit } from '../src/control/estimators/moves.js';
+import { stepCostInit } from '../src/control/estimators/step-cost.js';
 import { planLevels, predictLoss, predictSeconds, type PlannerInput } from '../src/control/planner.js';
 import { rng } from './codec/data.js';
 
@@ -92,6 +101,37 @@ describe('planner', function () {
   it('never touches a layer that fetches nothing', function () {
     const p = planLevels({ ...two, fetchesPerToken: [1, 0], slaSeconds: 0.02 });
     assert.equal(p.levels[1], 2);
+  });
+
+  it('predicts more compute at a larger batch, and plans no tighter for it', function () {
+    // The controller's estimators after steps of 1 and of 8 sequences (compute 10 ms + 4 ms per
+    // further token), every step moving one 400-byte expert per layer at 10 kB/s.
+    const init: ControlState = {
+      bandwidth: bandwidthInit({ priorBytesPerSecond: 1e4, priorBytes: 0, minBytes: 0 }), latency: latencyInit(64), misses: missInit(2), moves: movesInit(2),
+      stepCost: stepCostInit(), modelError: modelErrorInit(), lastSampleAt: 0, samples: 0,
+    };
+    const compute = (b: number) => 0.01 + 0.004 * (b - 1);
+    let st = init;
+    for (let i = 0; i < 20; i++) {
+      const b = i % 2 ? 8 : 1;
+      for (let l = 0; l < 2; l++) st = reduce(st, { kind: 'transfer', at: 0, layer: l, expert: 0, rung: 2, fromRung: 0, bytes: 400, seconds: 0.04, link: 'emulated', emulated: true, prefetch: false }, i);
+      st = reduce(st, { kind: 'token', at: 0, tokens: b, sequences: b, prefillTokens: 0, seconds: compute(b) + 0.08, computeSeconds: compute(b), transferWaitSeconds: 0.08, decompressWaitSeconds: 0 }, i);
+    }
+    const ctx = { ...two, lookupsPerToken: 1, hysteresis: { stable_window_ms: 0, tolerance: 0, dwell_ms: 0, max_layers_per_decision: 2, stale_after_ms: 1, headroom: 1 } };
+    const one = plannerInput(st, ctx, 1);
+    const eight = plannerInput(st, ctx, 8);
+    assert.ok(Math.abs(one.computeSeconds - compute(1)) < 1e-12 && Math.abs(eight.computeSeconds - compute(8)) < 1e-12, `${one.computeSeconds} ${eight.computeSeconds}`);
+    assert.deepEqual(eight.fetchesPerToken, one.fetchesPerToken, 'the link\'s part is per step at any batch');
+    assert.ok(predictSeconds(eight, [2, 2]) > predictSeconds(one, [2, 2]));
+    // Most gaps clients saw were in the batches of 8: that is the batch planned at.
+    assert.equal(plannedTokens(st), 8);
+    assert.equal(plannerInput(st, ctx).computeSeconds, eight.computeSeconds);
+    // A fetch costs the fixed overhead (the shortest move seen, 40 ms) + its bytes at 10 kB/s:
+    // 160 ms of link a step at [2, 2]. With 10 ms of compute that fits 180 ms; with 38 ms it does not.
+    const at = (x: PlannerInput, sla: number) => planLevels({ ...x, slaSeconds: sla }).levels;
+    assert.deepEqual(at(one, 0.18), [2, 2]);
+    assert.deepEqual(at(eight, 0.18), [2, 1], 'the larger batch leaves the link less of the SLA');
+    for (const sla of [0.05, 0.1, 0.15, 0.18, 0.2, 0.3]) assert.ok(tighterOrEqual(at(one, sla), at(eight, sla)), `SLA ${sla}`);
   });
 
   it('refuses inputs that do not fit together, naming what', function () {

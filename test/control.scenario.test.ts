@@ -51,7 +51,7 @@ describe('control loop scenario (embedded model, emulated link, real time)', fun
     let compute = 0;
     bus.on((s) => {
       if (s.kind === 'transfer') bytes += s.bytes;
-      if (s.kind === 'token' && s.tokens === 1) {
+      if (s.kind === 'token' && s.prefillTokens === 0) {
         steps++;
         compute += s.computeSeconds;
       }
@@ -70,7 +70,7 @@ describe('control loop scenario (embedded model, emulated link, real time)', fun
       // The SLA: 2× the median step this plan measures at b0 (a median: one noisy step must not set it).
       link.setBandwidth(b0);
       const steady: number[] = [];
-      const offSteady = bus.on((s) => s.kind === 'token' && s.tokens === 1 && steady.push(s.seconds));
+      const offSteady = bus.on((s) => s.kind === 'token' && s.prefillTokens === 0 && steady.push(s.seconds));
       for (let i = 0; i < 4; i++) await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 24 });
       offSteady();
       steady.sort((a, b) => a - b);

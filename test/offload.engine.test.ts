@@ -208,6 +208,30 @@ describe('offload engine (embedded model)', function () {
     }
   });
 
+  it('decodes a miss into the buffers of an evicted expert, at a codec level and at the exact level, with the right values', async function () {
+    for (const level of [2, store.exact]) {
+      const { m, engine } = await offloaded({ tierA: 1, tierB: 0, compute: 'cpu' });
+      try {
+        const first = await engine.fetcher.acquire(0, 0, level);
+        const evicted = matricesOf(first.weights);
+        first.release();
+        // (0, 1) decodes, then evicts (0, 0), whose buffers become spare; (0, 2) decodes into them.
+        (await engine.fetcher.acquire(0, 1, level)).release();
+        const third = await engine.fetcher.acquire(0, 2, level);
+        const got = matricesOf(third.weights);
+        assert.ok(MATRICES.every((w) => [evicted.gate, evicted.up, evicted.down].includes(got[w])), `level ${level}: recycled buffers`);
+        for (const w of MATRICES) {
+          const x = original(0, 2, w);
+          const eb = level === store.exact ? 0 : store.expert(0, 2)[w].bounds[level];
+          for (let i = 0; i < x.length; i++) assert.ok(Math.abs(got[w][i] - x[i]) <= eb, `level ${level} ${w}[${i}]`);
+        }
+        third.release();
+      } finally {
+        m.dispose();
+      }
+    }
+  });
+
   it('reports every forward step with its time split, and prefetch only when asked', async function () {
     for (const prefetch of [true, false]) {
       const { m, engine, samples } = await offloaded({ tierA: 32, tierB: 0, prefetch });

@@ -16,7 +16,7 @@ import express from 'express';
 
 import { dashboardRouter, type DashboardSource, type DashboardState } from '../src/serve/dashboard.js';
 import { errorHandler, type ErrorBody } from '../src/serve/errors.js';
-import { until } from './serve/helpers.js';
+import { post, sseEvents, startEmbedded, until } from './serve/helpers.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const LABELS = ['0.5σ', '0.25σ', '0.125σ', '0.0625σ', '0.03125σ', 'exact'];
@@ -44,6 +44,7 @@ class FakeSource implements DashboardSource {
       slaSeconds: 0.03,
       canary: { top1: 0.97, kl: 0.012, exact: 1, floor: 0.9 },
       decisions: [{ at: Date.now() - 5000, action: 'hold', reason: 'p95 21.0 ms within the tolerance band of the SLA 30 ms' }],
+      batch: { sequences: 3, maxBatch: 8, waiting: 1 },
     };
   }
 
@@ -332,6 +333,7 @@ describe('dashboard', function () {
       assert.equal(await page.textContent('#top1'), '97.0 %');
       assert.equal(await page.textContent('#floor'), '90.0 %');
       assert.equal(await page.textContent('#controller'), 'on');
+      assert.equal(await page.textContent('#batch'), '3 of 8 sequences, 1 waiting');
       assert.equal(await page.textContent('#conn'), 'live');
       const firstRow = await page.$$eval('#decisions tr', (rows) => rows.map((r) => Array.from(r.querySelectorAll('td'), (td) => td.textContent)));
       assert.equal(firstRow[0][1], 'upgrade', 'newest decision first');
@@ -351,6 +353,8 @@ describe('dashboard', function () {
       assert.equal(await page.isVisible('#emulated'), false);
       assert.match((await page.textContent('#sla'))!, /over the SLA/);
       assert.equal(await page.textContent('#decisions tr:first-child td.a'), 'degrade');
+      source.set({ batch: { sequences: 8, maxBatch: 8, waiting: 5 } });
+      await page.waitForFunction(() => document.getElementById('batch')!.textContent === '8 of 8 sequences, 5 waiting', undefined, { timeout: 10_000 });
 
       fs.mkdirSync('build/artifacts', { recursive: true });
       // Let the bars' height transition finish before the picture is taken.
@@ -363,5 +367,25 @@ describe('dashboard', function () {
       assert.deepEqual(problems, []);
       assert.deepEqual(serverLog, [], 'the server logged no failure');
     });
+  });
+});
+
+describe('the dashboard of a real server', function () {
+  it('shows the batch: sequences generating out of --max-batch, and requests waiting', async function () {
+    const server = await startEmbedded({ spec: { engine: 'resident' }, maxBatch: 3 });
+    try {
+      const idle = sseReader(await fetch(`${server.url}/dashboard/events`));
+      const first = JSON.parse((await within(idle.next(), 5000, 'the first state'))!.data) as DashboardState;
+      assert.deepEqual(first.batch, { sequences: 0, maxBatch: 3, waiting: 0 });
+      const ac = new AbortController();
+      const running = sseEvents(await post(server.url, '/v1/completions', { prompt: 'Call me', max_tokens: 200, n: 2, stream: true }, { signal: ac.signal }));
+      assert.notEqual(await running.next(), null);
+      const busy = sseReader(await fetch(`${server.url}/dashboard/events`));
+      const state = JSON.parse((await within(busy.next(), 5000, 'the state while generating'))!.data) as DashboardState;
+      assert.deepEqual(state.batch, { sequences: 2, maxBatch: 3, waiting: 0 });
+      ac.abort();
+    } finally {
+      await server.shutdown({ drainTimeoutSeconds: 0 });
+    }
   });
 });

@@ -94,10 +94,17 @@ describe('API errors (embedded model, resident engine)', function () {
     });
 
     it('answers 400 when a field asks for something this server does not do', async function () {
-      await expectError('/v1/completions', { prompt: 'a', n: 2 }, 400, 'n', /n is not supported by this server \(only n = 1\)/);
+      await expectError('/v1/completions', { prompt: 'a', best_of: 2 }, 400, 'best_of', /best_of is not supported by this server \(only 1\)/);
       await expectError('/v1/completions', { prompt: 'a', echo: true }, 400, 'echo', /not supported/);
       await expectError('/v1/completions', { prompt: 'a', logprobs: 5 }, 400, 'logprobs', /not supported/);
       await expectError('/v1/completions', { prompt: 'a', presence_penalty: 0.5 }, 400, 'presence_penalty', /not supported/);
+    });
+
+    it('answers 400 when n is not a whole number from 1 to 8 (this server\'s --max-batch)', async function () {
+      await expectError('/v1/completions', { prompt: 'a', n: 0 }, 400, 'n', /n must be at least 1/);
+      await expectError('/v1/completions', { prompt: 'a', n: 9 }, 400, 'n', /n must be at most 8 on this server/);
+      await expectError('/v1/completions', { prompt: 'a', n: 1.5 }, 400, 'n', /n must be a whole number/);
+      await expectError('/v1/chat/completions', { messages: [{ role: 'user', content: 'a' }], n: '2' }, 400, 'n', /n must be a whole number/);
     });
 
     it('answers 404 when the model named is not the one served', async function () {

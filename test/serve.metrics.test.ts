@@ -52,6 +52,12 @@ describe('GET /metrics', function () {
   it('shows the queue and what runs', function () {
     assert.equal(metric(text, 'ebserve_queue_depth'), 0);
     assert.equal(metric(text, 'ebserve_requests_running'), 0);
+    // The batch size of every step: the two requests ran one after the other, one sequence a step
+    // (a prompt step and 11 decode steps, then a prompt step and 5).
+    assert.equal(metric(text, 'ebserve_batch_size_count'), 12 + 6);
+    assert.equal(metric(text, 'ebserve_batch_size_sum'), 12 + 6);
+    assert.equal(metric(text, 'ebserve_batch_size_bucket', { le: '1' }), 12 + 6);
+    assert.deepEqual([...text.matchAll(/^ebserve_batch_size_bucket\{le="([^"]+)"\}/gm)].map((m) => m[1]), ['1', '2', '4', '8', '16', '32', '64', '+Inf']);
     const info = /^ebserve_build_info\{version="([^"]+)",backend="(wasm|cpu|tensorflow)",engine="offload"\} 1$/m.exec(text);
     assert.ok(info, 'build_info with version, backend and engine');
     assert.equal(info[1], '0.1.0');

@@ -169,6 +169,7 @@ describe('deploy/: the Grafana dashboard and the Prometheus config', function ()
       /ebserve_canary_score/, /ebserve_canary_floor/,
       /sum by \(direction\) \(rate\(ebserve_controller_decisions_total/, /ebserve_controller_rollbacks_total/,
       /ebserve_queue_depth/,
+      /rate\(ebserve_batch_size_sum[^\n]*\/ sum\(rate\(ebserve_batch_size_count/, /histogram_quantile\(0\.95, [^\n]*ebserve_batch_size_bucket/,
     ]) assert.match(exprs, needed);
     const annotations = d.annotations.list.filter((a) => a.expr).map((a) => a.expr!);
     assert.ok(annotations.some((e) => /changes\(ebserve_controller_decisions_total/.test(e)), 'decisions as annotations');

@@ -30,7 +30,7 @@ describe('shutdown', function () {
   });
 
   it('cuts what is left after the drain timeout: a stream ends with an error event, a waiting request gets 503', async function () {
-    server = await startEmbedded({ spec: { engine: 'resident' }, maxQueue: 2 });
+    server = await startEmbedded({ spec: { engine: 'resident' }, maxBatch: 1, maxQueue: 2 });
     const url = server.url;
     const streamed = await post(url, '/v1/completions', { prompt: 'Call me', max_tokens: 250, stream: true });
     const a = sseEvents(streamed);
@@ -130,6 +130,21 @@ describe('ebserve serve (a real process)', function () {
     assert.equal(await p.exited, 2);
     assert.match(p.stderr(), /--level must be an integer in 0\.\.5, got 9/);
     assert.match(p.stderr(), /usage: ebserve serve/);
+  });
+
+  it('exits 2 naming --max-batch or --prefill-chunk when either is not a whole number ≥ 1, before binding anything', async function () {
+    for (const [flag, value] of [['--max-batch', '0'], ['--prefill-chunk', '2.5']]) {
+      const p = ebserve(['serve', '--port', '0', flag, value]);
+      assert.equal(await p.exited, 2, p.stderr());
+      assert.match(p.stderr(), new RegExp(`${flag} must be a whole number from 1 to \\d+, got ${value.replace('.', '\\.')}`));
+      assert.doesNotMatch(p.stderr(), /listening on/);
+    }
+  });
+
+  it('exits 1 naming --prefill-chunk when a chunk would be longer than the model\'s context', async function () {
+    const p = ebserve(['serve', '--port', '0', '--engine', 'resident', '--prefill-chunk', '257']);
+    assert.equal(await p.exited, 1, p.stderr());
+    assert.match(p.stderr(), /the model failed to load: --prefill-chunk 257 is longer than the model's context of 256 tokens/);
   });
 
   it('exits 1 naming the folder when the model cannot be loaded', async function () {

@@ -60,3 +60,16 @@ export function numberIn(command: string, name: string, value: unknown, lo: numb
   }
   return n;
 }
+
+/**
+ * The value of --name as a whole number in 1..hi, or `fallback` when absent; throws a UsageError
+ * naming the flag for 0, a negative, fractional or non-numeric value, or one above `hi`.
+ */
+export function wholeNumber(command: string, name: string, value: unknown, hi: number, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = typeof value === 'string' && /^\s*\d+\s*$/.test(value) ? Number(value) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1 || n > hi) {
+    throw new UsageError(`${command}: --${name} must be a whole number from 1 to ${hi}, got ${String(value)}`);
+  }
+  return n;
+}

@@ -1,19 +1,20 @@
 // `ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
-// [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N] [--max-body-bytes N]
-// [--drain-timeout S] [--backend B]` — the OpenAI-compatible server, with the controller choosing
-// every layer's error bound live (unless --level fixes one). The port is bound before the model loads, so /health answers 503
-// meanwhile; what was loaded, and where to look, goes to stderr. SIGTERM or SIGINT stops
+// [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N] [--prefill-chunk N]
+// [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend B]` — the OpenAI-compatible server, with
+// continuous batching, and the controller choosing every layer's error bound live (unless --level
+// fixes one). The port is bound before the model loads, so /health answers 503 meanwhile; what
+// was loaded, and where to look, goes to stderr. SIGTERM or SIGINT stops
 // accepting, lets in-flight requests finish (at most --drain-timeout seconds) and exits 0; a
 // second signal stops waiting.
 import type { BackendName } from '../model/backend.js';
 import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
 import type { EngineName } from '../serve/served-model.js';
-import { UsageError, integer, numberIn, oneOf, parse } from './args.js';
+import { UsageError, integer, numberIn, oneOf, parse, wholeNumber } from './args.js';
 import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
 
 export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
-                     [--bound EB] [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-queue N]
-                     [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
+                     [--bound EB] [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N]
+                     [--prefill-chunk N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
   --model DIR            a Hugging Face checkpoint folder (default: the profile's model, else the embedded one,
                          ${EMBEDDED_MODEL_DIR})
   --policy FILE          how levels may move: ladder, floors, ceilings, hysteresis, canaries (default policies/u-shape.yaml)
@@ -30,7 +31,11 @@ export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--prof
   --experts-per-layer N  offload: experts per layer the device cache holds (default: the profile's device budget)
   --level N              offload: fix every layer at this level, 0 (the ladder's loosest bound) .. its exact bytes;
                          no controller
-  --max-queue N          requests that may wait behind the one generating (default 8); beyond it: 429
+  --max-batch N          sequences that decode together in one forward step (default 8); a request joins at the
+                         next step and leaves when it finishes; its n choices count n
+  --prefill-chunk N      prompt tokens one step carries at most (default 64; at most the model's context): a long
+                         prompt is run in chunks, so the sequences decoding beside it wait for one chunk per step
+  --max-queue N          requests that may wait for room in the batch (default 8); beyond it: 429
   --max-body-bytes N     largest request body (default 1048576); beyond it: 413
   --drain-timeout S      on SIGTERM/SIGINT, seconds to let in-flight requests finish (default 30)
   --backend B            force a TensorFlow.js backend (default: tensorflow if installed, else wasm, else cpu)`;
@@ -48,6 +53,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     bound: { type: 'string' },
     'experts-per-layer': { type: 'string' },
     level: { type: 'string' },
+    'max-batch': { type: 'string' },
+    'prefill-chunk': { type: 'string' },
     'max-queue': { type: 'string' },
     'max-body-bytes': { type: 'string' },
     'drain-timeout': { type: 'string' },
@@ -85,6 +92,9 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const host = (values.host as string | undefined) ?? '127.0.0.1';
   if (host.trim() === '') throw new UsageError('serve: --host must not be empty');
   const port = integer('serve', 'port', values.port, 0, 65535, 8080);
+  const maxBatch = wholeNumber('serve', 'max-batch', values['max-batch'], 1 << 12, 8);
+  // Checked against the model's context once it is loaded (the load fails naming the flag).
+  const prefillChunk = wholeNumber('serve', 'prefill-chunk', values['prefill-chunk'], 1 << 24, 64);
   const maxQueue = integer('serve', 'max-queue', values['max-queue'], 0, 1 << 20, 8);
   const maxBodyBytes = integer('serve', 'max-body-bytes', values['max-body-bytes'], 1, 2 ** 31 - 1, 1 << 20);
   const drainTimeoutSeconds = numberIn('serve', 'drain-timeout', values['drain-timeout'], 0, 24 * 3600, 30);
@@ -93,10 +103,10 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const { startServer } = await import('../serve/server.js');
   const started = performance.now();
   const server = await startServer({
-    host, port, maxQueue, maxBodyBytes, drainTimeoutSeconds, log, adminToken,
+    host, port, maxBatch, prefillChunk, maxQueue, maxBodyBytes, drainTimeoutSeconds, log, adminToken,
     // Loaded here, not at the top: TensorFlow.js takes ~0.6 s to import, and the port should be
     // bound (and /health answering 503) before that.
-    load: async (telemetry, serving) => (await import('../serve/load-model.js')).loadServedModel(spec, telemetry, log, serving.idle),
+    load: async (telemetry, serving) => (await import('../serve/load-model.js')).loadServedModel(spec, telemetry, log, serving),
   });
   log(`ebserve serve: listening on ${server.url}; loading ${spec.dir} (/health answers 503 until it is ready)`);
 
@@ -139,6 +149,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     `  health   ${at}/health`,
     `  live     ${at}/dashboard`,
     `  admin    ${adminToken ? `${at}/admin/plan (bearer token)` : 'off (no EBSERVE_ADMIN_TOKEN or --admin-token-file)'}`,
+    `  batch    up to ${maxBatch} sequences per step, prompts in chunks of ${prefillChunk} tokens, ${maxQueue} request${maxQueue === 1 ? '' : 's'} may wait`,
   ].join('\n'));
   return exitSoon(await stopped);
 }

@@ -133,12 +133,13 @@ export interface StreamDecode {
  * job no earlier than `startAt` (a performance.now() time, such as when a copy lands) by itself,
  * without waiting for the event loop, jobs in order of their start times. Validates the streams'
  * structure when queued (a bad one rejects at once) but not their checksums: the offload store
- * verified them when it built or loaded them.
+ * verified them when it built or loaded them. `into[i]`, when given, is the Float32Array part i
+ * decodes into (of exactly its values: a recycled buffer, so nothing is allocated).
  */
-export function decodeOnStream(parts: RungParts[], opts: { startAt?: number; threads?: number } = {}): Promise<StreamDecode> {
+export function decodeOnStream(parts: RungParts[], opts: { startAt?: number; threads?: number; into?: (Float32Array | undefined)[] } = {}): Promise<StreamDecode> {
   const delay = opts.startAt === undefined ? 0 : opts.startAt - performance.now();
   try {
-    return codecAwait(native.decodeStreamRun(parts, delay, opts.threads ?? 1));
+    return codecAwait(native.decodeStreamRun(parts, delay, opts.threads ?? 1, opts.into));
   } catch (e) {
     return codecAwait(Promise.reject(e));
   }

@@ -12,11 +12,13 @@ export interface NativeCodec {
   decompressSync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Bytes;
   decompressAsync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Promise<Bytes>;
   /** The decode stream (src/native/decode_stream.h): decodes every rung of each part, starting no earlier than delayMs from now. */
-  decodeStreamRun(parts: { head: Bytes; rungs: Bytes[] }[], delayMs: number, threads: number): Promise<{ values: Float32Array[]; seconds: number; waitedSeconds: number }>;
+  decodeStreamRun(parts: { head: Bytes; rungs: Bytes[] }[], delayMs: number, threads: number, outs?: (Float32Array | undefined)[]): Promise<{ values: Float32Array[]; seconds: number; waitedSeconds: number }>;
   inspect(head: Bytes, rungs: Bytes[] | null, verify: boolean): RawInfo;
   entropyBits(input: Bytes, dtype: number, eb: number): number;
   /** CRC-32C of data; with threads > 1 computed in segments and combined (same value). */
   crc32c(data: Bytes, threads?: number): number;
+  /** Stored f32 / f16 / bf16 values (dtype 0 / 1 / 2) into `out`, which must hold exactly as many; returns out. */
+  widen(input: Bytes, dtype: number, out: Float32Array): Float32Array;
   info(): { simd: string; fusedDecoder: string; threads: number; cuda: CudaProbe };
   /** The CPU expert engine (src/native/expert_cpu.h): a compressed matrix indexed for the fused product. */
   fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
@@ -30,8 +32,8 @@ export interface NativeCodec {
   /** Picks the fused path's block decoder; false when the CPU cannot run the one asked for. */
   setFusedDecoder(name: 'gfni' | 'plane loop'): boolean;
   /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */
-  expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number, backToBack?: boolean): Float32Array;
-  expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number, backToBack?: boolean): Promise<Float32Array>;
+  expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Float32Array;
+  expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Promise<Float32Array>;
   emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
   emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
   /** Present when built with nvcc; they throw "no usable CUDA device: …" without a GPU. */

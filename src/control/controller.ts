@@ -19,10 +19,11 @@ import type { PrecisionPlan } from '../offload/plan.js';
 import type { OffloadSample } from '../offload/telemetry.js';
 import { decide, plannerInput, type ControlState, type Decision, type Hysteresis, type LayerChange } from './decide.js';
 import { bandwidthInit, bandwidthStep, type BandwidthOptions } from './estimators/bandwidth.js';
-import { latencyInit, latencyStep } from './estimators/latency.js';
+import { decodeSequences, latencyInit, latencyStep } from './estimators/latency.js';
 import { missInit, missStep } from './estimators/miss-rate.js';
 import { modelErrorInit, modelErrorStep } from './estimators/model-error.js';
-import { movesInit, movesToken, movesTransfer } from './estimators/moves.js';
+import { movesInit, movesStep, movesTransfer } from './estimators/moves.js';
+import { stepCostInit, stepCostStep } from './estimators/step-cost.js';
 import { predictSeconds } from './planner.js';
 
 /** A canary run's scores of the plan `planVersion` (from the canary runner). */
@@ -67,6 +68,12 @@ export interface ControllerOptions {
 
 /** Decode steps the p95 is taken over: short enough to see a change within a few dozen tokens. */
 const LATENCY_WINDOW = 64;
+/**
+ * Steps the compute-cost model keeps: more than the p95's, so that each batch size seen lately
+ * (and the steps with a prefill chunk) has steps enough for a median, and never fewer than the
+ * p95's, so the batch the planner predicts at is one the model has seen.
+ */
+const STEP_COST_WINDOW = 256;
 
 export class Controller {
   readonly samples = new Subject<OffloadSample>();
@@ -103,13 +110,15 @@ export class Controller {
     this.lastChange = new Array<number>(L).fill(-Infinity);
     this.quarantine = new Array(L).fill(undefined);
     this.state$ = new BehaviorSubject<ControlState>({
-      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(LATENCY_WINDOW), misses: missInit(L), moves: movesInit(L), modelError: modelErrorInit(LATENCY_WINDOW),
+      bandwidth: bandwidthInit(opts.bandwidth), latency: latencyInit(LATENCY_WINDOW), misses: missInit(L), moves: movesInit(L),
+      stepCost: stepCostInit(STEP_COST_WINDOW), modelError: modelErrorInit(LATENCY_WINDOW),
       lastSampleAt: -Infinity, samples: 0,
     });
-    // A step's predicted time: the plan in force, at the estimates just before the step ended.
-    // None (NaN, skipped) before any step's compute time is known: the model would have no compute term.
-    const predict = (st: ControlState) =>
-      st.latency.steps.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla }), this.plan.levels);
+    // A step's predicted time: the plan in force, at the estimates just before the step ended, at
+    // the step's own tokens. None (NaN, skipped) before any step's compute time is known: the
+    // model would have no compute term.
+    const predict = (st: ControlState, tokens: number) =>
+      st.stepCost.compute.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla }, tokens), this.plan.levels);
 
     this.subs.add(
       this.samples
@@ -243,21 +252,30 @@ export class Controller {
 
 /**
  * Folds one telemetry sample into the estimators (a pure step). `predict` gives the model's time
- * for a decode step from the state before it (for the model-error estimator); none: not tracked.
+ * for a step of `tokens` tokens from the state before it (for the model-error estimator); none:
+ * not tracked.
+ *
+ * A step's shape decides what it feeds. Every step with a decode sequence in it (tokens >
+ * prefillTokens: any batch, a prefill chunk riding along or not) is an inter-token gap its
+ * clients saw: it counts for the p95 (weighted by its decode sequences), for the compute model,
+ * and for the model's error. Only a pure decode step (no prompt tokens) is a sample of the moves
+ * per decode step; a step with a chunk clears them. A step of prompt tokens alone is time to
+ * first token, which the SLA is not about: it only clears the moves.
  */
-export function reduce(st: ControlState, s: OffloadSample, now: number, predict?: (st: ControlState) => number): ControlState {
+export function reduce(st: ControlState, s: OffloadSample, now: number, predict?: (st: ControlState, tokens: number) => number): ControlState {
   const base = { ...st, lastSampleAt: now, samples: st.samples + 1 };
   switch (s.kind) {
     case 'transfer':
       return { ...base, bandwidth: bandwidthStep(st.bandwidth, s), moves: movesTransfer(st.moves, s.layer) };
     case 'token':
-      if (s.tokens !== 1) return { ...base, moves: movesToken(st.moves, s.tokens) };
+      if (!(decodeSequences(s) > 0)) return { ...base, moves: movesStep(st.moves, s) };
       // The prediction is made before this step's moves are folded in, from the rates so far.
       return {
         ...base,
         latency: latencyStep(st.latency, s),
-        moves: movesToken(st.moves, 1),
-        modelError: predict ? modelErrorStep(st.modelError, s.seconds, predict(st)) : st.modelError,
+        stepCost: stepCostStep(st.stepCost, s),
+        moves: movesStep(st.moves, s),
+        modelError: predict ? modelErrorStep(st.modelError, s.seconds, predict(st, s.tokens)) : st.modelError,
       };
     case 'cache':
       return { ...base, misses: missStep(st.misses, s) };

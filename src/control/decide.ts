@@ -10,6 +10,11 @@
  * a few moves). The controller acts on the worse of the two — once the model's error is known
  * (minSamples steps); before that, on the measurement when there is one.
  *
+ * With continuous batching both views are of the steps clients wait on (any step with a decode
+ * sequence, prefill chunks included), and the prediction is made at the batch being served: the
+ * tokens per step at the p95 of those gaps (plannedTokens), whose compute the step-cost model
+ * gives. A larger batch leaves the link less of the SLA, so the same link degrades sooner.
+ *
  * Rules, in order:
  *  1. frozen by an operator → hold;
  *  2. no telemetry for stale_after_ms (the watchdog) → hold: the plan is frozen until samples
@@ -28,10 +33,11 @@
  *  6. otherwise hold (inside the tolerance band, waiting for the window, or nothing to change).
  */
 import { bandwidthEstimate, overheadEstimate, type BandwidthState } from './estimators/bandwidth.js';
-import { computeMedian, p95, type LatencyState } from './estimators/latency.js';
+import { p95, servedTokens, type LatencyState } from './estimators/latency.js';
 import { missRate, type MissState } from './estimators/miss-rate.js';
 import { modelErrorKnown, modelErrorP95, type ModelErrorState } from './estimators/model-error.js';
 import { movesPerToken, type MovesState } from './estimators/moves.js';
+import { stepCostAt, type StepCostState } from './estimators/step-cost.js';
 import { planLevels, predictSeconds, type PlannerInput } from './planner.js';
 
 export interface ControlState {
@@ -39,6 +45,8 @@ export interface ControlState {
   latency: LatencyState;
   misses: MissState;
   moves: MovesState;
+  /** Compute seconds of a step as a function of its tokens. */
+  stepCost: StepCostState;
   modelError: ModelErrorState;
   /** Scheduler time (ms) of the last telemetry sample, and how many have arrived. */
   lastSampleAt: number;
@@ -70,6 +78,8 @@ export interface DecisionInputs {
   /** The current plan's predicted time × the model's error p95 (rule 3). */
   predictedP95Seconds: number;
   modelErrorP95: number;
+  /** Tokens per step the prediction is made at (latency.ts servedTokens), and its compute seconds (null before any step). */
+  tokensPerStep: number;
   computeSeconds: number | null;
   slaSeconds: number;
   plannerSlaSeconds: number;
@@ -113,12 +123,33 @@ export interface DecideContext {
   frozen: boolean;
 }
 
-/** What the planner is told at a tick: the plan's costs and limits, and the estimators' view. */
+/**
+ * The batch to plan at: tokens per step at the p95 of the gaps clients saw (latency.ts
+ * servedTokens); one token (a lone decode step) before any step.
+ */
+export function plannedTokens(state: ControlState): number {
+  const t = servedTokens(state.latency);
+  return Number.isNaN(t) ? 1 : t;
+}
+
+/** A step's compute at the batch being served: its tokens (plannedTokens) and seconds (NaN before any step). */
+export function servedStepCompute(state: ControlState): { tokens: number; seconds: number } {
+  const tokens = plannedTokens(state);
+  return { tokens, seconds: stepCostAt(state.stepCost, tokens) };
+}
+
+/**
+ * What the planner is told at a tick: the plan's costs and limits, and the estimators' view, for
+ * a step of `tokens` tokens (default: the batch being served, plannedTokens). The link's part is
+ * per step at any batch (the moves estimator counts the batch's experts once each); the compute
+ * part is the step-cost model's at those tokens.
+ */
 export function plannerInput(
   state: ControlState,
   c: Pick<DecideContext, 'levelBytes' | 'lookupsPerToken' | 'slaSeconds' | 'hysteresis' | 'sensitivity' | 'floor' | 'ceiling' | 'lossBudget'>,
+  tokens: number = plannedTokens(state),
 ): PlannerInput {
-  const compute = computeMedian(state.latency);
+  const compute = stepCostAt(state.stepCost, tokens);
   return {
     levelBytes: c.levelBytes,
     // Experts moved per decode step (prefetches included); before the first step, lookups × miss rate.
@@ -152,7 +183,8 @@ export function decide(c: DecideContext): Decided {
   if (silent > c.hysteresis.stale_after_ms) return hold(`telemetry stale (no sample for ${(silent / 1000).toFixed(1)} s): plan frozen`);
 
   const measuredP95 = p95(c.state.latency);
-  const x = plannerInput(c.state, c);
+  const tokens = plannedTokens(c.state);
+  const x = plannerInput(c.state, c, tokens);
   const predicted = predictSeconds(x, c.levels);
   const error = modelErrorP95(c.state.modelError);
   const predictedP95 = predicted * error;
@@ -165,7 +197,8 @@ export function decide(c: DecideContext): Decided {
     p95Seconds: known ? measuredP95 : null,
     predictedP95Seconds: predictedP95,
     modelErrorP95: error,
-    computeSeconds: c.state.latency.compute.length ? x.computeSeconds : null,
+    tokensPerStep: tokens,
+    computeSeconds: c.state.stepCost.compute.length ? x.computeSeconds : null,
     slaSeconds: c.slaSeconds,
     plannerSlaSeconds: plannerSla,
     predictedSeconds: predicted,

@@ -2,7 +2,7 @@
  * The planner: a pure function from what the controller knows to one ladder level per layer.
  *
  * It predicts a decode step's time as the compute time plus, per layer, the experts it fetches
- * per token times (fixed overhead + that level's bytes / bandwidth) — a serial link, no credit
+ * per step times (fixed overhead + that level's bytes / bandwidth) — a serial link, no credit
  * for prefetch overlap, so the prediction errs slow — and starts every layer at its ceiling (the
  * tightest level the policy allows). While the prediction is over the target (the SLA times a
  * headroom), it loosens one layer by one level: the move that costs the least accuracy per
@@ -25,12 +25,15 @@
 export interface PlannerInput {
   /** [layer][level]: bytes one expert costs to fetch at that level (levels loosest first). */
   levelBytes: number[][];
-  /** [layer]: experts moved over the link per decode token (prefetches included; the controller's moves estimator). */
+  /**
+   * [layer]: experts moved over the link per decode step (prefetches included; the controller's
+   * moves estimator). Per step whatever the batch: an expert moved once serves every sequence in it.
+   */
   fetchesPerToken: number[];
   /** Bytes per second, and seconds of fixed cost per move. */
   bandwidth: number;
   overhead: number;
-  /** A decode step's time with every expert already on the device. */
+  /** A step's time with every expert already on the device, at the batch planned for (decide.ts plannerInput). */
   computeSeconds: number;
   /** p95 inter-token latency target. */
   slaSeconds: number;

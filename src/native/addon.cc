@@ -4,6 +4,8 @@
 // with `code` set. src/codec/native.ts is the only TypeScript file that loads it.
 #include <napi.h>
 
+#include <string.h>
+
 #include <memory>
 #include <string>
 #include <vector>
@@ -241,6 +243,36 @@ Napi::Value EntropyBits(const Napi::CallbackInfo& info) {
   }
 }
 
+// widen(src, dtype, out): stored f32 / f16 / bf16 values into the Float32Array out (as many values
+// as src holds). The offload store's exact level decodes through it: as a JavaScript loop the
+// widening of one expert took longer than the rest of a miss.
+Napi::Value Widen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    Bytes in = bytes_of(info[0], "input");
+    eb::DType dt = dtype_of(info[1]);
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+      throw Napi::TypeError::New(env, "out must be a Float32Array");
+    auto out = info[2].As<Napi::Float32Array>();
+    const size_t el = eb::dtype_size(dt), n = in.len / el;
+    if (in.len % el || out.ElementLength() != n)
+      throw Napi::RangeError::New(env, std::to_string(in.len) + " bytes are not " + std::to_string(out.ElementLength()) + " values of " + std::to_string(el) + " bytes");
+    float* o = out.Data();
+    if (dt == eb::DType::F32) {
+      memcpy(o, in.data, in.len);
+    } else {
+      for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, in.data + 2 * i, 2);  // the bytes need not be aligned
+        o[i] = dt == eb::DType::BF16 ? eb_bf16_to_f32(h) : eb_f16_to_f32(h);
+      }
+    }
+    return out;
+  } catch (const CodecError& e) {
+    throw codec_error(env, e);
+  }
+}
+
 Napi::Value Crc32c(const Napi::CallbackInfo& info) {
   Bytes b = bytes_of(info[0], "data");
   int threads = info[1].IsNumber() ? threads_of(info[1]) : 1;
@@ -265,6 +297,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("inspect", Napi::Function::New(env, Inspect));
   exports.Set("entropyBits", Napi::Function::New(env, EntropyBits));
   exports.Set("crc32c", Napi::Function::New(env, Crc32c));
+  exports.Set("widen", Napi::Function::New(env, Widen));
   exports.Set("info", Napi::Function::New(env, Info));
   eb::register_decode_stream(env, exports);
   eb::register_emulated(env, exports);

@@ -163,7 +163,17 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
       job->keep.push_back(Napi::Persistent(head.As<Napi::Object>()));
       StreamView s = parse_split_stream(h, rungs.As<Napi::Array>(), false, job->keep);
       if (s.available < 1) throw CodecError("BAD_RUNGS", "part " + std::to_string(i) + " has no rung to decode");
-      auto out = Napi::Float32Array::New(env, s.h.count);
+      // The caller's buffer when it gives one (a recycled expert's, so a miss allocates nothing).
+      Napi::Float32Array out;
+      Napi::Value given = info[3].IsArray() ? info[3].As<Napi::Array>().Get(i) : env.Undefined();
+      if (given.IsTypedArray() && given.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array &&
+          given.As<Napi::Float32Array>().ElementLength() == s.h.count) {
+        out = given.As<Napi::Float32Array>();
+      } else if (!given.IsUndefined() && !given.IsNull()) {
+        throw Napi::TypeError::New(env, "part " + std::to_string(i) + ": the output must be a Float32Array of " + std::to_string(s.h.count) + " values");
+      } else {
+        out = Napi::Float32Array::New(env, s.h.count);
+      }
       job->out.push_back(out.Data());
       job->streams.push_back(std::move(s));
       values.Set(i, out);

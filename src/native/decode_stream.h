@@ -7,8 +7,11 @@
 // itself (as a CUDA decode stream waits on the copy's event), decodes, and hands the values back
 // through a thread-safe function. Its own thread also keeps the pool free for compute calls.
 //
-//   decodeStreamRun(parts: [{head, rungs}], delayMs, threads) → Promise<{values: Float32Array[],
+//   decodeStreamRun(parts: [{head, rungs}], delayMs, threads, outs?) → Promise<{values: Float32Array[],
 //       seconds, waitedSeconds}>
+//
+// outs, when given, holds a Float32Array of each part's values to decode into (a recycled buffer:
+// a miss then allocates nothing); values are those arrays.
 //
 // Each part decodes every rung it is given (rungs 0..rungs.length − 1) into f32; the job starts
 // no earlier than delayMs after the call. `seconds` is the decode's own time on the stream

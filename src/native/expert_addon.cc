@@ -2,12 +2,10 @@
 //   fusedMatrix(head, rungs | null, k, rows, cols, verify) → { handle, bytes, rows, cols, k }
 //     validates a compressed matrix once and indexes its rows for the fused path; the result keeps
 //     the stream's buffers alive for as long as it lives;
-//   expertLayerAsync(experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads, backToBack) → Promise<Float32Array>
+//   expertLayerAsync(experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads) → Promise<Float32Array>
 //     one layer's routed experts on a libuv worker (the event loop goes on meanwhile), where
 //     experts[i] = [gate, up, down], each a Float32Array (dense f32, checkpoint layout) or a
-//     fusedMatrix result; backToBack: calls follow each other closely (a forward's layers), so
-//     small ones may use the pool's still-awake helpers; expertLayerSync does the same on the
-//     calling thread;
+//     fusedMatrix result; expertLayerSync does the same on the calling thread;
 //   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with;
 //   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both).
 // Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
@@ -118,7 +116,6 @@ ParsedCall layer_call(const Napi::CallbackInfo& info, Napi::Float32Array* out) {
   c.d = info[6].As<Napi::Number>().Int32Value();
   c.ff = info[7].As<Napi::Number>().Int32Value();
   c.threads = threads_of(info[8]);
-  c.back_to_back = info[9].ToBoolean();
   if (c.T < 0 || c.k < 1 || c.d < 1 || c.ff < 1) throw Napi::RangeError::New(env, "T ≥ 0, k, d and ff ≥ 1 are required");
   if (!info[0].IsArray()) throw Napi::TypeError::New(env, "experts must be an array of [gate, up, down]");
   auto experts = info[0].As<Napi::Array>();

@@ -200,8 +200,6 @@ void expert_layer(const LayerCall& c) {
     w.y.resize((size_t)w.n * d);
     macs += 3.0 * w.n * d * ff;
   }
-  int used = 0;
-  for (const Work& w : work) used += w.n > 0;
   auto gate_up = [&](int e, int r0, int r1) {
     Work& w = work[e];
     const ExpertWeights& m = c.experts[e];
@@ -215,18 +213,16 @@ void expert_layer(const LayerCall& c) {
     matrix_rows(c.experts[e].down, ff, r0, r1, w.h.data(), ff, w.n, w.y.data(), d);
   };
   if (macs < kParallelMacs || c.threads <= 1) {
-    // Small calls (a decode step of a small model): one task per expert, the whole FFN in it, so
-    // the two phases need no barrier. Helpers only when the caller says calls come back to back
-    // (a native forward, layer after layer, so they are still spinning): otherwise waking one
-    // costs more than the call's work, and a helper left spinning takes a core from whatever
-    // runs between the calls (TensorFlow.js's dense layers).
-    std::vector<int> list;
+    // Small calls (a decode step of a small model): the whole FFN of each expert in turn, on the
+    // calling thread. A helper woken for it costs more than the call's work, and one left
+    // spinning between calls takes a core from whatever runs between them (the decode stream,
+    // the server); measured with another process on the second core, helpers kept spinning for
+    // a forward's layers made its experts 9× slower.
     for (int e = 0; e < E; e++)
-      if (work[e].n) list.push_back(e);
-    pool().run((int)list.size(), used >= 2 && c.back_to_back ? c.threads : 1, [&](int i) {
-      gate_up(list[i], 0, ff);
-      down(list[i], 0, d);
-    });
+      if (work[e].n) {
+        gate_up(e, 0, ff);
+        down(e, 0, d);
+      }
   } else {
     // Rows per task: enough work (~64 Ki multiply-adds) that handing it out is cheap, and several
     // tasks per thread so that the last one does not leave a core idle. Gate and up of every

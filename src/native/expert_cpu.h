@@ -61,9 +61,6 @@ struct LayerCall {
   int num_experts = 0;
   float* out = nullptr;
   int threads = 1;
-  // Calls follow each other within microseconds (a native forward's layers): small ones may use
-  // the pool's helpers too, which are still awake from the previous call.
-  bool back_to_back = false;
 };
 
 // Throws std::invalid_argument on a slot that names no expert or a matrix missing.

@@ -33,12 +33,6 @@ export interface NativeLayerOptions {
    * more than that; a call that small blocks the loop for less time than one tfjs op does.
    */
   sync?: boolean | 'auto';
-  /**
-   * Calls follow each other within microseconds (a forward step's layers): small ones may use the
-   * pool's helpers, still awake from the previous call. Off by default: waking a sleeping helper
-   * costs more than a small call's work.
-   */
-  backToBack?: boolean;
 }
 
 /** Multiply-adds below which sync: 'auto' runs a call on the calling thread (~100 µs of work). */
@@ -75,11 +69,10 @@ export function nativeExpertLayer(
   const k = T ? ids.length / T : 1;
   const threads = opts.threads ?? 0;
   const sync = opts.sync ?? 'auto';
-  const b2b = opts.backToBack ?? false;
   if (sync === true || (sync === 'auto' && 3 * d * ff * ids.length < SYNC_MACS)) {
-    return Promise.resolve().then(() => native.expertLayerSync(mats, slotExpert, weights, hidden, T, k, d, ff, threads, b2b));
+    return Promise.resolve().then(() => native.expertLayerSync(mats, slotExpert, weights, hidden, T, k, d, ff, threads));
   }
-  return native.expertLayerAsync(mats, slotExpert, weights, hidden, T, k, d, ff, threads, b2b);
+  return native.expertLayerAsync(mats, slotExpert, weights, hidden, T, k, d, ff, threads);
 }
 
 /** A compressed matrix (a codec stream of rows × cols values, or its head and rungs) for the fused path at rung k (default: the last). */
@@ -178,8 +171,7 @@ export class CpuExpertEngine implements ExpertEngine {
       if (!x) throw new RangeError(`expert ${e} is not one of layer ${layer}'s ${row.length}`);
       this.stats.bytesRead += matrixBytes(x.gate) + matrixBytes(x.up) + matrixBytes(x.down);
     }
-    // Inside a forward step the layers' calls come back to back.
-    const out = await nativeExpertLayer((e) => row[e], this.d, this.ff, hidden, ids, weights, T, { backToBack: this.stepStart > 0, ...this.opts });
+    const out = await nativeExpertLayer((e) => row[e], this.d, this.ff, hidden, ids, weights, T, this.opts);
     this.stats.calls++;
     this.stats.seconds += (performance.now() - start) / 1000;
     return out;

@@ -136,8 +136,7 @@ export class OffloadExpertEngine implements ExpertEngine {
       if (failed) throw failed.reason;
       this.splitWait(waitStart, waitEnd, [...handles.values()]);
       for (const [e, h] of handles) this.onExpertUsed?.(layer, e, h);
-      // Inside a forward step the layers' calls come back to back (the pool's helpers are awake).
-      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => nativeMatricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T, { backToBack: this.stepStart > 0 });
+      if (this.compute_ === 'cpu') return await nativeExpertLayer((e) => nativeMatricesOf(handles.get(e)!.weights), this.d, this.ff, hidden, ids, weights, T);
       return combineExperts(this.d, hidden, ids, weights, T, (e) => tensorsOf(handles.get(e)!.weights));
     } finally {
       for (const h of handles.values()) h.release();

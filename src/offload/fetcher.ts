@@ -31,6 +31,9 @@ import { Tier } from './tier.js';
  */
 const ONE_THREAD_VALUES = 1 << 20;
 
+/** Spare f32 matrices kept for misses to decode into (a few experts' worth). */
+const SPARE_BUFFERS = 24;
+
 export interface DeviceBudget {
   /** Decoded experts (f32 values the engine computes from). */
   tierABytes: number;
@@ -85,9 +88,6 @@ export function nativeMatricesOf(w: DecodedWeights): NativeExpert {
   return w;
 }
 
-function freeWeights(w: DecodedWeights): void {
-  if ('gateT' in w) disposeSwiglu(w);
-}
 
 /** An expert's compressed parts on the device: codec rungs 0..held (and/or its exact bytes). */
 interface DeviceParts {
@@ -155,6 +155,8 @@ export class ExpertFetcher {
   /** Bytes of one decoded expert (f32), the same for every expert of a checkpoint. */
   readonly decodedBytes: number;
   private readonly inflight = new Map<number, Promise<unknown>>();
+  /** Matrices of freed f32 experts (d × ff values each), reused by the next misses. */
+  private readonly spare: Float32Array[] = [];
   private readonly telemetry: TelemetrySink;
   private readonly d: number;
   private readonly ff: number;
@@ -215,7 +217,7 @@ export class ExpertFetcher {
     this.closed = true;
     for (const k of this.tierA.keys()) {
       const d = this.tierA.remove(k)!;
-      if (d.users === 0) freeWeights(d.weights);
+      if (d.users === 0) this.free(d.weights);
       else d.transient = true; // freed by the last release
     }
     for (const k of this.tierB.keys()) this.tierB.remove(k);
@@ -284,7 +286,7 @@ export class ExpertFetcher {
     if (level === this.store.exact) {
       await landed;
       const t = performance.now();
-      const [gate, up, down] = MATRICES.map((m) => this.store.decodeExact(stored[m], p.parts[m].exact!));
+      const [gate, up, down] = MATRICES.map((m) => this.store.decodeExact(stored[m], p.parts[m].exact!, this.spare.pop()));
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     if (this.form === 'fused') {
@@ -296,7 +298,7 @@ export class ExpertFetcher {
     const count = stored.gate.shape[0] * stored.gate.shape[1];
     const run = await decodeOnStream(
       MATRICES.map((m) => ({ head: p.parts[m].head!, rungs: p.parts[m].rungs.slice(0, level + 1) })),
-      { startAt: landsAt, threads: count < ONE_THREAD_VALUES ? 1 : 0 },
+      { startAt: landsAt, threads: count < ONE_THREAD_VALUES ? 1 : 0, into: MATRICES.map(() => this.spare.pop()) },
     );
     const [gate, up, down] = run.values;
     return { values: { gate, up, down }, seconds: run.seconds };
@@ -315,13 +317,26 @@ export class ExpertFetcher {
         released = true;
         d.users--;
         if (this.tierA.peek(key) === d) this.tierA.unpin(key);
-        if (d.transient && d.users === 0) freeWeights(d.weights);
+        if (d.transient && d.users === 0) this.free(d.weights);
       },
     };
   }
 
+  /**
+   * Frees an expert nobody holds: tfjs tensors are disposed; f32 matrices go back to the spare
+   * buffers the next miss decodes into (a miss otherwise allocates — and the garbage collector
+   * later frees — an expert's worth of f32, which cost more than the decode itself).
+   */
+  private free(w: DecodedWeights): void {
+    if ('gateT' in w) return disposeSwiglu(w);
+    for (const m of MATRICES) {
+      const a = w[m];
+      if (a instanceof Float32Array && a.length === this.d * this.ff && this.spare.length < SPARE_BUFFERS) this.spare.push(a);
+    }
+  }
+
   private dropDecoded(d: Decoded): void {
-    if (d.users === 0) freeWeights(d.weights);
+    if (d.users === 0) this.free(d.weights);
     else d.transient = true;
   }
 

@@ -9,7 +9,11 @@
  * progress; `openStore` (store-file.ts) loads or rebuilds the disk cache around it.
  */
 import { compressLadderAsync, inspect, splitRungs, type DType } from '../codec/index.js';
-import { decodeTensor, type TensorDtype } from '../codec/halfs-array.js';
+import { DTYPE_BYTES, type TensorDtype } from '../codec/halfs-array.js';
+import { native } from '../codec/native.js';
+
+/** The addon's dtype codes (src/native/stream_format.h). */
+const WIDEN_CODE: Readonly<Record<TensorDtype, number>> = { F32: 0, F16: 1, BF16: 2 };
 import { exactLevel, levelCount, type Ladder } from './plan.js';
 import { MATRICES, type ExpertSource, type MatrixName, type RawTensor } from './source.js';
 
@@ -125,8 +129,11 @@ export class ExpertStore {
    * that keeps some other direct encoding there (the benchmark's int8 / int4 baselines) says how
    * to decode it here.
    */
-  decodeExact(m: StoredMatrix, bytes: Uint8Array): Float32Array {
-    return decodeTensor(bytes, m.dtype);
+  decodeExact(m: StoredMatrix, bytes: Uint8Array, into?: Float32Array): Float32Array {
+    const n = bytes.byteLength / DTYPE_BYTES[m.dtype];
+    // Widened in the addon, into a recycled buffer when one is given (`into` of the wrong size is
+    // not used): this runs on every exact-level miss.
+    return native.widen(bytes, WIDEN_CODE[m.dtype], into?.length === n ? into : new Float32Array(n));
   }
 
   /** All experts, for serialisation. */

@@ -6,7 +6,7 @@
  *   POST /v1/completions        OpenAI text completions (completions.ts)
  *   POST /v1/chat/completions   OpenAI chat completions, through a plain-text template (chat-template.ts)
  *   GET  /v1/models             the one model served
- *   GET  /health                200 with model, backend, engine and queue when ready; 503 while loading or shutting down
+ *   GET  /health                200 with model, backend, engine and the batch/queue when ready; 503 while loading or shutting down
  *   GET  /metrics               Prometheus text format (metrics.ts)
  *   /admin/*                    the admin API behind a bearer token (admin.ts)
  *   GET  /dashboard             the live page (dashboard.ts), fed by GET /dashboard/events (SSE)
@@ -90,7 +90,8 @@ export function createApp(ctx: AppContext): Express {
       engine: model.engine,
       engine_details: model.details,
       context_tokens: model.contextTokens,
-      queue: { ...ctx.queue.state, max_waiting: ctx.queue.maxWaiting },
+      // running/waiting count requests, sequences the batch's (a request with n choices has n).
+      queue: { ...ctx.batcher.state, max_waiting: ctx.batcher.maxWaiting, max_batch: ctx.batcher.maxBatch, prefill_chunk: ctx.batcher.prefillChunk },
     });
   });
 
@@ -100,7 +101,7 @@ export function createApp(ctx: AppContext): Express {
     res.json({ object: 'list', data: [{ id: model.id, object: 'model', created: ctx.loadedAt(), owned_by: 'ebserve', max_model_len: model.contextTokens }] });
   });
 
-  app.use(dashboardRouter(dashboardSource(ctx.model), { signal: ctx.closingSignal }));
+  app.use(dashboardRouter(dashboardSource(ctx.model, ctx.batcher), { signal: ctx.closingSignal }));
   app.use('/admin', adminRouter({ token: ctx.adminToken, control: () => ctx.model()?.control, maxBodyBytes: ctx.maxBodyBytes }));
 
   app.get('/metrics', async (_req, res) => {

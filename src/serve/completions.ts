@@ -1,16 +1,24 @@
 /**
- * POST /v1/completions and POST /v1/chat/completions: validate, wait for a turn in the queue,
- * generate, and answer in OpenAI's shapes — one JSON body, or with "stream": true server-sent
- * events (text_completion / chat.completion.chunk chunks, a last chunk with finish_reason, a usage
- * chunk when stream_options.include_usage asks for it, then [DONE]).
+ * POST /v1/completions and POST /v1/chat/completions: validate, hand the request's choices to the
+ * batch scheduler as sequences, and answer in OpenAI's shapes — one JSON body, or with
+ * "stream": true server-sent events (text_completion / chat.completion.chunk chunks, each carrying
+ * its choice's index, a last chunk per choice with finish_reason, a usage chunk when
+ * stream_options.include_usage asks for it, then [DONE]).
  *
  * The two endpoints differ only in how the prompt is made (the chat template) and in the chunk
- * shapes; everything else — limits, queueing, cancellation, metrics — is one path:
+ * shapes; everything else — limits, batching, cancellation, metrics — is one path:
  * - max_tokens defaults to 16 for completions (OpenAI's default) and to the rest of the context
  *   for chat; a generation also ends, with finish_reason "length", where the context ends;
  * - a prompt must leave at least one position of the context for the completion;
- * - a client that hangs up is dropped from the queue, or its generation stops at the next token;
+ * - n choices are n sequences in the batch, choice i sampled with seed + i when a seed is given;
+ *   usage counts the prompt once and every choice's tokens;
+ * - a client that hangs up is dropped from the line, or its sequences leave the batch at once;
+ * - a request that fails inside the batch (its step fails the model's checks, sampling throws)
+ *   fails alone: a RangeError or TypeError is the request's own fault (400), anything else a 500;
  * - a forced shutdown (the drain timeout ran out) cuts the generation with a 503.
+ *
+ * Time to first token is measured from the request's arrival (the first middleware) to the
+ * moment its first token is sampled, whatever it waited for in between.
  *
  * @example
  * app.post('/v1/completions', express.json(), completionHandler(ctx, 'text'));
@@ -19,11 +27,11 @@ import { randomUUID } from 'node:crypto';
 
 import type { Request, RequestHandler, Response } from 'express';
 
-import type { Generation } from '../model/generate.js';
+import type { Generation, GenerationSequence } from '../model/sequence.js';
+import { QueueFullError, type BatchScheduler } from './batcher.js';
 import { CHAT_STOPS, renderChat } from './chat-template.js';
 import { ApiError, badRequest, notFound, toApiError, unavailable } from './errors.js';
 import type { ServeMetrics } from './metrics.js';
-import { GenerationQueue, QueueFullError } from './queue.js';
 import { parseRequest, type ChatRequest, type CompletionRequest, type RequestSchemas } from './schemas.js';
 import type { ServedModel } from './served-model.js';
 import { SseStream } from './sse.js';
@@ -33,7 +41,7 @@ export interface CompletionContext {
   /** The model, or null while it loads. */
   model(): ServedModel | null;
   schemas(): RequestSchemas;
-  queue: GenerationQueue;
+  batcher: BatchScheduler;
   metrics: ServeMetrics;
   /** Aborts when a shutdown stops waiting for in-flight requests. */
   shutdownSignal: AbortSignal;
@@ -59,10 +67,13 @@ interface Job {
   topP?: number;
   seed?: number;
   stop: string[];
+  /** Choices asked for (OpenAI's n). */
+  n: number;
   stream: boolean;
   includeUsage: boolean;
 }
 
+/** The express handler of one endpoint: `kind` says which (text completions or chat). */
 export function completionHandler(ctx: CompletionContext, kind: Kind): RequestHandler {
   return async (req, res) => {
     await serve(ctx, kind, req, res);
@@ -81,6 +92,32 @@ async function serve(ctx: CompletionContext, kind: Kind, req: Request, res: Resp
   }
   const maxTokens = job.maxTokens ?? (kind === 'text' ? 16 : model.contextTokens - promptTokens);
 
+  const shape = new Shapes(kind, model.id, job.includeUsage);
+  const sse = job.stream ? new SseStream(res) : undefined;
+  let tokens = 0;
+  const last: number[] = [];
+  const onToken = (choice: number) => {
+    const now = performance.now();
+    if (tokens === 0) ctx.metrics.timeToFirstToken.observe((now - arrived) / 1000);
+    if (last[choice] !== undefined) ctx.metrics.interTokenLatency.observe((now - last[choice]) / 1000);
+    last[choice] = now;
+    tokens++;
+    ctx.metrics.generationTokens.inc();
+  };
+  let seqs: GenerationSequence[];
+  try {
+    seqs = Array.from({ length: job.n }, (_, i) =>
+      model.sequence(job.prompt, {
+        maxTokens, temperature: job.temperature, topP: job.topP, seed: job.seed === undefined ? undefined : job.seed + i, stop: job.stop,
+        prefillChunk: ctx.batcher.prefillChunk,
+        onToken: () => onToken(i),
+        onText: sse ? (text) => sse.send(shape.delta(text, i)) : undefined,
+      }));
+  } catch (e) {
+    if (e instanceof RangeError || e instanceof TypeError) throw badRequest(e.message, job.promptParam);
+    throw e;
+  }
+
   const abort = new AbortController();
   const onClose = () => {
     if (!res.writableFinished) abort.abort(new ClientGone('the client closed the connection'));
@@ -88,44 +125,28 @@ async function serve(ctx: CompletionContext, kind: Kind, req: Request, res: Resp
   const onShutdown = () => abort.abort(new ShutDown('the server shut down before this request finished'));
   res.on('close', onClose);
   ctx.shutdownSignal.addEventListener('abort', onShutdown, { once: true });
-
-  const shape = new Shapes(kind, model.id, job.includeUsage);
-  const sse = job.stream ? new SseStream(res) : undefined;
-  let tokens = 0;
-  let last = 0;
-  const onToken = () => {
-    const now = performance.now();
-    if (tokens === 0) ctx.metrics.timeToFirstToken.observe((now - arrived) / 1000);
-    else ctx.metrics.interTokenLatency.observe((now - last) / 1000);
-    last = now;
-    tokens++;
-    ctx.metrics.generationTokens.inc();
-  };
   try {
-    let turn: Promise<Generation>;
+    let turn: Promise<Generation[]>;
     try {
-      turn = ctx.queue.run((signal) => {
-        const first = shape.first();
-        if (sse && first) sse.send(first);
-        return model.generate(job.prompt, {
-          maxTokens, temperature: job.temperature, topP: job.topP, seed: job.seed, stop: job.stop, signal, onToken,
-          onText: sse ? (text) => sse.send(shape.delta(text)) : undefined,
-        });
-      }, abort.signal);
+      turn = ctx.batcher.run(seqs, abort.signal, () => {
+        if (sse) for (let i = 0; i < job.n; i++) shape.first(i, (chunk) => sse.send(chunk));
+      });
     } catch (e) {
       if (e instanceof QueueFullError) throw new ApiError(429, 'rate_limit_error', e.message, null, { 'Retry-After': String(e.retryAfterSeconds) });
       throw e;
     }
-    // The stream opens while the request waits its turn: the client sees it was accepted. (The
-    // queue starts a job in a later microtask, so this runs before the first chunk is sent.)
+    // The stream opens while the request waits for room in the batch: the client sees it was
+    // accepted. (The scheduler admits in a later microtask, so this runs before the first chunk.)
     sse?.open();
-    let g: Generation;
+    let gs: Generation[];
     try {
-      g = await turn;
+      gs = await turn;
     } catch (e) {
       const reason: unknown = abort.signal.aborted ? abort.signal.reason : e;
       if (reason instanceof ClientGone) return; // nobody is listening
-      const err = reason instanceof ShutDown ? unavailable(reason.message) : toApiError(reason, ctx.maxBodyBytes);
+      const err = reason instanceof ShutDown
+        ? unavailable(reason.message)
+        : reason instanceof RangeError || reason instanceof TypeError ? badRequest(reason.message) : toApiError(reason, ctx.maxBodyBytes);
       if (err.status >= 500 && !(reason instanceof ShutDown)) ctx.log(`ebserve serve: generation failed: ${reason instanceof Error ? reason.stack ?? reason.message : String(reason)}`);
       if (sse) {
         sse.fail(err);
@@ -133,13 +154,13 @@ async function serve(ctx: CompletionContext, kind: Kind, req: Request, res: Resp
       }
       throw err;
     }
-    ctx.metrics.promptTokens.inc(g.promptTokens);
+    ctx.metrics.promptTokens.inc(gs[0].promptTokens);
     if (sse) {
-      sse.send(shape.last(g));
-      if (job.includeUsage) sse.send(shape.usageChunk(g));
+      gs.forEach((g, i) => sse.send(shape.last(g, i)));
+      if (job.includeUsage) sse.send(shape.usageChunk(gs));
       sse.done();
     } else {
-      res.json(shape.whole(g));
+      res.json(shape.whole(gs));
     }
     ctx.metrics.e2eLatency.observe((performance.now() - arrived) / 1000);
   } finally {
@@ -156,6 +177,7 @@ function common(r: CompletionRequest | ChatRequest) {
     topP: r.top_p ?? undefined,
     seed: r.seed ?? undefined,
     stop,
+    n: r.n ?? 1,
     stream: r.stream === true,
     includeUsage: r.stream === true && r.stream_options?.include_usage === true,
   };
@@ -170,7 +192,7 @@ function chatJob(r: ChatRequest): Job {
   return { ...c, prompt: renderChat(r.messages), promptParam: 'messages', stop: [...c.stop, ...CHAT_STOPS], maxTokens: r.max_completion_tokens ?? r.max_tokens ?? undefined };
 }
 
-/** OpenAI's response and chunk shapes for one request. */
+/** OpenAI's response and chunk shapes for one request; `index` is a choice's (0..n−1). */
 class Shapes {
   private readonly id: string;
   private readonly created = Math.floor(Date.now() / 1000);
@@ -186,35 +208,37 @@ class Shapes {
     this.object = kind === 'text' ? 'text_completion' : 'chat.completion.chunk';
   }
 
-  private chunk(choice: Record<string, unknown> | null) {
-    return { id: this.id, object: this.object, created: this.created, model: this.model, choices: choice ? [{ index: 0, ...choice, logprobs: null }] : [], ...(this.includeUsage ? { usage: null } : {}) };
+  private chunk(choice: Record<string, unknown> | null, index = 0) {
+    return { id: this.id, object: this.object, created: this.created, model: this.model, choices: choice ? [{ index, ...choice, logprobs: null }] : [], ...(this.includeUsage ? { usage: null } : {}) };
   }
 
-  /** The chunk a chat stream starts with when its turn comes, announcing the role (completions have none). */
-  first() {
-    return this.kind === 'chat' ? this.chunk({ delta: { role: 'assistant', content: '' }, finish_reason: null }) : null;
+  /** Sends the chunk a chat stream's choice starts with when it joins the batch, announcing the role (completions have none). */
+  first(index: number, send: (chunk: unknown) => void): void {
+    if (this.kind === 'chat') send(this.chunk({ delta: { role: 'assistant', content: '' }, finish_reason: null }, index));
   }
 
-  delta(text: string) {
-    return this.kind === 'chat' ? this.chunk({ delta: { content: text }, finish_reason: null }) : this.chunk({ text, finish_reason: null });
+  delta(text: string, index: number) {
+    return this.kind === 'chat' ? this.chunk({ delta: { content: text }, finish_reason: null }, index) : this.chunk({ text, finish_reason: null }, index);
   }
 
-  last(g: Generation) {
-    return this.kind === 'chat' ? this.chunk({ delta: {}, finish_reason: g.finishReason }) : this.chunk({ text: '', finish_reason: g.finishReason });
+  last(g: Generation, index: number) {
+    return this.kind === 'chat' ? this.chunk({ delta: {}, finish_reason: g.finishReason }, index) : this.chunk({ text: '', finish_reason: g.finishReason }, index);
   }
 
-  usageChunk(g: Generation) {
-    return { ...this.chunk(null), usage: usage(g) };
+  usageChunk(gs: Generation[]) {
+    return { ...this.chunk(null), usage: usage(gs) };
   }
 
-  whole(g: Generation) {
-    const choice = this.kind === 'chat'
-      ? { index: 0, message: { role: 'assistant', content: g.text }, logprobs: null, finish_reason: g.finishReason }
-      : { index: 0, text: g.text, logprobs: null, finish_reason: g.finishReason };
-    return { id: this.id, object: this.kind === 'chat' ? 'chat.completion' : 'text_completion', created: this.created, model: this.model, choices: [choice], usage: usage(g) };
+  whole(gs: Generation[]) {
+    const choices = gs.map((g, index) => this.kind === 'chat'
+      ? { index, message: { role: 'assistant', content: g.text }, logprobs: null, finish_reason: g.finishReason }
+      : { index, text: g.text, logprobs: null, finish_reason: g.finishReason });
+    return { id: this.id, object: this.kind === 'chat' ? 'chat.completion' : 'text_completion', created: this.created, model: this.model, choices, usage: usage(gs) };
   }
 }
 
-function usage(g: Generation) {
-  return { prompt_tokens: g.promptTokens, completion_tokens: g.completionTokens, total_tokens: g.promptTokens + g.completionTokens };
+/** The prompt once (every choice continues the same one) and every choice's tokens. */
+function usage(gs: Generation[]) {
+  const completion = gs.reduce((n, g) => n + g.completionTokens, 0);
+  return { prompt_tokens: gs[0].promptTokens, completion_tokens: completion, total_tokens: gs[0].promptTokens + completion };
 }

@@ -9,7 +9,9 @@
  *     and for anyone scripting the page;
  *   - the link bandwidth estimate (EMULATED when the link is), p95 inter-token latency against the
  *     SLA, each with a sparkline of what this page has seen since it opened;
- *   - the canary scores against the floor, and the recent decisions, newest first.
+ *   - the canary scores against the floor, and the recent decisions, newest first;
+ *   - in the header, the batch: sequences decoding together out of --max-batch, and the requests
+ *     waiting for room (`#batch`).
  *
  * The script is plain ES2017 written inside a String.raw template: it uses no backticks and no
  * dollar-brace sequences, and sets text with textContent only (reasons are server text).
@@ -80,6 +82,7 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
   <span class="meta">model <b id="model">—</b></span>
   <span class="meta">controller <span id="controller" class="badge off">—</span></span>
   <span class="meta">plan <b id="plan-version">—</b></span>
+  <span class="meta">batch <b id="batch">—</b></span>
   <span class="spacer"></span>
   <span id="updated" class="meta"></span>
   <span id="conn" class="conn meta">connecting…</span>
@@ -309,6 +312,11 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
     $("decisions-none").hidden = list.length > 0;
   }
 
+  function drawBatch(state) {
+    var b = state.batch;
+    $("batch").textContent = b ? b.sequences + " of " + b.maxBatch + " sequences, " + b.waiting + " waiting" : "—";
+  }
+
   function draw(state) {
     $("model").textContent = state.model;
     var c = $("controller");
@@ -317,6 +325,7 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
     $("plan-version").textContent = "v" + state.planVersion;
     document.body.setAttribute("data-plan-version", String(state.planVersion));
     drawBars(state);
+    drawBatch(state);
     drawLink(state);
     drawLatency(state);
     drawCanary(state);

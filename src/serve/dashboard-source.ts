@@ -1,11 +1,15 @@
-// The served model and its controller as the dashboard sees them (dashboard.ts): a snapshot of
-// the plan, estimates, SLA, canaries and recent decisions, and a change signal (every plan,
-// decision or canary result the controller makes, plus a tick while tokens flow).
+// The served model, its controller and the batch scheduler as the dashboard sees them
+// (dashboard.ts): a snapshot of the plan, estimates, SLA, canaries, recent decisions and the
+// batch, and a change signal (every plan, decision or canary result the controller makes, plus a
+// tick while tokens flow).
+import type { BatchScheduler } from './batcher.js';
 import type { DashboardSource, DashboardState } from './dashboard.js';
 import { unavailable } from './errors.js';
 import type { ServedModel } from './served-model.js';
 
-export function dashboardSource(model: () => ServedModel | null): DashboardSource {
+/** The dashboard's view of `model` (null while it loads) and, when given, of `batcher`. */
+export function dashboardSource(model: () => ServedModel | null, batcher?: Pick<BatchScheduler, 'state' | 'maxBatch'>): DashboardSource {
+  const batch = () => (batcher ? { sequences: batcher.state.sequences, maxBatch: batcher.maxBatch, waiting: batcher.state.waiting } : null);
   return {
     snapshot(): DashboardState {
       const m = model();
@@ -15,7 +19,7 @@ export function dashboardSource(model: () => ServedModel | null): DashboardSourc
         const fixed = typeof m.details.level === 'number' ? [m.details.level] : [];
         return {
           at: Date.now(), model: m.id, controller: 'off', planVersion: 0, levels: fixed, levelLabels: [], layerBounds: [],
-          bandwidthBytesPerSecond: null, linkEmulated: m.linkEmulated, p95Seconds: null, slaSeconds: null, canary: null, decisions: [],
+          bandwidthBytesPerSecond: null, linkEmulated: m.linkEmulated, p95Seconds: null, slaSeconds: null, canary: null, decisions: [], batch: batch(),
         };
       }
       const ctl = c.controller;
@@ -37,6 +41,7 @@ export function dashboardSource(model: () => ServedModel | null): DashboardSourc
         slaSeconds: ctl.slaSeconds,
         canary: r ? { top1: r.top1Agreement, kl: r.kl ?? null, exact: r.exactMatch ?? null, floor: c.canaryFloor() } : null,
         decisions: ctl.log().filter((d) => d.action !== 'hold').slice(-20).map((d) => ({ at: toEpoch(d.at), action: d.action, reason: d.reason })),
+        batch: batch(),
       };
     },
     subscribe(listener: () => void): () => void {

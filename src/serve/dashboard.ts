@@ -50,6 +50,8 @@ export interface DashboardState {
   canary: { top1: number; kl: number | null; exact: number | null; floor: number } | null;
   /** The most recent decisions, oldest first, newest last (at most 20); `at` in milliseconds since the epoch. */
   decisions: { at: number; action: string; reason: string }[];
+  /** The batch now: sequences decoding together, the most that may (--max-batch), requests waiting for room; null when unknown. */
+  batch: { sequences: number; maxBatch: number; waiting: number } | null;
 }
 
 export interface DashboardSource {

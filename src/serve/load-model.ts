@@ -19,9 +19,9 @@ import path from 'node:path';
 import { currentBackend, type BackendName } from '../model/backend.js';
 import type { Checkpoint } from '../model/checkpoint.js';
 import { ResidentExpertEngine } from '../model/engine.js';
-import { generate } from '../model/generate.js';
+import { GenerationSequence } from '../model/sequence.js';
 import { checkpointExperts, loadModel, readExpert } from '../model/load.js';
-import type { MoeTransformer } from '../model/transformer.js';
+import { checkSequence } from '../model/transformer.js';
 import type { Policy } from '../control/policy.js';
 import type { Profile } from '../control/profile.js';
 import { createOffload, deviceBudget, levelCount, uniformPlan, type Ladder, type Link, type OffloadExpertEngine, type TelemetryBus } from '../offload/index.js';
@@ -30,7 +30,8 @@ import { ServedControl } from './served-control.js';
 import { native } from '../codec/native.js';
 import { nativeForwardUnsupported } from '../model/native-forward.js';
 import { defaultCacheDir } from '../offload/store-file.js';
-import type { EngineName, ServeGenerateOptions, ServedModel } from './served-model.js';
+import type { ServingHooks } from './batcher.js';
+import type { EngineName, ServedModel } from './served-model.js';
 
 export interface ModelSpec {
   dir: string;
@@ -70,8 +71,14 @@ async function loadCpu(spec: ModelSpec, id: string, telemetry: TelemetryBus, log
   return m;
 }
 
-/** Loads `spec` and logs what was loaded, one line each. Errors name the file, tensor or flag. */
-export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, log: (line: string) => void, servingIdle: () => Promise<void> = async () => {}): Promise<ServedModel> {
+/** Nothing is served: canary work runs at once (a loader used without a server). */
+const UNSERVED: ServingHooks = { stepBoundary: async () => {}, betweenSteps: (task) => task() };
+
+/**
+ * Loads `spec` and logs what was loaded, one line each. `serving` is the batch scheduler's hooks:
+ * the controller's canaries run between its steps. Errors name the file, tensor or flag.
+ */
+export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, log: (line: string) => void, serving: ServingHooks = UNSERVED): Promise<ServedModel> {
   const ladder = spec.policy.storeLadder;
   const finest = levelCount(ladder) - 1;
   const level = spec.fixedLevel ?? finest;
@@ -137,7 +144,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   let control: ServedControl | undefined;
   if (offloaded && spec.fixedLevel === undefined) {
     try {
-      control = new ServedControl({ model: m, store: offloaded.store, engine: offloaded.engine, telemetry, policy: spec.policy, profile: spec.profile, dryRun: spec.dryRun ?? false, servingIdle, log });
+      control = new ServedControl({ model: m, store: offloaded.store, engine: offloaded.engine, telemetry, policy: spec.policy, profile: spec.profile, dryRun: spec.dryRun ?? false, serving, log });
     } catch (e) {
       m.dispose();
       throw e;
@@ -152,7 +159,9 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     linkEmulated: link?.emulated ?? false,
     details,
     countTokens: (text) => m.tokenizer.encode(text).length,
-    generate: (prompt, opts) => generate(opts.onToken ? perToken(m.model, opts.onToken) : m.model, m.tokenizer, prompt, withoutHook(opts)),
+    sequence: (prompt, opts) => new GenerationSequence(m.checkpoint.config, m.tokenizer, prompt, opts),
+    forwardBatch: (steps) => m.model.forwardBatch(steps),
+    checkStep: (step) => checkSequence(m.checkpoint.config, step),
     control,
     dispose: () => {
       control?.stop();
@@ -162,28 +171,3 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   return served;
 }
 
-/**
- * The model seen through a hook on forward. generate has no per-token callback (onText fires
- * when text becomes final, which stop strings and multi-byte characters delay), but every forward
- * pass it runs yields exactly one sampled token — the prompt's pass the first, each decode pass
- * the next — so a forward's return is the moment a token exists.
- */
-function perToken(model: MoeTransformer, onToken: () => void): MoeTransformer {
-  return new Proxy(model, {
-    get(target, prop) {
-      if (prop === 'forward') {
-        return async (...args: Parameters<MoeTransformer['forward']>) => {
-          const logits = await target.forward(...args);
-          onToken();
-          return logits;
-        };
-      }
-      return Reflect.get(target, prop, target);
-    },
-  });
-}
-
-function withoutHook(opts: ServeGenerateOptions) {
-  const { onToken: _hook, ...rest } = opts;
-  return rest;
-}

@@ -3,9 +3,10 @@
  * `ebserve_`, base units (seconds, bytes), `_total` on counters, and labels that never name an
  * expert or a request (layer, tier, endpoint, status and phase have a handful of values each).
  *
- * Two sources feed them: the request path (latencies, counts, the queue) and the offload data
- * plane, through the TelemetryBus the server hands to createOffload (transfers, decompressions,
- * cache lookups, and each forward step's time split into compute and the waits for experts).
+ * Two sources feed them: the request path (latencies, counts, the queue, the batch size of every
+ * step the scheduler runs) and the offload data plane, through the TelemetryBus the server hands
+ * to createOffload (transfers, decompressions, cache lookups, and each forward step's time split
+ * into compute and the waits for experts).
  * With the resident engine the offload metrics stay at zero: nothing crosses a link.
  *
  * Node's process metrics (CPU, memory, event-loop lag) come along under the same prefix: the
@@ -28,6 +29,8 @@ const PREFIX = 'ebserve_';
 const TOKEN_BUCKETS = [0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2.5];
 const FIRST_TOKEN_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80];
 const REQUEST_BUCKETS = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160];
+// Sequences per forward step: powers of two up to a large --max-batch.
+const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64];
 const MOVE_BUCKETS = [1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 
 export class ServeMetrics {
@@ -41,6 +44,7 @@ export class ServeMetrics {
   readonly generationTokens: Counter;
   readonly queueDepth: Gauge;
   readonly running: Gauge;
+  readonly batchSize: Histogram;
   readonly buildInfo: Gauge<'version' | 'backend' | 'engine'>;
 
   readonly transferBytes: Counter<'layer'>;
@@ -62,8 +66,9 @@ export class ServeMetrics {
     this.requests = new Counter({ name: name('requests_total'), help: 'HTTP requests answered, by endpoint (other: unknown routes) and status.', labelNames: ['endpoint', 'status'], registers });
     this.promptTokens = new Counter({ name: name('prompt_tokens_total'), help: 'Prompt tokens of completed generations.', registers });
     this.generationTokens = new Counter({ name: name('generation_tokens_total'), help: 'Tokens generated (cut-off generations included).', registers });
-    this.queueDepth = new Gauge({ name: name('queue_depth'), help: 'Requests waiting for their turn (the one generating not counted).', registers });
-    this.running = new Gauge({ name: name('requests_running'), help: 'Requests generating now (0 or 1: one generation at a time).', registers });
+    this.queueDepth = new Gauge({ name: name('queue_depth'), help: 'Requests waiting for room in the batch (those generating not counted).', registers });
+    this.running = new Gauge({ name: name('requests_running'), help: 'Requests generating now, their sequences decoding together in one batch.', registers });
+    this.batchSize = new Histogram({ name: name('batch_size'), help: 'Sequences in each forward step the batch scheduler runs (decoding ones and those whose prompt chunk it carries).', buckets: BATCH_BUCKETS, registers });
     this.buildInfo = new Gauge({ name: name('build_info'), help: 'Always 1; the labels say what runs.', labelNames: ['version', 'backend', 'engine'], registers });
 
     this.transferBytes = new Counter({ name: name('expert_transfer_bytes_total'), help: 'Expert bytes moved host → device, by layer.', labelNames: ['layer'], registers });

@@ -3,13 +3,14 @@
  * the one function that turns a body into a typed request or a 400 naming the field.
  *
  * The fields follow OpenAI's API. Fields this server does not implement are accepted only at
- * their neutral value (n = 1, echo false, no logprobs, zero penalties, …), because answering as if
+ * their neutral value (echo false, no logprobs, zero penalties, …), because answering as if
  * they had been honoured would be wrong; fields that change nothing about the output (user,
  * metadata, …) and unknown fields are ignored, as OpenAI-compatible servers do, so that existing
- * clients work unchanged. Limits that depend on the model (the context) are parameters.
+ * clients work unchanged. Limits that depend on the model (the context) or the server (how many
+ * choices one request may ask for) are parameters.
  *
  * @example
- * const schemas = requestSchemas({ contextTokens: 256 });
+ * const schemas = requestSchemas({ contextTokens: 256, maxChoices: 8 });
  * const req = parseRequest(schemas.completion, { prompt: '48+27=', max_tokens: 4 });   // or throws a 400
  */
 import { z } from 'zod';
@@ -18,6 +19,12 @@ import { badRequest } from './errors.js';
 
 /** At most this many stop strings, as OpenAI allows. */
 export const MAX_STOP_STRINGS = 4;
+
+/**
+ * At most this many choices (n) per request. Each choice is a sequence of its own in the batch,
+ * and a request's choices join the batch together, so a server also caps n at its --max-batch.
+ */
+export const MAX_CHOICES = 8;
 
 /** A message for a field that is missing or of the wrong type. */
 const typed = (name: string, what: string) => ({
@@ -31,7 +38,7 @@ const neutral = (name: string, ok: (v: unknown) => boolean, neutralText: string)
     .refine((v) => v === null || ok(v), { error: `${name} is not supported by this server (only ${neutralText})` })
     .optional();
 
-function samplingFields(contextTokens: number) {
+function samplingFields(contextTokens: number, maxChoices: number) {
   const maxTokens = (name: string) =>
     z
       .number(typed(name, 'a whole number'))
@@ -51,7 +58,12 @@ function samplingFields(contextTokens: number) {
       .nullish(),
     stream: z.boolean(typed('stream', 'true or false')).nullish(),
     stream_options: z.object({ include_usage: z.boolean(typed('stream_options.include_usage', 'true or false')).nullish() }, typed('stream_options', 'an object')).nullish(),
-    n: neutral('n', (v) => v === 1, 'n = 1'),
+    n: z
+      .number(typed('n', 'a whole number'))
+      .int({ error: 'n must be a whole number' })
+      .min(1, { error: 'n must be at least 1' })
+      .max(maxChoices, { error: `n must be at most ${maxChoices} on this server (choices decode together in one batch)` })
+      .nullish(),
     presence_penalty: neutral('presence_penalty', (v) => v === 0, '0'),
     frequency_penalty: neutral('frequency_penalty', (v) => v === 0, '0'),
     logit_bias: neutral('logit_bias', (v) => typeof v === 'object' && Object.keys(v as object).length === 0, 'an empty object'),
@@ -60,9 +72,12 @@ function samplingFields(contextTokens: number) {
 
 const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
 
-/** The schemas for a model whose context holds `contextTokens` tokens. */
-export function requestSchemas(limits: { contextTokens: number }) {
-  const common = samplingFields(limits.contextTokens);
+/**
+ * The schemas for a model whose context holds `contextTokens` tokens, on a server that answers at
+ * most `maxChoices` choices per request (default MAX_CHOICES).
+ */
+export function requestSchemas(limits: { contextTokens: number; maxChoices?: number }) {
+  const common = samplingFields(limits.contextTokens, limits.maxChoices ?? MAX_CHOICES);
   const completion = z.object({
     ...common,
     prompt: z

@@ -1,9 +1,9 @@
 /**
  * The controller as the server runs it: started over the offload engine once the model is loaded,
- * with canaries scored at low priority (each item waits until no request is generating), and the
- * operations the admin API and the dashboard need — the plan and why, estimates, SLA, policy
- * switch, freeze, dry run, canaries now. Lives in serve: it knows the model (for canaries) and
- * control, which know nothing of each other.
+ * with canaries scored between the batch scheduler's steps (each item waits for a step boundary
+ * and holds the next step for one item's forward pass), and the operations the admin API and the
+ * dashboard need — the plan and why, estimates, SLA, policy switch, freeze, dry run, canaries now.
+ * Lives in serve: it knows the model (for canaries) and control, which know nothing of each other.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,7 +11,8 @@ import path from 'node:path';
 import { CanaryRunner, type ArithmeticCanary, type TextCanary } from '../control/canaries.js';
 import { startControl, type CanaryResult, type Control, type Decision } from '../control/index.js';
 import { bandwidthEstimate, bandwidthParts, capacityEstimate, overheadEstimate } from '../control/estimators/bandwidth.js';
-import { computeMedian, p95 } from '../control/estimators/latency.js';
+import { servedStepCompute } from '../control/decide.js';
+import { p95 } from '../control/estimators/latency.js';
 import { missRate } from '../control/estimators/miss-rate.js';
 import { modelErrorP95 } from '../control/estimators/model-error.js';
 import { movesPerToken } from '../control/estimators/moves.js';
@@ -23,6 +24,7 @@ import { CopyLink } from '../offload/link.js';
 import { uniformPlan, type PrecisionPlan } from '../offload/plan.js';
 import type { ExpertStore } from '../offload/store.js';
 import type { TelemetryBus } from '../offload/telemetry.js';
+import type { ServingHooks } from './batcher.js';
 import { canaryTarget } from './canary-target.js';
 
 export interface ServedControlOptions {
@@ -33,8 +35,8 @@ export interface ServedControlOptions {
   policy: Policy;
   profile: Profile;
   dryRun: boolean;
-  /** Resolves when no request is generating (the canaries' low priority). */
-  servingIdle: () => Promise<void>;
+  /** The batch scheduler's step-boundary hooks: the canaries run between its steps. */
+  serving: ServingHooks;
   log: (line: string) => void;
 }
 
@@ -66,8 +68,12 @@ export class ServedControl {
     const text = jsonl<TextCanary>('text.jsonl');
     if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
     this.runner = new CanaryRunner({
-      target: canaryTarget(o.model), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
-      items: o.policy.canaries.items, yieldToServing: o.servingIdle,
+      // Under continuous load the server is never idle, so a canary item cannot wait for that:
+      // yieldToServing waits for the next step boundary, and the item itself (one logits pass, or
+      // one short greedy answer) runs between two steps, the next step waiting for it — admissions
+      // are held back for at most one item.
+      target: canaryTarget(o.model, (task) => o.serving.betweenSteps(task)), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });
     this.control = this.start(o.policy);
   }
@@ -129,12 +135,15 @@ export class ServedControl {
     const s = this.controller.state$.value;
     const parts = bandwidthParts(s.bandwidth);
     const p = p95(s.latency);
-    const cm = computeMedian(s.latency);
+    const cm = servedStepCompute(s);
     return {
       bandwidth_bytes_per_second: { estimate: bandwidthEstimate(s.bandwidth), fast: parts.fast, slow: parts.slow, harmonic: parts.harmonic, robust: parts.robust, capacity: capacityEstimate(s.bandwidth), using_prior: parts.usingPrior },
       overhead_seconds: overheadEstimate(s.bandwidth),
       p95_inter_token_seconds: Number.isNaN(p) ? null : p,
-      compute_seconds_per_token: Number.isNaN(cm) ? null : cm,
+      // Compute of a step at the batch being served (tokens_per_step), and per token of it.
+      compute_seconds_per_token: Number.isNaN(cm.seconds) ? null : cm.seconds / cm.tokens,
+      compute_seconds_per_step_at_batch: Number.isNaN(cm.seconds) ? null : cm.seconds,
+      tokens_per_step: Number.isNaN(cm.seconds) ? null : cm.tokens,
       miss_rate_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => missRate(s.misses, l, NaN)).map((x) => (Number.isNaN(x) ? null : x)),
       moves_per_token_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => movesPerToken(s.moves, l)).map((x) => (Number.isNaN(x) ? null : x)),
       // p95 of measured over predicted step time: what the planner divides the SLA by.

@@ -1,18 +1,16 @@
 /**
- * What the HTTP layer needs of a model: its name, its context, a token count, and generate with
- * a hook per token. The API, the queue and the tests talk to this interface only, so the app can
- * bind its port and answer /health before TensorFlow.js is even imported (load-model.ts, which
- * builds a ServedModel from a checkpoint, is imported lazily), and a test can hold the loading.
+ * What the HTTP layer needs of a model: its name, its context, a token count, and the pieces the
+ * batch scheduler steps — a generation sequence per choice, the batched forward step and the
+ * check of one sequence's step. The API, the scheduler and the tests talk to this interface only,
+ * so the app can bind its port and answer /health before TensorFlow.js is even imported
+ * (load-model.ts, which builds a ServedModel from a checkpoint, is imported lazily), and a test
+ * can hold the loading.
  */
-import type { Generation, GenerateOptions } from '../model/generate.js';
+import type { GenerationSequence, SequenceOptions } from '../model/sequence.js';
+import type { SequenceStep } from '../model/transformer.js';
 import type { ServedControl } from './served-control.js';
 
 export type EngineName = 'resident' | 'offload' | 'cpu';
-
-export interface ServeGenerateOptions extends Pick<GenerateOptions, 'maxTokens' | 'temperature' | 'topP' | 'seed' | 'stop' | 'onText' | 'signal'> {
-  /** Called once per generated token, right after its logits are computed. */
-  onToken?: () => void;
-}
 
 export interface ServedModel {
   /** The model's id in the API (/v1/models, the "model" field). */
@@ -29,6 +27,15 @@ export interface ServedModel {
   /** The live controller (offload engine without a fixed level). */
   readonly control?: ServedControl;
   countTokens(text: string): number;
-  generate(prompt: string, opts: ServeGenerateOptions): Promise<Generation>;
+  /**
+   * A new generation of `prompt` for the scheduler to step (its KV cache is made at its first
+   * step). Throws a RangeError or TypeError naming what is wrong (an empty prompt, one that fills
+   * the context, a stop that is not a string).
+   */
+  sequence(prompt: string, opts: SequenceOptions): GenerationSequence;
+  /** One forward step for these sequences' steps on the model's own engine; each one's last-position logits. */
+  forwardBatch(steps: SequenceStep[]): Promise<Float32Array[]>;
+  /** Throws a RangeError naming what is wrong with one sequence's step (checkSequence). */
+  checkStep(step: SequenceStep): void;
   dispose(): void;
 }

@@ -2,8 +2,9 @@
  * The server, wired: bind the port first, then load the model (so /health can answer 503 while
  * it loads), then serve; on shutdown stop accepting, let in-flight requests finish for at most the
  * drain timeout, cut what is left, and free the model. The parts live beside this file: app.ts
- * (routes), completions.ts, queue.ts, metrics.ts, load-model.ts (the model, imported by the
- * caller's `load`, which keeps TensorFlow.js out of the way until the port is bound).
+ * (routes), completions.ts, batcher.ts (the batch scheduler every generation runs in),
+ * metrics.ts, load-model.ts (the model, imported by the caller's `load`, which keeps
+ * TensorFlow.js out of the way until the port is bound).
  *
  * @example
  * const server = await startServer({ host: '127.0.0.1', port: 0, load: (bus) => loadServedModel(spec, bus, log) });
@@ -18,8 +19,8 @@ import type { AddressInfo } from 'node:net';
 import { TelemetryBus } from '../offload/telemetry.js';
 import { createApp } from './app.js';
 import { ServeMetrics } from './metrics.js';
-import { GenerationQueue } from './queue.js';
-import { requestSchemas, type RequestSchemas } from './schemas.js';
+import { BatchScheduler, type ServingHooks } from './batcher.js';
+import { MAX_CHOICES, requestSchemas, type RequestSchemas } from './schemas.js';
 import type { ServedModel } from './served-model.js';
 
 export interface ServeOptions {
@@ -28,13 +29,17 @@ export interface ServeOptions {
   port: number;
   /**
    * Loads the model; the bus is where its offload telemetry must go (the metrics listen there), and
-   * `serving.idle()` resolves when no request is generating (the canaries' low priority).
+   * `serving` is the batch scheduler's step-boundary hooks (the canaries run between its steps).
    */
-  load: (telemetry: TelemetryBus, serving: { idle(): Promise<void> }) => Promise<ServedModel>;
+  load: (telemetry: TelemetryBus, serving: ServingHooks) => Promise<ServedModel>;
   /** The admin API's bearer token; null or absent: the admin API is off. */
   adminToken?: string | null;
-  /** Requests that may wait behind the one generating (default 8). */
+  /** Requests that may wait for room in the batch (default 8); beyond: 429. */
   maxQueue?: number;
+  /** Sequences that decode together in one forward step at most (default 8). */
+  maxBatch?: number;
+  /** Prompt tokens per step at most (default 64); must fit in the model's context. */
+  prefillChunk?: number;
   /** Largest request body accepted (default 1 MiB). */
   maxBodyBytes?: number;
   /** How long a shutdown waits for in-flight requests before cutting them (default 30 s). */
@@ -77,9 +82,15 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const metrics = new ServeMetrics();
   const telemetry = new TelemetryBus();
   telemetry.on((s) => metrics.observe(s));
-  const queue = new GenerationQueue(opts.maxQueue ?? 8, (s) => {
-    metrics.queueDepth.set(s.waiting);
-    metrics.running.set(s.running);
+  const batcher = new BatchScheduler({
+    maxBatch: opts.maxBatch ?? 8,
+    maxWaiting: opts.maxQueue ?? 8,
+    prefillChunk: opts.prefillChunk ?? 64,
+    onChange: (s) => {
+      metrics.queueDepth.set(s.waiting);
+      metrics.running.set(s.running);
+    },
+    onStep: (s) => metrics.batchSize.observe(s.sequences),
   });
   const shutdownController = new AbortController();
   // Every request in flight listens to it (one listener each): more than Node's default 10 is normal.
@@ -95,7 +106,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const app = createApp({
     model: () => model,
     schemas: () => schemas!,
-    queue,
+    batcher,
     metrics,
     shutdownSignal: shutdownController.signal,
     maxBodyBytes,
@@ -114,14 +125,22 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
 
-  const ready = opts.load(telemetry, { idle: () => queue.idle() }).then(
+  const serving: ServingHooks = { stepBoundary: () => batcher.stepBoundary(), betweenSteps: (task) => batcher.betweenSteps(task) };
+  const ready = opts.load(telemetry, serving).then(
     (m) => {
       if (draining) {
         // Shut down while loading: nothing will be served.
         m.dispose();
         throw new Error('the server shut down while the model was loading');
       }
-      schemas = requestSchemas({ contextTokens: m.contextTokens });
+      try {
+        batcher.attach(m); // checks --prefill-chunk against the context
+      } catch (e) {
+        m.dispose();
+        loadError = e instanceof Error ? e.message : String(e);
+        throw e;
+      }
+      schemas = requestSchemas({ contextTokens: m.contextTokens, maxChoices: Math.min(MAX_CHOICES, batcher.maxBatch) });
       model = m;
       loadedAt = Math.floor(Date.now() / 1000);
       metrics.ready({ version: packageVersion(), backend: m.backend.name, engine: m.engine, linkEmulated: m.linkEmulated });
@@ -154,14 +173,14 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
         timer = setTimeout(() => resolve(false), timeoutMs);
         stopWaiting = () => resolve(false);
       });
-      const drained = await Promise.race([queue.idle().then(() => true as const), timedOut]);
+      const drained = await Promise.race([batcher.idle().then(() => true as const), timedOut]);
       clearTimeout(timer);
       let cut = 0;
       if (!drained) {
-        const s = queue.state;
+        const s = batcher.state;
         cut = s.running + s.waiting;
         shutdownController.abort();
-        await queue.idle(); // a running generation stops at its next token
+        await batcher.idle(); // the requests leave at once; the step under way finishes
       }
       // Responses are written; keep-alive sockets go idle one by one. Close them as they do, and
       // whatever still lingers after a moment.

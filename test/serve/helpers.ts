@@ -22,7 +22,7 @@ export function embeddedSpec(over: Partial<ModelSpec> = {}): ModelSpec {
 export async function startEmbedded(opts: Partial<ServeOptions> & { spec?: Partial<ModelSpec> } = {}): Promise<RunningServer> {
   const spec = embeddedSpec(opts.spec);
   const log = (line: string) => serverLog.push(line);
-  const server = await startServer({ host: '127.0.0.1', port: 0, log, load: (bus, serving) => loadServedModel(spec, bus, log, serving.idle), ...opts });
+  const server = await startServer({ host: '127.0.0.1', port: 0, log, load: (bus, serving) => loadServedModel(spec, bus, log, serving), ...opts });
   await server.ready;
   return server;
 }

@@ -1,8 +1,13 @@
 /**
- * How the planner's step-time model errs, as a pure reducer over decode steps: each step's
- * measured time over what the model predicted for it (the plan then in force, at the estimates
- * of that moment), over the last `window` steps. Its 95th percentile turns the model's
- * prediction into a predicted p95: the planner aims a plan's predicted time at SLA / ratio p95.
+ * How the planner's step-time model errs, as a pure reducer over the steps clients wait on
+ * (every step with a decode sequence, any batch, prefill chunks included): each step's measured
+ * time over what the model predicted for it (the plan then in force, at the estimates of that
+ * moment, at that step's own tokens), over the last `window` steps. Its 95th percentile turns the
+ * model's prediction into a predicted p95: the planner aims a plan's predicted time at SLA / ratio p95.
+ *
+ * At the step's own tokens, so that a batch growing or shrinking is no error (the step-cost model
+ * follows it); what the model leaves out of a step that carries a prefill chunk — the chunk's own
+ * expert moves — is, and once such steps are more than 5 % of the window the p95 covers them.
  *
  * Why ratios and not the measured p95 against today's prediction: after the link changes, the
  * bandwidth estimate follows within a few moves but a p95 over dozens of steps takes seconds;

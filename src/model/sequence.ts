@@ -1,0 +1,196 @@
+/**
+ * One generation as a state machine that a scheduler steps: its prompt, its own KV cache, its own
+ * seeded sampler and stop strings. Each step it asks for some tokens to run (step(): the next
+ * chunk of its prompt, or the token it sampled last), and takes the logits that step produced
+ * (advance()): while the prompt is not all in, nothing happens; after it, one token is sampled,
+ * decoded, checked against the stop strings and the limits, and streamed.
+ *
+ * generate() steps one sequence alone; the server's batch scheduler (src/serve/batcher.ts) steps
+ * many in one forward pass. Both go through this class, so a sequence generates the same text
+ * whichever runs it: the prompt is cut into the same chunks (fixed by prefillChunk, never by what
+ * else is in a step) and sampling reads only this sequence's logits and random.
+ *
+ * Text rules: stop strings are cut from the text and never streamed — text that could still turn
+ * into a stop string is held back until it cannot — and a generation ends with finish reason
+ * 'length' at max tokens or where the context ends (the last sampled token needs no forward pass,
+ * so prompt + completion may reach the context + 1).
+ *
+ * @example
+ * const seq = new GenerationSequence(model.config, tokenizer, 'Call me', { maxTokens: 8 });
+ * while (!seq.done) seq.advance((await model.forwardBatch([seq.step()]))[0]);
+ * seq.result.text;
+ */
+import { KvCache } from './kv-cache.js';
+import { sample, seededRandom, type SamplingOptions } from './sampling.js';
+import type { Tokenizer } from './tokenizer.js';
+import type { SequenceStep } from './transformer.js';
+import type { ModelConfig } from './types.js';
+
+export interface SequenceOptions extends SamplingOptions {
+  /** Tokens to generate at most (default 64). */
+  maxTokens?: number;
+  stop?: string[];
+  /** Receives the text as it becomes final. */
+  onText?: (delta: string) => void;
+  /** Called with every token sampled, the moment it exists (before its text is final). */
+  onToken?: (token: number) => void;
+  /** Prompt tokens per forward step (default: the whole prompt in one step). */
+  prefillChunk?: number;
+}
+
+export interface Generation {
+  text: string;
+  finishReason: 'stop' | 'length';
+  promptTokens: number;
+  completionTokens: number;
+}
+
+/** What a sequence needs of the model's configuration: its context and the KV cache's shape. */
+export type SequenceModelConfig = Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim' | 'maxPositions'>;
+
+export class GenerationSequence {
+  /** The prompt's token ids. */
+  readonly prompt: readonly number[];
+  private readonly maxTokens: number;
+  private readonly stops: string[];
+  private readonly chunk: number;
+  private readonly random: () => number;
+  private readonly decoder: ReturnType<Tokenizer['streamDecoder']>;
+  private kv: KvCache | null = null;
+  /** Prompt tokens already run. */
+  private fed = 0;
+  /** The token sampled last, which the next decode step runs. */
+  private last = -1;
+  private produced = 0;
+  private text = '';
+  /** Characters of text already handed to onText. */
+  private sent = 0;
+  private finished: Generation | null = null;
+
+  /**
+   * Takes the model's configuration, its tokenizer, the prompt (text, or token ids) and the
+   * options; throws a RangeError or TypeError naming what is wrong (an empty prompt, one that
+   * fills the context, a stop that is not a string, a bad max tokens or prefill chunk), so that a
+   * sequence that exists can be stepped.
+   */
+  constructor(
+    private readonly config: SequenceModelConfig,
+    tokenizer: Pick<Tokenizer, 'encode' | 'streamDecoder'>,
+    prompt: string | readonly number[],
+    private readonly opts: SequenceOptions = {},
+  ) {
+    const ids = typeof prompt === 'string' ? tokenizer.encode(prompt) : [...prompt];
+    if (ids.length === 0) throw new RangeError('the prompt is empty');
+    if (ids.length >= config.maxPositions) throw new RangeError(`the prompt is ${ids.length} tokens; the context holds ${config.maxPositions}`);
+    this.prompt = ids;
+    this.maxTokens = opts.maxTokens ?? 64;
+    if (!(Number.isInteger(this.maxTokens) && this.maxTokens >= 1)) throw new RangeError(`max tokens must be a whole number ≥ 1, got ${this.maxTokens}`);
+    this.chunk = opts.prefillChunk ?? ids.length;
+    if (!(Number.isInteger(this.chunk) && this.chunk >= 1)) throw new RangeError(`the prefill chunk must be a whole number of tokens ≥ 1, got ${this.chunk}`);
+    for (const s of opts.stop ?? []) if (typeof s !== 'string') throw new TypeError(`a stop must be a string, got ${typeof s}`);
+    this.stops = (opts.stop ?? []).filter((s) => s.length > 0);
+    this.random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
+    this.decoder = tokenizer.streamDecoder();
+  }
+
+  /** This sequence's KV cache, made at its first step (a request waiting its turn holds none). */
+  get cache(): KvCache {
+    this.kv ??= KvCache.forModel(this.config);
+    return this.kv;
+  }
+
+  /** Whether the prompt is still being run (the next step is a prompt chunk). */
+  get prefilling(): boolean {
+    return this.fed < this.prompt.length;
+  }
+
+  get done(): boolean {
+    return this.finished !== null;
+  }
+
+  /** The finished generation; throws before it is done. */
+  get result(): Generation {
+    if (!this.finished) throw new Error('the sequence has not finished');
+    return this.finished;
+  }
+
+  /**
+   * What the next forward step runs for this sequence: the next prompt chunk (prefillChunk tokens,
+   * the last one shorter) while prefilling, else the token sampled last. Asking again before
+   * advance() gives the same tokens.
+   */
+  step(): SequenceStep {
+    if (this.finished) throw new Error('the sequence has finished: it has no next step');
+    if (this.prefilling) return { tokens: this.prompt.slice(this.fed, this.fed + this.chunk), cache: this.cache, prefill: true };
+    return { tokens: [this.last], cache: this.cache, prefill: false };
+  }
+
+  /**
+   * Takes the logits [V] of the step() just run (its cache already advanced by it). After the
+   * prompt's last chunk and after every decode step, samples the next token, calls onToken, and
+   * streams whatever text became final; may finish the sequence. Throws if the cache does not
+   * hold the step, or whatever sampling or the hooks throw.
+   */
+  advance(logits: Float32Array): void {
+    const ran = this.step().tokens.length;
+    const expected = this.prefilling ? this.fed + ran : this.prompt.length + this.produced;
+    if (this.cache.length !== expected) throw new Error(`the KV cache holds ${this.cache.length} positions; the step just run should have left ${expected}`);
+    if (this.prefilling) {
+      this.fed += ran;
+      if (this.prefilling) return; // a chunk before the prompt's last: its logits predict nothing we need
+    }
+    const next = sample(logits, this.opts, this.random);
+    this.produced++;
+    this.opts.onToken?.(next);
+    this.text += this.decoder.push(next);
+    const hit = firstStop(this.text, this.stops);
+    if (hit >= 0) {
+      this.text = this.text.slice(0, hit);
+      this.finish('stop');
+      return;
+    }
+    if (this.produced >= this.maxTokens || this.cache.length >= this.config.maxPositions) {
+      this.text += this.decoder.flush();
+      this.finish('length');
+      return;
+    }
+    this.emit(this.text.length - heldBack(this.text, this.stops));
+    this.last = next;
+  }
+
+  private finish(reason: Generation['finishReason']): void {
+    this.emit(this.text.length);
+    this.finished = { text: this.text, finishReason: reason, promptTokens: this.prompt.length, completionTokens: this.produced };
+  }
+
+  private emit(upTo: number): void {
+    if (upTo > this.sent) {
+      const delta = this.text.slice(this.sent, upTo);
+      this.sent = upTo;
+      this.opts.onText?.(delta);
+    }
+  }
+}
+
+function firstStop(text: string, stops: string[]): number {
+  let at = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s);
+    if (i >= 0 && (at < 0 || i < at)) at = i;
+  }
+  return at;
+}
+
+/** How many trailing characters could be the start of a stop string. */
+function heldBack(text: string, stops: string[]): number {
+  let hold = 0;
+  for (const s of stops) {
+    for (let n = Math.min(s.length - 1, text.length); n > hold; n--) {
+      if (text.endsWith(s.slice(0, n))) {
+        hold = n;
+        break;
+      }
+    }
+  }
+  return hold;
+}
