@@ -4,11 +4,12 @@
 import assert from 'node:assert/strict';
 
 import { compress, compressLadder, decompressRungs, ladderBounds, splitRungs } from '../src/codec/index.js';
+import { bf16ToF32, f32ToBf16 } from '../src/codec/halfs-array.js';
 import { native } from '../src/codec/native.js';
 import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, nativeExpertLayer } from '../src/offload/cpu-engine.js';
 import { distribution, gaussian } from './codec/data.js';
 import { randomExperts, runEngineConformance } from './engines/conformance.js';
-import { cpuDense, cpuFused, offloadEngine, tfjsResident } from './engines/impls.js';
+import { cpuBf16, cpuDense, cpuFused, offloadEngine, tfjsResident } from './engines/impls.js';
 
 runEngineConformance(tfjsResident);
 runEngineConformance(cpuDense(0, false));
@@ -21,6 +22,8 @@ runEngineConformance(offloadEngine('tfjs'));
 runEngineConformance(offloadEngine('cpu'));
 runEngineConformance(offloadEngine('cpu', { level: 2, fused: false }));
 runEngineConformance(offloadEngine('cpu', { level: 2, fused: true }));
+runEngineConformance(offloadEngine('cpu', null, true));
+runEngineConformance(cpuBf16);
 
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
@@ -73,6 +76,24 @@ describe('the fused path against the decoder', function () {
     }
   });
 
+  it('multiplies bf16 weights bit for bit as the f32 they widen to, for decode and prefill tiles', async function () {
+    const d = 128;
+    const ff = 256;
+    const [experts] = randomExperts(1, 2, d, ff, 22);
+    const bf16 = experts.map((m) => ({ gate: f32ToBf16(m.gate), up: f32ToBf16(m.up), down: f32ToBf16(m.down) }));
+    const f32 = bf16.map((m) => ({ gate: bf16ToF32(m.gate), up: bf16ToF32(m.up), down: bf16ToF32(m.down) }));
+    for (const T of [1, 3, 4, 9]) {
+      const ids = Int32Array.from({ length: 2 * T }, (_, i) => (i + T) % 2);
+      const weights = Float32Array.from({ length: 2 * T }, (_, i) => 0.2 + 0.1 * (i % 4));
+      const hidden = gaussian(T * d, 1, 40 + T);
+      const a = await nativeExpertLayer((e) => bf16[e], d, ff, hidden, ids, weights, T);
+      const b = await nativeExpertLayer((e) => f32[e], d, ff, hidden, ids, weights, T);
+      assert.ok(bits(a).equals(bits(b)), `T=${T}: bf16 and f32 products differ`);
+    }
+    // Rows of bf16 weights must be whole 32-value blocks.
+    await assert.rejects(nativeExpertLayer(() => ({ gate: new Uint16Array(40 * 72), up: new Uint16Array(40 * 72), down: new Uint16Array(72 * 40) }), 72, 40, gaussian(72, 1, 1), Int32Array.from([0]), Float32Array.from([1]), 1), /whole 32-value blocks/);
+  });
+
   it('reads at least 2.5× fewer bytes than f32 weights at eb 1e-3 on N(0, 0.02) weights', function () {
     const [d, ff] = [256, 512];
     const engine = CpuExpertEngine.fromReader({ hiddenSize: d, expertFfnSize: ff, numLayers: 1, numExperts: 1 }, () => randomExperts(1, 1, d, ff, 5)[0][0], { bound: 1e-3 });
@@ -101,7 +122,7 @@ describe('the CPU engine on bad input', function () {
     const h = gaussian(d, 1, 1);
     await assert.rejects(nativeExpertLayer(() => ({ ...m, up: m.up.subarray(1) }), d, ff, h, ids, w, 1), /expert 0 up has 6143 values, expected 96×64/);
     await assert.rejects(nativeExpertLayer(() => m, d, ff, h.subarray(1), ids, w, 1), /hidden has 63 values, expected 64/);
-    await assert.rejects(nativeExpertLayer(() => ({ ...m, down: 'x' as never }), d, ff, h, ids, w, 1), /expert 0 down must be a Float32Array or a fusedMatrix/);
+    await assert.rejects(nativeExpertLayer(() => ({ ...m, down: 'x' as never }), d, ff, h, ids, w, 1), /expert 0 down must be a Float32Array \(f32\), a Uint16Array \(bf16 bits\) or a fusedMatrix/);
     const ok = await nativeExpertLayer(() => m, d, ff, h, ids, w, 1);
     assert.equal(ok.length, d);
   });

@@ -72,8 +72,10 @@ describe('ebserve serve (a real process)', function () {
       const url = /listening on (http:\/\/127\.0\.0\.1:\d+);/.exec(log)![1];
       assert.match(log, /model ebserve-moe-8x .*8 layers × 8 experts/);
       assert.match(log, /TensorFlow\.js backend (wasm|cpu|tensorflow) \(/);
-      assert.match(log, /engine offload: device cache of 12\.6 MB decoded experts \(tier A\).*ladder of policy u-shape.*levels chosen live by the controller/);
-      assert.match(log, /controller on: policy u-shape/);
+      assert.match(log, /engine offload: device cache of 4\.7 MB experts as they crossed, multiplied in place \(tier A: rungs by the fused product, exact bf16 by the bf16 one\).*ladder of policy u-shape.*levels chosen live by the controller/);
+      assert.match(log, /forward native/);
+      // The embedded model's measured profile is the default: the controller plans on its sensitivity.
+      assert.match(log, /controller on: policy u-shape .*sensitivity from the profile/);
       assert.match(log, /offload: link host copy/);
       assert.ok(log.includes(`API      ${url}/v1/completions`));
       assert.ok(log.includes(`metrics  ${url}/metrics`));

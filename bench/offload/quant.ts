@@ -97,6 +97,10 @@ export class QuantizedStore extends ExpertStore {
     super({ ...base.ladder, exact: true }, base.numLayers, base.numExperts, base.checkpointHash, experts);
   }
 
+  override get exactIsOriginal(): boolean {
+    return false;
+  }
+
   override decodeExact(m: StoredMatrix, bytes: Uint8Array): Float32Array {
     return dequantize(bytes, m.shape, this.scheme);
   }

@@ -13,6 +13,8 @@ import { parse } from './args.js';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const DEFAULT_POLICY = path.join(ROOT, 'policies', 'u-shape.yaml');
 export const DEFAULT_PROFILE = path.join(ROOT, 'profiles', 'cpu.yaml');
+/** The embedded model's measured profile (cpu.yaml's settings and ebserve profile's sensitivity): serve's default for it. */
+export const EMBEDDED_PROFILE = path.join(ROOT, 'profiles', 'tiny-moe.yaml');
 
 export const usage = `usage: ebserve check-config [--policy FILE] [--profile FILE]
   --policy FILE    a policy (default policies/u-shape.yaml)

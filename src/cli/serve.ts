@@ -6,11 +6,13 @@
 // was loaded, and where to look, goes to stderr. SIGTERM or SIGINT stops
 // accepting, lets in-flight requests finish (at most --drain-timeout seconds) and exits 0; a
 // second signal stops waiting.
+import path from 'node:path';
+
 import type { BackendName } from '../model/backend.js';
 import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
 import type { EngineName } from '../serve/served-model.js';
 import { UsageError, integer, numberIn, oneOf, parse, wholeNumber } from './args.js';
-import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
+import { DEFAULT_POLICY, DEFAULT_PROFILE, EMBEDDED_PROFILE } from './check-config.js';
 
 export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
                      [--bound EB] [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N]
@@ -18,7 +20,9 @@ export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--prof
   --model DIR            a Hugging Face checkpoint folder (default: the profile's model, else the embedded one,
                          ${EMBEDDED_MODEL_DIR})
   --policy FILE          how levels may move: ladder, floors, ceilings, hysteresis, canaries (default policies/u-shape.yaml)
-  --profile FILE         where it runs: device budget, link (or an emulated one), SLA, accuracy floor (default profiles/cpu.yaml)
+  --profile FILE         where it runs: device budget, link (or an emulated one), SLA, accuracy floor (default: for the
+                         embedded model profiles/tiny-moe.yaml, profiles/cpu.yaml with its measured sensitivity; else
+                         profiles/cpu.yaml)
   --dry-run              the controller decides and reports, but changes nothing
   --admin-token-file F   the bearer token of /admin/* (or EBSERVE_ADMIN_TOKEN); without one the admin API is off
   --host H               address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)
@@ -70,7 +74,11 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const { loadPolicy } = await import('../control/policy.js');
   const { loadProfile } = await import('../control/profile.js');
   const policy = loadPolicy((values.policy as string | undefined) ?? DEFAULT_POLICY);
-  const profile = loadProfile((values.profile as string | undefined) ?? DEFAULT_PROFILE);
+  // Serving the embedded model, the default is its measured profile: the controller then plans on
+  // the sensitivity ebserve profile measured, not the policy's prior.
+  const model = values.model as string | undefined;
+  const embedded = model === undefined || path.resolve(model) === path.resolve(EMBEDDED_MODEL_DIR);
+  const profile = loadProfile((values.profile as string | undefined) ?? (embedded ? EMBEDDED_PROFILE : DEFAULT_PROFILE));
   const levels = policy.ladder.bounds.length + (policy.ladder.exact ? 1 : 0);
   const spec = {
     dir: (values.model as string | undefined) ?? profile.modelDir ?? EMBEDDED_MODEL_DIR,

@@ -114,7 +114,8 @@ export interface RawFusedMatrix {
 }
 
 /** A matrix the native engine multiplies with: dense f32 ([rows, cols] row-major) or fused. */
-export type RawMatrix = Float32Array | RawFusedMatrix;
+/** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), or a fused one. */
+export type RawMatrix = Float32Array | Uint16Array | RawFusedMatrix;
 
 export interface CudaProbe {
   built: boolean;

@@ -30,6 +30,12 @@ export const profileSchema = z.strictObject({
     memory_budget_bytes: positive.optional(),
     tier_b_fraction: z.number().min(0).lt(1, { error: 'expected a number in [0, 1)' }).optional(),
     tier_b_bytes: z.number().nonnegative().optional(),
+    /**
+     * What tier A holds at a codec level: the rungs decoded to f32 (default), or the compressed
+     * rungs themselves, multiplied by the CPU engine's fused product (no decode on a miss, and an
+     * entry costs its compressed bytes, so the budget holds more experts; the product is slower).
+     */
+    tier_a_form: z.enum(['f32', 'fused'], { error: 'expected f32 or fused' }).optional(),
   }),
   sla: z.strictObject({
     p95_inter_token_seconds: positive,

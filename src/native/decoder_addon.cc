@@ -103,7 +103,7 @@ struct StepHolder {
 };
 
 // Multiply-adds under which a layer call runs on the calling thread (as the expert engine's).
-constexpr double kSyncMacs = 1 << 21;
+constexpr double kSyncMacs = 1 << 24;
 
 StepHolder& step_of(const Napi::Value& v) {
   if (!v.IsExternal()) throw Napi::TypeError::New(v.Env(), "expected a decoder step");

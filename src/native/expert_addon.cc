@@ -4,8 +4,9 @@
 //     the stream's buffers alive for as long as it lives;
 //   expertLayerAsync(experts, slotExpert, slotWeight, hidden, T, k, d, ff, threads) → Promise<Float32Array>
 //     one layer's routed experts on a libuv worker (the event loop goes on meanwhile), where
-//     experts[i] = [gate, up, down], each a Float32Array (dense f32, checkpoint layout) or a
-//     fusedMatrix result; expertLayerSync does the same on the calling thread;
+//     experts[i] = [gate, up, down], each a Float32Array (dense f32, checkpoint layout), a
+//     Uint16Array (dense bf16 bits) or a fusedMatrix result; expertLayerSync does the same on the
+//     calling thread;
 //   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with;
 //   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both).
 // Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
@@ -73,13 +74,20 @@ MatrixRef matrix_of(Napi::Env env, const Napi::Value& v, int rows, int cols, con
       throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " values, expected " +
                                            std::to_string(rows) + "×" + std::to_string(cols));
     m.dense = a.Data();
+  } else if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
+    auto a = v.As<Napi::Uint16Array>();
+    if (a.ElementLength() != (size_t)rows * cols)
+      throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " bf16 values, expected " +
+                                           std::to_string(rows) + "×" + std::to_string(cols));
+    if (cols % 32) throw Napi::RangeError::New(env, what + ": bf16 weights need rows of whole 32-value blocks, got " + std::to_string(cols));
+    m.bf16 = a.Data();
   } else if (const FusedMatrix* f = fused_of(v)) {
     if (f->rows != rows || f->cols != cols)
       throw Napi::RangeError::New(env, what + " is " + std::to_string(f->rows) + "×" + std::to_string(f->cols) +
                                            ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
     m.fused = f;
   } else {
-    throw Napi::TypeError::New(env, what + " must be a Float32Array or a fusedMatrix");
+    throw Napi::TypeError::New(env, what + " must be a Float32Array (f32), a Uint16Array (bf16 bits) or a fusedMatrix");
   }
   return m;
 }

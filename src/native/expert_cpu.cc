@@ -41,6 +41,10 @@ EB_CLONES void dense_rows(const float* m, int cols, int r0, int r1, const float*
   ek_dense_rows(m, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
+EB_CLONES void bf16_rows(const uint16_t* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  ek_bf16_rows(m, cols, r0, r1, x, ldx, n, y, ldy);
+}
+
 EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                                  float* scratch) {
   ek_fused_rows<PlaneLoop>(f, r0, r1, x, ldx, n, y, ldy, scratch);
@@ -161,6 +165,7 @@ bool set_fused_decoder(bool gfni) {
 
 void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   if (m.fused) fused_rows(*m.fused, r0, r1, x, ldx, n, y, ldy);
+  else if (m.bf16) bf16_rows(m.bf16, cols, r0, r1, x, ldx, n, y, ldy);
   else dense_rows(m.dense, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
@@ -174,7 +179,7 @@ void expert_layer(const LayerCall& c) {
   const int E = c.num_experts, S = c.T * c.k;
   for (int e = 0; e < E; e++)
     for (const MatrixRef* m : {&c.experts[e].gate, &c.experts[e].up, &c.experts[e].down})
-      if (!m->dense && !m->fused) throw std::invalid_argument("an expert matrix is missing");
+      if (!m->dense && !m->fused && !m->bf16) throw std::invalid_argument("an expert matrix is missing");
   // Tokens each expert serves, in slot order.
   std::vector<std::vector<int>> slots(E);
   for (int s = 0; s < S; s++) {

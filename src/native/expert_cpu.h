@@ -40,10 +40,12 @@ struct FusedMatrix {
 // Throws CodecError: BAD_RUNGS (k not available), BAD_SHAPE (rows · cols ≠ count, cols % 32 ≠ 0).
 FusedMatrix prepare_fused(const StreamView& s, int k, int rows, int cols);
 
-// One matrix of an expert: dense f32 weights, or a prepared compressed one.
+// One matrix of an expert: dense f32 weights, dense bf16 weights (widened in registers; rows of
+// whole 32-value blocks), or a prepared compressed one.
 struct MatrixRef {
   const float* dense = nullptr;
   const FusedMatrix* fused = nullptr;
+  const uint16_t* bf16 = nullptr;
 };
 
 struct ExpertWeights {

@@ -85,6 +85,25 @@ struct DenseSrc {
   }
 };
 
+// bf16 weights widened in registers (exact: a bf16 is the top half of an f32), so an expert kept
+// in its checkpoint's bf16 multiplies as its f32 would, bit for bit, from half the bytes. Rows of
+// whole 32-value blocks only (the caller checks).
+struct Bf16Src {
+  const uint16_t* m;
+  int cols;
+  const uint16_t* row;
+  EB_AI void begin_row(int r) { row = m + (uint64_t)r * cols; }
+  EB_AI void block(int b, v16f& w0, v16f& w1) {
+    typedef uint16_t v16h __attribute__((vector_size(32)));
+    v16h h0, h1;
+    memcpy(&h0, row + 32 * b, sizeof h0);
+    memcpy(&h1, row + 32 * b + 16, sizeof h1);
+    v16u u0 = __builtin_convertvector(h0, v16u) << 16, u1 = __builtin_convertvector(h1, v16u) << 16;
+    memcpy(&w0, &u0, sizeof w0);
+    memcpy(&w1, &u1, sizeof w1);
+  }
+};
+
 // A block's 32 weights from its words, the generic way: the magnitude bits one plane at a time
 // (m = (m << 1) | bit), then eb_reconstruct's arithmetic on 32 lanes. Constructed once per
 // matrix (the ladder's constants), called per block of rate r > 0; in[j] points at the block's
@@ -211,6 +230,11 @@ EB_AI void ek_rows_tiled(Src& src, int cols, int r0, int r1, const float* x, int
 
 EB_AI void ek_dense_rows(const float* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   DenseSrc src{m, cols, nullptr};
+  ek_rows_tiled(src, cols, r0, r1, x, ldx, n, y, ldy);
+}
+
+EB_AI void ek_bf16_rows(const uint16_t* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  Bf16Src src{m, cols, nullptr};
   ek_rows_tiled(src, cols, r0, r1, x, ldx, n, y, ldy);
 }
 

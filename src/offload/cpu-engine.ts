@@ -36,7 +36,7 @@ export interface NativeLayerOptions {
 }
 
 /** Multiply-adds below which sync: 'auto' runs a call on the calling thread (~100 µs of work). */
-export const SYNC_MACS = 1 << 21;
+export const SYNC_MACS = 1 << 24;
 
 /**
  * One layer's routed experts through the addon: out[t] = Σ_j weights[t·k+j] · expert(ids[t·k+j])(hidden[t]).
@@ -87,7 +87,7 @@ export function fusedMatrixValues(m: RawFusedMatrix): Float32Array {
 
 /** Bytes one product with the matrix reads. */
 export function matrixBytes(m: RawMatrix): number {
-  return m instanceof Float32Array ? m.byteLength : m.bytes;
+  return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : m.bytes;
 }
 
 /** An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the fused path. */

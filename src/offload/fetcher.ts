@@ -6,9 +6,10 @@
  *         ─ decompress (the decode stream, from the moment the move lands) ─► tier A insert ─► handle
  *
  * Tier A holds decoded experts (the memory the engine computes from, as the fetcher's `form` says:
- * tfjs tensors, f32 arrays the CPU engine multiplies in the addon, or — `fused` — the compressed
- * rungs themselves, indexed for the CPU engine's fused product, which decodes each block inside
- * the dot product: no decode at all, and a tier-A entry costs the compressed bytes), tier B the
+ * tfjs tensors, f32 arrays the CPU engine multiplies in the addon, or — `fused` — the bytes that
+ * crossed, multiplied in place: codec rungs indexed for the CPU engine's fused product, which
+ * decodes each block inside the dot product, and a bf16 checkpoint's exact bytes for its bf16
+ * product; no decode at all, and an entry costs the bytes that crossed), tier B the
  * compressed rungs that crossed the link, so a tier-A eviction or a tightened plan costs only a
  * decompression and the missing residual rungs, not the whole expert again. Each tier has its
  * own byte budget, never exceeded, and an eviction policy (LRU default, LFU). Concurrent requests
@@ -64,8 +65,9 @@ export function deviceBudget(
 
 /**
  * What tier A holds for an expert: tfjs tensors (the tfjs engine), its f32 matrices as they were
- * decoded (the CPU engine reads them in place, nothing is copied into tfjs), or its compressed
- * rungs prepared for the CPU engine's fused product (codec levels; the exact level is f32).
+ * decoded (the CPU engine reads them in place, nothing is copied into tfjs), or what crossed the
+ * link, multiplied in place: compressed rungs prepared for the CPU engine's fused product, and at
+ * the exact level a bf16 checkpoint's own bits (other dtypes decode to f32).
  */
 export type DecodedForm = 'tfjs' | 'f32' | 'fused';
 export type DecodedWeights = SwigluTensors | ExpertMatrices | NativeExpert;
@@ -286,7 +288,10 @@ export class ExpertFetcher {
     if (level === this.store.exact) {
       await landed;
       const t = performance.now();
-      const [gate, up, down] = MATRICES.map((m) => this.store.decodeExact(stored[m], p.parts[m].exact!, this.spare.pop()));
+      // In place: bf16 exact bytes are multiplied as they crossed (the bf16 product widens them in
+      // registers, bit for bit as their f32 would be), at half the bytes of f32 and no decode.
+      const inPlace = this.form === 'fused' && MATRICES.every((m) => stored[m].dtype === 'BF16' && stored[m].shape[1] % 32 === 0 && this.store.exactIsOriginal);
+      const [gate, up, down] = MATRICES.map((m) => (inPlace ? bf16View(p.parts[m].exact!) : this.store.decodeExact(stored[m], p.parts[m].exact!, this.spare.pop())));
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     if (this.form === 'fused') {
@@ -345,6 +350,12 @@ export class ExpertFetcher {
     else result === 'hit' ? this.stats.bHits++ : this.stats.bMisses++;
     this.telemetry.emit({ kind: 'cache', at: performance.now() / 1000, layer, tier, result, prefetch });
   }
+}
+
+/** The bf16 bits in `bytes` (a view when aligned, else a copy). */
+function bf16View(bytes: Uint8Array): Uint16Array {
+  if (bytes.byteOffset % 2 === 0) return new Uint16Array(bytes.buffer, bytes.byteOffset, bytes.byteLength >> 1);
+  return new Uint16Array(new Uint8Array(bytes).buffer);
 }
 
 /** The parts held after a move: what was held plus what arrived (in partsToMove's order). */

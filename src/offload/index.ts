@@ -34,8 +34,10 @@ export interface OffloadOptions {
   policy?: EvictionPolicyName;
   plan?: PrecisionPlan;
   prefetch?: boolean;
-  /** Who multiplies the fetched experts: TensorFlow.js (default) or the CPU engine in the addon. */
+  /** Who multiplies the fetched experts: the CPU engine in the addon (default) or TensorFlow.js. */
   compute?: 'tfjs' | 'cpu';
+  /** With the CPU engine: tier A keeps codec levels compressed for the fused product (OffloadEngineOptions.fused). */
+  fused?: boolean;
   telemetry?: TelemetrySink;
   /** Show a progress bar on stderr while compressing (default true). */
   progress?: boolean;
@@ -58,6 +60,6 @@ export async function createOffload(source: ExpertSource, opts: OffloadOptions):
   if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
   const link = opts.emulatedLink ? new EmulatedLink(opts.emulatedLink) : new CopyLink();
   log(`offload: link ${link.describe()}`);
-  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute });
+  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, fused: opts.fused });
   return { opened, link, engine };
 }

@@ -125,6 +125,14 @@ export class ExpertStore {
   }
 
   /**
+   * Whether the exact level holds the checkpoint's own bytes (in its dtype), so that an engine may
+   * multiply them as they are; false for a store that keeps another encoding there.
+   */
+  get exactIsOriginal(): boolean {
+    return true;
+  }
+
+  /**
    * Values of a matrix's exact-level bytes. The exact level holds the original bytes; a store
    * that keeps some other direct encoding there (the benchmark's int8 / int4 baselines) says how
    * to decode it here.

@@ -62,11 +62,9 @@ async function loadCpu(spec: ModelSpec, id: string, telemetry: TelemetryBus, log
   const m = await loadModel(spec.dir, { backend: spec.backend, cpu: { bound: spec.cpuBound, telemetry } });
   const c = m.checkpoint.config;
   log(`ebserve serve: model ${id} (${spec.dir}): ${c.arch}, ${c.numLayers} layers × ${c.numExperts} experts (top-${c.topK}), d ${c.hiddenSize}, context ${c.maxPositions} tokens, ${c.tokenizer} tokenizer`);
-  const unsupported = nativeForwardUnsupported(c);
   log(
     `ebserve serve: engine cpu: all ${c.numLayers * c.numExperts} experts in the addon, ` +
-      (spec.cpuBound === undefined ? 'dense f32' : `compressed within ${spec.cpuBound} (abs) and multiplied in place (fused decoder: ${native.info().fusedDecoder})`) +
-      `; ${unsupported ? `dense layers on TensorFlow.js ${m.backend.name} (${unsupported})` : 'the whole forward pass native'}`,
+      (spec.cpuBound === undefined ? 'dense f32' : `compressed within ${spec.cpuBound} (abs) and multiplied in place (fused decoder: ${native.info().fusedDecoder})`),
   );
   return m;
 }
@@ -114,7 +112,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     );
     const fixed = spec.fixedLevel !== undefined;
     log(
-      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB decoded experts (tier A) + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
+      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB ${d.tier_a_form === 'fused' ? 'experts as they crossed, multiplied in place (tier A: rungs by the fused product, exact bf16 by the bf16 one)' : 'decoded f32 experts (tier A)'} + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
         `ladder of policy ${spec.policy.name}: ${ladder.bounds.join(', ')} (${ladder.boundMode})${ladder.exact ? ' + exact' : ''}; ` +
         (fixed ? `every layer fixed at level ${level} (${describeLevel(ladder, level)}), no controller` : 'levels chosen live by the controller'),
     );
@@ -125,13 +123,14 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       budget,
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
+      fused: d.tier_a_form === 'fused',
       telemetry,
       log,
     });
     link = offload.link;
     offloaded = { engine: offload.engine, store: offload.opened.store };
     details = {
-      experts_per_layer: expertsPerLayer ?? 'from memory budget', tier_a_bytes: budget.tierABytes, tier_b_bytes: budget.tierBBytes,
+      experts_per_layer: expertsPerLayer ?? 'from memory budget', tier_a_bytes: budget.tierABytes, tier_b_bytes: budget.tierBBytes, tier_a_form: d.tier_a_form ?? 'f32',
       policy: spec.policy.name, profile: spec.profile.name, controller: fixed ? 'off' : spec.dryRun ? 'dry-run' : 'on',
       ...(fixed ? { level, level_meaning: describeLevel(ladder, level), level_fixed: true } : {}),
       link: offload.link.name, link_emulated: offload.link.emulated,
@@ -140,7 +139,10 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   };
 
   const m = spec.engine === 'cpu' ? await loadCpu(spec, id, telemetry, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
-  if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? 'none (dense f32)', native_forward: Boolean(m.model.nativeForward) };
+  if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? 'none (dense f32)' };
+  const unsupported = nativeForwardUnsupported(m.checkpoint.config);
+  details = { ...details, native_forward: Boolean(m.model.nativeForward) };
+  log(`ebserve serve: forward ${m.model.nativeForward ? 'native (the addon, layer by layer; experts through the engine)' : `on TensorFlow.js ${m.backend.name} (${unsupported ?? 'asked for'})`}`);
   let control: ServedControl | undefined;
   if (offloaded && spec.fixedLevel === undefined) {
     try {

@@ -1,5 +1,6 @@
 // The expert engines as EngineImpls for the conformance suite.
 import { compress, compressLadder, decompressRungs, ladderBounds, splitRungs } from '../../src/codec/index.js';
+import { bf16ToF32, f32ToBf16 } from '../../src/codec/halfs-array.js';
 import { native } from '../../src/codec/native.js';
 import { ResidentExpertEngine } from '../../src/model/engine.js';
 import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, type NativeExpert } from '../../src/offload/cpu-engine.js';
@@ -38,6 +39,25 @@ export function cpuDense(threads: number, sync: boolean): EngineImpl {
     },
   };
 }
+
+/** f32 weights rounded to bf16: the bits, and the values they widen to. */
+function bf16Of(v: Float32Array): { bits: Uint16Array; values: Float32Array } {
+  const bits = f32ToBf16(v);
+  return { bits, values: bf16ToF32(bits) };
+}
+
+/** The CPU engine on dense bf16 weights (their bits, widened in registers). */
+export const cpuBf16: EngineImpl = {
+  name: 'CPU dense bf16 (widened in registers)',
+  unavailable: () => null,
+  shapes: SHAPES,
+  offThread: true,
+  async make(experts, d, ff) {
+    const b = experts.map((row) => row.map((m) => ({ gate: bf16Of(m.gate), up: bf16Of(m.up), down: bf16Of(m.down) })));
+    const engine = new CpuExpertEngine(d, ff, b.map((row) => row.map((m) => ({ gate: m.gate.bits, up: m.up.bits, down: m.down.bits }))));
+    return { engine, used: (l, e) => ({ gate: b[l][e].gate.values, up: b[l][e].up.values, down: b[l][e].down.values }) };
+  },
+};
 
 /** The fused engine on streams within `bound`; with `rungs`, ladders read at rung `k`. */
 export function cpuFused(decoder: 'gfni' | 'plane loop', bound: number, ladder?: { rungs: number; k: number }): EngineImpl {
@@ -113,14 +133,20 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
  * with tfjs or the CPU engine; or, with `level`, at that codec level of the default ladder, its
  * rungs decoded to f32 or (`fused`) multiplied compressed by the fused product.
  */
-export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fused: boolean } | null = null): EngineImpl {
+export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fused: boolean } | null = null, bf16Exact = false): EngineImpl {
   return {
-    name: `offload engine at ${at ? `level ${at.level}, ${at.fused ? 'fused on the compressed rungs' : 'rungs decoded to f32'}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`,
+    name: bf16Exact
+      ? 'offload engine at the exact level of a bf16 checkpoint, its bits multiplied in place (fused form)'
+      : `offload engine at ${at ? `level ${at.level}, ${at.fused ? 'fused on the compressed rungs' : 'rungs decoded to f32'}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`,
     unavailable: () => null,
-    shapes: at ? SHAPES : [[64, 96], ODD],
+    shapes: at || bf16Exact ? SHAPES : [[64, 96], ODD],
     offThread: compute === 'cpu',
     async make(experts, d, ff) {
-      const raw = (v: Float32Array, shape: number[]): RawTensor => ({ dtype: 'F32', shape, bytes: new Uint8Array(v.buffer, v.byteOffset, v.byteLength) });
+      const raw = (v: Float32Array, shape: number[]): RawTensor => {
+        if (!bf16Exact) return { dtype: 'F32', shape, bytes: new Uint8Array(v.buffer, v.byteOffset, v.byteLength) };
+        const bits = f32ToBf16(v);
+        return { dtype: 'BF16', shape, bytes: new Uint8Array(bits.buffer) };
+      };
       const source: ExpertSource = {
         numLayers: experts.length,
         numExperts: experts[0].length,
@@ -130,7 +156,7 @@ export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fuse
       const store = await buildStore(source, DEFAULT_LADDER);
       const level = at?.level ?? store.exact;
       const engine = new OffloadExpertEngine({
-        store, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, fused: at?.fused, plan: uniformPlan(experts.length, level),
+        store, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, fused: at?.fused || bf16Exact, plan: uniformPlan(experts.length, level),
       });
       // What the engine computes with at a codec level: the store's rungs 0..level, decoded.
       const decoded = (l: number, e: number): ExpertMatrices => {
@@ -138,7 +164,8 @@ export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fuse
         const dec = (m: (typeof x)['gate']) => decompressRungs(m.head, m.rungs.slice(0, level + 1)) as Float32Array;
         return { gate: dec(x.gate), up: dec(x.up), down: dec(x.down) };
       };
-      return { engine, used: (l, e) => (at ? decoded(l, e) : experts[l][e]) };
+      const widened = (v: Float32Array) => bf16ToF32(f32ToBf16(v));
+      return { engine, used: (l, e) => (at ? decoded(l, e) : bf16Exact ? { gate: widened(experts[l][e].gate), up: widened(experts[l][e].up), down: widened(experts[l][e].down) } : experts[l][e]) };
     },
   };
 }
