@@ -34,8 +34,10 @@ describe('canary runner (embedded model)', function () {
     runner = new CanaryRunner({
       target: canaryTarget(m), engine, referenceEngine: reference, items: 6,
       text: jsonl<TextCanary>('text.jsonl'), arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      // As serving's step boundary does: a turn of the event loop (I/O gets in there).
       yieldToServing: async () => {
         yields++;
+        await new Promise((r) => setImmediate(r));
       },
     });
   });
@@ -66,8 +68,10 @@ describe('canary runner (embedded model)', function () {
     const { port } = server.address() as AddressInfo;
     try {
       let answered = Infinity;
+      const first = yields;
       const run = runner.score({ version: 12, levels: new Array(8).fill(2) });
-      await new Promise((r) => setTimeout(r, 200));
+      // Ask once the run is under way (its second item), with ten items still to go.
+      while (yields < first + 2) await new Promise((r) => setImmediate(r));
       const asked = performance.now();
       const reply = fetch(`http://127.0.0.1:${port}/`).then(async (res) => {
         await res.text();

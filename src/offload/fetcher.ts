@@ -20,6 +20,7 @@ import { decodeOnStream } from '../codec/index.js';
 import { fusedMatrix, matrixBytes, type NativeExpert } from './cpu-engine.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
+import type { DeviceMemory } from './device-memory.js';
 import type { Link } from './link.js';
 import { MATRICES, type MatrixName } from './source.js';
 import type { ExpertStore } from './store.js';
@@ -106,6 +107,8 @@ interface Decoded {
   transient: boolean;
   /** Bytes it holds in tier A. */
   bytes: number;
+  /** The device buffers it is multiplied from in place (released when it is freed). */
+  device?: Uint8Array[];
   /** When its transfer and its decompression finished (performance.now() ms; 0 = none needed). */
   transferDoneAt: number;
   decodedAt: number;
@@ -157,6 +160,8 @@ export class ExpertFetcher {
   /** Bytes of one decoded expert (f32), the same for every expert of a checkpoint. */
   readonly decodedBytes: number;
   private readonly inflight = new Map<number, Promise<unknown>>();
+  /** The link's device memory: buffers go back to it when their last holder lets go. */
+  private readonly memory?: DeviceMemory;
   /** Matrices of freed f32 experts (d × ff values each), reused by the next misses. */
   private readonly spare: Float32Array[] = [];
   private readonly telemetry: TelemetrySink;
@@ -169,12 +174,13 @@ export class ExpertFetcher {
   constructor(opts: FetcherOptions) {
     this.store = opts.store;
     this.link = opts.link;
+    this.memory = opts.link.memory;
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
     this.strict = opts.strictLevels ?? false;
     this.form = opts.form ?? 'tfjs';
     const policy = opts.policy ?? 'lru';
     this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v));
-    this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy));
+    this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy), (_k, v) => this.memory?.release(partsBuffers(v)));
     const gate = this.store.expert(0, 0).gate;
     [this.ff, this.d] = gate.shape;
     this.decodedBytes = this.store.expertValues(0, 0) * 4;
@@ -219,7 +225,7 @@ export class ExpertFetcher {
     this.closed = true;
     for (const k of this.tierA.keys()) {
       const d = this.tierA.remove(k)!;
-      if (d.users === 0) this.free(d.weights);
+      if (d.users === 0) this.free(d);
       else d.transient = true; // freed by the last release
     }
     for (const k of this.tierB.keys()) this.tierB.remove(k);
@@ -234,10 +240,12 @@ export class ExpertFetcher {
     let parts = b ?? { held: -1, parts: { gate: { rungs: [] }, up: { rungs: [] }, down: { rungs: [] } }, bytes: 0 };
     let landed: Promise<void> = Promise.resolve();
     let landsAt: number | undefined;
+    let moved: Uint8Array[] = [];
     if (!have) {
       const from = exact ? -1 : held;
       const toMove = this.store.partsToMove(layer, expert, from, level);
       const move = this.link.start(MATRICES.flatMap((m) => toMove[m]));
+      moved = move.device;
       parts = mergeParts(parts, toMove, move.device, exact, level);
       landsAt = move.landsAt;
       landed = move.landed.then(() => {
@@ -247,13 +255,34 @@ export class ExpertFetcher {
           kind: 'transfer', at: performance.now() / 1000, layer, expert, rung: level, fromRung: exact ? level : held + 1,
           bytes: move.bytes, seconds: move.seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
         });
-        this.tierB.remove(key);
-        if (this.tierB.reserve(parts.bytes)) this.tierB.set(key, parts, parts.bytes);
+        const old = this.tierB.remove(key);
+        if (this.tierB.reserve(parts.bytes)) {
+          this.tierB.set(key, parts, parts.bytes);
+          this.memory?.retain(partsBuffers(parts));
+        }
+        if (old) this.memory?.release(partsBuffers(old));
       });
     }
+    // This load holds the device buffers it decodes from (tier B may evict them meanwhile); the
+    // move's own hold on what it copied passes to the load.
+    const hold = partsBuffers(parts);
+    this.memory?.retain(hold);
+    this.memory?.release(moved);
     // The codec's rungs decode on the decode stream, which starts when the move lands by itself;
     // exact bytes (and a baseline store's own formats) decode here once it has.
-    const [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, landsAt), landed]);
+    let values: NativeExpert;
+    let seconds: number;
+    let device: Uint8Array[] | undefined;
+    try {
+      [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, landsAt), landed]);
+      // Multiplied in place, the entry holds the device bytes it reads (taken before the load lets go).
+      if (!(values.gate instanceof Float32Array)) {
+        device = MATRICES.flatMap((m) => (exact ? [parts.parts[m].exact!] : [parts.parts[m].head!, ...parts.parts[m].rungs.slice(0, level + 1)]));
+        this.memory?.retain(device);
+      }
+    } finally {
+      this.memory?.release(hold);
+    }
     const decodedAt = performance.now();
     const transferDoneAt = landsAt ?? 0; // 0: nothing crossed the link
     this.stats.decompressions++;
@@ -265,7 +294,7 @@ export class ExpertFetcher {
     const fused = !(values.gate instanceof Float32Array);
     const bytes = fused ? MATRICES.reduce((n, m) => n + matrixBytes(values[m]), 0) : this.decodedBytes;
     const weights = this.form === 'tfjs' ? swigluTensors(values as ExpertMatrices, this.d, this.ff) : values;
-    const decoded: Decoded = { level, weights, bytes, users: 0, transient: false, transferDoneAt, decodedAt };
+    const decoded: Decoded = { level, weights, bytes, device, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
     if ((old && this.tierA.pinned(key)) || !this.tierA.reserve(bytes - (old?.bytes ?? 0), key)) {
       decoded.transient = true;
@@ -322,7 +351,7 @@ export class ExpertFetcher {
         released = true;
         d.users--;
         if (this.tierA.peek(key) === d) this.tierA.unpin(key);
-        if (d.transient && d.users === 0) this.free(d.weights);
+        if (d.transient && d.users === 0) this.free(d);
       },
     };
   }
@@ -332,7 +361,9 @@ export class ExpertFetcher {
    * buffers the next miss decodes into (a miss otherwise allocates — and the garbage collector
    * later frees — an expert's worth of f32, which cost more than the decode itself).
    */
-  private free(w: DecodedWeights): void {
+  private free(d: Decoded): void {
+    const w = d.weights;
+    if (d.device) this.memory?.release(d.device);
     if ('gateT' in w) return disposeSwiglu(w);
     for (const m of MATRICES) {
       const a = w[m];
@@ -341,7 +372,7 @@ export class ExpertFetcher {
   }
 
   private dropDecoded(d: Decoded): void {
-    if (d.users === 0) this.free(d.weights);
+    if (d.users === 0) this.free(d);
     else d.transient = true;
   }
 
@@ -350,6 +381,14 @@ export class ExpertFetcher {
     else result === 'hit' ? this.stats.bHits++ : this.stats.bMisses++;
     this.telemetry.emit({ kind: 'cache', at: performance.now() / 1000, layer, tier, result, prefetch });
   }
+}
+
+/** Every device buffer of an expert's parts. */
+function partsBuffers(p: DeviceParts): Uint8Array[] {
+  return MATRICES.flatMap((m) => {
+    const x = p.parts[m];
+    return [...(x.head ? [x.head] : []), ...x.rungs, ...(x.exact ? [x.exact] : [])];
+  });
 }
 
 /** The bf16 bits in `bytes` (a view when aligned, else a copy). */

@@ -2,7 +2,8 @@
  * The link between host memory and the device, and how each move over it is measured.
  *
  * CopyLink: without CUDA, the device is the memory the expert engine computes from, and a move is
- * a real copy into fresh device-side buffers, timed. EmulatedLink: the same copy, but the move
+ * a real copy into device-side buffers (DeviceMemory's, reused once their holders let go), timed.
+ * EmulatedLink: the same copy, but the move
  * completes when a link of a set bandwidth and fixed latency would have finished it — one move at
  * a time, queued — so the whole loop (prefetch overlap, the controller's bandwidth estimates)
  * behaves like PCIe on a machine without a GPU. Its name says "emulated" wherever it is reported.
@@ -12,6 +13,7 @@
  * is left — the same overlap a copy engine gives. `start` says when a move will land, so the
  * device's decode stream can begin at that moment without the (possibly busy) event loop.
  */
+import { DeviceMemory } from './device-memory.js';
 
 export interface MoveResult {
   /** The device-side copies, one per part. */
@@ -32,6 +34,8 @@ export interface StartedMove extends MoveResult {
 export interface Link {
   /** 'copy' or 'emulated'. */
   readonly name: string;
+  /** Where the moves' device copies come from; holders release them back (see DeviceMemory). */
+  readonly memory?: DeviceMemory;
   readonly emulated: boolean;
   /** One line for logs: what the link is and, when emulated, its parameters. */
   describe(): string;
@@ -46,11 +50,11 @@ async function landed(m: StartedMove): Promise<MoveResult> {
   return { device: m.device, bytes: m.bytes, seconds: m.seconds };
 }
 
-function copyAll(parts: Uint8Array[]): { device: Uint8Array[]; bytes: number } {
+function copyAll(parts: Uint8Array[], memory: DeviceMemory): { device: Uint8Array[]; bytes: number } {
   let bytes = 0;
   const device = parts.map((p) => {
     bytes += p.byteLength;
-    return new Uint8Array(p); // a real copy
+    return memory.copy(p); // a real copy
   });
   return { device, bytes };
 }
@@ -58,12 +62,13 @@ function copyAll(parts: Uint8Array[]): { device: Uint8Array[]; bytes: number } {
 export class CopyLink implements Link {
   readonly name = 'copy';
   readonly emulated = false;
+  readonly memory = new DeviceMemory();
   describe(): string {
     return 'host copy (no CUDA device: experts are copied into the memory the engine computes from)';
   }
   start(parts: Uint8Array[]): StartedMove {
     const t = performance.now();
-    const { device, bytes } = copyAll(parts);
+    const { device, bytes } = copyAll(parts, this.memory);
     const now = performance.now();
     return { device, bytes, seconds: (now - t) / 1000, landsAt: now, landed: Promise.resolve() };
   }
@@ -79,6 +84,7 @@ export interface EmulatedLinkOptions {
 }
 
 export class EmulatedLink implements Link {
+  readonly memory = new DeviceMemory();
   readonly name = 'emulated';
   readonly emulated = true;
   private bandwidth: number;
@@ -111,7 +117,7 @@ export class EmulatedLink implements Link {
 
   start(parts: Uint8Array[]): StartedMove {
     const now = performance.now();
-    const { device, bytes } = copyAll(parts);
+    const { device, bytes } = copyAll(parts, this.memory);
     const start = Math.max(now, this.busyUntil);
     const occupancy = (bytes / this.bandwidth) * 1000;
     this.busyUntil = start + occupancy;

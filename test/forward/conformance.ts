@@ -63,7 +63,7 @@ export function runForwardConformance(impl: ForwardImpl, reference: () => Promis
     });
     const cache = () => KvCache.forModel(m.checkpoint.config);
 
-    it('gives the logits of a prefill and of decode steps within 1e-5 of the TensorFlow.js forward', async function () {
+    it('gives the logits of a prefill and of decode steps, and the KV cache, within 1e-5 of the TensorFlow.js forward', async function () {
       const tokens = m.tokenizer.encode(PROMPTS[3]);
       const [ca, cb] = [cache(), cache()];
       const a = await ref.model.forward(tokens, ca, true);
@@ -75,7 +75,13 @@ export function runForwardConformance(impl: ForwardImpl, reference: () => Promis
         const y = await m.model.forward([t], cb);
         assert.ok(maxRel(y, x) < 1e-5, `decode of ${t}: relative difference ${maxRel(y, x)}`);
       }
+      // The KV cache is written as the reference writes it.
       assert.equal(cb.length, ca.length);
+      const w = ca.width * ca.length;
+      for (let l = 0; l < ca.numLayers; l++) {
+        assert.ok(maxRel(cb.keys[l].subarray(0, w), ca.keys[l].subarray(0, w)) < 1e-5, `layer ${l} keys`);
+        assert.ok(maxRel(cb.values[l].subarray(0, w), ca.values[l].subarray(0, w)) < 1e-5, `layer ${l} values`);
+      }
     });
 
     it('gives each sequence of a batch the logits it gets alone (bit for bit where batch-invariant), prompt chunks and decode tokens mixed', async function () {
