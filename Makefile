@@ -79,7 +79,8 @@ bench-engine: build
 bench-offload: build
 	npx tsx bench/offload/run.ts
 
-# The server under load: autocannon at concurrency 1, 8, 32 (60 s each; BENCH_SERVE_SECONDS to change).
+# The server under load, the default path and --engine cpu in one run: streaming clients at concurrency
+# 1, 8, 32 (60 s each; BENCH_SERVE_SECONDS to change).
 bench-serve: build
 	npx tsx bench/serve/run.ts
 
