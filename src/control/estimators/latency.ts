@@ -31,7 +31,7 @@ export interface LatencyState {
 }
 
 /** What a step sample tells this estimator (a TokenSample has it all). */
-export interface StepShape {
+export interface StepTiming {
   seconds: number;
   tokens: number;
   prefillTokens: number;
@@ -46,7 +46,7 @@ export function latencyInit(window = 128): LatencyState {
 export const decodeSequences = (t: { tokens: number; prefillTokens: number }): number => Math.max(0, t.tokens - t.prefillTokens);
 
 /** Folds one step in; a step with no decode sequence, or no finite duration, is not an inter-token gap. */
-export function latencyStep(s: LatencyState, t: StepShape): LatencyState {
+export function latencyStep(s: LatencyState, t: StepTiming): LatencyState {
   const w = decodeSequences(t);
   if (!(w > 0) || !(t.seconds >= 0) || !Number.isFinite(t.seconds)) return s;
   const keep = (xs: readonly number[], x: number) => [...xs.slice(Math.max(0, xs.length - s.window + 1)), x];
