@@ -86,6 +86,24 @@ describe('canary runner (embedded model)', function () {
     }
   });
 
+  it('hands canary work to its gate one forward step at a time, with the same logits and answers as in one piece', async function () {
+    const pieces: number[] = [];
+    const gate = <T,>(work: () => Promise<T>) => {
+      pieces.push(performance.now());
+      return work();
+    };
+    const chunked = canaryTarget(m, gate, 16);
+    const whole = canaryTarget(m);
+    const tokens = m.tokenizer.encode('It is a truth universally acknowledged, that a single man');
+    const a = await chunked.logits(tokens, engine);
+    assert.equal(pieces.length, Math.ceil(tokens.length / 16), 'one piece per 16-token chunk');
+    assert.deepEqual(a, await whole.logits(tokens, engine));
+    pieces.length = 0;
+    const answer = await chunked.greedy('48+27=', 4, '\n', engine);
+    assert.equal(answer, await whole.greedy('48+27=', 4, '\n', engine));
+    assert.ok(pieces.length >= 2, `the prompt and each token a piece of its own (${pieces.length})`);
+  });
+
   it('yields to serving before every item, and refuses a second run at once', async function () {
     const before = yields;
     const p = runner.score({ version: 10, levels: new Array(8).fill(3) });

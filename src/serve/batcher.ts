@@ -74,6 +74,8 @@ export interface StepModel {
 export interface ServingHooks {
   stepBoundary(): Promise<void>;
   betweenSteps<T>(task: () => Promise<T>): Promise<T>;
+  /** Prompt tokens a serving step carries at most: work between steps should come in pieces this size. */
+  readonly prefillChunk?: number;
 }
 
 export interface BatchState {

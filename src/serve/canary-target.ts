@@ -1,9 +1,9 @@
 // The loaded model as the canary runner sees it (src/control/canaries.ts): logits of a token run
 // and greedy answers, each with the engine the runner names. Lives in serve because serve is the
 // layer that knows both the model and the controller.
-import { generate } from '../model/generate.js';
 import { KvCache } from '../model/kv-cache.js';
 import type { LoadedModel } from '../model/load.js';
+import { GenerationSequence } from '../model/sequence.js';
 import type { CanaryTarget } from '../control/canaries.js';
 import type { ExpertEngine } from '../offload/expert-engine.js';
 
@@ -11,18 +11,35 @@ import type { ExpertEngine } from '../offload/expert-engine.js';
 export type CanaryGate = <T>(work: () => Promise<T>) => Promise<T>;
 
 /**
- * The canary target over `m`. Each call (one item: a logits pass, or one greedy answer) runs
- * through `gate`: the server passes its scheduler's betweenSteps, so an item never overlaps a
- * serving step; alone (the profiler, tests) it runs at once.
+ * The canary target over `m`. Canary work goes through `gate` one forward step at a time — a
+ * logits pass in chunks of `chunk` tokens, a greedy answer a token at a time — so that in the
+ * server (whose gate is its scheduler's betweenSteps) canary work holds the batch, and any
+ * admission, for about one serving step, never a whole item (a canary item, a forward over its
+ * prompt and continuation on two engines, took ~33 ms on the embedded model: fifteen decode
+ * steps). Alone (the profiler, tests) the gate runs work at once.
  */
-export function canaryTarget(m: LoadedModel, gate: CanaryGate = (work) => work()): CanaryTarget {
+export function canaryTarget(m: LoadedModel, gate: CanaryGate = (work) => work(), chunk = Infinity): CanaryTarget {
   const c = m.checkpoint.config;
-  const cache = () => KvCache.forModel(c);
+  const V = c.vocabSize;
   return {
-    vocabSize: c.vocabSize,
+    vocabSize: V,
     encode: (text) => m.tokenizer.encode(text),
-    logits: (tokens, engine: ExpertEngine) => gate(() => m.model.forward(tokens, cache(), true, engine)),
-    greedy: (prompt, maxTokens, stop, engine: ExpertEngine) =>
-      gate(async () => (await generate(m.model, m.tokenizer, prompt, { maxTokens, stop: [stop], engine })).text),
+    logits: async (tokens, engine: ExpertEngine) => {
+      const cache = KvCache.forModel(c);
+      const out = new Float32Array(tokens.length * V);
+      for (let at = 0; at < tokens.length; at += chunk) {
+        const part = tokens.slice(at, at + chunk);
+        out.set(await gate(() => m.model.forward(part, cache, true, engine)), at * V);
+      }
+      return out;
+    },
+    greedy: async (prompt, maxTokens, stop, engine: ExpertEngine) => {
+      const seq = new GenerationSequence(c, m.tokenizer, prompt, { maxTokens, stop: [stop], prefillChunk: Number.isFinite(chunk) ? chunk : undefined });
+      while (!seq.done) {
+        const step = seq.step();
+        seq.advance((await gate(() => m.model.forwardBatch([step], engine)))[0]);
+      }
+      return seq.result.text;
+    },
   };
 }

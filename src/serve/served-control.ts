@@ -69,10 +69,10 @@ export class ServedControl {
     if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
     this.runner = new CanaryRunner({
       // Under continuous load the server is never idle, so a canary item cannot wait for that:
-      // yieldToServing waits for the next step boundary, and the item itself (one logits pass, or
-      // one short greedy answer) runs between two steps, the next step waiting for it — admissions
-      // are held back for at most one item.
-      target: canaryTarget(o.model, (task) => o.serving.betweenSteps(task)), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      // yieldToServing waits for the next step boundary, and the item runs between steps one
+      // forward step at a time (a prompt chunk of the server's size, or one greedy token), the
+      // next serving step waiting for each — admissions are held back for about one step.
+      target: canaryTarget(o.model, (task) => o.serving.betweenSteps(task), o.serving.prefillChunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
       items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });
     this.control = this.start(o.policy);
