@@ -6,7 +6,9 @@
  *
  * The engine is the caller's choice: by default every expert is resident as tfjs tensors
  * (ResidentExpertEngine); the offload engines pass their own factory and read the experts from the
- * checkpoint themselves.
+ * checkpoint themselves. Whatever the engine, the forward pass runs in the addon
+ * (src/model/native-forward.ts) for the architectures it covers, unless nativeForward is false;
+ * the TensorFlow.js model stays the reference and the path for the others.
  *
  * @example
  * const m = await loadModel(EMBEDDED_MODEL_DIR);

@@ -291,8 +291,7 @@ export class ExpertFetcher {
       bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
       values: this.decodedBytes / 4, seconds,
     });
-    const fused = !(values.gate instanceof Float32Array);
-    const bytes = fused ? MATRICES.reduce((n, m) => n + matrixBytes(values[m]), 0) : this.decodedBytes;
+    const bytes = device ? MATRICES.reduce((n, m) => n + matrixBytes(values[m]), 0) : this.decodedBytes;
     const weights = this.form === 'tfjs' ? swigluTensors(values as ExpertMatrices, this.d, this.ff) : values;
     const decoded: Decoded = { level, weights, bytes, device, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
