@@ -183,8 +183,10 @@ Napi::Value DecoderBegin(const Napi::CallbackInfo& info) {
 // Runs `work` on a libuv worker, or here when it is small; settles the promise either way.
 class StepWorker : public PromiseWorker {
  public:
+  // The step's handle (an External, which PromiseWorker does not keep) stays referenced until the
+  // work is done: the caller may drop its last use of the step while this call runs.
   StepWorker(Napi::Env env, const Napi::CallbackInfo& info, StepHolder& h, std::function<void()> work)
-      : PromiseWorker(env, info), h_(h), work_(std::move(work)) {}
+      : PromiseWorker(env, info), h_(h), step_(Napi::Reference<Napi::Value>::New(info[0], 1)), work_(std::move(work)) {}
   void run() override { work_(); }
   void OnOK() override {
     h_.busy = false;
@@ -198,6 +200,7 @@ class StepWorker : public PromiseWorker {
 
  private:
   StepHolder& h_;
+  Napi::Reference<Napi::Value> step_;
   std::function<void()> work_;
 };
 
