@@ -22,6 +22,16 @@ const PROMETHEUS = '/usr/bin/prometheus';
 const PROMTOOL = '/usr/bin/promtool';
 const DASHBOARD = 'deploy/grafana/ebserve-dashboard.json';
 const SCRAPE_CONFIG = 'deploy/prometheus/prometheus.yml';
+/** prometheus-adapter's rules for the HPA in deploy/k8s (its Helm values). */
+const ADAPTER_VALUES = 'deploy/k8s/prometheus-adapter/values.yaml';
+/**
+ * The labels the Prometheus Operator gives a ServiceMonitor's targets (deploy/k8s): the test's
+ * target carries them too, so the adapter's rules find the series they would in a cluster.
+ */
+const K8S_TARGET_LABELS = {
+  namespace: (YAML.parse(fs.readFileSync('deploy/k8s/kustomization.yaml', 'utf8')) as { namespace: string }).namespace,
+  pod: 'ebserve-5f7c9d8b6-x2x7q',
+};
 /** Turns on the server's admin API, through which the test asks for a canary run. */
 const ADMIN_TOKEN = 'prometheus-test-admin-token';
 
@@ -90,6 +100,37 @@ function substitute(expr: string): string {
     const name = braced ?? bare!;
     if (!Object.hasOwn(GRAFANA_VARIABLES, name)) throw new Error(`unknown Grafana variable ${whole} in ${expr}`);
     return GRAFANA_VARIABLES[name];
+  });
+}
+
+interface AdapterRule {
+  seriesQuery: string;
+  resources: { overrides: Record<string, { resource: string }> };
+  name: { matches: string; as: string };
+  metricsQuery: string;
+}
+
+/**
+ * A rule's metricsQuery as prometheus-adapter fills it in (a Go template with << >> delimiters)
+ * for an HPA's request about `pods` in `namespace`: .Series is the discovered series' name,
+ * .LabelMatchers `ns-label="ns",pod-label="pod"` (`=~"a|b"` for several pods), .GroupBy the pod
+ * label. Any other placeholder fails: the test would not be filling it as the adapter does.
+ */
+function fillAdapterQuery(rule: AdapterRule, series: string, namespace: string, pods: string[]): string {
+  const label = (resource: string) => {
+    const found = Object.entries(rule.resources.overrides).find(([, v]) => v.resource === resource);
+    assert.ok(found, `the rule maps a label to the ${resource} resource`);
+    return found[0];
+  };
+  const pod = label('pod');
+  const fields: Record<string, string> = {
+    Series: series,
+    LabelMatchers: `${label('namespace')}="${namespace}",${pod}${pods.length === 1 ? `="${pods[0]}"` : `=~"${pods.join('|')}"`}`,
+    GroupBy: pod,
+  };
+  return rule.metricsQuery.replace(/<<\s*\.(\w+)\s*>>|<<[^>]*>>/g, (whole, field: string | undefined) => {
+    if (!field || !Object.hasOwn(fields, field)) throw new Error(`unknown adapter template ${whole} in ${rule.metricsQuery}`);
+    return fields[field];
   });
 }
 
@@ -202,6 +243,7 @@ describe('deploy/: the Grafana dashboard and the Prometheus config', function ()
     let prometheus: ReturnType<typeof start> | undefined;
     let tmp: string | undefined;
     let promUrl = '';
+    let serverUrl = '';
 
     before(async function () {
       if (!fs.existsSync(PROMETHEUS)) throw new Error(`${PROMETHEUS} is missing: \`make test\` installs Debian's prometheus`);
@@ -217,11 +259,12 @@ describe('deploy/: the Grafana dashboard and the Prometheus config', function ()
       assert.match(server.output(), /ready in/, server.output());
       const url = /listening on (http:\/\/127\.0\.0\.1:(\d+));/.exec(server.output());
       assert.ok(url, server.output());
+      serverUrl = url[1];
 
       // The shipped scrape config, pointed at this server and made faster; everything else as shipped.
       const config = YAML.parse(fs.readFileSync(SCRAPE_CONFIG, 'utf8')) as {
         global: Record<string, string>;
-        scrape_configs: { job_name: string; scrape_interval: string; scrape_timeout: string; static_configs: { targets: string[] }[] }[];
+        scrape_configs: { job_name: string; scrape_interval: string; scrape_timeout: string; static_configs: { targets: string[]; labels?: Record<string, string> }[] }[];
       };
       assert.deepEqual(config.scrape_configs[0].static_configs[0].targets, ['localhost:8080']);
       config.global.scrape_interval = '1s';
@@ -229,6 +272,8 @@ describe('deploy/: the Grafana dashboard and the Prometheus config', function ()
       config.scrape_configs[0].scrape_interval = '1s';
       config.scrape_configs[0].scrape_timeout = '1s';
       config.scrape_configs[0].static_configs[0].targets = [`127.0.0.1:${url[2]}`];
+      // As a pod behind deploy/k8s's ServiceMonitor would be labelled (for the adapter's rules).
+      Object.assign(config.scrape_configs[0].static_configs[0], { labels: K8S_TARGET_LABELS });
       const configFile = path.join(tmp, 'prometheus.yml');
       fs.writeFileSync(configFile, YAML.stringify(config));
 
@@ -294,6 +339,45 @@ describe('deploy/: the Grafana dashboard and the Prometheus config', function ()
       }
       console.log(`      Prometheus's answers:\n${report.map((l) => `        ${l}`).join('\n')}`);
       assert.deepEqual(empty, [], `expressions without data:\n${empty.join('\n')}`);
+    });
+
+    it('answers the prometheus-adapter rules behind deploy/k8s\'s HPA: each seriesQuery finds the series, each metricsQuery filled in as the adapter does gives the pod a value', async function () {
+      const rules = (YAML.parse(fs.readFileSync(ADAPTER_VALUES, 'utf8')) as { rules: { custom: AdapterRule[] } }).rules.custom;
+      const hpa = YAML.parse(fs.readFileSync('deploy/k8s/hpa.yaml', 'utf8')) as { spec: { metrics: { pods: { metric: { name: string } } }[] } };
+      for (const m of hpa.spec.metrics) assert.ok(rules.some((r) => r.name.as === m.pods.metric.name), `a rule serves the HPA's ${m.pods.metric.name}`);
+
+      // A completion now, so every rate over the last minute holds one.
+      const before = Number((await query('ebserve_generation_tokens_total')).data!.result[0].value[1]);
+      const res = await post(serverUrl, '/v1/completions', { prompt: 'Call me Ishmael.', max_tokens: 16 });
+      assert.equal(res.status, 200, await res.clone().text());
+      await res.json();
+      await until(async () => Number((await query('ebserve_generation_tokens_total')).data!.result[0].value[1]) > before, 15_000, 'a scrape after the completion');
+
+      const { namespace, pod } = K8S_TARGET_LABELS;
+      const report: string[] = [];
+      for (const rule of rules) {
+        // Discovery, as the adapter does it: the series API, then the rule's name mapping.
+        const res = await fetch(`${promUrl}/api/v1/series?${new URLSearchParams({ 'match[]': rule.seriesQuery, start: String(Date.now() / 1000 - 300) })}`);
+        const found = (await res.json()) as { status: string; error?: string; data: Record<string, string>[] };
+        assert.equal(found.status, 'success', `${rule.seriesQuery}: ${found.error}`);
+        const names = [...new Set(found.data.map((s) => s.__name__))];
+        assert.ok(names.length > 0, `seriesQuery ${rule.seriesQuery} finds series`);
+        for (const s of found.data) assert.ok(s.namespace === namespace && s.pod === pod, `${s.__name__} carries the pod's labels`);
+        for (const series of names) {
+          assert.equal(series.replace(new RegExp(rule.name.matches), rule.name.as), rule.name.as, `${series} is exposed as ${rule.name.as}`);
+          // One pod, and several (a regex over the HPA's pods, one of them gone).
+          for (const pods of [[pod], [pod, 'ebserve-5f7c9d8b6-gone0']]) {
+            const expr = fillAdapterQuery(rule, series, namespace, pods);
+            const result = (await query(expr)).data!.result;
+            report.push(`${rule.name.as} [${pods.length} pod${pods.length > 1 ? 's' : ''}] = ${result.map((r) => r.value[1]).join(', ') || 'no data'}`);
+            assert.equal(result.length, 1, `${rule.name.as}: one series for the pod from ${expr}`);
+            assert.equal(result[0].metric[fillAdapterQuery({ ...rule, metricsQuery: '<<.GroupBy>>' }, series, namespace, pods)], pod, `${rule.name.as}: labelled by the pod, so the adapter can hand it to the HPA`);
+            const value = Number(result[0].value[1]);
+            assert.ok(Number.isFinite(value) && value > 0, `${rule.name.as} = ${result[0].value[1]} from ${expr}: a finite value above 0 after a completion in the last minute`);
+          }
+        }
+      }
+      console.log(`      the adapter's metrics:\n${report.map((l) => `        ${l}`).join('\n')}`);
     });
   });
 });
