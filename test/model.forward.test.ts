@@ -103,23 +103,28 @@ describe('prefetch hints', function () {
     assert.deepEqual(Array.from(ids), Array.from(want));
   });
 
-  it('hints every layer before it computes, layer 0 from the token embeddings', async function () {
+  it('hints every layer after the layer before asked for its experts, before they compute; layer 0 from the token embeddings', async function () {
     const c = config({});
     const m = randomModel(c, 5);
     const inner = new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, m.experts);
     const events: string[] = [];
     const hints: Int32Array[] = [];
     const engine = {
-      compute: (l: number, h: Float32Array, ids: Int32Array, w: Float32Array, T: number) => (events.push(`compute ${l}`), inner.compute(l, h, ids, w, T)),
+      // As an engine that fetches: it asks for its experts in the call, computes after its first await.
+      compute: (l: number, h: Float32Array, ids: Int32Array, w: Float32Array, T: number) => {
+        events.push(`ask ${l}`);
+        return Promise.resolve().then(() => (events.push(`compute ${l}`), inner.compute(l, h, ids, w, T)));
+      },
       prefetch: (l: number, ids: Int32Array) => (events.push(`hint ${l}`), (hints[l] = ids)),
       dispose: () => inner.dispose(),
     };
     const model = new MoeTransformer(c, m.read, m.names, engine);
     const tokens = [3, 1, 4];
     await model.forward(tokens, new KvCache(c.numLayers, c.numKvHeads * c.headDim, c.maxPositions));
-    // Layer l + 1's hint comes after layer l's attention, before layer l computes its experts.
+    // Layer l + 1's hint comes after layer l asked for its experts (their fetches go first),
+    // before layer l computes them.
     const order = ['hint 0'];
-    for (let l = 0; l < c.numLayers; l++) order.push(...(l + 1 < c.numLayers ? [`hint ${l + 1}`] : []), `compute ${l}`);
+    for (let l = 0; l < c.numLayers; l++) order.push(`ask ${l}`, ...(l + 1 < c.numLayers ? [`hint ${l + 1}`] : []), `compute ${l}`);
     assert.deepEqual(events, order);
     const d = c.hiddenSize;
     const embed = m.read(m.names.embed);

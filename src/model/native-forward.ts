@@ -83,11 +83,14 @@ export class NativeForward {
     let expert = 0;
     for (let l = 0; l < c.numLayers; l++) {
       await native.decoderLayer(step, l, moe);
-      // Issued before this layer's experts compute, so the next layer's fetches overlap them.
-      if (l + 1 < c.numLayers) engine.prefetch?.(l + 1, out.predicted);
       if (onRouting) onRouting({ layer: l, ids: out.ids.slice(), weights: out.weights.slice() });
       const e0 = performance.now();
-      moe = await engine.compute(l, out.hidden, out.ids, out.weights, T);
+      // compute() asks for this layer's experts before it first waits, so the fetches of the ones
+      // the prediction missed go on the link ahead of the next layer's prefetches, which are
+      // issued here, before this layer's experts compute, so that they overlap them.
+      const computed = engine.compute(l, out.hidden, out.ids, out.weights, T);
+      if (l + 1 < c.numLayers) engine.prefetch?.(l + 1, out.predicted);
+      moe = await computed;
       expert += performance.now() - e0;
     }
     const r = await native.decoderLogits(step, moe!);

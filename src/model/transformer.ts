@@ -198,8 +198,8 @@ export class MoeTransformer {
       const afterAttn: tf.Tensor2D = tf.tidy(() => tf.add(x, this.attention(l, L, rmsNorm(x, L.inputNorm, c.rmsNormEps), cache, T)));
       x.dispose();
       const h = tf.tidy(() => rmsNorm(afterAttn, L.postNorm, c.rmsNormEps));
-      if (engine.prefetch && l + 1 < c.numLayers) this.prefetchNext(engine, l + 1, afterAttn.dataSync() as Float32Array, T);
-      const moe = await this.moe(engine, l, L, h, T);
+      const hint = engine.prefetch && l + 1 < c.numLayers ? (afterAttn.dataSync() as Float32Array) : undefined;
+      const moe = await this.moe(engine, l, L, h, T, hint && (() => this.prefetchNext(engine, l + 1, hint, T)));
       x = tf.tidy(() => tf.add(afterAttn, moe) as tf.Tensor2D);
       tf.dispose([afterAttn, h, moe]);
     }
@@ -285,7 +285,8 @@ export class MoeTransformer {
   }
 
   /** Routes T hidden states [T, d] to their top-k experts and returns the combined output. */
-  private async moe(engine: ExpertEngine, l: number, L: DenseLayer, h: tf.Tensor2D, T: number): Promise<tf.Tensor2D> {
+  /** `hintNext` issues the next layer's prefetch: after this layer asked for its experts, before they compute. */
+  private async moe(engine: ExpertEngine, l: number, L: DenseLayer, h: tf.Tensor2D, T: number, hintNext?: () => void): Promise<tf.Tensor2D> {
     const c = this.config;
     const probs = tf.tidy(() => tf.softmax(tf.matMul(h, L.router)));
     const { values, indices } = tf.topk(probs, c.topK);
@@ -300,7 +301,9 @@ export class MoeTransformer {
       }
     }
     this.onRouting?.({ layer: l, ids, weights: w });
-    const routed = await engine.compute(l, (await h.data()) as Float32Array, ids, w, T);
+    const computing = engine.compute(l, (await h.data()) as Float32Array, ids, w, T);
+    hintNext?.();
+    const routed = await computing;
     return tf.tidy(() => {
       const out = tf.tensor2d(routed, [T, c.hiddenSize]);
       if (!L.shared) return out;

@@ -13,7 +13,9 @@ import * as tf from '@tensorflow/tfjs';
 export interface ExpertEngine {
   /**
    * out[t] = Σ_j weights[t·k + j] · expert(ids[t·k + j])(hidden[t]) for layer `layer`.
-   * hidden is [T, d] row-major, ids and weights [T, k]; returns [T, d].
+   * hidden is [T, d] row-major, ids and weights [T, k]; returns [T, d]. An engine that fetches
+   * asks for the layer's experts before its first await: the native forward issues the next
+   * layer's prefetch right after the call, and this layer's fetches should be ahead of it.
    */
   compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array>;
   /**

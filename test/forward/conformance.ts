@@ -164,14 +164,18 @@ export function runForwardConformance(impl: ForwardImpl, reference: () => Promis
       assert.deepEqual([a.length, b.length, again.length], [4, 2, 2]);
     });
 
-    it("tells the engine each layer's predicted experts before the layer computes, layer 0's from the embeddings", async function () {
+    it("tells the engine each layer's predicted experts after it asked for the layer before's, ahead of their compute; layer 0's from the embeddings", async function () {
       const events: string[] = [];
       const inner = m.engine;
       const spy: ExpertEngine = {
         prefetch: (layer, ids) => events.push(`prefetch ${layer} ${ids.length}`),
+        // As an engine that fetches: it asks for its experts in the call, computes after its first await.
         compute: (layer, hidden, ids, weights, T) => {
-          events.push(`compute ${layer}`);
-          return inner.compute(layer, hidden, ids, weights, T);
+          events.push(`ask ${layer}`);
+          return Promise.resolve().then(() => {
+            events.push(`compute ${layer}`);
+            return inner.compute(layer, hidden, ids, weights, T);
+          });
         },
         beginForward: (s) => events.push(`begin ${s.tokens}/${s.sequences}/${s.prefillTokens}`),
         endForward: () => events.push('end'),
@@ -187,9 +191,14 @@ export function runForwardConformance(impl: ForwardImpl, reference: () => Promis
       for (let l = 0; l < L; l++) {
         const p = first(`prefetch ${l} `);
         assert.ok(p > 0, `layer ${l} was never hinted: ${events.join(', ')}`);
-        // Layer 0's hint comes before any layer computes (from the embeddings); layer l's before
-        // layer l − 1's experts compute, so its fetches overlap them.
-        assert.ok(p < first(`compute ${Math.max(0, l - 1)}`), `layer ${l}'s hint came late: ${events.join(', ')}`);
+        // Layer 0's hint comes before any layer asks (from the embeddings); layer l's after layer
+        // l − 1 asked for its own experts (their fetches go first) and before they compute, so
+        // its fetches overlap them.
+        if (l === 0) assert.ok(p < first('ask 0'), `layer 0's hint came late: ${events.join(', ')}`);
+        else {
+          assert.ok(p > first(`ask ${l - 1}`), `layer ${l}'s hint came before layer ${l - 1}'s own fetches: ${events.join(', ')}`);
+          assert.ok(p < first(`compute ${l - 1}`), `layer ${l}'s hint came late: ${events.join(', ')}`);
+        }
       }
       // The hints cover every token of the step.
       assert.equal(events.filter((e) => e.startsWith('prefetch 0 ')).reduce((n, e) => n + Number(e.split(' ')[2]), 0), 4 * k);
