@@ -102,6 +102,45 @@ $(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard src/native/*.h) $(CUDA_HEADERS)
 fuzz: $(FUZZ_BIN)
 	time ./$(FUZZ_BIN) $${FUZZ_CASES:-200000} $${FUZZ_SEED:-}
 
+# The GPU check kit (gpu-check/README.md): one standalone program, no Node and no addon, that checks
+# the CUDA path against the CPU references (decode kernels, expert FFN kernels, offload pipeline, a
+# decode step of the embedded model) and prints a table, a JSON file and the last line
+# `gpu-check: N checks, M failed (DEVICE <name>)`. `make gpu-check` builds it with nvcc and runs it
+# on CUDA device 0; `make gpu-check-emulated` builds the same checks with g++ alone, the kernels'
+# bodies under cuda/emulate.h, and runs them on the CPU (`(EMULATED)`; CI runs it). Flags through
+# GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--small" or "--mib 64 --json out.json" (--help lists them).
+GPU_CHECK_ARGS ?=
+GPU_CHECK_CXXFLAGS := -std=c++17 -O2 -ffp-contract=off -fno-math-errno -Wall -Wno-psabi -Wno-unknown-pragmas
+GPU_CHECK_REFS := $(addprefix src/native/,codec_cpu.cc stream_format.cc crc32c.cc expert_cpu.cc expert_cpu_gfni.cc decoder_cpu.cc)
+GPU_CHECK_COMMON := $(filter-out gpu-check/target_%.cc,$(wildcard gpu-check/*.cc)) $(GPU_CHECK_REFS)
+GPU_CHECK_HEADERS := $(wildcard gpu-check/*.h src/native/*.h) $(CUDA_HEADERS)
+GPU_CHECK_EMU_OBJS := $(patsubst %.cc,build/gpu-check-emulated.obj/%.o,$(GPU_CHECK_COMMON) gpu-check/target_emulated.cc src/native/emulated_expert.cc)
+GPU_CHECK_DEV_OBJS := $(patsubst %.cc,build/gpu-check.obj/%.o,$(GPU_CHECK_COMMON) gpu-check/target_cuda.cc) \
+  build/gpu-check.obj/cuda/eb_cuda.o build/gpu-check.obj/cuda/eb_offload.o
+.PHONY: gpu-check gpu-check-emulated
+
+build/gpu-check-emulated.obj/%.o: %.cc $(GPU_CHECK_HEADERS)
+	@mkdir -p $(@D)
+	g++ $(GPU_CHECK_CXXFLAGS) -c $< -o $@
+build/gpu-check-emulated: $(GPU_CHECK_EMU_OBJS)
+	g++ -o $@ $^ -lpthread
+gpu-check-emulated: build/gpu-check-emulated
+	./build/gpu-check-emulated $(GPU_CHECK_ARGS)
+
+# Host C++ through nvcc (its host compiler, CUDA's headers); the kernels for sm_80, sm_90 + PTX.
+build/gpu-check.obj/%.o: %.cc $(GPU_CHECK_HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) -DGPU_CHECK_CUDA -std=c++17 -O2 -Xcompiler -ffp-contract=off,-fno-math-errno,-Wall,-Wno-psabi,-Wno-unknown-pragmas -c $< -o $@
+build/gpu-check.obj/cuda/%.o: cuda/%.cu $(GPU_CHECK_HEADERS)
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+build/gpu-check: $(GPU_CHECK_DEV_OBJS)
+	$(NVCC) -o $@ $^
+gpu-check:
+	@[ -n "$(NVCC)" ] || { echo "gpu-check: no nvcc on the PATH or in /usr/local/cuda/bin; install the CUDA toolkit, or run the checks emulated on this CPU: make gpu-check-emulated" >&2; exit 2; }
+	@$(MAKE) --no-print-directory build/gpu-check
+	./build/gpu-check $(GPU_CHECK_ARGS)
+
 # The OpenAI-compatible server on the embedded model (offload engine, 127.0.0.1:8080), after
 # installing and building what is missing. SERVE_ARGS passes flags: make serve SERVE_ARGS="--port 9000
 # --engine resident" (bin/ebserve serve --help lists them). Once loaded it prints where to look.
