@@ -9,7 +9,8 @@ import * as tf from '@tensorflow/tfjs';
 import { initBackend } from '../src/model/backend.js';
 import { ResidentExpertEngine } from '../src/model/engine.js';
 import { KvCache } from '../src/model/kv-cache.js';
-import { MoeTransformer, predictRouting } from '../src/model/transformer.js';
+import { NativeForward, nativeForwardUnsupported } from '../src/model/native-forward.js';
+import { MoeTransformer, predictRouting, rotaryTables } from '../src/model/transformer.js';
 import type { ModelConfig } from '../src/model/types.js';
 import { rng } from './codec/data.js';
 import { randomModel, smallConfig as config } from './model/random-model.js';
@@ -37,12 +38,16 @@ describe('MoE forward pass', function () {
     await initBackend();
   });
 
-  for (const [what, over] of CASES) {
-    it(`matches the float64 reference within 1e-4, full and incremental: ${what}`, async function () {
+  // Each case on the TensorFlow.js forward, and on the native forward where it covers the
+  // architecture (every case but Qwen2-MoE's shared expert).
+  const paths = (c: ModelConfig) => ['TensorFlow.js', ...(nativeForwardUnsupported(c) ? [] : ['native'])];
+  for (const [what, over] of CASES) for (const path of paths(config(over))) {
+    it(`matches the float64 reference within 1e-4, full and incremental, ${path} forward: ${what}`, async function () {
       const c = config(over);
       const m = randomModel(c, 42);
       const engine = new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, m.experts);
       const model = new MoeTransformer(c, m.read, m.names, engine);
+      if (path === 'native') model.useNativeForward(new NativeForward(c, m.read, m.names, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta)));
       const r = rng(3);
       const tokens = Array.from({ length: 11 }, () => Math.floor(r() * c.vocabSize));
       const ref = referenceLogits(c, m.read, m.names, m.experts, tokens);

@@ -30,7 +30,6 @@ export interface NativeForwardStats {
 
 /** Why the native forward cannot run this model, or null when it can. */
 export function nativeForwardUnsupported(c: ModelConfig): string | null {
-  if (c.qkNorm !== 'none') return `query/key norms (${c.qkNorm}) are computed by the TensorFlow.js model only`;
   if (c.sharedExpertFfnSize > 0) return 'shared experts are computed by the TensorFlow.js model only';
   return null;
 }
@@ -54,11 +53,12 @@ export class NativeForward {
     const spec = Object.freeze({
       d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, experts: c.numExperts, topK: c.topK, maxPositions: c.maxPositions, eps: c.rmsNormEps,
-      normTopk: c.normTopkProb, embed: read(names.embed), norm: read(names.norm), lmHead: read(names.lmHead),
+      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: read(names.embed), norm: read(names.norm), lmHead: read(names.lmHead),
       cos: rotary[0], sin: rotary[1],
       layers: names.layers.map((n) => ({
         inputNorm: read(n.inputNorm), postNorm: read(n.postNorm), q: read(n.q), k: read(n.k), v: read(n.v), o: read(n.o),
         qBias: n.qBias ? read(n.qBias) : undefined, kBias: n.kBias ? read(n.kBias) : undefined, vBias: n.vBias ? read(n.vBias) : undefined,
+        qNorm: n.qNorm ? read(n.qNorm) : undefined, kNorm: n.kNorm ? read(n.kNorm) : undefined,
         router: read(n.router),
       })),
     });

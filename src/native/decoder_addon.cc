@@ -63,6 +63,10 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
   m.max_pos = int_of(s, "maxPositions");
   m.eps = (float)s.Get("eps").As<Napi::Number>().DoubleValue();
   m.norm_topk = s.Get("normTopk").ToBoolean();
+  const std::string qk = s.Has("qkNorm") ? s.Get("qkNorm").ToString().Utf8Value() : "none";
+  if (qk == "full") m.qk_norm = QkNorm::full;
+  else if (qk == "head") m.qk_norm = QkNorm::head;
+  else if (qk != "none") throw Napi::RangeError::New(env, "decoder spec: qkNorm is none, full or head, got " + qk);
   if (m.d < 1 || m.H < 1 || m.KV < 1 || m.H % m.KV || m.hd < 2 || m.hd % 2 || m.E < 1 || m.top_k < 1 || m.top_k > m.E)
     throw Napi::RangeError::New(env, "decoder spec: the shapes do not form a model");
   m.embed = f32_of(s, "embed", (size_t)m.V * m.d);
@@ -86,6 +90,11 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
     L.bq = f32_of(o, "qBias", qw, true);
     L.bk = f32_of(o, "kBias", kw, true);
     L.bv = f32_of(o, "vBias", kw, true);
+    if (m.qk_norm != QkNorm::none) {
+      const bool head = m.qk_norm == QkNorm::head;
+      L.q_norm = f32_of(o, "qNorm", head ? m.hd : qw);
+      L.k_norm = f32_of(o, "kNorm", head ? m.hd : kw);
+    }
     L.router = f32_of(o, "router", (size_t)m.E * m.d);
     m.layers.push_back(L);
   }

@@ -136,6 +136,14 @@ void step_layer(const DecoderModel& m, Step& s, int l, const float* moe) {
   linear(L.wq, L.bq, H * hd, d, h.data(), T, q.data(), s.threads);
   linear(L.wk, L.bk, kw, d, h.data(), T, k.data(), s.threads);
   linear(L.wv, L.bv, kw, d, h.data(), T, v.data(), s.threads);
+  // In place: rms_norm reads a row's values before it writes them.
+  if (m.qk_norm == QkNorm::full) {
+    rms_norm(q.data(), L.q_norm, T, H * hd, m.eps, q.data());
+    rms_norm(k.data(), L.k_norm, T, kw, m.eps, k.data());
+  } else if (m.qk_norm == QkNorm::head) {
+    rms_norm(q.data(), L.q_norm, T * H, hd, m.eps, q.data());
+    rms_norm(k.data(), L.k_norm, T * KV, hd, m.eps, k.data());
+  }
   const float scale = 1.0f / sqrtf((float)hd);
   for (const Segment& g : s.segs) {
     float* qg = &q[(size_t)g.first * H * hd];

@@ -1,8 +1,9 @@
 // decoder_cpu: a MoE transformer's forward step in native code, layer by layer, for a batch of
 // sequences. The TensorFlow.js model (src/model/transformer.ts) is the reference and the path for
 // every architecture; this one covers decoder layers of RMSNorm → GQA self-attention with rotary
-// positions (optional q/k/v biases) → RMSNorm → top-k router → routed SwiGLU experts, which is
-// Mixtral's layer. Why native: at the embedded model's size a decode step is ~100 small tensor ops
+// positions (optional q/k/v biases; optional query/key RMSNorms, over the whole projection as
+// OLMoE's or per head as Qwen3-MoE's) → RMSNorm → top-k router → routed SwiGLU experts, which is
+// Mixtral's layer and, with the norms, OLMoE's and Qwen3-MoE's. Why native: at the embedded model's size a decode step is ~100 small tensor ops
 // per layer, and their dispatch costs ten times the arithmetic.
 //
 // The routed experts are not computed here: a step stops after each layer's router, the caller
@@ -32,13 +33,19 @@ struct DecoderLayer {
   const float *input_norm, *post_norm;
   const float *wq, *wk, *wv, *wo;
   const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
+  // Query/key RMSNorms after the projections (and biases), before the rotation: [H·hd] and
+  // [KV·hd] over each token's whole projection (QkNorm::full), or [hd] over each head (::head).
+  const float *q_norm = nullptr, *k_norm = nullptr;
   const float* router;  // [E, d]
 };
+
+enum class QkNorm { none, full, head };
 
 struct DecoderModel {
   int d = 0, H = 0, KV = 0, hd = 0, V = 0, E = 0, top_k = 0, max_pos = 0;
   float eps = 1e-5f;
   bool norm_topk = true;
+  QkNorm qk_norm = QkNorm::none;
   const float* embed = nullptr;    // [V, d]
   const float* norm = nullptr;     // [d]
   const float* lm_head = nullptr;  // [V, d]
