@@ -93,7 +93,7 @@ bench-control: build
 # FUZZ_CASES (default 200000) and FUZZ_SEED (default fixed) choose the run; a failure prints the case
 # number, which `build/fuzz/fuzz_decode N SEED --case I [--dump DIR]` replays alone.
 FUZZ_BIN := build/fuzz/fuzz_decode
-FUZZ_SOURCES := test/fuzz/fuzz_decode.cc src/native/codec_cpu.cc src/native/stream_format.cc src/native/crc32c.cc
+FUZZ_SOURCES := test/fuzz/fuzz_decode.cc src/native/codec_cpu.cc src/native/codec_entropy.cc src/native/stream_format.cc src/native/crc32c.cc
 $(FUZZ_BIN): $(FUZZ_SOURCES) $(wildcard src/native/*.h) $(CUDA_HEADERS)
 	@mkdir -p build/fuzz
 	g++ -std=c++17 -O1 -g -fsanitize=address,undefined,float-cast-overflow -fno-sanitize-recover=all \
@@ -111,7 +111,7 @@ fuzz: $(FUZZ_BIN)
 # GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--small" or "--mib 64 --json out.json" (--help lists them).
 GPU_CHECK_ARGS ?=
 GPU_CHECK_CXXFLAGS := -std=c++17 -O2 -ffp-contract=off -fno-math-errno -Wall -Wno-psabi -Wno-unknown-pragmas
-GPU_CHECK_REFS := $(addprefix src/native/,codec_cpu.cc stream_format.cc crc32c.cc expert_cpu.cc expert_cpu_gfni.cc decoder_cpu.cc)
+GPU_CHECK_REFS := $(addprefix src/native/,codec_cpu.cc codec_entropy.cc stream_format.cc crc32c.cc expert_cpu.cc expert_cpu_gfni.cc decoder_cpu.cc)
 GPU_CHECK_COMMON := $(filter-out gpu-check/target_%.cc,$(wildcard gpu-check/*.cc)) $(GPU_CHECK_REFS)
 GPU_CHECK_HEADERS := $(wildcard gpu-check/*.h src/native/*.h) $(CUDA_HEADERS)
 GPU_CHECK_EMU_OBJS := $(patsubst %.cc,build/gpu-check-emulated.obj/%.o,$(GPU_CHECK_COMMON) gpu-check/target_emulated.cc src/native/emulated_expert.cc)

@@ -11,6 +11,7 @@
       "sources": [
         "src/native/addon.cc",
         "src/native/codec_cpu.cc",
+        "src/native/codec_entropy.cc",
         "src/native/crc32c.cc",
         "src/native/decode_stream.cc",
         "src/native/cuda_bridge.cc",

@@ -17,7 +17,7 @@ import {
 } from '../src/codec/index.js';
 import { f32ToBf16Bits, f32ToF16Bits } from '../src/codec/halfs.js';
 import { gaussian } from './codec/data.js';
-import { damage, dv, FORMAT_CODES, forged, forgery, layout, rng, split } from './fuzz/mutate.js';
+import { damage, dv, entropyLayout, FORMAT_CODES, forged, forgery, layout, rng, split } from './fuzz/mutate.js';
 
 /** Runs fn, which must throw a CodecError with a FORMAT.md code (one of `codes`, when given). */
 function refusal(fn: () => unknown, what: string, codes?: readonly string[]): CodecError {
@@ -90,9 +90,13 @@ describe('decompress on damaged streams', function () {
       assert.match(e.message, /EBSC/);
     });
 
-    it('answers BAD_VERSION for format version 2', function () {
-      const e = refusal(() => decompress(forged(single, (_, v) => v.setUint16(4, 2, true))), 'version 2', ['BAD_VERSION']);
-      assert.match(e.message, /version 2/);
+    it('answers BAD_VERSION for format version 3', function () {
+      const e = refusal(() => decompress(forged(single, (_, v) => v.setUint16(4, 3, true))), 'version 3', ['BAD_VERSION']);
+      assert.match(e.message, /version 3/);
+    });
+
+    it('reads a fixed-length stream stamped version 2 as version 1 (mode 0 means the same layout)', function () {
+      assert.deepEqual(decompress(forged(single, (_, v) => v.setUint16(4, 2, true))), decompress(single));
     });
 
     it('answers CHECKSUM naming rung 0 for a flipped byte of its bit-planes', function () {
@@ -276,6 +280,115 @@ describe('decompress on damaged streams', function () {
       const out = (await decompressAsync(compress(x, { bound: 1e-3 }))) as Float32Array;
       assert.equal(out.length, 1000);
       assert.ok(Number.isNaN(out[999]) && out[17] === Infinity);
+    });
+  });
+
+  describe('entropy-coded (version 2) streams', function () {
+    const ESEEDS: { name: string; stream: Buffer }[] = [];
+    for (const dtype of ['f32', 'bf16'] as DType[]) {
+      for (const n of [0, 1, 33, 200, 3000]) {
+        const x = asDtype(values(n, n + 3), dtype);
+        ESEEDS.push({ name: `${dtype} n=${n} 1 rung`, stream: compress(x, { bound: 1e-3, dtype, coder: 'entropy' }) });
+        ESEEDS.push({ name: `${dtype} n=${n} 4 rungs`, stream: compressLadder(x, { bounds: ladderBounds(1e-3, 4), dtype, coder: 'entropy' }) });
+      }
+    }
+    // Two segments (70,001 values), and values wide enough that rung 0 keeps raw planes.
+    ESEEDS.push({ name: 'f32 n=70001 wide 1 rung', stream: compress(values(70_001, 9), { bound: 2e-5, coder: 'entropy' }) });
+    const one = ESEEDS.find((s) => s.name === 'f32 n=3000 1 rung')!.stream;
+    const two = ESEEDS[ESEEDS.length - 1].stream;
+    const lad = ESEEDS.find((s) => s.name === 'f32 n=3000 4 rungs')!.stream;
+
+    it('has seeds of every part: escapes, raw planes, refinement rungs, two segments', function () {
+      assert.ok(entropyLayout(one).escapes > 0 && entropyLayout(one).segWords[0] > 0);
+      assert.equal(entropyLayout(two).segments, 2);
+      assert.ok(two[entropyLayout(two).descAt] > 0, 'raw planes in rung 0');
+      assert.ok(entropyLayout(lad).rungBytes[3] > 0);
+      for (const s of ESEEDS) assert.equal(inspect(s.stream).mode, 'entropy', s.name);
+    });
+
+    it('answers TRUNCATED for every cut, whole or with the head split off', function () {
+      for (const s of [one, lad, ESEEDS[2].stream]) {
+        for (let at = 0; at < s.length; at += s.length > 4000 ? 7 : 1) {
+          for (const verify of [true, false]) refusal(() => decompress(s.subarray(0, at), { verify }), `cut at ${at}`, ['TRUNCATED']);
+        }
+        const { head, rungs } = split(s);
+        for (let at = 0; at < head.length; at++) refusal(() => decompressRungs(head.subarray(0, at), rungs), `head cut at ${at}`, ['TRUNCATED']);
+      }
+    });
+
+    it('names every forged descriptor, table and lane field, checksums recomputed or not checked', function () {
+      const l = entropyLayout(one);
+      const ll = entropyLayout(lad);
+      const cases: [string, Buffer, (b: Buffer, v: DataView) => void, string[]][] = [
+        ['version 1 with mode 1', one, (_, v) => v.setUint16(4, 1, true), ['BAD_MODE']],
+        ['mode 2', one, (b) => void (b[7] = 2), ['BAD_MODE']],
+        ['probability scale 11 bits', one, (b) => void (b[l.descAt + 1] = 11), ['BAD_TABLE']],
+        ['raw planes past plane 22', one, (b) => void (b[l.descAt] = 23), ['BAD_TABLE']],
+        ['257 symbols', one, (_, v) => v.setUint16(l.descAt + 2, 257, true), ['BAD_TABLE']],
+        ['one symbol fewer', one, (_, v) => v.setUint16(l.descAt + 2, l.symbols - 1, true), ['BAD_TABLE', 'BAD_RUNG']],
+        ['segment count + 1', one, (_, v) => v.setUint32(l.descAt + 4, l.segments + 1, true), ['BAD_TABLE']],
+        ['frequencies summing to 4097', one, (_, v) => v.setUint16(l.freqAt, v.getUint16(l.freqAt, true) + 1, true), ['BAD_TABLE']],
+        ['frequencies summing to 4095', one, (_, v) => v.setUint16(l.freqAt + 2 * (l.symbols - 1), v.getUint16(l.freqAt + 2 * (l.symbols - 1), true) - 1, true), ['BAD_TABLE']],
+        ['more words than values', one, (_, v) => v.setUint32(l.segTableAt, 3001, true), ['BAD_LANES']],
+        ['segment past the rung', one, (_, v) => v.setUint32(l.segTableAt, l.segWords[0] + 2, true), ['BAD_RUNG']],
+        ['a lane state below 2^16', one, (_, v) => v.setUint32(l.segAt[0] + 4 * 5, 0xffff, true), ['BAD_LANES']],
+        ['escape past the end', one, (_, v) => v.setUint32(l.entropyEscapesAt + 8 * (l.escapes - 1), 3000, true), ['BAD_ESCAPES']],
+        ['refinement rung a word short', lad, (_, v) => v.setBigUint64(64 + 3 * 24 + 16, BigInt(ll.rungBytes[3] - 4), true), ['BAD_LENGTH', 'BAD_RUNG']],
+      ];
+      for (const [what, seed, edit, codes] of cases) {
+        refusal(() => decompress(forged(seed, edit)), `${what}, CRCs recomputed`, codes);
+        refusal(() => decompress(forged(seed, edit, false), { verify: false }), `${what}, verify false`, codes);
+      }
+    });
+
+    it('answers BAD_LANES when lane words or the frequency table are changed and the checksums recomputed', function () {
+      const l = entropyLayout(one);
+      const r = rng(31);
+      for (let i = 0; i < 200; i++) {
+        const at = l.segAt[0] + 128 + 2 * r.below(l.segWords[0]);
+        const flip = 1 << r.below(16);
+        const b = forged(one, (_, v) => v.setUint16(at, v.getUint16(at, true) ^ flip, true));
+        refusal(() => decompress(b), `word at ${at} ^ ${flip}`, ['BAD_LANES']);
+      }
+      // Two frequencies swapped: still a valid table, but not the one the lanes were coded with.
+      const swapped = forged(one, (_, v) => {
+        const a = v.getUint16(l.freqAt + 2 * 10, true);
+        v.setUint16(l.freqAt + 2 * 10, v.getUint16(l.freqAt + 2 * 40, true), true);
+        v.setUint16(l.freqAt + 2 * 40, a, true);
+      });
+      refusal(() => decompress(swapped), 'frequencies 10 and 40 swapped', ['BAD_LANES']);
+      // A segment that says fewer words than its lanes read: they stop at its end, never past it.
+      const even = l.segWords[0] - (l.segWords[0] % 2);
+      const short = forged(one, (_, v) => v.setUint32(l.segTableAt, even - 2, true));
+      refusal(() => decompress(short), 'two words fewer', ['BAD_LANES', 'BAD_RUNG', 'BAD_PADDING']);
+    });
+
+    it('refuses 2000 blindly damaged streams when verifying, and never crashes when not', function () {
+      const r = rng(16016);
+      let refusedUnverified = 0;
+      for (let i = 0; i < 2000; i++) {
+        const seed = ESEEDS[r.below(ESEEDS.length)];
+        const d = damage(seed.stream, r);
+        const what = `case ${i} (${seed.name}): ${d.what}`;
+        if (d.bytes.equals(seed.stream)) continue;
+        refusal(() => decompress(d.bytes), what);
+        if (decodesOrRefuses(() => decompress(d.bytes, { verify: false, outDtype: i % 2 ? 'f32' : 'bf16', rung: -1 }), what)) refusedUnverified++;
+        decodesOrRefuses(() => inspect(d.bytes, { verify: false }), `${what} (inspect)`);
+      }
+      assert.ok(refusedUnverified > 1000, `${refusedUnverified} refused without checksums`);
+    });
+
+    it('refuses damaged v2 streams decoded on worker threads with a CodecError', async function () {
+      const r = rng(1616);
+      for (let i = 0; i < 100; i++) {
+        const seed = ESEEDS[r.below(ESEEDS.length)];
+        const d = damage(seed.stream, r);
+        if (d.bytes.equals(seed.stream)) continue;
+        await assert.rejects(decompressAsync(d.bytes), (e: unknown) => {
+          assert.ok(e instanceof CodecError && FORMAT_CODES.has(e.code), `case ${i}: ${d.what}: ${String(e)}`);
+          return true;
+        });
+      }
     });
   });
 

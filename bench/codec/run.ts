@@ -134,7 +134,7 @@ interface LadderRung {
 interface Row {
   dtype: DType;
   bound: number;
-  codec: 'ebserve' | 'ebserve-ladder4' | 'zfp';
+  codec: 'ebserve' | 'ebserve-ladder4' | 'ebserve-entropy' | 'ebserve-entropy-ladder4' | 'zfp';
   ratio: number;
   compress_gbps_1t: number;
   decompress_gbps_1t: number;
@@ -304,6 +304,52 @@ function main(): void {
           '(finest rung); ladder_overhead: bytes up to each rung vs a direct stream at that bound' +
           (src.dtype === 'bf16' ? '; decoded to bf16 (bound eb + ulp(out)/2)' : ''),
       });
+
+      // ebserve-entropy: the same quantized values through the entropy coder (32-lane rANS), one
+      // rung and a 4-rung ladder whose overhead is against direct entropy-coded streams.
+      for (const rungsOf of [1, LADDER_RUNGS]) {
+        const codec = rungsOf === 1 ? 'ebserve-entropy' : 'ebserve-entropy-ladder4';
+        log(`${tag} ${codec}`);
+        const bs = ladderBounds(bound, rungsOf);
+        const ent = timeCodec(src, (threads) => compressLadder(src.values, { dtype: src.dtype, bounds: bs, threads, coder: 'entropy' }), out);
+        const einfo = inspect(ent.stream);
+        const eover: LadderRung[] = bs.map((b, k) => {
+          const direct = k === bs.length - 1 && rungsOf === 1
+            ? ent.stream.length
+            : compress(src.values, { dtype: src.dtype, bound: b, threads: 2, coder: 'entropy' }).length;
+          const err = decodeError(src, ent.stream, out, wide, b, k);
+          if (err.violations) log(`  BOUND BROKEN at rung ${k} (${b}): ${err.violations} values`);
+          return {
+            bound: b,
+            bytes_ratio_vs_direct: einfo.rungs[k].cumulativeBytes / direct,
+            cumulative_bytes: einfo.rungs[k].cumulativeBytes,
+            direct_bytes: direct,
+            max_abs_error: err.max,
+            within_bound: err.violations === 0,
+          };
+        });
+        rows.push({
+          dtype: src.dtype,
+          bound,
+          codec,
+          ratio: src.bytes / ent.stream.length,
+          compress_gbps_1t: ent.compress_gbps_1t,
+          decompress_gbps_1t: ent.decompress_gbps_1t,
+          compress_gbps_2t: ent.compress_gbps_2t,
+          decompress_gbps_2t: ent.decompress_gbps_2t,
+          max_abs_error: eover[eover.length - 1].max_abs_error,
+          within_bound: eover.every((o) => o.within_bound),
+          memcpy_gbps: 0,
+          entropy_ratio: entropy,
+          compressed_bytes: ent.stream.length,
+          ...(rungsOf > 1 ? { ladder_overhead: eover } : {}),
+          note:
+            `entropy coder (mode 1, FORMAT.md v2): 32-lane interleaved rANS, CPU decode (${native.info().simd}); ` +
+            `${einfo.symbolStats!.symbols} symbols, ${einfo.symbolStats!.rawPlanes} raw planes in rung 0` +
+            (rungsOf > 1 ? `; rungs ${bs.map((b) => b.toExponential(0)).join(', ')}, ladder_overhead vs direct entropy streams` : '') +
+            (src.dtype === 'bf16' ? '; decoded to bf16 (bound eb + ulp(out)/2)' : ''),
+        });
+      }
 
       // zfp: fixed accuracy, tolerance = bound, on f32 values.
       log(`${tag} zfp (1 thread, then 2 OpenMP threads)`);

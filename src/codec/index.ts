@@ -16,9 +16,11 @@ import { ladderCuts } from './ladder.js';
 import { native } from './native.js';
 import {
   BOUND_MODES,
+  CODERS,
   DTYPES,
   dtypeBytes,
   type BoundMode,
+  type Coder,
   type CompressOptions,
   type DecompressOptions,
   type DType,
@@ -35,30 +37,30 @@ const ASYNC_THREADS = 0; // 0 = every core (the addon decides)
 
 /** Compresses `values` within `opts.bound` into a one-rung stream. */
 export function compress(values: Values, opts: CompressOptions): Buffer {
-  const a = compressArgs(values, opts.dtype, opts.bound, opts.boundMode, [0]);
-  return codecCall(() => native.compressSync(values, a.dtype, opts.bound, a.mode, a.cuts, opts.threads ?? 1));
+  const a = compressArgs(values, opts.dtype, opts.bound, opts.boundMode, [0], opts.coder);
+  return codecCall(() => native.compressSync(values, a.dtype, opts.bound, a.mode, a.cuts, opts.threads ?? 1, a.coder));
 }
 
 /** As `compress`, on worker threads. */
 export function compressAsync(values: Values, opts: CompressOptions): Promise<Buffer> {
-  const a = compressArgs(values, opts.dtype, opts.bound, opts.boundMode, [0]);
-  return codecAwait(native.compressAsync(values, a.dtype, opts.bound, a.mode, a.cuts, opts.threads ?? ASYNC_THREADS));
+  const a = compressArgs(values, opts.dtype, opts.bound, opts.boundMode, [0], opts.coder);
+  return codecAwait(native.compressAsync(values, a.dtype, opts.bound, a.mode, a.cuts, opts.threads ?? ASYNC_THREADS, a.coder));
 }
 
 /** Compresses `values` as a precision ladder: rungs 0..k decode within opts.bounds[k]. */
 export function compressLadder(values: Values, opts: LadderOptions): Buffer {
   const cuts = ladderCuts(opts.bounds);
   const finest = opts.bounds[opts.bounds.length - 1];
-  const a = compressArgs(values, opts.dtype, finest, opts.boundMode, cuts);
-  return codecCall(() => native.compressSync(values, a.dtype, finest, a.mode, a.cuts, opts.threads ?? 1));
+  const a = compressArgs(values, opts.dtype, finest, opts.boundMode, cuts, opts.coder);
+  return codecCall(() => native.compressSync(values, a.dtype, finest, a.mode, a.cuts, opts.threads ?? 1, a.coder));
 }
 
 /** As `compressLadder`, on worker threads. */
 export function compressLadderAsync(values: Values, opts: LadderOptions): Promise<Buffer> {
   const cuts = ladderCuts(opts.bounds);
   const finest = opts.bounds[opts.bounds.length - 1];
-  const a = compressArgs(values, opts.dtype, finest, opts.boundMode, cuts);
-  return codecAwait(native.compressAsync(values, a.dtype, finest, a.mode, a.cuts, opts.threads ?? ASYNC_THREADS));
+  const a = compressArgs(values, opts.dtype, finest, opts.boundMode, cuts, opts.coder);
+  return codecAwait(native.compressAsync(values, a.dtype, finest, a.mode, a.cuts, opts.threads ?? ASYNC_THREADS, a.coder));
 }
 
 /** Decodes a whole stream (every rung, or rungs 0..opts.rung). */
@@ -153,7 +155,7 @@ export function inspect(stream: Uint8Array, opts: { verify?: boolean; rungs?: Ui
   return {
     version: raw.version,
     dtype: DTYPES[raw.dtype],
-    mode: 'fixed',
+    mode: CODERS[raw.mode],
     count: raw.count,
     eb: raw.eb,
     boundMode: BOUND_MODES[raw.boundMode],
@@ -166,6 +168,7 @@ export function inspect(stream: Uint8Array, opts: { verify?: boolean; rungs?: Ui
     availableRungs: raw.availableRungs,
     rungs: raw.rungs.map((r) => ({ ...r, cumulativeBytes: (cumulative += r.bytes) })),
     rateHistogram: raw.rateHistogram,
+    ...(raw.symbolStats ? { symbolStats: raw.symbolStats } : {}),
   };
 }
 
@@ -174,7 +177,7 @@ export function quantizedEntropyBits(values: Values, dtype: DType, eb: number): 
   return codecCall(() => native.entropyBits(values, DTYPES.indexOf(dtype), eb));
 }
 
-function compressArgs(values: Values, dtype: DType | undefined, bound: number, mode: BoundMode | undefined, cuts: number[]) {
+function compressArgs(values: Values, dtype: DType | undefined, bound: number, mode: BoundMode | undefined, cuts: number[], coder: Coder | undefined) {
   const d = dtype ?? (values instanceof Uint16Array ? undefined : 'f32');
   if (d === undefined) throw new CodecError('BAD_DTYPE', 'a Uint16Array holds f16 or bf16 bits: say which with dtype');
   if (!DTYPES.includes(d)) throw new CodecError('BAD_DTYPE', `dtype must be one of ${DTYPES.join(', ')}, got ${String(d)}`);
@@ -189,7 +192,9 @@ function compressArgs(values: Values, dtype: DType | undefined, bound: number, m
   if (typeof bound !== 'number' || !(bound > 0) || !Number.isFinite(bound)) {
     throw new CodecError('BAD_BOUND', `error bound must be a positive finite number, got ${String(bound)}`);
   }
-  return { dtype: DTYPES.indexOf(d), mode: BOUND_MODES.indexOf(m), cuts };
+  const c = coder ?? 'fixed';
+  if (!CODERS.includes(c)) throw new CodecError('BAD_MODE', `coder must be one of ${CODERS.join(', ')}, got ${String(c)}`);
+  return { dtype: DTYPES.indexOf(d), mode: BOUND_MODES.indexOf(m), cuts, coder: CODERS.indexOf(c) };
 }
 
 function decompressArgs(opts: DecompressOptions) {

@@ -7,8 +7,9 @@ type Bytes = ArrayBufferView | ArrayBuffer;
 
 /** The addon's raw functions; src/codec/index.ts wraps them in the typed API. */
 export interface NativeCodec {
-  compressSync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number): Buffer;
-  compressAsync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number): Promise<Buffer>;
+  /** coder: 0 fixed (default), 1 entropy. */
+  compressSync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number, coder?: number): Buffer;
+  compressAsync(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[], threads: number, coder?: number): Promise<Buffer>;
   decompressSync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Bytes;
   decompressAsync(head: Bytes, rungs: Bytes[] | null, k: number, outDtype: number, out: Bytes | null, verify: boolean, threads: number): Promise<Bytes>;
   /** The decode stream (src/native/decode_stream.h): decodes every rung of each part, starting no earlier than delayMs from now. */
@@ -113,7 +114,6 @@ export interface RawFusedMatrix {
   readonly k: number;
 }
 
-/** A matrix the native engine multiplies with: dense f32 ([rows, cols] row-major) or fused. */
 /** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), or a fused one. */
 export type RawMatrix = Float32Array | Uint16Array | RawFusedMatrix;
 
@@ -140,6 +140,7 @@ export interface RawInfo {
   availableRungs: number;
   rungs: { droppedPlanes: number; bound: number; offset: number; bytes: number; crc32c: number }[];
   rateHistogram: number[];
+  symbolStats?: import('./types.js').SymbolStats;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "codec_cpu.h"
+#include "codec_entropy.h"
 #include "crc32c.h"
 #include "cuda_bridge.h"
 #include "decode_stream.h"
@@ -49,8 +50,10 @@ struct DecompressArgs {
   int threads = 1;
 
   eb::StreamView parse() const {
-    return split ? eb::parse_parts(head.data, head.len, rung.data(), rung_len.data(), (int)rung.size(), verify, threads)
-                 : eb::parse_stream(head.data, head.len, verify, threads);
+    // The CPU decoder reads either coder.
+    return split ? eb::parse_parts(head.data, head.len, rung.data(), rung_len.data(), (int)rung.size(), verify, threads,
+                                   eb::Readable::AnyCoder)
+                 : eb::parse_stream(head.data, head.len, verify, threads, eb::Readable::AnyCoder);
   }
 };
 
@@ -81,6 +84,18 @@ DecompressArgs decompress_args(const Napi::CallbackInfo& info) {
   return a;
 }
 
+// compress*'s 7th argument: the coder (0 fixed, 1 entropy; default fixed).
+CompressArgs compress_args_with_coder(const Napi::CallbackInfo& info) {
+  CompressArgs a = compress_args(info);
+  if (info.Length() > 6 && !info[6].IsUndefined()) {
+    int coder = info[6].As<Napi::Number>().Int32Value();
+    if (coder != eb::kModeFixed && coder != eb::kModeEntropy)
+      throw CodecError("BAD_MODE", "coder " + std::to_string(coder) + " (expected 0 fixed or 1 entropy)");
+    a.p.coder = (uint8_t)coder;
+  }
+  return a;
+}
+
 // Decodes into a.out (which must be big enough) and returns the rung decoded.
 int run_decode(const DecompressArgs& a, const eb::StreamView& s, uint8_t* out, size_t out_len) {
   int k = a.k < 0 ? s.available - 1 : a.k;
@@ -94,7 +109,7 @@ int run_decode(const DecompressArgs& a, const eb::StreamView& s, uint8_t* out, s
 Napi::Value CompressSync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
-    CompressArgs a = compress_args(info);
+    CompressArgs a = compress_args_with_coder(info);
     return to_buffer(env, eb::encode(a.in.data, a.n, a.p));
   } catch (const CodecError& e) {
     throw codec_error(env, e);
@@ -117,7 +132,7 @@ class CompressWorker : public Worker {
 Napi::Value CompressAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
-    auto* w = new CompressWorker(env, info, compress_args(info));
+    auto* w = new CompressWorker(env, info, compress_args_with_coder(info));
     Napi::Promise p = w->promise();
     w->Queue();
     return p;
@@ -198,7 +213,7 @@ Napi::Value Inspect(const Napi::CallbackInfo& info) {
     eb::StreamView s = a.parse();
     const eb::Header& h = s.h;
     Napi::Object o = Napi::Object::New(env);
-    o.Set("version", eb::kVersion);
+    o.Set("version", (int)h.version);
     o.Set("dtype", (int)h.dtype);
     o.Set("mode", (int)h.mode);
     o.Set("count", (double)h.count);
@@ -220,11 +235,29 @@ Napi::Value Inspect(const Napi::CallbackInfo& info) {
       rungs.Set(j, r);
     }
     o.Set("rungs", rungs);
-    std::vector<double> hist(EB_MAX_RATE + 1, 0);
-    for (uint64_t b = 0; b < h.blocks(); b++) hist[s.rates[b]]++;
-    Napi::Array ha = Napi::Array::New(env, hist.size());
-    for (size_t r = 0; r < hist.size(); r++) ha.Set(r, hist[r]);
-    o.Set("rateHistogram", ha);
+    if (h.mode == eb::kModeEntropy) {
+      // The symbols' statistics: the frequency table the lanes code with, and where rung 0's bytes go.
+      eb::EntropyStats st = eb::entropy_stats(s);
+      Napi::Object sy = Napi::Object::New(env);
+      sy.Set("symbols", st.symbols);
+      sy.Set("rawPlanes", st.raw_planes);
+      sy.Set("codedShift", st.coded_shift);
+      sy.Set("tableBits", st.table_bits);
+      sy.Set("codedBytes", st.coded_bytes);
+      sy.Set("rawBytes", st.raw_bytes);
+      sy.Set("tableBytes", st.table_bytes);
+      Napi::Array fa = Napi::Array::New(env, st.symbols);
+      for (int y = 0; y < st.symbols; y++) fa.Set(y, (int)s.entropy.freq[y]);
+      sy.Set("frequencies", fa);
+      o.Set("symbolStats", sy);
+      o.Set("rateHistogram", Napi::Array::New(env, 0));
+    } else {
+      std::vector<double> hist(EB_MAX_RATE + 1, 0);
+      for (uint64_t b = 0; b < h.blocks(); b++) hist[s.rates[b]]++;
+      Napi::Array ha = Napi::Array::New(env, hist.size());
+      for (size_t r = 0; r < hist.size(); r++) ha.Set(r, hist[r]);
+      o.Set("rateHistogram", ha);
+    }
     return o;
   } catch (const CodecError& e) {
     throw codec_error(env, e);

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <utility>
 
+#include "codec_entropy.h"
+#include "codec_values.h"
 #include "crc32c.h"
 #include "parallel.h"
 
@@ -30,33 +32,6 @@ inline uint32_t load_u32(const uint8_t* p) {
   return v;
 }
 inline void store_u32(uint8_t* p, uint32_t v) { memcpy(p, &v, 4); }
-
-// Values [start, start + n) of the input, as f32 (f16 and bf16 convert exactly); when n < 32 the
-// rest of the block is zero-filled (the padding FORMAT.md describes).
-inline void load_block(const void* in, DType dt, uint64_t start, int n, float* x) {
-  for (int i = n; i < EB_BLOCK; i++) x[i] = 0.0f;
-  if (dt == DType::F32) {
-    memcpy(x, static_cast<const float*>(in) + start, sizeof(float) * n);
-  } else {
-    const uint16_t* h = static_cast<const uint16_t*>(in) + start;
-    if (dt == DType::BF16)
-      for (int i = 0; i < n; i++) x[i] = eb_bf16_to_f32(h[i]);
-    else
-      for (int i = 0; i < n; i++) x[i] = eb_f16_to_f32(h[i]);
-  }
-}
-
-inline void store_values(const float* v, int n, DType dt, void* out, uint64_t start) {
-  if (dt == DType::F32) {
-    memcpy(static_cast<float*>(out) + start, v, sizeof(float) * n);
-  } else {
-    uint16_t* o = static_cast<uint16_t*>(out) + start;
-    if (dt == DType::BF16)
-      for (int i = 0; i < n; i++) o[i] = eb_f32_to_bf16(v[i]);
-    else
-      for (int i = 0; i < n; i++) o[i] = eb_f32_to_f16(v[i]);
-  }
-}
 
 struct Quantizer {
   float inv2eb, ebf;
@@ -143,18 +118,7 @@ EB_CLONES void decode_chunk(const StreamView& s, int k, DType dt, void* out, uin
     }
   }
   // Escapes of this chunk's values: exact, whatever the rung.
-  uint64_t lo = b0 * EB_BLOCK, hi = b1 * EB_BLOCK;
-  uint64_t a = 0, z = h.escapes;
-  while (a < z) {
-    uint64_t mid = (a + z) / 2;
-    if (load_u32(s.escapes + 8 * mid) < lo) a = mid + 1; else z = mid;
-  }
-  for (uint64_t e = a; e < h.escapes; e++) {
-    uint32_t idx = load_u32(s.escapes + 8 * e);
-    if (idx >= hi) break;
-    float f = eb_u2f(load_u32(s.escapes + 8 * e + 4));
-    store_values(&f, 1, dt, out, idx);
-  }
+  patch_escapes(s.escapes, h.escapes, b0 * EB_BLOCK, b1 * EB_BLOCK, dt, out);
 }
 
 struct Moments {
@@ -241,6 +205,8 @@ std::vector<uint8_t> encode(const void* in, size_t n, const EncodeParams& p) {
   h.bound_param = p.bound;
   std::copy(p.cut.begin(), p.cut.end(), h.cut);
   h.eb = resolve_bound(in, n, p);
+  if (p.coder == kModeEntropy) return encode_entropy(in, n, p, h);
+  if (p.coder != kModeFixed) throw CodecError("BAD_MODE", "coder " + std::to_string(p.coder) + " (0 fixed, 1 entropy)");
   Quantizer q = make_quantizer(h.eb, h.cut, R);
 
   uint64_t nb = h.blocks();
@@ -306,6 +272,7 @@ void decode(const StreamView& s, int k, DType out_dtype, void* out, int threads)
   if (k < 0 || k >= s.available)
     throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " +
                                       std::to_string(s.available) + " rungs");
+  if (s.h.mode == kModeEntropy) return decode_entropy(s, k, out_dtype, out, threads);
   int chunks = (int)((s.h.blocks() + kChunkBlocks - 1) / kChunkBlocks);
   parallel_for(chunks, threads, [&](int c) { decode_chunk(s, k, out_dtype, out, (uint64_t)c); });
 }

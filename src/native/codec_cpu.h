@@ -17,6 +17,7 @@ struct EncodeParams {
   BoundMode mode = BoundMode::Abs;
   std::vector<uint8_t> cut = {0};      // planes each rung leaves out, coarse to fine, last 0
   int threads = 1;
+  uint8_t coder = kModeFixed;          // kModeFixed (bit-planes) or kModeEntropy (rANS lanes)
 };
 
 // The absolute bound `eb` a tensor gets under `p` (an f32 value; FORMAT.md, "Bound modes").
@@ -26,7 +27,10 @@ double resolve_bound(const void* in, size_t n, const EncodeParams& p);
 // Compresses n values of p.dtype at `in` into a stream.
 std::vector<uint8_t> encode(const void* in, size_t n, const EncodeParams& p);
 
-// Decodes rungs 0..k of a validated stream into `out` (n values of out_dtype).
+// Decodes rungs 0..k of a validated stream into `out` (n values of out_dtype), either coder.
+// An entropy-coded stream whose lanes do not end where its encoder started them (damage the
+// checksums did not see, or were not asked to) throws CodecError BAD_LANES; `out` is then
+// unspecified.
 void decode(const StreamView& s, int k, DType out_dtype, void* out, int threads);
 
 // Entropy in bits per value of the quantized symbols q = rint(x / 2eb) (the limit any coder of

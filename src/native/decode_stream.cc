@@ -161,7 +161,8 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
       if (!rungs.IsArray()) throw Napi::TypeError::New(env, "part " + std::to_string(i) + ": rungs must be an array");
       Bytes h = bytes_of(head, "head");
       job->keep.push_back(Napi::Persistent(head.As<Napi::Object>()));
-      StreamView s = parse_split_stream(h, rungs.As<Napi::Array>(), false, job->keep);
+      // The CPU decoder reads either coder (fixed-length or entropy-coded rungs).
+      StreamView s = parse_split_stream(h, rungs.As<Napi::Array>(), false, job->keep, Readable::AnyCoder);
       if (s.available < 1) throw CodecError("BAD_RUNGS", "part " + std::to_string(i) + " has no rung to decode");
       // The caller's buffer when it gives one (a recycled expert's, so a miss allocates nothing).
       Napi::Float32Array out;

@@ -81,7 +81,8 @@ inline CompressArgs compress_args(const Napi::CallbackInfo& info) {
 
 // A stream given as its head and an array of rungs (the offload store's split form), validated;
 // every rung is referenced in `keep` so its memory outlives the StreamView that points into it.
-inline StreamView parse_split_stream(const Bytes& head, const Napi::Array& rungs, bool verify, std::vector<Napi::ObjectReference>& keep) {
+inline StreamView parse_split_stream(const Bytes& head, const Napi::Array& rungs, bool verify, std::vector<Napi::ObjectReference>& keep,
+                                     Readable readable = Readable::FixedOnly) {
   std::vector<const uint8_t*> rung;
   std::vector<size_t> len;
   for (uint32_t i = 0; i < rungs.Length(); i++) {
@@ -90,7 +91,7 @@ inline StreamView parse_split_stream(const Bytes& head, const Napi::Array& rungs
     len.push_back(b.len);
     keep.push_back(Napi::Persistent(rungs.Get(i).As<Napi::Object>()));
   }
-  return parse_parts(head.data, head.len, rung.data(), len.data(), (int)rung.size(), verify);
+  return parse_parts(head.data, head.len, rung.data(), len.data(), (int)rung.size(), verify, 1, readable);
 }
 
 // Hands a vector to JS without a copy.

@@ -217,7 +217,8 @@ export function forgery(s: Uint8Array, r: Rng): Forgery {
   const forgeries: (() => Forgery)[] = [
     () => ({ what: 'magic', codes: ['BAD_MAGIC'], mayDecode: false, edit: (b) => void (b[r.below(4)] ^= r.int(1, 255)) }),
     () => {
-      const ver = pick([0, 2, 3, 0x100, 0xffff]);
+      // Version 2 reads a fixed-length (mode 0) stream the same as version 1: not a forgery.
+      const ver = pick([0, 3, 4, 0x100, 0xffff]);
       return { what: `version ${ver}`, codes: ['BAD_VERSION'], mayDecode: false, edit: (_, v) => v.setUint16(4, ver, true) };
     },
     () => {
@@ -306,4 +307,40 @@ export function forgery(s: Uint8Array, r: Rng): Forgery {
     },
   ];
   return pick(forgeries)();
+}
+
+/** Where an entropy-coded (version 2, mode 1) stream's rung-0 parts are (FORMAT.md, "Entropy-coded rungs"). */
+export interface EntropyLayout extends Layout {
+  /** Rung 0's descriptor: raw planes, scale bits, symbol count, segment count. */
+  descAt: number;
+  symbols: number;
+  segments: number;
+  freqAt: number;
+  /** The escapes and the segment table (u32 words per segment), then each segment's states. */
+  entropyEscapesAt: number;
+  segTableAt: number;
+  segAt: number[];
+  segWords: number[];
+  rawAt: number;
+}
+
+export function entropyLayout(s: Uint8Array): EntropyLayout {
+  const l = layout(s);
+  const v = dv(s);
+  const descAt = l.rungAt[0];
+  const symbols = v.getUint16(descAt + 2, true);
+  const segments = v.getUint32(descAt + 4, true);
+  const freqAt = descAt + 8;
+  const entropyEscapesAt = freqAt + Math.ceil((2 * symbols) / 4) * 4;
+  const segTableAt = entropyEscapesAt + 8 * l.escapes;
+  const segAt: number[] = [];
+  const segWords: number[] = [];
+  let at = segTableAt + 4 * segments;
+  for (let g = 0; g < segments; g++) {
+    const w = v.getUint32(segTableAt + 4 * g, true);
+    segAt.push(at);
+    segWords.push(w);
+    at += 128 + Math.ceil((2 * w) / 4) * 4;
+  }
+  return { ...l, descAt, symbols, segments, freqAt, entropyEscapesAt, segTableAt, segAt, segWords, rawAt: at };
 }
