@@ -94,6 +94,26 @@ describe('the fused path against the decoder', function () {
     await assert.rejects(nativeExpertLayer(() => ({ gate: new Uint16Array(40 * 72), up: new Uint16Array(40 * 72), down: new Uint16Array(72 * 40) }), 72, 40, gaussian(72, 1, 1), Int32Array.from([0]), Float32Array.from([1]), 1), /whole 32-value blocks/);
   });
 
+  it('holds a bf16 checkpoint\'s dense experts as bf16 bits (half the bytes, the same products) and any other as f32', async function () {
+    const [d, ff] = [64, 96];
+    const f32 = randomExperts(1, 1, d, ff, 8)[0][0];
+    const asBf16 = { gate: bf16ToF32(f32ToBf16(f32.gate)), up: bf16ToF32(f32ToBf16(f32.up)), down: bf16ToF32(f32ToBf16(f32.down)) };
+    const c = { hiddenSize: d, expertFfnSize: ff, numLayers: 1, numExperts: 1 };
+    const fromBf16 = CpuExpertEngine.fromReader(c, () => asBf16);
+    const fromF32 = CpuExpertEngine.fromReader(c, () => f32);
+    assert.equal(fromBf16.expertBytes(), 3 * d * ff * 2);
+    assert.equal(fromF32.expertBytes(), 3 * d * ff * 4);
+    assert.ok(fromBf16.layer(0)[0].gate instanceof Uint16Array);
+    const T = 5;
+    const hidden = gaussian(T * d, 1, 9);
+    const ids = new Int32Array(T);
+    const weights = new Float32Array(T).fill(1);
+    const held = await fromBf16.compute(0, hidden, ids, weights, T);
+    const f32Engine = new CpuExpertEngine(d, ff, [[asBf16]]);
+    const want = await f32Engine.compute(0, hidden, ids, weights, T);
+    assert.ok(bits(held).equals(bits(want)), 'the bf16 bits multiply as their f32 values do');
+  });
+
   it('reads at least 2.5× fewer bytes than f32 weights at eb 1e-3 on N(0, 0.02) weights', function () {
     const [d, ff] = [256, 512];
     const engine = CpuExpertEngine.fromReader({ hiddenSize: d, expertFfnSize: ff, numLayers: 1, numExperts: 1 }, () => randomExperts(1, 1, d, ff, 5)[0][0], { bound: 1e-3 });

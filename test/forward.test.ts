@@ -25,7 +25,7 @@ const offloaded = (compute: 'cpu' | 'tfjs') => () =>
 
 runForwardConformance({ name: 'TensorFlow.js forward, resident tfjs experts (the reference)', load: reference, batchInvariant: true }, reference);
 runForwardConformance({ name: 'native forward, resident tfjs experts', load: () => loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm' }), batchInvariant: false }, reference);
-runForwardConformance({ name: 'native forward, CPU engine (dense f32)', load: () => loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: {} }), batchInvariant: true }, reference);
+runForwardConformance({ name: 'native forward, CPU engine (dense, the checkpoint\'s bf16 bits)', load: () => loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: {} }), batchInvariant: true }, reference);
 runForwardConformance({ name: 'native forward, CPU engine on one thread', load: () => loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: { threads: 1 } }), batchInvariant: true }, reference);
 runForwardConformance({ name: 'native forward, offload engine computing on the cache\'s f32 buffers', load: offloaded('cpu'), batchInvariant: true }, reference);
 runForwardConformance({ name: 'native forward, offload engine computing with TensorFlow.js', load: offloaded('tfjs'), batchInvariant: false }, reference);

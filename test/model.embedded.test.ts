@@ -115,7 +115,7 @@ describe('ebserve generate', function () {
       const out = await ebserve('generate', '--engine', 'cpu', ...extra, '--prompt', r.prompt, '--max-tokens', String(r.greedy_bytes.length));
       assert.equal(out.code, 0, out.stderr);
       assert.equal(out.stdout, Buffer.from(r.greedy_bytes).toString('utf8'), extra.join(' '));
-      assert.match(out.stderr, /engine cpu, experts (dense f32|compressed within 0\.0001), whole forward pass native/);
+      assert.match(out.stderr, /engine cpu, experts (dense bf16 \(the checkpoint's own values\)|compressed within 0\.0001), whole forward pass native/);
     }
     const misuse = await ebserve('generate', '--bound', '1e-3', '--prompt', 'a');
     assert.equal(misuse.code, 2);

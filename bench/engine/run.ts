@@ -2,7 +2,7 @@
  * `make bench-engine`: the expert engines on two workloads, in one run.
  *   embedded — the embedded model's greedy decode (8-token prompt, then DECODE_TOKENS tokens one
  *     forward each), best of REPS: (a) the TensorFlow.js model with its resident tfjs engine,
- *     (b) the CPU engine on decoded f32 weights (the whole forward in the addon), (c) the same,
+ *     (b) the CPU engine on the dense weights (the checkpoint's bf16 bits, widened in registers) (the whole forward in the addon), (c) the same,
  *     fused on compressed experts at eb 1e-3 and (d) 1e-2; with the time per token split into the
  *     routed experts' FFN and everything else.
  *   mixtral-expert — one decode token through the two active experts of a Mixtral-8x7B layer

@@ -6,6 +6,7 @@
 import type { BackendName } from '../model/backend.js';
 import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
 import type { GenerateOptions } from '../model/generate.js';
+import type { CpuExpertEngine } from '../offload/cpu-engine.js';
 import { UsageError, integer, numberIn, oneOf, parse } from './args.js';
 import { readInput } from './files.js';
 
@@ -67,7 +68,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
   try {
     process.stderr.write(`ebserve generate: ${dir} (${m.checkpoint.config.arch}), TensorFlow.js backend ${m.backend.name} (${m.backend.reason})\n`);
     if (engine === 'cpu') {
-      process.stderr.write(`ebserve generate: engine cpu, experts ${bound === undefined ? 'dense f32' : `compressed within ${bound}`}, ${m.model.nativeForward ? 'whole forward pass native' : 'dense layers on TensorFlow.js'}\n`);
+      process.stderr.write(`ebserve generate: engine cpu, experts ${bound === undefined ? (m.engine as CpuExpertEngine).describeForm() : `compressed within ${bound}`}, ${m.model.nativeForward ? 'whole forward pass native' : 'dense layers on TensorFlow.js'}\n`);
     }
     if (values.prompt !== undefined) {
       const g = await generate(m.model, m.tokenizer, prompts[0], { ...opts, onText: (t) => process.stdout.write(t) });

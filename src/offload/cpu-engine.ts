@@ -75,6 +75,22 @@ export function nativeExpertLayer(
   return native.expertLayerAsync(mats, slotExpert, weights, hidden, T, k, d, ff, threads);
 }
 
+/**
+ * The bf16 bits of `m` when every value is a bf16 value (its low 16 bits zero) and rows are whole
+ * 32-value blocks (what the bf16 product reads); `m` itself otherwise.
+ */
+export function bf16IfExact(m: Float32Array, cols: number): RawMatrix {
+  if (cols % 32 !== 0) return m;
+  const bits = new Uint32Array(m.buffer, m.byteOffset, m.length);
+  const out = new Uint16Array(m.length);
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i];
+    if (b & 0xffff) return m;
+    out[i] = b >>> 16;
+  }
+  return out;
+}
+
 /** A compressed matrix (a codec stream of rows × cols values, or its head and rungs) for the fused path at rung k (default: the last). */
 export function fusedMatrix(stream: Uint8Array, rows: number, cols: number, opts: { rungs?: Uint8Array[]; k?: number; verify?: boolean } = {}): RawFusedMatrix {
   return codecCall(() => native.fusedMatrix(stream, opts.rungs ?? null, opts.k ?? -1, rows, cols, opts.verify ?? true));
@@ -105,13 +121,13 @@ export interface CpuEngineStats {
 }
 
 export interface CpuEngineOptions extends NativeLayerOptions {
-  /** Keep experts compressed within this absolute bound and use the fused path; dense f32 when absent. */
+  /** Keep experts compressed within this absolute bound and use the fused path; dense when absent. */
   bound?: number;
   /** Where each forward step's TokenSample goes (all compute: every expert is resident, nothing waits). */
   telemetry?: TelemetrySink;
 }
 
-/** Every expert resident in host memory, dense f32 or compressed, computed by the addon. */
+/** Every expert resident in host memory, dense (f32 or bf16) or compressed, computed by the addon. */
 export class CpuExpertEngine implements ExpertEngine {
   readonly stats: CpuEngineStats = { calls: 0, seconds: 0, bytesRead: 0 };
   private stepStart = 0;
@@ -135,7 +151,11 @@ export class CpuExpertEngine implements ExpertEngine {
     this.stepStart = 0;
   }
 
-  /** Reads every expert of a model (dense f32, or compressed when opts.bound is set). */
+  /**
+   * Reads every expert of a model: compressed when opts.bound is set, else dense — as bf16 bits
+   * when every value of a matrix is one (a bf16 checkpoint's are), read by the bf16 product with
+   * the same results as from f32 at half the bytes a token reads, else f32.
+   */
   static fromReader(
     c: { hiddenSize: number; expertFfnSize: number; numLayers: number; numExperts: number },
     read: (layer: number, expert: number) => ExpertMatrices,
@@ -145,10 +165,17 @@ export class CpuExpertEngine implements ExpertEngine {
     const experts = Array.from({ length: c.numLayers }, (_, l) =>
       Array.from({ length: c.numExperts }, (_, e) => {
         const m = read(l, e);
-        return opts.bound === undefined ? { gate: m.gate, up: m.up, down: m.down } : compressedExpert(m, d, ff, opts.bound);
+        if (opts.bound !== undefined) return compressedExpert(m, d, ff, opts.bound);
+        return { gate: bf16IfExact(m.gate, d), up: bf16IfExact(m.up, d), down: bf16IfExact(m.down, ff) };
       }),
     );
     return new CpuExpertEngine(d, ff, experts, opts);
+  }
+
+  /** How the experts are held, for logs: 'dense f32', 'dense bf16' or 'compressed (fused)'. */
+  describeForm(): string {
+    const g = this.experts[0]?.[0]?.gate;
+    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : 'compressed (fused)';
   }
 
   /** Layer `l`'s experts, as the native forward takes them. */

@@ -25,6 +25,7 @@ import { checkSequence } from '../model/transformer.js';
 import type { Policy } from '../control/policy.js';
 import type { Profile } from '../control/profile.js';
 import { createOffload, deviceBudget, levelCount, uniformPlan, type Ladder, type Link, type OffloadExpertEngine, type TelemetryBus } from '../offload/index.js';
+import type { CpuExpertEngine } from '../offload/cpu-engine.js';
 import type { ExpertStore } from '../offload/store.js';
 import { ServedControl } from './served-control.js';
 import { native } from '../codec/native.js';
@@ -64,7 +65,7 @@ async function loadCpu(spec: ModelSpec, id: string, telemetry: TelemetryBus, log
   log(`ebserve serve: model ${id} (${spec.dir}): ${c.arch}, ${c.numLayers} layers × ${c.numExperts} experts (top-${c.topK}), d ${c.hiddenSize}, context ${c.maxPositions} tokens, ${c.tokenizer} tokenizer`);
   log(
     `ebserve serve: engine cpu: all ${c.numLayers * c.numExperts} experts in the addon, ` +
-      (spec.cpuBound === undefined ? 'dense f32' : `compressed within ${spec.cpuBound} (abs) and multiplied in place (fused decoder: ${native.info().fusedDecoder})`),
+      (spec.cpuBound === undefined ? (m.engine as CpuExpertEngine).describeForm() : `compressed within ${spec.cpuBound} (abs) and multiplied in place (fused decoder: ${native.info().fusedDecoder})`),
   );
   return m;
 }
@@ -139,7 +140,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   };
 
   const m = spec.engine === 'cpu' ? await loadCpu(spec, id, telemetry, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
-  if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? 'none (dense f32)' };
+  if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? `none (${(m.engine as CpuExpertEngine).describeForm()})` };
   const unsupported = nativeForwardUnsupported(m.checkpoint.config);
   details = { ...details, native_forward: Boolean(m.model.nativeForward) };
   log(`ebserve serve: forward ${m.model.nativeForward ? 'native (the addon, layer by layer; experts through the engine)' : `on TensorFlow.js ${m.backend.name} (${unsupported ?? 'asked for'})`}`);
