@@ -66,7 +66,7 @@ describe('the fused path against the decoder', function () {
       down: fusedMatrix(compress(m.down, { bound: 1e-3 }), d, ff),
     }));
     const dense = fused.map((m) => ({ gate: fusedMatrixValues(m.gate), up: fusedMatrixValues(m.up), down: fusedMatrixValues(m.down) }));
-    for (const T of [1, 2, 4, 5, 16]) {
+    for (const T of [1, 2, 3, 4, 5, 7, 16]) {
       const ids = Int32Array.from({ length: 2 * T }, (_, i) => i % 2);
       const weights = Float32Array.from({ length: 2 * T }, (_, i) => 0.3 + 0.1 * (i % 3));
       const hidden = gaussian(T * d, 1, T);

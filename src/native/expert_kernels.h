@@ -60,6 +60,16 @@ EB_AI uint32_t ek_u32(const uint8_t* p) {
   return v;
 }
 
+// a·b + c rounded once, lane by lane: one FMA instruction where the clone's target has FMA (the
+// build turns off contraction, which the codec's arithmetic needs; the products want FMA's
+// throughput, and every CPU path multiplies through here, so they agree bit for bit).
+EB_AI v16f ek_fma(v16f a, v16f b, v16f c) {
+  v16f r;
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; i++) r[i] = __builtin_fmaf(a[i], b[i], c[i]);
+  return r;
+}
+
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
 
@@ -71,6 +81,73 @@ EB_AI float ek_hsum(v16f a, v16f b) {
   v8f s8 = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15);
   v4f s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+// ek_hsum of P ≤ 8 pairs at once, out[j] = ek_hsum(a[j], b[j]) bit for bit: the same additions
+// (lane i with lane i + 8, then + 4, + 2, + 1), done on the pairs side by side — each level adds
+// two registers holding two pairs' halves — instead of one pair's lanes at a time. A decode-sized
+// row costs about as much to sum this way as its products.
+template <int P>
+EB_AI void ek_hsum8(const v16f* a, const v16f* b, float* out) {
+  v16f s[8];
+  for (int j = 0; j < 8; j++) s[j] = j < P ? a[j] + b[j] : v16f{};
+  v16f p[4], q[2];
+  for (int j = 0; j < 4; j++)  // [s8 of pair 2j | s8 of pair 2j + 1]
+    p[j] = __builtin_shufflevector(s[2 * j], s[2 * j + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           __builtin_shufflevector(s[2 * j], s[2 * j + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  for (int j = 0; j < 2; j++)  // [s4 of pairs 4j .. 4j + 3]
+    q[j] = __builtin_shufflevector(p[2 * j], p[2 * j + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           __builtin_shufflevector(p[2 * j], p[2 * j + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  // [s4[0] + s4[2], s4[1] + s4[3]] of every pair, then their sum.
+  v16f r = __builtin_shufflevector(q[0], q[1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           __builtin_shufflevector(q[0], q[1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+  v8f t = __builtin_shufflevector(r, r, 0, 2, 4, 6, 8, 10, 12, 14) + __builtin_shufflevector(r, r, 1, 3, 5, 7, 9, 11, 13, 15);
+  for (int j = 0; j < P; j++) out[j] = t[j];
+}
+
+// e^x on 16 lanes: x = k·ln 2 + r with |r| ≤ ln 2 / 2, e^r by Cephes' expf polynomial (relative
+// error ~1e-7, as expf's), times 2^k built in the exponent bits; x clamped to where f32 e^x is
+// finite and normal. Each lane's result depends on its own value only, so it is the same in any
+// chunk of any length.
+EB_AI v16f ek_exp(v16f x) {
+  const v16f hi = v16f{} + 88.3762626647949f, lo = v16f{} - 87.3365447504f;
+  x = x > hi ? hi : x;
+  x = x < lo ? lo : x;
+  v16f k = x * 1.44269504088896341f + 0.5f;
+  v16i ki = __builtin_convertvector(k, v16i);
+  ki -= (v16i)(__builtin_convertvector(ki, v16f) > k) & 1;  // floor
+  k = __builtin_convertvector(ki, v16f);
+  v16f r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  v16f p = v16f{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  v16f e = p * (r * r) + r + 1.0f;
+  v16i pow2 = (ki + 127) << 23;
+  v16f scale;
+  memcpy(&scale, &pow2, sizeof scale);
+  return e * scale;
+}
+
+// h[i] = silu(h[i]) · u[i] = h / (1 + e^−h) · u for i < n, 16 lanes at a time (the last partial
+// chunk through a padded register: the same arithmetic for every element).
+EB_AI void ek_silu_times(float* h, const float* u, uint64_t n) {
+  uint64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    v16f g = ek_loadf(h + i);
+    v16f y = g / (1.0f + ek_exp(-g)) * ek_loadf(u + i);
+    memcpy(h + i, &y, sizeof y);
+  }
+  if (i < n) {
+    alignas(64) float g[16] = {0}, v[16] = {0};
+    memcpy(g, h + i, sizeof(float) * (n - i));
+    memcpy(v, u + i, sizeof(float) * (n - i));
+    v16f gv = ek_loadf(g);
+    v16f y = gv / (1.0f + ek_exp(-gv)) * ek_loadf(v);
+    memcpy(h + i, &y, sizeof(float) * (n - i));
+  }
 }
 
 // Weights straight from a dense f32 row.
@@ -200,15 +277,16 @@ EB_AI void ek_rows(Src& src, int cols, int r0, int r1, const float* x, int ldx, 
     for (int b = 0; b < full; b++) {
       v16f w0, w1;
       src.block(b, w0, w1);
+#pragma GCC unroll 4
       for (int t = 0; t < NT; t++) {
         const float* xt = x + (uint64_t)t * ldx + 32 * b;
-        a0[t] += w0 * ek_loadf(xt);
-        a1[t] += w1 * ek_loadf(xt + 16);
+        a0[t] = ek_fma(w0, ek_loadf(xt), a0[t]);
+        a1[t] = ek_fma(w1, ek_loadf(xt + 16), a1[t]);
       }
     }
     if (tail)
       for (int t = 0; t < NT; t++)
-        for (int i = 0; i < tail; i++) a0[t][i] += src.row[32 * full + i] * x[(uint64_t)t * ldx + 32 * full + i];
+        for (int i = 0; i < tail; i++) a0[t][i] = __builtin_fmaf(src.row[32 * full + i], x[(uint64_t)t * ldx + 32 * full + i], a0[t][i]);
     for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r] = ek_hsum(a0[t], a1[t]);
   }
 }
@@ -228,14 +306,78 @@ EB_AI void ek_rows_tiled(Src& src, int cols, int r0, int r1, const float* x, int
   }
 }
 
+// Rows [r, r + RB) for NT tokens at once, for sources whose rows can be read side by side (dense
+// and bf16): each token's block of x is loaded once for RB rows, and the RB·NT sums are taken
+// together by ek_hsum8. Every (row, token) accumulates and sums exactly as ek_rows does, so the
+// results are its bits.
+template <int NT, int RB, class Src>
+EB_AI void ek_rows_multi(const Src& proto, int cols, int r, const float* x, int ldx, float* y, int ldy) {
+  static_assert(NT * RB <= 8, "ek_hsum8 sums 8 pairs");
+  const int full = cols / 32, tail = cols % 32;
+  Src src[RB];
+  for (int i = 0; i < RB; i++) {
+    src[i] = proto;
+    src[i].begin_row(r + i);
+  }
+  v16f a0[RB * NT], a1[RB * NT];
+  for (int j = 0; j < RB * NT; j++) a0[j] = a1[j] = v16f{};
+  for (int b = 0; b < full; b++) {
+    v16f x0[NT], x1[NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+      x0[t] = ek_loadf(x + (uint64_t)t * ldx + 32 * b);
+      x1[t] = ek_loadf(x + (uint64_t)t * ldx + 32 * b + 16);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < RB; i++) {
+      v16f w0, w1;
+      src[i].block(b, w0, w1);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; t++) {
+        a0[i * NT + t] = ek_fma(w0, x0[t], a0[i * NT + t]);
+        a1[i * NT + t] = ek_fma(w1, x1[t], a1[i * NT + t]);
+      }
+    }
+  }
+  if (tail)
+    for (int i = 0; i < RB; i++)
+      for (int t = 0; t < NT; t++)
+        for (int k = 0; k < tail; k++) a0[i * NT + t][k] = __builtin_fmaf(src[i].row[32 * full + k], x[(uint64_t)t * ldx + 32 * full + k], a0[i * NT + t][k]);
+  float out[RB * NT];
+  ek_hsum8<RB * NT>(a0, a1, out);
+  for (int i = 0; i < RB; i++)
+    for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r + i] = out[i * NT + t];
+}
+
+// Rows [r0, r1) for NT tokens: groups of 8 / NT rows, the rest one row at a time.
+template <int NT, class Src>
+EB_AI void ek_rows_grouped(const Src& src, int cols, int r0, int r1, const float* x, int ldx, float* y, int ldy) {
+  constexpr int RB = 8 / NT;
+  int r = r0;
+  for (; r + RB <= r1; r += RB) ek_rows_multi<NT, RB>(src, cols, r, x, ldx, y, ldy);
+  for (; r < r1; r++) ek_rows_multi<NT, 1>(src, cols, r, x, ldx, y, ldy);
+}
+
+template <class Src>
+EB_AI void ek_rows_tiled_grouped(const Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  for (int t = 0; t < n; t += 4) {
+    const float* xt = x + (uint64_t)t * ldx;
+    float* yt = y + (uint64_t)t * ldy;
+    switch (n - t >= 4 ? 4 : n - t) {
+      case 4: ek_rows_grouped<4>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
+      case 3: ek_rows_grouped<3>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
+      case 2: ek_rows_grouped<2>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
+      default: ek_rows_grouped<1>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
+    }
+  }
+}
+
 EB_AI void ek_dense_rows(const float* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  DenseSrc src{m, cols, nullptr};
-  ek_rows_tiled(src, cols, r0, r1, x, ldx, n, y, ldy);
+  ek_rows_tiled_grouped(DenseSrc{m, cols, nullptr}, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
 EB_AI void ek_bf16_rows(const uint16_t* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  Bf16Src src{m, cols, nullptr};
-  ek_rows_tiled(src, cols, r0, r1, x, ldx, n, y, ldy);
+  ek_rows_tiled_grouped(Bf16Src{m, cols, nullptr}, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
 template <class Src>
@@ -249,6 +391,8 @@ EB_AI void ek_decode_row(Src& src, int r, float* row) {
   }
 }
 
+constexpr int EK_SCRATCH_ROWS = 8;
+
 template <class Src>
 EB_AI void ek_fused_src_rows(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                              float* scratch) {
@@ -257,15 +401,17 @@ EB_AI void ek_fused_src_rows(const FusedView& f, int r0, int r1, const float* x,
     ek_rows_tiled(src, f.cols, r0, r1, x, ldx, n, y, ldy);
     return;
   }
-  for (int r = r0; r < r1; r++) {
-    ek_decode_row(src, r, scratch);
-    ek_dense_rows(scratch, f.cols, 0, 1, x, ldx, n, y + r, ldy);
+  for (int r = r0; r < r1; r += EK_SCRATCH_ROWS) {
+    const int rows = r1 - r < EK_SCRATCH_ROWS ? r1 - r : EK_SCRATCH_ROWS;
+    for (int i = 0; i < rows; i++) ek_decode_row(src, r + i, scratch + (uint64_t)i * f.cols);
+    ek_dense_rows(scratch, f.cols, 0, rows, x, ldx, n, y + r, ldy);
   }
 }
 
 // The fused product. Decode-sized tiles (n ≤ 4) decode each block once, into registers, for every
-// token; prefill-sized ones decode a row once into `scratch` (cols floats, cache-resident) and
-// multiply it as a dense row: the same values, so the same results.
+// token; prefill-sized ones decode EK_SCRATCH_ROWS rows at a time into `scratch` (that many rows of
+// cols floats, cache-resident) and multiply them as dense rows: the same values, so the same
+// results.
 template <class Planes>
 EB_AI void ek_fused_rows(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                          float* scratch) {
