@@ -13,6 +13,7 @@ import { inspectCommand, usage as inspectUsage } from './inspect.js';
 import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
 import { profileCommand, usage as profileUsage } from './profile.js';
 import { serveCommand, usage as serveUsage } from './serve.js';
+import { synthCommand, usage as synthUsage } from './synth.js';
 
 const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage: string; what: string }> = {
   'check-config': { run: checkConfigCommand, usage: checkConfigUsage, what: 'validate a policy and a profile without serving' },
@@ -24,6 +25,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage
   profile: { run: profileCommand, usage: profileUsage, what: 'measure per-layer sensitivity to each bound on the canaries; write a profile and plots' },
   'inspect-model': { run: inspectModelCommand, usage: inspectModelUsage, what: "show what a precision ladder costs a checkpoint's experts, per layer" },
   serve: { run: serveCommand, usage: serveUsage, what: 'serve a model over an OpenAI-compatible HTTP API, with /metrics and /health' },
+  synth: { run: synthCommand, usage: synthUsage, what: "write a synthetic checkpoint of a real MoE's shape (OLMoE, Qwen3-MoE, Mixtral) that routes like a trained one" },
 };
 
 function help(): string {
