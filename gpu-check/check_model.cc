@@ -85,7 +85,7 @@ Model load(const std::string& dir, int threads) {
   m.embed = md.keep(st.f32("model.embed_tokens.weight", {m.V, d}));
   m.norm = md.keep(st.f32("model.norm.weight", {d}));
   const Json* tie = c.get("tie_word_embeddings");
-  m.lm_head = tie && tie->boolean ? m.embed : md.keep(st.f32("lm_head.weight", {m.V, d}));
+  m.lm_head.dense = tie && tie->boolean ? m.embed : md.keep(st.f32("lm_head.weight", {m.V, d}));
   // Hugging Face's rotary tables: cos and sin of position · θ^(−2i/hd), both halves alike.
   md.cos.resize((size_t)m.max_pos * m.hd);
   md.sin.resize(md.cos.size());
@@ -103,14 +103,14 @@ Model load(const std::string& dir, int threads) {
     eb::DecoderLayer layer;
     layer.input_norm = md.keep(st.f32(p + "input_layernorm.weight", {d}));
     layer.post_norm = md.keep(st.f32(p + "post_attention_layernorm.weight", {d}));
-    layer.wq = md.keep(st.f32(p + "self_attn.q_proj.weight", {qw, d}));
-    layer.wk = md.keep(st.f32(p + "self_attn.k_proj.weight", {kw, d}));
-    layer.wv = md.keep(st.f32(p + "self_attn.v_proj.weight", {kw, d}));
-    layer.wo = md.keep(st.f32(p + "self_attn.o_proj.weight", {d, qw}));
+    layer.wq.dense = md.keep(st.f32(p + "self_attn.q_proj.weight", {qw, d}));
+    layer.wk.dense = md.keep(st.f32(p + "self_attn.k_proj.weight", {kw, d}));
+    layer.wv.dense = md.keep(st.f32(p + "self_attn.v_proj.weight", {kw, d}));
+    layer.wo.dense = md.keep(st.f32(p + "self_attn.o_proj.weight", {d, qw}));
     if (st.has(p + "self_attn.q_proj.bias")) layer.bq = md.keep(st.f32(p + "self_attn.q_proj.bias", {qw}));
     if (st.has(p + "self_attn.k_proj.bias")) layer.bk = md.keep(st.f32(p + "self_attn.k_proj.bias", {kw}));
     if (st.has(p + "self_attn.v_proj.bias")) layer.bv = md.keep(st.f32(p + "self_attn.v_proj.bias", {kw}));
-    layer.router = md.keep(st.f32(p + "block_sparse_moe.gate.weight", {m.E, d}));
+    layer.router.dense = md.keep(st.f32(p + "block_sparse_moe.gate.weight", {m.E, d}));
     m.layers.push_back(layer);
 
     for (int e = 0; e < m.E; e++) {

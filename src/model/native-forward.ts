@@ -13,6 +13,7 @@
  * the addon's own time, the engine's, and the rest (JavaScript between the calls).
  */
 import { native } from '../codec/native.js';
+import { bf16IfExact } from '../offload/cpu-engine.js';
 import type { ExpertEngine } from '../offload/expert-engine.js';
 import type { DenseTensorNames, Routing, SequenceStep } from './transformer.js';
 import type { ModelConfig } from './types.js';
@@ -53,13 +54,15 @@ export class NativeForward {
     const spec = Object.freeze({
       d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, experts: c.numExperts, topK: c.topK, maxPositions: c.maxPositions, eps: c.rmsNormEps,
-      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: read(names.embed), norm: read(names.norm), lmHead: read(names.lmHead),
+      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: read(names.embed), norm: read(names.norm), lmHead: bf16IfExact(read(names.lmHead), c.hiddenSize),
       cos: rotary[0], sin: rotary[1],
       layers: names.layers.map((n) => ({
-        inputNorm: read(n.inputNorm), postNorm: read(n.postNorm), q: read(n.q), k: read(n.k), v: read(n.v), o: read(n.o),
+        inputNorm: read(n.inputNorm), postNorm: read(n.postNorm),
+        q: bf16IfExact(read(n.q), c.hiddenSize), k: bf16IfExact(read(n.k), c.hiddenSize), v: bf16IfExact(read(n.v), c.hiddenSize),
+        o: bf16IfExact(read(n.o), c.numHeads * c.headDim),
         qBias: n.qBias ? read(n.qBias) : undefined, kBias: n.kBias ? read(n.kBias) : undefined, vBias: n.vBias ? read(n.vBias) : undefined,
         qNorm: n.qNorm ? read(n.qNorm) : undefined, kNorm: n.kNorm ? read(n.kNorm) : undefined,
-        router: read(n.router),
+        router: bf16IfExact(read(n.router), c.hiddenSize),
       })),
     });
     this.handle = native.decoderNew(spec) as NativeDecoder;

@@ -21,8 +21,8 @@ struct Timed {
 };
 
 // y[T, rows] = x[T, cols] · W^T for W [rows, cols]; bias added when given.
-void linear(const float* w, const float* bias, int rows, int cols, const float* x, int T, float* y, int threads) {
-  matrix_rows_parallel(MatrixRef{w, nullptr}, rows, cols, x, cols, T, y, rows, threads);
+void linear(const MatrixRef& w, const float* bias, int rows, int cols, const float* x, int T, float* y, int threads) {
+  matrix_rows_parallel(w, rows, cols, x, cols, T, y, rows, threads);
   if (bias)
     for (int t = 0; t < T; t++)
       for (int r = 0; r < rows; r++) y[(size_t)t * rows + r] += bias[r];

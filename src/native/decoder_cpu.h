@@ -29,14 +29,16 @@
 
 namespace eb {
 
+// The projections, routers and LM head are MatrixRefs: f32, or a bf16 checkpoint's own bits
+// (read by the bf16 product: the same results at half the bytes).
 struct DecoderLayer {
   const float *input_norm, *post_norm;
-  const float *wq, *wk, *wv, *wo;
+  MatrixRef wq, wk, wv, wo;
   const float *bq = nullptr, *bk = nullptr, *bv = nullptr;
   // Query/key RMSNorms after the projections (and biases), before the rotation: [H·hd] and
   // [KV·hd] over each token's whole projection (QkNorm::full), or [hd] over each head (::head).
   const float *q_norm = nullptr, *k_norm = nullptr;
-  const float* router;  // [E, d]
+  MatrixRef router;  // [E, d]
 };
 
 enum class QkNorm { none, full, head };
@@ -48,7 +50,7 @@ struct DecoderModel {
   QkNorm qk_norm = QkNorm::none;
   const float* embed = nullptr;    // [V, d]
   const float* norm = nullptr;     // [d]
-  const float* lm_head = nullptr;  // [V, d]
+  MatrixRef lm_head;               // [V, d]
   const float *cos = nullptr, *sin = nullptr;  // [max_pos, hd]
   std::vector<DecoderLayer> layers;
 };
