@@ -11,7 +11,7 @@ import YAML from 'yaml';
 import { ConfigError } from '../src/control/config-file.js';
 import { loadPolicy, resolvePolicy } from '../src/control/policy.js';
 import { plannerSensitivity } from '../src/control/index.js';
-import { loadProfile } from '../src/control/profile.js';
+import { checkProfileForModel, loadProfile } from '../src/control/profile.js';
 import { ebserve } from './helpers/ebserve.js';
 
 const POLICY = YAML.parse(fs.readFileSync('policies/u-shape.yaml', 'utf8'));
@@ -95,6 +95,26 @@ describe('policies and profiles', function () {
     const sensitivity = { error_model: 'codec', metric: '1 - top1_agreement', bound_mode: 'sigma', bounds: [0.5, 0.25], exact: true, layers: [[0.1, 0.05, 0], [0.1, 0]] };
     fails(loadProfile, write('m.yaml', { ...PROFILE, sensitivity }), 'sensitivity.layers.1', /expected 3 levels/);
     fails(loadProfile, write('m2.yaml', { ...PROFILE, sensitivity: { ...sensitivity, layers: [[0.1, 0.05, 0], [0.1, 0.05, 0]], loss_scale: 0 } }), 'sensitivity.loss_scale', /expected a number > 0/);
+  });
+
+  it('takes tier A per layer (device.experts_by_layer), naming a list that is not whole numbers ≥ 1 or comes with experts_per_layer', function () {
+    const sizes = [2, 2, 3, 3, 4, 4, 8, 6];
+    assert.deepEqual(loadProfile(write('s1.yaml', { ...PROFILE, device: { ...PROFILE.device, experts_by_layer: sizes } })).device.experts_by_layer, sizes, 'with a byte budget');
+    assert.deepEqual(loadProfile(write('s2.yaml', { ...PROFILE, device: { experts_by_layer: sizes, tier_b_bytes: 1000 } })).device.experts_by_layer, sizes, 'alone');
+    fails(loadProfile, write('s3.yaml', { ...PROFILE, device: { experts_by_layer: [2, 2.5, 3] } }), 'device.experts_by_layer.1', /expected a whole number of experts/);
+    fails(loadProfile, write('s4.yaml', { ...PROFILE, device: { experts_by_layer: [2, 0] } }), 'device.experts_by_layer.1', /expected a whole number of experts ≥ 1/);
+    fails(loadProfile, write('s5.yaml', { ...PROFILE, device: { experts_by_layer: 4 } }), 'device.experts_by_layer', /expected a list of whole numbers, one per layer/);
+    fails(loadProfile, write('s6.yaml', { ...PROFILE, device: { experts_per_layer: 2, experts_by_layer: sizes } }), 'device.experts_by_layer', /either experts_per_layer .* or experts_by_layer, not both/);
+  });
+
+  it('checks device.experts_by_layer against the model: one entry per layer, each from top-k to all experts', function () {
+    const model = { numLayers: 8, numExperts: 8, topK: 2 };
+    const withSizes = (name: string, sizes: number[]) => loadProfile(write(name, { ...PROFILE, device: { ...PROFILE.device, experts_by_layer: sizes } }));
+    assert.doesNotThrow(() => checkProfileForModel(withSizes('t1.yaml', [2, 2, 3, 3, 4, 4, 8, 6]), model));
+    fails((f) => checkProfileForModel(loadProfile(f), model), write('t2.yaml', { ...PROFILE, device: { ...PROFILE.device, experts_by_layer: [2, 2, 3] } }), 'device.experts_by_layer', /expected 8 entries, one per layer of the model, got 3/);
+    fails((f) => checkProfileForModel(loadProfile(f), model), write('t3.yaml', { ...PROFILE, device: { ...PROFILE.device, experts_by_layer: [2, 1, 3, 3, 4, 4, 8, 6] } }), 'device.experts_by_layer.1', /at least the model's top-k \(2\).*got 1/);
+    fails((f) => checkProfileForModel(loadProfile(f), model), write('t4.yaml', { ...PROFILE, device: { ...PROFILE.device, experts_by_layer: [2, 2, 3, 3, 4, 4, 9, 6] } }), 'device.experts_by_layer.6', /at most the model's 8 experts per layer, got 9/);
+    assert.doesNotThrow(() => checkProfileForModel(loadProfile('profiles/cpu.yaml'), model), 'nothing to check without the key');
   });
 
   it('names a YAML syntax error with its line, and a missing file', function () {

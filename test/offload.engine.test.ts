@@ -251,6 +251,29 @@ describe('offload engine (embedded model)', function () {
     }
   });
 
+  it('keeps each layer within its share of tier A when the budget is split per layer', async function () {
+    const sizes = [2, 3, 2, 4, 2, 3, 2, 5];
+    const budget = deviceBudget({ expertsByLayer: sizes }, store);
+    let engine!: OffloadExpertEngine;
+    const m = await loadModel(EMBEDDED_MODEL_DIR, { engine: () => (engine = new OffloadExpertEngine({ store, link: new CopyLink(), budget, prefetch: false })) });
+    try {
+      const tierA = engine.fetcher.tierA;
+      const heldBy = (l: number) => tierA.keys().filter((k) => Math.floor(k / store.numExperts) === l).length;
+      const most = new Array(8).fill(0);
+      m.model.onRouting = () => {
+        for (let l = 0; l < 8; l++) {
+          assert.ok(tierA.usedBy(l) <= budget.tierALayerBytes![l], `layer ${l}: ${tierA.usedBy(l)} of ${budget.tierALayerBytes![l]} bytes`);
+          most[l] = Math.max(most[l], heldBy(l));
+        }
+      };
+      await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 24 });
+      assert.deepEqual(most, sizes, 'every layer filled its own share, and no more');
+      assert.ok(tierA.evictions > 0, 'the shares were tight enough to evict');
+    } finally {
+      m.dispose();
+    }
+  });
+
   it('refuses a plan that does not fit the ladder or the depth', async function () {
     const { m, engine } = await offloaded({ tierA: 4, tierB: 0 });
     try {
@@ -273,6 +296,17 @@ describe('device budget from a profile', function () {
   it('splits a byte budget between the tiers, a quarter to tier B by default', function () {
     assert.deepEqual(deviceBudget({ deviceMemoryBudgetBytes: 1000 }, store), { tierABytes: 750, tierBBytes: 250 });
     assert.deepEqual(deviceBudget({ deviceMemoryBudgetBytes: 1000, tierBFraction: 0 }, store), { tierABytes: 1000, tierBBytes: 0 });
+  });
+
+  it('splits tier A per layer by experts_by_layer: exact counts alone, proportions of a byte budget', function () {
+    const sizes = [2, 2, 3, 3, 4, 4, 8, 6];
+    const alone = deviceBudget({ expertsByLayer: sizes, tierBBytes: 500 }, store);
+    assert.deepEqual(alone, { tierABytes: 32 * 4000, tierBBytes: 500, tierALayerBytes: sizes.map((n) => n * 4000) });
+    const split = deviceBudget({ deviceMemoryBudgetBytes: 64_000, expertsByLayer: sizes }, store);
+    assert.equal(split.tierABytes, 48_000);
+    assert.deepEqual(split.tierALayerBytes, sizes.map((n) => Math.floor((48_000 * n) / 32)));
+    assert.throws(() => deviceBudget({ expertsByLayer: [2, 2] }, store), /experts by layer must be 8 whole numbers ≥ 1 \(one per layer\), got \[2, 2\]/);
+    assert.throws(() => deviceBudget({ expertsPerLayer: 2, expertsByLayer: sizes }, store), /not both/);
   });
 
   it('refuses a budget it cannot read, naming what is wrong', function () {

@@ -329,6 +329,45 @@ describe('offload: tier', function () {
     assert.equal(tier.pinned('a'), true);
   });
 
+  it('keeps each share within its own budget, evicting only its own entries, over random operations', function () {
+    // Tier A per layer: keys "<share>:<n>", three shares of different sizes in one tier.
+    const budgets = [300, 500, 200];
+    for (let seed = 1; seed <= 6; seed++) {
+      const r = rng(seed);
+      const tier = new Tier<string, number>('A', 1000, new LruPolicy<string>(), (k) => assert.ok(evictedFrom !== undefined && k.startsWith(`${evictedFrom}:`), `seed ${seed}: ${k} evicted for share ${evictedFrom}`), {
+        of: (k) => Number(k.split(':')[0]),
+        budgets,
+      });
+      let evictedFrom: number | undefined;
+      for (let step = 0; step < 300; step++) {
+        const share = Math.floor(r() * 3);
+        const key = `${share}:${Math.floor(r() * 8)}`;
+        const bytes = 1 + Math.floor(r() * 150);
+        const extra = bytes - ((tier.peek(key) ?? 0) as number);
+        evictedFrom = share;
+        if (tier.reserve(Math.max(0, extra), key)) tier.set(key, bytes, bytes);
+        evictedFrom = undefined;
+        if (r() < 0.3) tier.get(key);
+        for (let s = 0; s < 3; s++) {
+          const held = tier.keys().filter((k) => k.startsWith(`${s}:`)).reduce((a, k) => a + tier.peek(k)!, 0);
+          assert.equal(tier.usedBy(s), held, `seed ${seed} step ${step}: share ${s} used`);
+          assert.ok(held <= budgets[s], `seed ${seed} step ${step}: share ${s} holds ${held} of ${budgets[s]}`);
+        }
+      }
+      assert.ok(tier.evictions > 0, 'the shares filled up and evicted');
+    }
+  });
+
+  it('refuses shares larger than the tier, and room asked without saying for which key', function () {
+    assert.throws(() => new Tier<string, number>('A', 100, new LruPolicy<string>(), undefined, { of: () => 0, budgets: [60, 50] }), /adding up to at most the tier's 100, got 60, 50/);
+    const t = new Tier<string, number>('A', 100, new LruPolicy<string>(), undefined, { of: (k) => Number(k), budgets: [50, 50] });
+    assert.throws(() => t.reserve(10), /split into shares: say which key/);
+    assert.throws(() => t.set('2', 1, 1), /belongs to share 2, not one of the 2/);
+    t.set('0', 1, 50);
+    assert.throws(() => t.set('0', 1, 51), /share 0: 51 bytes do not fit \(50 of 50 used\)/);
+    assert.equal(t.reserve(10, '1'), true, 'the other share has its own room');
+  });
+
   it('accepts a zero budget and refuses a negative or non-finite one', function () {
     const zero = new Tier<string, number>('t', 0, new LruPolicy<string>());
     assert.equal(zero.reserve(1), false);

@@ -140,6 +140,38 @@ describe('admin API', function () {
     assert.match(text, /ebserve_controller_decisions_total\{direction="hold",reason="[a-z_]+"\} \d+/);
   });
 
+  it('reports the routing of the tokens served (not the canaries\'), per layer, on the admin API and /metrics', async function () {
+    await post(url, '/v1/completions', { prompt: 'It is a way I have of driving off the spleen.', max_tokens: 8 });
+    type Report = { window_tokens: number; segment: number; target: number; layers: { layer: number; srp: number; recommended_cache: number; sch: { cache: number; lru_hit_rate: number }[] }[] };
+    const first = (await (await get(url, '/admin/routing')).json()) as Report;
+    assert.ok(first.window_tokens >= 16, `${first.window_tokens} tokens`);
+    assert.equal(first.segment, 16);
+    assert.equal(first.layers.length, 8);
+    for (const l of first.layers) {
+      assert.deepEqual(l.sch.map((p) => p.cache), [2, 3, 4, 5, 6, 7, 8]);
+      assert.equal(l.recommended_cache, l.sch.find((p) => p.lru_hit_rate >= 0.9)!.cache);
+    }
+    await admin(url, '/admin/canaries/run');
+    const after = (await (await get(url, '/admin/routing')).json()) as Report;
+    assert.equal(after.window_tokens, first.window_tokens, 'canary forwards are not served traffic');
+    const custom = (await (await get(url, '/admin/routing?segment=4&target=0.5&policy=lfu')).json()) as Report & { recommended_by: string };
+    assert.equal(custom.segment, 4);
+    assert.equal(custom.recommended_by, 'lfu');
+    for (const [q, param] of [['segment=0', 'segment'], ['segment=1.5', 'segment'], ['segment=100000', 'segment'], ['target=0', 'target'], ['target=1.2', 'target'], ['policy=fifo', 'policy']]) {
+      const res = await get(url, `/admin/routing?${q}`);
+      assert.equal(res.status, 400, q);
+      assert.equal(((await res.json()) as ErrorBody).error.param, param, q);
+    }
+    const text = await (await fetch(`${url}/metrics`)).text();
+    assert.equal(metric(text, 'ebserve_routing_window_tokens'), first.window_tokens);
+    for (const l of first.layers) {
+      assert.equal(metric(text, 'ebserve_routing_recommended_cache', { layer: String(l.layer) }), l.recommended_cache);
+      assert.equal(metric(text, 'ebserve_routing_srp', { layer: String(l.layer) }), l.srp);
+      assert.ok(metric(text, 'ebserve_routing_lru_hit_rate', { layer: String(l.layer) })! >= 0.9);
+      assert.ok(metric(text, 'ebserve_routing_segment_cache_hit_rate', { layer: String(l.layer) })! >= metric(text, 'ebserve_routing_lru_hit_rate', { layer: String(l.layer) })! - 0.05);
+    }
+  });
+
   it('answers 404 saying how to turn it on when started without a token, and 409 without a controller', async function () {
     const off = await startEmbedded({ adminToken: null });
     try {

@@ -355,6 +355,13 @@ describe('dashboard', function () {
       assert.equal(await page.textContent('#decisions tr:first-child td.a'), 'degrade');
       source.set({ batch: { sequences: 8, maxBatch: 8, waiting: 5 } });
       await page.waitForFunction(() => document.getElementById('batch')!.textContent === '8 of 8 sequences, 5 waiting', undefined, { timeout: 10_000 });
+      assert.equal(await page.isVisible('#routing-none'), true, 'no routing report yet');
+      source.set({ routing: { tokens: 2048, segment: 16, target: 0.9, layers: [0, 1].map((layer) => ({ layer, srp: 0.45 + layer / 100, recommendedCache: 7 + layer, lruHitRate: 0.9 + layer / 20, segmentCacheHitRate: 0.95 })) } });
+      await page.waitForFunction(() => document.querySelectorAll('#routing tr').length === 2, undefined, { timeout: 10_000 });
+      const routingRows = await page.$$eval('#routing tr', (rows) => rows.map((r) => Array.from(r.querySelectorAll('td'), (td) => td.textContent)));
+      assert.deepEqual(routingRows, [['0', '0.450', '7', '90.0 %', '95.0 %'], ['1', '0.460', '8', '95.0 %', '95.0 %']]);
+      assert.match((await page.textContent('#routing-sub'))!, /last 2048 served tokens, segments of 16, target hit rate 90\.0 %/);
+      assert.equal(await page.isVisible('#routing-none'), false);
 
       fs.mkdirSync('build/artifacts', { recursive: true });
       // Let the bars' height transition finish before the picture is taken.
@@ -371,6 +378,24 @@ describe('dashboard', function () {
 });
 
 describe('the dashboard of a real server', function () {
+  it('shows the routing report of the tokens it served (any engine)', async function () {
+    const server = await startEmbedded({ spec: { engine: 'resident' } });
+    try {
+      assert.equal((await post(server.url, '/v1/completions', { prompt: 'It is a way I have of driving off the spleen.', max_tokens: 16 })).status, 200);
+      const events = sseReader(await fetch(`${server.url}/dashboard/events`));
+      // The first snapshot asks for the report; it is computed in slices and a later state carries it.
+      let state: DashboardState | undefined;
+      for (let i = 0; i < 8 && !state?.routing; i++) state = JSON.parse((await within(events.next(), 5000, 'a state'))!.data) as DashboardState;
+      const r = state!.routing!;
+      assert.ok(r, 'a routing report within a few states');
+      assert.equal(r.tokens, 'It is a way I have of driving off the spleen.'.length + 15, 'the prompt and every token fed back, nothing else');
+      assert.deepEqual(r.layers.map((l) => l.layer), [0, 1, 2, 3, 4, 5, 6, 7]);
+      for (const l of r.layers) assert.ok(l.recommendedCache >= 2 && l.recommendedCache <= 8 && l.lruHitRate >= r.target, `layer ${l.layer}`);
+    } finally {
+      await server.shutdown({ drainTimeoutSeconds: 0 });
+    }
+  });
+
   it('shows the batch: sequences generating out of --max-batch, and requests waiting', async function () {
     const server = await startEmbedded({ spec: { engine: 'resident' }, maxBatch: 3 });
     try {

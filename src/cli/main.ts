@@ -12,6 +12,7 @@ import { generateCommand, usage as generateUsage } from './generate.js';
 import { inspectCommand, usage as inspectUsage } from './inspect.js';
 import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
 import { profileCommand, usage as profileUsage } from './profile.js';
+import { routingReportCommand, usage as routingReportUsage } from './routing-report.js';
 import { serveCommand, usage as serveUsage } from './serve.js';
 import { synthCommand, usage as synthUsage } from './synth.js';
 
@@ -24,6 +25,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage
   inspect: { run: inspectCommand, usage: inspectUsage, what: 'validate a stream and show its header and rungs' },
   profile: { run: profileCommand, usage: profileUsage, what: 'measure per-layer sensitivity to each bound on the canaries; write a profile and plots' },
   'inspect-model': { run: inspectModelCommand, usage: inspectModelUsage, what: "show what a precision ladder costs a checkpoint's experts, per layer" },
+  'routing-report': { run: routingReportCommand, usage: routingReportUsage, what: 'how well a model suits expert offloading: per-layer routing consistency and the cache size each layer needs' },
   serve: { run: serveCommand, usage: serveUsage, what: 'serve a model over an OpenAI-compatible HTTP API, with /metrics and /health' },
   synth: { run: synthCommand, usage: synthUsage, what: "write a synthetic checkpoint of a real MoE's shape (OLMoE, Qwen3-MoE, Mixtral) that routes like a trained one" },
 };

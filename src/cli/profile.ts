@@ -4,6 +4,9 @@
 // error and the seed study's Gaussian noise, on the model's canaries; writes a profile whose
 // `sensitivity` the controller's planner uses, the full study as JSON, and one SVG plot per error
 // model (top-1 agreement versus layer, a line per bound). Resumes an interrupted run unless --fresh.
+// It also runs the routing report over the text canaries and writes each layer's recommended
+// tier-A size (the smallest LRU cache reaching --cache-target) as device.experts_by_layer: with a
+// byte budget, tier A is split between the layers in those proportions.
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -11,13 +14,14 @@ import YAML from 'yaml';
 
 import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
 import { integer, oneOf, parse } from './args.js';
+import { targetFlag } from './routing-report.js';
 import { DEFAULT_POLICY, DEFAULT_PROFILE } from './check-config.js';
 
 /** Summed per-layer losses at which whole plans are scored to fit the profile's loss_scale. */
 const PLAN_LOSSES = [0.01, 0.02, 0.04, 0.08];
 
 export const usage = `usage: ebserve profile [--model DIR] [--policy FILE] [--base-profile FILE] [--out FILE] [--items N]
-                       [--experts N] [--error-models codec,gaussian] [--fresh]
+                       [--experts N] [--error-models codec,gaussian] [--cache-target T] [--fresh]
   --model DIR          checkpoint folder (default: the embedded model)
   --policy FILE        whose ladder and layer groups to measure (default policies/u-shape.yaml)
   --base-profile FILE  link, device and SLA settings copied into the output (default profiles/cpu.yaml)
@@ -25,6 +29,8 @@ export const usage = `usage: ebserve profile [--model DIR] [--policy FILE] [--ba
                        + .study.json and -codec.svg / -gaussian.svg
   --items N            canary items of each kind per measurement (default 16)
   --experts N          single experts sampled, spread over the layers (default 8)
+  --cache-target T     hit rate each layer's tier-A size must reach on the canaries' routing, in
+                       (0, 1] (default 0.9); written as device.experts_by_layer
   --fresh              ignore the state of an interrupted run`;
 
 export async function profileCommand(argv: string[]): Promise<number> {
@@ -36,6 +42,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
     items: { type: 'string' },
     experts: { type: 'string' },
     'error-models': { type: 'string' },
+    'cache-target': { type: 'string' },
     fresh: { type: 'boolean' },
     help: { type: 'boolean', short: 'h' },
   }, []);
@@ -45,6 +52,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
   }
   const items = integer('profile', 'items', values.items, 1, 240, 16);
   const sample = integer('profile', 'experts', values.experts, 0, 4096, 8);
+  const cacheTarget = targetFlag('profile', values['cache-target']);
   const models = ((values['error-models'] as string | undefined) ?? 'codec,gaussian').split(',').map((m) => oneOf('profile', 'error-models', m, ['codec', 'gaussian'] as const));
   const dir = (values.model as string | undefined) ?? EMBEDDED_MODEL_DIR;
   const out = path.resolve((values.out as string | undefined) ?? path.join(path.dirname(DEFAULT_PROFILE), 'tiny-moe.yaml'));
@@ -81,6 +89,13 @@ export async function profileCommand(argv: string[]): Promise<number> {
     const text = jsonl<{ prompt: string; continuation: string }>('text.jsonl');
     if (!text.length) throw new Error(`${canaryDir}/text.jsonl: no text canaries to profile with`);
     const runner = new CanaryRunner({ target: canaryTarget(m), referenceEngine: engine!, text, arithmetic: jsonl('arithmetic.jsonl'), items });
+    // Tier A per layer: the routing report's recommendation over the same canaries (the
+    // uncompressed model's routing; the engine perturbs nothing yet).
+    const { corpusRouting } = await import('./routing-report.js');
+    const { routingReport } = await import('../control/routing/index.js');
+    const routing = routingReport(await corpusRouting(m, text.map((t) => t.prompt + t.continuation)), { segment: 16, target: cacheTarget, policy: 'lru' });
+    const expertsByLayer = routing.layers.map((l) => l.recommended_cache);
+    process.stderr.write(`ebserve profile: tier A per layer for a ${cacheTarget} LRU hit rate on the canaries' routing: ${expertsByLayer.join(', ')} experts\n`);
     const r = resolvePolicy(policy, L);
     const groups = [...new Set(r.group)].map((name) => ({ name, layers: r.group.flatMap((g, l) => (g === name ? [l] : [])) }));
     const experts = Array.from({ length: Math.min(sample, L * store.numExperts) }, (_, i) => {
@@ -117,8 +132,12 @@ export async function profileCommand(argv: string[]): Promise<number> {
     const planBar = progressBar('scoring whole plans');
     const scored = models.includes('codec') ? await scorePlans(runner, engine!, table, plans, (done, total) => planBar(done, total, `plan ${done} of ${total}`)) : { cells: [], lossScale: undefined };
     planBar.done(scored.lossScale === undefined ? 'no loss scale' : `loss scale ${scored.lossScale.toFixed(3)} (measured / summed over ${scored.cells.length} plans)`);
+    // The recommendation splits a byte budget; it replaces one size for every layer.
+    const { experts_per_layer: perLayer, ...device } = base.device;
+    if (perLayer !== undefined) process.stderr.write(`ebserve profile: device.experts_per_layer ${perLayer} replaced by experts_by_layer (tier A: ${expertsByLayer.reduce((a, b) => a + b, 0)} experts in all)\n`);
     const profile = {
       ...Object.fromEntries(Object.entries(base).filter(([k]) => !['file', 'modelDir', 'sensitivity'].includes(k))),
+      device: { ...device, experts_by_layer: expertsByLayer },
       name: path.basename(stem),
       description: `measured by ebserve profile on ${path.basename(dir)} (${items} canary items per measurement)`,
       model: path.relative(path.dirname(out), dir) || '.',

@@ -3,7 +3,8 @@
  * prior until the link is measured, or an emulated link — a set bandwidth and latency, reported
  * as EMULATED everywhere), the device memory budget, the SLA targets, the accuracy floor, the
  * model folder (relative to the profile file), and the per-layer sensitivity `ebserve profile`
- * measured.
+ * measured. Tier A may be sized per layer (device.experts_by_layer, from the routing report);
+ * checkProfileForModel checks it against the model once the model is known.
  *
  * @example
  * const prof = loadProfile('profiles/cpu.yaml');  prof.sla.p95_inter_token_seconds
@@ -27,6 +28,12 @@ export const profileSchema = z.strictObject({
   }),
   device: z.strictObject({
     experts_per_layer: z.number().int({ error: 'expected a whole number' }).positive({ error: 'expected a whole number ≥ 1' }).optional(),
+    /**
+     * Tier A's size per layer, in experts (`ebserve profile` writes the routing report's
+     * recommendation): with memory_budget_bytes, tier A's bytes are split between the layers in
+     * these proportions; alone, tier A holds exactly this many experts of each layer.
+     */
+    experts_by_layer: z.array(z.number({ error: 'expected a whole number of experts' }).int({ error: 'expected a whole number of experts' }).positive({ error: 'expected a whole number of experts ≥ 1' }), { error: 'expected a list of whole numbers, one per layer' }).min(1, { error: 'expected one whole number per layer' }).optional(),
     memory_budget_bytes: positive.optional(),
     tier_b_fraction: z.number().min(0).lt(1, { error: 'expected a number in [0, 1)' }).optional(),
     tier_b_bytes: z.number().nonnegative().optional(),
@@ -69,11 +76,13 @@ export function loadProfile(file: string): Profile {
   const p = readConfigFile(file, profileSchema);
   const problems: { field: string; message: string }[] = [];
   const d = p.device;
-  if ((d.experts_per_layer === undefined) === (d.memory_budget_bytes === undefined)) {
-    problems.push({ field: 'device', message: 'expected exactly one of experts_per_layer and memory_budget_bytes' });
+  if (d.experts_per_layer !== undefined && d.experts_by_layer !== undefined) {
+    problems.push({ field: 'device.experts_by_layer', message: 'expected either experts_per_layer (one size for every layer) or experts_by_layer, not both' });
+  } else if ((d.experts_per_layer === undefined) === (d.memory_budget_bytes === undefined) && !(d.experts_by_layer !== undefined && d.memory_budget_bytes === undefined)) {
+    problems.push({ field: 'device', message: 'expected exactly one of experts_per_layer and memory_budget_bytes (or experts_by_layer, alone or with memory_budget_bytes)' });
   }
   if (d.tier_b_fraction !== undefined && d.memory_budget_bytes === undefined) problems.push({ field: 'device.tier_b_fraction', message: 'expected only with memory_budget_bytes (use tier_b_bytes with experts_per_layer)' });
-  if (d.tier_b_bytes !== undefined && d.experts_per_layer === undefined) problems.push({ field: 'device.tier_b_bytes', message: 'expected only with experts_per_layer (use tier_b_fraction with memory_budget_bytes)' });
+  if (d.tier_b_bytes !== undefined && d.memory_budget_bytes !== undefined) problems.push({ field: 'device.tier_b_bytes', message: 'expected only with experts_per_layer or experts_by_layer (use tier_b_fraction with memory_budget_bytes)' });
   const s = p.sensitivity;
   if (s) {
     const levels = s.bounds.length + (s.exact ? 1 : 0);
@@ -83,4 +92,22 @@ export function loadProfile(file: string): Profile {
   }
   if (problems.length) throw new ConfigError(file, problems);
   return { ...p, file, modelDir: p.model === undefined ? undefined : path.resolve(path.dirname(file), p.model) };
+}
+
+/**
+ * Checks what the profile says of tier A against the model it serves: experts_by_layer needs one
+ * entry per layer, each from the model's top-k (a token's experts must fit together) to its
+ * experts per layer. Throws a ConfigError naming the file and device.experts_by_layer.
+ */
+export function checkProfileForModel(profile: Profile, model: { numLayers: number; numExperts: number; topK: number }): void {
+  const sizes = profile.device.experts_by_layer;
+  if (sizes === undefined) return;
+  const field = 'device.experts_by_layer';
+  const problems: { field: string; message: string }[] = [];
+  if (sizes.length !== model.numLayers) problems.push({ field, message: `expected ${model.numLayers} entries, one per layer of the model, got ${sizes.length}` });
+  sizes.forEach((n, l) => {
+    if (n < model.topK) problems.push({ field: `${field}.${l}`, message: `expected at least the model's top-k (${model.topK}): a token's experts must fit together, got ${n}` });
+    else if (n > model.numExperts) problems.push({ field: `${field}.${l}`, message: `expected at most the model's ${model.numExperts} experts per layer, got ${n}` });
+  });
+  if (problems.length) throw new ConfigError(profile.file, problems);
 }

@@ -41,27 +41,46 @@ export interface DeviceBudget {
   tierABytes: number;
   /** Compressed rungs kept on the device. */
   tierBBytes: number;
+  /** Tier A's bytes per layer (they add up to at most tierABytes); absent: one budget shared by every layer. */
+  tierALayerBytes?: number[];
 }
 
 /**
  * A device budget from what a profile says: a byte budget split between the tiers
  * (`tierBFraction` of it for compressed rungs, default 0.25), or a count of decoded experts per
- * layer (tier A = count × layers × one decoded expert) plus `tierBBytes` (default 0).
+ * layer (tier A = count × layers × one decoded expert) plus `tierBBytes` (default 0). With
+ * `expertsByLayer` (tier A's size per layer, in experts) tier A is split into one share per layer:
+ * the byte budget's tier A in those proportions, or, without a byte budget, exactly that many
+ * decoded experts of each layer.
  */
 export function deviceBudget(
-  spec: { deviceMemoryBudgetBytes?: number; expertsPerLayer?: number; tierBFraction?: number; tierBBytes?: number },
+  spec: { deviceMemoryBudgetBytes?: number; expertsPerLayer?: number; expertsByLayer?: number[]; tierBFraction?: number; tierBBytes?: number },
   store: { numLayers: number; expertValues(layer: number, expert: number): number },
 ): DeviceBudget {
   const decoded = store.expertValues(0, 0) * 4;
-  if (spec.expertsPerLayer !== undefined) {
-    if (!(Number.isInteger(spec.expertsPerLayer) && spec.expertsPerLayer >= 1)) throw new RangeError(`experts per layer must be a whole number ≥ 1, got ${spec.expertsPerLayer}`);
-    return { tierABytes: spec.expertsPerLayer * store.numLayers * decoded, tierBBytes: spec.tierBBytes ?? 0 };
+  const byLayer = spec.expertsByLayer;
+  if (byLayer !== undefined) {
+    if (spec.expertsPerLayer !== undefined) throw new RangeError('give experts per layer or experts by layer, not both');
+    if (byLayer.length !== store.numLayers || !byLayer.every((n) => Number.isInteger(n) && n >= 1)) {
+      throw new RangeError(`experts by layer must be ${store.numLayers} whole numbers ≥ 1 (one per layer), got [${byLayer.join(', ')}]`);
+    }
+  }
+  if (spec.expertsPerLayer !== undefined || (byLayer !== undefined && spec.deviceMemoryBudgetBytes === undefined)) {
+    if (byLayer !== undefined) {
+      const tierALayerBytes = byLayer.map((n) => n * decoded);
+      return { tierABytes: tierALayerBytes.reduce((a, b) => a + b, 0), tierBBytes: spec.tierBBytes ?? 0, tierALayerBytes };
+    }
+    if (!(Number.isInteger(spec.expertsPerLayer) && spec.expertsPerLayer! >= 1)) throw new RangeError(`experts per layer must be a whole number ≥ 1, got ${spec.expertsPerLayer}`);
+    return { tierABytes: spec.expertsPerLayer! * store.numLayers * decoded, tierBBytes: spec.tierBBytes ?? 0 };
   }
   const total = spec.deviceMemoryBudgetBytes;
   if (total === undefined || !(total > 0) || !Number.isFinite(total)) throw new RangeError(`a device budget needs device memory budget bytes > 0 or experts per layer, got ${total}`);
   const f = spec.tierBFraction ?? 0.25;
   if (!(f >= 0 && f < 1)) throw new RangeError(`tier B fraction must be in [0, 1), got ${f}`);
-  return { tierABytes: Math.floor(total * (1 - f)), tierBBytes: Math.floor(total * f) };
+  const tierABytes = Math.floor(total * (1 - f));
+  if (byLayer === undefined) return { tierABytes, tierBBytes: Math.floor(total * f) };
+  const sum = byLayer.reduce((a, b) => a + b, 0);
+  return { tierABytes, tierBBytes: Math.floor(total * f), tierALayerBytes: byLayer.map((n) => Math.floor((tierABytes * n) / sum)) };
 }
 
 /**
@@ -179,7 +198,11 @@ export class ExpertFetcher {
     this.strict = opts.strictLevels ?? false;
     this.form = opts.form ?? 'tfjs';
     const policy = opts.policy ?? 'lru';
-    this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v));
+    // Per-layer shares of tier A, when the budget has them: keys are layer · experts + expert.
+    const layerBytes = opts.budget.tierALayerBytes;
+    if (layerBytes && layerBytes.length !== this.store.numLayers) throw new RangeError(`tier A has ${layerBytes.length} layer shares for a store of ${this.store.numLayers} layers`);
+    const shares = layerBytes && { of: (key: number) => Math.floor(key / this.store.numExperts), budgets: layerBytes };
+    this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v), shares);
     this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy), (_k, v) => this.memory?.release(partsBuffers(v)));
     const gate = this.store.expert(0, 0).gate;
     [this.ff, this.d] = gate.shape;

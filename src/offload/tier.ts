@@ -1,8 +1,19 @@
 /**
  * One tier of the device cache: entries with a byte size, a byte budget that is never exceeded,
  * an eviction policy, and pins (an entry in use by a computation cannot be evicted).
+ *
+ * A tier may be split into shares (tier A: one per layer, sized by the profile's experts_by_layer):
+ * each key belongs to one share, each share has a byte budget of its own, never exceeded, and
+ * making room for a key evicts only within its share — one policy still orders every entry, so a
+ * layer's LRU is the tier's LRU restricted to that layer.
  */
 import type { EvictionPolicy } from './eviction.js';
+
+/** How a tier is split: the share a key belongs to, and each share's byte budget. */
+export interface TierShares<K> {
+  of(key: K): number;
+  budgets: number[];
+}
 
 interface Slot<V> {
   value: V;
@@ -13,6 +24,8 @@ interface Slot<V> {
 export class Tier<K, V> {
   private readonly slots = new Map<K, Slot<V>>();
   private usedBytes = 0;
+  /** Bytes used per share (empty without shares). */
+  private readonly shareBytes: number[];
   /** Entries evicted so far. */
   evictions = 0;
 
@@ -22,12 +35,39 @@ export class Tier<K, V> {
     private readonly policy: EvictionPolicy<K>,
     /** Called with each entry that leaves the tier by eviction (to free what it holds). */
     private readonly onEvict: (key: K, value: V) => void = () => {},
+    readonly shares?: TierShares<K>,
   ) {
     if (!(budgetBytes >= 0) || !Number.isFinite(budgetBytes)) throw new RangeError(`tier ${name}: budget must be a finite number of bytes ≥ 0, got ${budgetBytes}`);
+    const b = shares?.budgets ?? [];
+    if (b.some((x) => !(x >= 0) || !Number.isFinite(x)) || b.reduce((a, x) => a + x, 0) > budgetBytes) {
+      throw new RangeError(`tier ${name}: shares must be finite byte budgets ≥ 0 adding up to at most the tier's ${budgetBytes}, got ${b.join(', ')}`);
+    }
+    this.shareBytes = b.map(() => 0);
   }
 
   get used(): number {
     return this.usedBytes;
+  }
+
+  /** Bytes the entries of share `share` hold. */
+  usedBy(share: number): number {
+    return this.shareBytes[share] ?? 0;
+  }
+
+  /** The share of `key`, checked; undefined without shares. */
+  private shareOf(key: K): number | undefined {
+    if (!this.shares) return undefined;
+    const s = this.shares.of(key);
+    if (!(Number.isInteger(s) && s >= 0 && s < this.shareBytes.length)) throw new RangeError(`tier ${this.name}: key ${String(key)} belongs to share ${s}, not one of the ${this.shareBytes.length}`);
+    return s;
+  }
+
+  /** Bytes in use and the budget that `key` counts against: its share's, or the whole tier's. */
+  private room(key: K | undefined): { used: number; budget: number; share?: number } {
+    if (!this.shares) return { used: this.usedBytes, budget: this.budgetBytes };
+    if (key === undefined) throw new RangeError(`tier ${this.name} is split into shares: say which key the room is for`);
+    const share = this.shareOf(key)!;
+    return { used: this.shareBytes[share], budget: this.shares.budgets[share], share };
   }
 
   get size(): number {
@@ -52,20 +92,22 @@ export class Tier<K, V> {
 
   /**
    * Makes room for `bytes` more by evicting unpinned entries in the policy's order (`keep` is
-   * never evicted). Returns false, evicting nothing, when even that cannot make room.
+   * never evicted). With shares, the room is made in `keep`'s share, from its own entries (so
+   * `keep` is then required). Returns false, evicting nothing, when even that cannot make room.
    */
   reserve(bytes: number, keep?: K): boolean {
-    if (this.usedBytes + bytes <= this.budgetBytes) return true;
+    const { used, budget, share } = this.room(keep);
+    if (used + bytes <= budget) return true;
     const victims: K[] = [];
     let freed = 0;
     for (const k of this.policy.order()) {
-      if (this.usedBytes - freed + bytes <= this.budgetBytes) break;
+      if (used - freed + bytes <= budget) break;
       const s = this.slots.get(k)!;
-      if (s.pins > 0 || k === keep) continue;
+      if (s.pins > 0 || k === keep || (share !== undefined && this.shares!.of(k) !== share)) continue;
       victims.push(k);
       freed += s.bytes;
     }
-    if (this.usedBytes - freed + bytes > this.budgetBytes) return false;
+    if (used - freed + bytes > budget) return false;
     for (const k of victims) {
       const s = this.slots.get(k)!;
       this.remove(k);
@@ -79,10 +121,14 @@ export class Tier<K, V> {
   set(key: K, value: V, bytes: number): void {
     const old = this.slots.get(key);
     const pins = old?.pins ?? 0;
-    const used = this.usedBytes - (old?.bytes ?? 0) + bytes;
-    if (used > this.budgetBytes) throw new RangeError(`tier ${this.name}: ${bytes} bytes do not fit (${this.usedBytes} of ${this.budgetBytes} used)`);
+    const room = this.room(key);
+    const grows = bytes - (old?.bytes ?? 0);
+    if (room.used + grows > room.budget) {
+      throw new RangeError(`tier ${this.name}${room.share === undefined ? '' : ` share ${room.share}`}: ${bytes} bytes do not fit (${room.used} of ${room.budget} used)`);
+    }
     this.slots.set(key, { value, bytes, pins });
-    this.usedBytes = used;
+    this.usedBytes += grows;
+    if (room.share !== undefined) this.shareBytes[room.share] += grows;
     this.policy.insert(key);
   }
 
@@ -92,6 +138,8 @@ export class Tier<K, V> {
     if (!s) return undefined;
     this.slots.delete(key);
     this.usedBytes -= s.bytes;
+    const share = this.shareOf(key);
+    if (share !== undefined) this.shareBytes[share] -= s.bytes;
     this.policy.remove(key);
     return s.value;
   }

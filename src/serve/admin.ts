@@ -10,9 +10,13 @@
  *   POST /admin/freeze          holds the plan;   POST /admin/unfreeze
  *   POST /admin/dry-run         {"enabled": true|false}
  *   POST /admin/canaries/run    scores the current plan now; a failing score rolls it back
+ *   GET  /admin/routing         the routing report over the last served tokens (any engine): per
+ *                               layer SRP, hit rate by cache size (segment cache, LRU, LFU) and the
+ *                               recommended cache (?segment=L&target=T&policy=lru|lfu: other settings)
  *
  * Errors in OpenAI's shape: 401 without or with a wrong token, 409 when there is no controller
- * (resident engine, or --level) or the request conflicts with what runs, 400 for bad bodies.
+ * (resident engine, or --level) or the request conflicts with what runs (or, for /routing, while
+ * the model loads), 400 for bad bodies and query parameters.
  */
 import { timingSafeEqual } from 'node:crypto';
 import fs from 'node:fs';
@@ -21,6 +25,8 @@ import express, { type NextFunction, type Request, type Response, type Router } 
 import { z } from 'zod';
 
 import { ConfigError } from '../control/config-file.js';
+import type { ReportOptions } from '../control/routing/report.js';
+import type { RoutingWindow } from '../control/routing/window.js';
 import { ApiError } from './errors.js';
 import { ApiConflict, type ServedControl } from './served-control.js';
 
@@ -60,7 +66,20 @@ function body<T>(schema: z.ZodType<T>, req: Request): T {
   throw new ApiError(400, 'invalid_request_error', `${i.path.join('.') || 'body'}: ${i.message}`, i.path.join('.') || null);
 }
 
-export function adminRouter(opts: { token: string | null; control: () => ServedControl | undefined | null; maxBodyBytes: number }): Router {
+/** ?segment=&target=&policy= over the live report's settings; a 400 naming the parameter when one is wrong. */
+function routingQuery(req: Request, live: ReportOptions): { opts: ReportOptions; own: boolean } {
+  const q = req.query;
+  const bad = (param: string, expected: string) => new ApiError(400, 'invalid_request_error', `${param}: expected ${expected}, got ${String(q[param])}`, param);
+  const segment = q.segment === undefined ? live.segment : Number(q.segment);
+  if (!(Number.isInteger(segment) && segment >= 1)) throw bad('segment', 'a whole number of tokens ≥ 1');
+  const target = q.target === undefined ? live.target : Number(q.target);
+  if (!(target > 0 && target <= 1)) throw bad('target', 'a hit rate in (0, 1]');
+  const policy = q.policy ?? live.policy ?? 'lru';
+  if (policy !== 'lru' && policy !== 'lfu') throw bad('policy', 'lru or lfu');
+  return { opts: { segment, target, policy }, own: q.segment === undefined && q.target === undefined && q.policy === undefined };
+}
+
+export function adminRouter(opts: { token: string | null; control: () => ServedControl | undefined | null; routing?: () => RoutingWindow | undefined | null; maxBodyBytes: number }): Router {
   const r = express.Router();
   r.use((req: Request, _res: Response, next: NextFunction) => {
     if (!opts.token) {
@@ -121,6 +140,16 @@ export function adminRouter(opts: { token: string | null; control: () => ServedC
     const b = body(dryRunBody, req);
     control().setDryRun(b.enabled);
     return { dry_run: b.enabled };
+  }));
+  r.get('/routing', wrap(async (req) => {
+    const w = opts.routing?.();
+    if (!w) throw new ApiError(409, 'invalid_request_error', 'no routing to report yet: the model is still loading');
+    const { opts: o, own } = routingQuery(req, w.options);
+    if (o.segment > w.capacity) throw new ApiError(400, 'invalid_request_error', `segment: expected at most the window's ${w.capacity} tokens, got ${o.segment}`, 'segment');
+    const report = own ? await w.refresh() : await w.compute(o);
+    const window = { window_tokens: w.tokens, window_capacity_tokens: w.capacity };
+    if (!report) return { ...window, segment: o.segment, target: o.target, recommended_by: o.policy, layers: [], note: `the window holds ${w.tokens} tokens, fewer than a segment of ${o.segment}: serve some first` };
+    return { ...window, ...report };
   }));
   r.post('/canaries/run', wrap(async () => {
     const c = control();

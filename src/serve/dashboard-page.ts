@@ -11,7 +11,9 @@
  *     SLA, each with a sparkline of what this page has seen since it opened;
  *   - the canary scores against the floor, and the recent decisions, newest first;
  *   - in the header, the batch: sequences decoding together out of --max-batch, and the requests
- *     waiting for room (`#batch`).
+ *     waiting for room (`#batch`);
+ *   - the routing report over the last served tokens: per layer SRP, the cache that reaches the
+ *     target hit rate and the LRU / segment-cache hit rates at that size (`#routing tr`).
  *
  * The script is plain ES2017 written inside a String.raw template: it uses no backticks and no
  * dollar-brace sequences, and sets text with textContent only (reasons are server text).
@@ -116,6 +118,11 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
       <div class="row"><span>KL (nats)</span><span></span><span id="kl" class="num">—</span></div>
       <div class="sub">floor: top-1 ≥ <span id="floor">—</span> (below it the plan rolls back)</div>
     </div>
+  </section>
+  <section class="card wide" aria-labelledby="h-routing">
+    <h2 id="h-routing">Routing: the cache each layer needs <span id="routing-sub" class="sub"></span></h2>
+    <table><thead><tr><th>layer</th><th>SRP</th><th>recommended cache</th><th>LRU hit rate</th><th>best segment cache</th></tr></thead><tbody id="routing"></tbody></table>
+    <div id="routing-none" class="empty">not enough served tokens yet</div>
   </section>
   <section class="card wide" aria-labelledby="h-decisions">
     <h2 id="h-decisions">Recent decisions <span class="sub">(newest first)</span></h2>
@@ -312,6 +319,23 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
     $("decisions-none").hidden = list.length > 0;
   }
 
+  function drawRouting(state) {
+    var r = state.routing || null;
+    var body = $("routing");
+    body.textContent = "";
+    $("routing-none").hidden = r !== null;
+    $("routing-sub").textContent = r ? "(last " + r.tokens + " served tokens, segments of " + r.segment + ", target hit rate " + fmtShare(r.target) + ")" : "";
+    if (r === null) return;
+    r.layers.forEach(function (l) {
+      var tr = document.createElement("tr");
+      tr.setAttribute("data-layer", String(l.layer));
+      [String(l.layer), l.srp.toFixed(3), String(l.recommendedCache), fmtShare(l.lruHitRate), fmtShare(l.segmentCacheHitRate)].forEach(function (text) {
+        var td = document.createElement("td"); td.textContent = text; tr.appendChild(td);
+      });
+      body.appendChild(tr);
+    });
+  }
+
   function drawBatch(state) {
     var b = state.batch;
     $("batch").textContent = b ? b.sequences + " of " + b.maxBatch + " sequences, " + b.waiting + " waiting" : "—";
@@ -330,6 +354,7 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
     drawLatency(state);
     drawCanary(state);
     drawDecisions(state);
+    drawRouting(state);
   }
 
   function showProblem(text) {

@@ -2,10 +2,26 @@
 // (dashboard.ts): a snapshot of the plan, estimates, SLA, canaries, recent decisions and the
 // batch, and a change signal (every plan, decision or canary result the controller makes, plus a
 // tick while tokens flow).
+import type { RoutingWindow } from '../control/routing/window.js';
 import type { BatchScheduler } from './batcher.js';
 import type { DashboardSource, DashboardState } from './dashboard.js';
 import { unavailable } from './errors.js';
 import type { ServedModel } from './served-model.js';
+
+/** The routing panel's numbers: the window's last report (a new one is asked for when due). */
+function routingState(w: RoutingWindow | undefined): DashboardState['routing'] {
+  if (!w) return null;
+  w.refresh().catch(() => {}); // a failed computation leaves the last report in place
+  const r = w.latest;
+  if (!r) return null;
+  return {
+    tokens: r.tokens, segment: r.segment, target: r.target,
+    layers: r.layers.map((l) => {
+      const at = l.sch.find((p) => p.cache === l.recommended_cache)!;
+      return { layer: l.layer, srp: l.srp, recommendedCache: l.recommended_cache, lruHitRate: at.lru_hit_rate, segmentCacheHitRate: at.hit_rate };
+    }),
+  };
+}
 
 /** The dashboard's view of `model` (null while it loads) and, when given, of `batcher`. */
 export function dashboardSource(model: () => ServedModel | null, batcher?: Pick<BatchScheduler, 'state' | 'maxBatch'>): DashboardSource {
@@ -20,6 +36,7 @@ export function dashboardSource(model: () => ServedModel | null, batcher?: Pick<
         return {
           at: Date.now(), model: m.id, controller: 'off', planVersion: 0, levels: fixed, levelLabels: [], layerBounds: [],
           bandwidthBytesPerSecond: null, linkEmulated: m.linkEmulated, p95Seconds: null, slaSeconds: null, canary: null, decisions: [], batch: batch(),
+          routing: routingState(m.routing),
         };
       }
       const ctl = c.controller;
@@ -42,6 +59,7 @@ export function dashboardSource(model: () => ServedModel | null, batcher?: Pick<
         canary: r ? { top1: r.top1Agreement, kl: r.kl ?? null, exact: r.exactMatch ?? null, floor: c.canaryFloor() } : null,
         decisions: ctl.log().filter((d) => d.action !== 'hold').slice(-20).map((d) => ({ at: toEpoch(d.at), action: d.action, reason: d.reason })),
         batch: batch(),
+        routing: routingState(m.routing),
       };
     },
     subscribe(listener: () => void): () => void {

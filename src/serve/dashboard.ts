@@ -52,6 +52,17 @@ export interface DashboardState {
   decisions: { at: number; action: string; reason: string }[];
   /** The batch now: sequences decoding together, the most that may (--max-batch), requests waiting for room; null when unknown. */
   batch: { sequences: number; maxBatch: number; waiting: number } | null;
+  /**
+   * The routing report over the last served tokens (see /admin/routing): per layer SRP, the
+   * recommended cache (experts) and the LRU and segment-cache hit rates at that size; null before
+   * there is one (absent: the source does not report routing).
+   */
+  routing?: {
+    tokens: number;
+    segment: number;
+    target: number;
+    layers: { layer: number; srp: number; recommendedCache: number; lruHitRate: number; segmentCacheHitRate: number }[];
+  } | null;
 }
 
 export interface DashboardSource {

@@ -19,6 +19,8 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 import { modelErrorP95 } from '../control/estimators/model-error.js';
+import type { RoutingReport } from '../control/routing/report.js';
+import type { RoutingWindow } from '../control/routing/window.js';
 import type { OffloadSample } from '../offload/telemetry.js';
 import type { ServedControl } from './served-control.js';
 
@@ -175,6 +177,42 @@ export class ServeMetrics {
     };
     watch();
     control.subscribe(watch);
+  }
+
+  /**
+   * The routing report over the last served tokens (any engine), per layer: SRP, the recommended
+   * cache (experts) and the hit rates a cache of that size gets under LRU, LFU and the paper's
+   * segment cache. A scrape reads the last finished report and asks for a new one when it is due
+   * (the window computes it in slices, at most every 30 s); no series before the first report.
+   */
+  attachRouting(window: RoutingWindow): void {
+    const registers = [this.registry];
+    const name = (n: string) => `${PREFIX}${n}`;
+    const latest = (): RoutingReport | null => {
+      window.refresh().catch(() => {}); // a failed computation leaves the last report in place
+      return window.latest;
+    };
+    let scrape: RoutingReport | null = null;
+    new Gauge({
+      name: name('routing_window_tokens'), help: 'Served tokens the routing report is computed over (the window holds the last ones).', registers,
+      collect() {
+        scrape = latest();
+        this.set(window.tokens);
+      },
+    });
+    const per = (help: string, n: string, value: (l: RoutingReport['layers'][number]) => number) =>
+      new Gauge({
+        name: name(n), help, labelNames: ['layer'], registers,
+        collect() {
+          for (const l of (scrape ?? latest())?.layers ?? []) this.set({ layer: String(l.layer) }, value(l));
+        },
+      });
+    const at = (l: RoutingReport['layers'][number]) => l.sch.find((p) => p.cache === l.recommended_cache)!;
+    per('Segment routing best performance (SRP, Liang et al.) of each layer over the window: 1 when a segment\'s tokens all use the same experts.', 'routing_srp', (l) => l.srp);
+    per('The smallest tier-A cache of each layer (experts) whose LRU hit rate over the window reaches the target (0.9).', 'routing_recommended_cache', (l) => l.recommended_cache);
+    per('Hit rate of an LRU cache of the recommended size over the window, per layer (ratio 0..1).', 'routing_lru_hit_rate', (l) => at(l).lru_hit_rate);
+    per('Hit rate of an LFU cache of the recommended size over the window, per layer (ratio 0..1).', 'routing_lfu_hit_rate', (l) => at(l).lfu_hit_rate);
+    per('Hit rate of the paper\'s segment cache (sees the next 16 tokens: the best a cache of the recommended size can do) over the window, per layer.', 'routing_segment_cache_hit_rate', (l) => at(l).hit_rate);
   }
 
   /** What runs, once the model is loaded. */

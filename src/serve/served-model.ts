@@ -8,6 +8,7 @@
  */
 import type { GenerationSequence, SequenceOptions } from '../model/sequence.js';
 import type { SequenceStep } from '../model/transformer.js';
+import type { RoutingWindow } from '../control/routing/window.js';
 import type { ServedControl } from './served-control.js';
 
 export type EngineName = 'resident' | 'offload' | 'cpu';
@@ -26,6 +27,8 @@ export interface ServedModel {
   readonly details: Readonly<Record<string, string | number | boolean>>;
   /** The live controller (offload engine without a fixed level). */
   readonly control?: ServedControl;
+  /** The model's routing of the last served tokens and its routing report (any engine). */
+  readonly routing?: RoutingWindow;
   countTokens(text: string): number;
   /**
    * A new generation of `prompt` for the scheduler to step (its KV cache is made at its first
