@@ -263,20 +263,27 @@ export class ExpertFetcher {
     let parts = b ?? { held: -1, parts: { gate: { rungs: [] }, up: { rungs: [] }, down: { rungs: [] } }, bytes: 0 };
     let landed: Promise<void> = Promise.resolve();
     let landsAt: number | undefined;
+    let matrixLandsAt: number[] | undefined;
     let moved: Uint8Array[] = [];
     if (!have) {
       const from = exact ? -1 : held;
       const toMove = this.store.partsToMove(layer, expert, from, level);
-      const move = this.link.start(MATRICES.flatMap((m) => toMove[m]));
-      moved = move.device;
-      parts = mergeParts(parts, toMove, move.device, exact, level);
-      landsAt = move.landsAt;
-      landed = move.landed.then(() => {
+      // One move per matrix, back to back on the link: a matrix decodes as soon as it has landed,
+      // while the next crosses, so only the last one's decode is left once the expert is over.
+      const moves = MATRICES.map((m) => this.link.start(toMove[m]));
+      moved = moves.flatMap((m) => m.device);
+      parts = mergeParts(parts, toMove, moved, exact, level);
+      matrixLandsAt = moves.map((m) => m.landsAt);
+      landsAt = Math.max(...matrixLandsAt);
+      const bytes = moves.reduce((n, m) => n + m.bytes, 0);
+      const seconds = moves.reduce((n, m) => n + m.seconds, 0);
+      // They land in order: the last one's landing is the expert's.
+      landed = moves[moves.length - 1].landed.then(() => {
         this.stats.transfers++;
-        this.stats.bytesMoved += move.bytes;
+        this.stats.bytesMoved += bytes;
         this.telemetry.emit({
           kind: 'transfer', at: performance.now() / 1000, layer, expert, rung: level, fromRung: exact ? level : held + 1,
-          bytes: move.bytes, seconds: move.seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
+          bytes, seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
         });
         const old = this.tierB.remove(key);
         if (this.tierB.reserve(parts.bytes)) {
@@ -297,7 +304,7 @@ export class ExpertFetcher {
     let seconds: number;
     let device: Uint8Array[] | undefined;
     try {
-      [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, landsAt), landed]);
+      [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, matrixLandsAt), landed]);
       // Multiplied in place, the entry holds the device bytes it reads (taken before the load lets go).
       if (!(values.gate instanceof Float32Array)) {
         device = MATRICES.flatMap((m) => (exact ? [parts.parts[m].exact!] : [parts.parts[m].head!, ...parts.parts[m].rungs.slice(0, level + 1)]));
@@ -334,7 +341,7 @@ export class ExpertFetcher {
    * fused form a codec level is not decoded: its rungs are indexed (a pass over the rate bytes,
    * one per 32 values, with the checksum checked) for the CPU engine's fused product.
    */
-  private async decode(p: DeviceParts, layer: number, expert: number, level: number, landed: Promise<void>, landsAt?: number): Promise<{ values: NativeExpert; seconds: number }> {
+  private async decode(p: DeviceParts, layer: number, expert: number, level: number, landed: Promise<void>, landsAt?: number[]): Promise<{ values: NativeExpert; seconds: number }> {
     const stored = this.store.expert(layer, expert);
     if (level === this.store.exact) {
       await landed;
@@ -352,12 +359,16 @@ export class ExpertFetcher {
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     const count = stored.gate.shape[0] * stored.gate.shape[1];
-    const run = await decodeOnStream(
-      MATRICES.map((m) => ({ head: p.parts[m].head!, rungs: p.parts[m].rungs.slice(0, level + 1) })),
-      { startAt: landsAt, threads: count < ONE_THREAD_VALUES ? 1 : 0, into: MATRICES.map(() => this.spare.pop()) },
+    // Each matrix on the decode stream from the moment its own move lands.
+    const runs = await Promise.all(
+      MATRICES.map((m, i) =>
+        decodeOnStream([{ head: p.parts[m].head!, rungs: p.parts[m].rungs.slice(0, level + 1) }], {
+          startAt: landsAt?.[i], threads: count < ONE_THREAD_VALUES ? 1 : 0, into: [this.spare.pop()],
+        }),
+      ),
     );
-    const [gate, up, down] = run.values;
-    return { values: { gate, up, down }, seconds: run.seconds };
+    const [gate, up, down] = runs.map((r) => r.values[0]);
+    return { values: { gate, up, down }, seconds: runs.reduce((n, r) => n + r.seconds, 0) };
   }
 
   private handle(key: number, d: Decoded): ExpertHandle {
