@@ -67,10 +67,10 @@ describe('the OpenAI-compatible API (embedded model, offload engine)', function 
     it('lists the one model served, with its context length', async function () {
       const res = await fetch(`${url}/v1/models`);
       assert.equal(res.status, 200);
-      const body = (await res.json()) as { object: string; data: { id: string; object: string; owned_by: string; max_model_len: number; created: number }[] };
+      const body = (await res.json()) as { object: string; data: { id: string; object: string; owned_by: string; max_model_len: number; created: number; chat_template: string }[] };
       assert.equal(body.object, 'list');
       assert.equal(body.data.length, 1);
-      assert.deepEqual({ ...body.data[0], created: 0 }, { id: 'ebserve-moe-8x', object: 'model', created: 0, owned_by: 'ebserve', max_model_len: 256 });
+      assert.deepEqual({ ...body.data[0], created: 0 }, { id: 'ebserve-moe-8x', object: 'model', created: 0, owned_by: 'ebserve', max_model_len: 256, chat_template: 'plain' });
       assert.ok(Math.abs(body.data[0].created - Date.now() / 1000) < 600);
     });
   });

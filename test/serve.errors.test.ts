@@ -35,12 +35,12 @@ describe('API errors (embedded model, resident engine)', function () {
 
   describe('POST /v1/completions', function () {
     it('answers 400 when max_tokens is negative', async function () {
-      const { error } = await expectError('/v1/completions', { prompt: 'a', max_tokens: -1 }, 400, 'max_tokens', /max_tokens must be at least 1/);
+      const { error } = await expectError('/v1/completions', { prompt: 'a', max_tokens: -1 }, 400, 'max_tokens', /max_tokens must be at least 0/);
       assert.equal(error.type, 'invalid_request_error');
     });
 
-    it('answers 400 when max_tokens is zero', async function () {
-      await expectError('/v1/completions', { prompt: 'a', max_tokens: 0 }, 400, 'max_tokens', /at least 1/);
+    it('answers 400 when max_tokens is zero without echo (only scoring may generate nothing)', async function () {
+      await expectError('/v1/completions', { prompt: 'a', max_tokens: 0 }, 400, 'max_tokens', /only allowed with echo/);
     });
 
     it('answers 400 when max_tokens is larger than the context', async function () {
@@ -66,11 +66,11 @@ describe('API errors (embedded model, resident engine)', function () {
       await expectError('/v1/completions', '{"prompt": "a"}', 400, null, /Content-Type: application\/json/, { headers: { 'Content-Type': 'text/plain' } });
     });
 
-    it('answers 400 when the prompt is missing, empty, or not one string', async function () {
+    it('answers 400 when the prompt is missing, empty, or not text or token ids', async function () {
       await expectError('/v1/completions', { max_tokens: 4 }, 400, 'prompt', /prompt is required/);
       await expectError('/v1/completions', { prompt: '' }, 400, 'prompt', /must not be empty/);
-      await expectError('/v1/completions', { prompt: ['a', 'b'] }, 400, 'prompt', /one string/);
-      await expectError('/v1/completions', { prompt: [1, 2, 3] }, 400, 'prompt', /token ids are not supported/);
+      await expectError('/v1/completions', { prompt: { text: 'a' } }, 400, 'prompt', /a string, a list of strings, a list of token ids or a list of lists/);
+      await expectError('/v1/completions', { prompt: ['a', 2] }, 400, 'prompt', /a string, a list of strings/);
     });
 
     it('answers 400 when the prompt leaves no room in the context', async function () {
@@ -95,9 +95,9 @@ describe('API errors (embedded model, resident engine)', function () {
 
     it('answers 400 when a field asks for something this server does not do', async function () {
       await expectError('/v1/completions', { prompt: 'a', best_of: 2 }, 400, 'best_of', /best_of is not supported by this server \(only 1\)/);
-      await expectError('/v1/completions', { prompt: 'a', echo: true }, 400, 'echo', /not supported/);
-      await expectError('/v1/completions', { prompt: 'a', logprobs: 5 }, 400, 'logprobs', /not supported/);
-      await expectError('/v1/completions', { prompt: 'a', presence_penalty: 0.5 }, 400, 'presence_penalty', /not supported/);
+      await expectError('/v1/completions', { prompt: 'a', suffix: 'b' }, 400, 'suffix', /not supported/);
+      await expectError('/v1/completions', { prompt: 'a', logprobs: 21 }, 400, 'logprobs', /at most 20/);
+      await expectError('/v1/completions', { prompt: 'a', presence_penalty: 2.5 }, 400, 'presence_penalty', /between -2 and 2/);
     });
 
     it('answers 400 when n is not a whole number from 1 to 8 (this server\'s --max-batch)', async function () {

@@ -15,8 +15,11 @@ import type { ModelConfig } from './types.js';
 
 export interface Tokenizer {
   readonly kind: 'bytes' | 'tokenizer.json';
-  encode(text: string): number[];
+  /** Token ids of `text`; `addSpecialTokens: false` leaves out what the tokenizer's post-processor adds (a BOS, …). */
+  encode(text: string, opts?: { addSpecialTokens?: boolean }): number[];
   decode(ids: number[]): string;
+  /** The bytes one token stands for (what OpenAI's logprobs call a token's bytes). */
+  tokenBytes(id: number): Uint8Array;
   /** A decoder for a stream of ids: push(id) returns the text that became complete. */
   streamDecoder(): { push(id: number): string; flush(): string };
 }
@@ -29,6 +32,9 @@ export class ByteTokenizer implements Tokenizer {
   }
   decode(ids: number[]): string {
     return Buffer.from(ids).toString('utf8');
+  }
+  tokenBytes(id: number): Uint8Array {
+    return Uint8Array.of(id);
   }
   streamDecoder() {
     const dec = new TextDecoder('utf-8');
@@ -43,11 +49,19 @@ export class ByteTokenizer implements Tokenizer {
 export class JsonTokenizer implements Tokenizer {
   readonly kind = 'tokenizer.json';
   constructor(private readonly tok: HfTokenizer) {}
-  encode(text: string): number[] {
-    return this.tok.encode(text).ids;
+  encode(text: string, opts: { addSpecialTokens?: boolean } = {}): number[] {
+    return this.tok.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
   }
   decode(ids: number[]): string {
     return this.tok.decode(ids);
+  }
+  tokenBytes(id: number): Uint8Array {
+    const text = this.decode([id]);
+    if (!text.includes('\uFFFD')) return new Uint8Array(Buffer.from(text, 'utf8'));
+    // Part of a character: a byte-level BPE token's string maps back to its bytes (GPT-2's table).
+    const piece = this.tok.id_to_token(id) ?? '';
+    const bytes = Array.from(piece, (ch: string) => UNICODE_TO_BYTE.get(ch));
+    return bytes.every((b) => b !== undefined) ? Uint8Array.from(bytes as number[]) : new Uint8Array(Buffer.from(text, 'utf8'));
   }
   streamDecoder() {
     // Decode the whole run each time and emit what grew, holding back a trailing U+FFFD (an
@@ -70,6 +84,15 @@ export class JsonTokenizer implements Tokenizer {
     };
   }
 }
+
+/** GPT-2's byte-level alphabet, inverted: the character a byte-level BPE writes for each byte → the byte. */
+const UNICODE_TO_BYTE: ReadonlyMap<string, number> = (() => {
+  const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  const m = new Map<string, number>();
+  let extra = 0;
+  for (let b = 0; b < 256; b++) m.set(String.fromCodePoint(printable(b) ? b : 256 + extra++), b);
+  return m;
+})();
 
 /** The tokenizer a checkpoint folder declares. */
 export async function loadTokenizer(dir: string, config: ModelConfig): Promise<Tokenizer> {

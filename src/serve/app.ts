@@ -5,7 +5,8 @@
  *
  *   POST /v1/completions        OpenAI text completions (completions.ts)
  *   POST /v1/chat/completions   OpenAI chat completions, through a plain-text template (chat-template.ts)
- *   GET  /v1/models             the one model served
+ *   GET  /v1/models             the one model served (and which chat template it uses)
+ *   POST /tokenize, /detokenize the model's tokenizer (tokenize.ts)
  *   GET  /health                200 with model, backend, engine and the batch/queue when ready; 503 while loading or shutting down
  *   GET  /metrics               Prometheus text format (metrics.ts)
  *   /admin/*                    the admin API behind a bearer token (admin.ts)
@@ -21,6 +22,7 @@ import { dashboardRouter } from './dashboard.js';
 import { dashboardSource } from './dashboard-source.js';
 import { completionHandler, type CompletionContext } from './completions.js';
 import { ApiError, errorHandler, notFound, unavailable } from './errors.js';
+import { detokenizeHandler, tokenizeHandler } from './tokenize.js';
 
 export interface AppContext extends CompletionContext {
   /** Why the model is not there, when loading failed. */
@@ -39,6 +41,8 @@ const ROUTES: Record<string, string[]> = {
   '/v1/completions': ['POST'],
   '/v1/chat/completions': ['POST'],
   '/v1/models': ['GET', 'HEAD'],
+  '/tokenize': ['POST'],
+  '/detokenize': ['POST'],
   '/health': ['GET', 'HEAD'],
   '/metrics': ['GET', 'HEAD'],
 };
@@ -98,11 +102,11 @@ export function createApp(ctx: AppContext): Express {
   app.get('/v1/models', (_req, res) => {
     const model = ctx.model();
     if (!model) throw unavailable('Loading model');
-    res.json({ object: 'list', data: [{ id: model.id, object: 'model', created: ctx.loadedAt(), owned_by: 'ebserve', max_model_len: model.contextTokens }] });
+    res.json({ object: 'list', data: [{ id: model.id, object: 'model', created: ctx.loadedAt(), owned_by: 'ebserve', max_model_len: model.contextTokens, chat_template: model.chatTemplate.source }] });
   });
 
   app.use(dashboardRouter(dashboardSource(ctx.model, ctx.batcher), { signal: ctx.closingSignal }));
-  app.use('/admin', adminRouter({ token: ctx.adminToken, control: () => ctx.model()?.control, maxBodyBytes: ctx.maxBodyBytes }));
+  app.use('/admin', adminRouter({ token: ctx.adminToken, control: () => ctx.model()?.control, routing: () => ctx.model()?.routing, maxBodyBytes: ctx.maxBodyBytes }));
 
   app.get('/metrics', async (_req, res) => {
     res.set('Content-Type', ctx.metrics.registry.contentType).send(await ctx.metrics.registry.metrics());
@@ -112,6 +116,8 @@ export function createApp(ctx: AppContext): Express {
   const json = express.json({ limit: ctx.maxBodyBytes, strict: true });
   app.post('/v1/completions', json, completionHandler(ctx, 'text'));
   app.post('/v1/chat/completions', json, completionHandler(ctx, 'chat'));
+  app.post('/tokenize', json, tokenizeHandler(ctx.model));
+  app.post('/detokenize', json, detokenizeHandler(ctx.model));
 
   for (const [path, methods] of Object.entries(ROUTES)) {
     app.all(path, (req) => {

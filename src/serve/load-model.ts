@@ -23,7 +23,8 @@ import { GenerationSequence } from '../model/sequence.js';
 import { checkpointExperts, loadModel, readExpert } from '../model/load.js';
 import { checkSequence } from '../model/transformer.js';
 import type { Policy } from '../control/policy.js';
-import type { Profile } from '../control/profile.js';
+import { checkProfileForModel, type Profile } from '../control/profile.js';
+import { RoutingWindow } from '../control/routing/window.js';
 import { createOffload, deviceBudget, levelCount, uniformPlan, type Ladder, type Link, type OffloadExpertEngine, type TelemetryBus } from '../offload/index.js';
 import type { CpuExpertEngine } from '../offload/cpu-engine.js';
 import type { ExpertStore } from '../offload/store.js';
@@ -32,6 +33,7 @@ import { native } from '../codec/native.js';
 import { nativeForwardUnsupported } from '../model/native-forward.js';
 import { defaultCacheDir } from '../offload/store-file.js';
 import type { ServingHooks } from './batcher.js';
+import { loadChatTemplate } from './chat-template.js';
 import type { EngineName, ServedModel } from './served-model.js';
 
 export interface ModelSpec {
@@ -83,6 +85,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   const level = spec.fixedLevel ?? finest;
   if (!(Number.isInteger(level) && level >= 0 && level <= finest)) throw new RangeError(`--level must be one of 0..${finest}, got ${level}`);
   const id = path.basename(path.resolve(spec.dir));
+  // Before the weights: a template that does not parse fails the load at once.
+  const chatTemplate = await loadChatTemplate(spec.dir);
   let link: Link | undefined;
   let offloaded: { engine: OffloadExpertEngine; store: ExpertStore } | undefined;
   let details: Record<string, string | number | boolean> = {};
@@ -105,10 +109,13 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     // The budget needs only the layer count and an expert's size, which the config gives before
     // the store exists (createOffload opens the store itself).
     const expertValues = 3 * c.hiddenSize * c.expertFfnSize;
+    // Tier A per layer (the routing report's sizes), unless --experts-per-layer overrides the profile.
+    const expertsByLayer = spec.expertsPerLayer === undefined ? d.experts_by_layer : undefined;
+    if (expertsByLayer) checkProfileForModel(spec.profile, { numLayers: c.numLayers, numExperts: c.numExperts, topK: c.topK });
     const budget = deviceBudget(
       expertsPerLayer !== undefined
         ? { expertsPerLayer, tierBBytes: spec.expertsPerLayer !== undefined ? 0 : d.tier_b_bytes }
-        : { deviceMemoryBudgetBytes: d.memory_budget_bytes, tierBFraction: d.tier_b_fraction },
+        : { deviceMemoryBudgetBytes: d.memory_budget_bytes, tierBFraction: d.tier_b_fraction, expertsByLayer, tierBBytes: d.tier_b_bytes },
       { numLayers: c.numLayers, expertValues: () => expertValues },
     );
     const fixed = spec.fixedLevel !== undefined;
@@ -131,7 +138,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     link = offload.link;
     offloaded = { engine: offload.engine, store: offload.opened.store };
     details = {
-      experts_per_layer: expertsPerLayer ?? 'from memory budget', tier_a_bytes: budget.tierABytes, tier_b_bytes: budget.tierBBytes, tier_a_form: d.tier_a_form ?? 'f32',
+      experts_per_layer: expertsPerLayer ?? (expertsByLayer && d.memory_budget_bytes === undefined ? 'by layer' : 'from memory budget'), tier_a_bytes: budget.tierABytes,
+      ...(expertsByLayer ? { experts_by_layer: expertsByLayer.join(',') } : {}), tier_b_bytes: budget.tierBBytes, tier_a_form: d.tier_a_form ?? 'f32',
       policy: spec.policy.name, profile: spec.profile.name, controller: fixed ? 'off' : spec.dryRun ? 'dry-run' : 'on',
       ...(fixed ? { level, level_meaning: describeLevel(ladder, level), level_fixed: true } : {}),
       link: offload.link.name, link_emulated: offload.link.emulated,
@@ -153,6 +161,14 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       throw e;
     }
   }
+  // The model's own routing of served steps (not the canaries' forwards, which run between steps),
+  // for the routing report of GET /admin/routing, /metrics and the dashboard.
+  const c = m.checkpoint.config;
+  const routing = new RoutingWindow({ numLayers: c.numLayers, numExperts: c.numExperts, topK: c.topK });
+  let inServedStep = false;
+  m.model.onRouting = (r) => {
+    if (inServedStep) routing.observe(r);
+  };
   const served: ServedModel = {
     id,
     dir: spec.dir,
@@ -162,8 +178,19 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     linkEmulated: link?.emulated ?? false,
     details,
     countTokens: (text) => m.tokenizer.encode(text).length,
+    tokenizer: m.tokenizer,
+    vocabSize: m.checkpoint.config.vocabSize,
+    chatTemplate,
     sequence: (prompt, opts) => new GenerationSequence(m.checkpoint.config, m.tokenizer, prompt, opts),
-    forwardBatch: (steps) => m.model.forwardBatch(steps),
+    forwardBatch: async (steps) => {
+      inServedStep = true;
+      try {
+        return await m.model.forwardBatch(steps);
+      } finally {
+        inServedStep = false;
+      }
+    },
+    routing,
     checkStep: (step) => checkSequence(m.checkpoint.config, step),
     control,
     dispose: () => {

@@ -2,9 +2,13 @@
  * What a client may send to POST /v1/completions and /v1/chat/completions, as zod schemas, and
  * the one function that turns a body into a typed request or a 400 naming the field.
  *
- * The fields follow OpenAI's API. Fields this server does not implement are accepted only at
- * their neutral value (echo false, no logprobs, zero penalties, …), because answering as if
- * they had been honoured would be wrong; fields that change nothing about the output (user,
+ * The fields follow OpenAI's API, scoring included: logprobs (top-N, 0..20) and echo on
+ * completions — with echo, max_tokens may be 0 and only the prompt is scored, as evaluation
+ * harnesses ask — logprobs/top_logprobs on chat, logit_bias (token id → [-100, 100]) and the
+ * presence/frequency penalties ([-2, 2]). A completions prompt is a string, a list of strings,
+ * a list of token ids or a list of such lists (each prompt brings n choices). Fields this server
+ * does not implement are accepted only at their neutral value (best_of 1, no suffix, no tools),
+ * because answering as if they had been honoured would be wrong; fields that change nothing about the output (user,
  * metadata, …) and unknown fields are ignored, as OpenAI-compatible servers do, so that existing
  * clients work unchanged. Limits that depend on the model (the context) or the server (how many
  * choices one request may ask for) are parameters.
@@ -19,6 +23,9 @@ import { badRequest } from './errors.js';
 
 /** At most this many stop strings, as OpenAI allows. */
 export const MAX_STOP_STRINGS = 4;
+
+/** At most this many top log-probabilities per position, as OpenAI allows. */
+export const MAX_LOGPROBS = 20;
 
 /**
  * At most this many choices (n) per request. Each choice is a sequence of its own in the batch,
@@ -38,14 +45,44 @@ const neutral = (name: string, ok: (v: unknown) => boolean, neutralText: string)
     .refine((v) => v === null || ok(v), { error: `${name} is not supported by this server (only ${neutralText})` })
     .optional();
 
+const penalty = (name: string) =>
+  z.number(typed(name, 'a number')).min(-2, { error: `${name} must be between -2 and 2` }).max(2, { error: `${name} must be between -2 and 2` }).nullish();
+
+const topN = (name: string) =>
+  z
+    .number(typed(name, `a whole number between 0 and ${MAX_LOGPROBS}`))
+    .int({ error: `${name} must be a whole number between 0 and ${MAX_LOGPROBS}` })
+    .min(0, { error: `${name} must be between 0 and ${MAX_LOGPROBS}` })
+    .max(MAX_LOGPROBS, { error: `${name} must be at most ${MAX_LOGPROBS}` })
+    .nullish();
+
+/** A completions prompt: one text, texts, one list of token ids, or lists of them. */
+const promptField = () => {
+  const text = z.string().min(1, { error: 'prompt must not be empty' });
+  const id = z.number().int({ error: 'prompt token ids must be whole numbers' }).min(0, { error: 'prompt token ids must be ≥ 0' });
+  const ids = z.array(id).min(1, { error: 'prompt must not be an empty list of token ids' });
+  const message = (i: { input?: unknown }) =>
+    i.input === undefined ? 'prompt is required (a string)' : 'prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids';
+  return z.union([text, z.array(text).min(1, { error: 'prompt must not be an empty list' }), ids, z.array(ids).min(1, { error: 'prompt must not be an empty list' })], { error: message });
+};
+
+/** A completions prompt as a list of prompts, each text or token ids. */
+export function promptList(prompt: string | string[] | number[] | number[][]): (string | number[])[] {
+  if (typeof prompt === 'string') return [prompt];
+  if (prompt.length > 0 && typeof prompt[0] === 'number') return [prompt as number[]];
+  return prompt as (string | number[])[];
+}
+
+const maxTokensField = (name: string, contextTokens: number, min = 1) =>
+  z
+    .number(typed(name, 'a whole number'))
+    .int({ error: `${name} must be a whole number` })
+    .min(min, { error: `${name} must be at least ${min}` })
+    .max(contextTokens, { error: `${name} must be at most ${contextTokens}, the model's context` })
+    .nullish();
+
 function samplingFields(contextTokens: number, maxChoices: number) {
-  const maxTokens = (name: string) =>
-    z
-      .number(typed(name, 'a whole number'))
-      .int({ error: `${name} must be a whole number` })
-      .min(1, { error: `${name} must be at least 1` })
-      .max(contextTokens, { error: `${name} must be at most ${contextTokens}, the model's context` })
-      .nullish();
+  const maxTokens = (name: string) => maxTokensField(name, contextTokens);
   return {
     model: z.string(typed('model', 'a string')).nullish(),
     max_tokens: maxTokens('max_tokens'),
@@ -64,9 +101,17 @@ function samplingFields(contextTokens: number, maxChoices: number) {
       .min(1, { error: 'n must be at least 1' })
       .max(maxChoices, { error: `n must be at most ${maxChoices} on this server (choices decode together in one batch)` })
       .nullish(),
-    presence_penalty: neutral('presence_penalty', (v) => v === 0, '0'),
-    frequency_penalty: neutral('frequency_penalty', (v) => v === 0, '0'),
-    logit_bias: neutral('logit_bias', (v) => typeof v === 'object' && Object.keys(v as object).length === 0, 'an empty object'),
+    presence_penalty: penalty('presence_penalty'),
+    frequency_penalty: penalty('frequency_penalty'),
+    // Keys are token ids as strings (JSON objects have no other keys); the model's vocabulary is
+    // checked where the model is known (completions.ts).
+    logit_bias: z
+      .record(
+        z.string().regex(/^(0|[1-9][0-9]*)$/, { error: 'logit_bias keys must be token ids (whole numbers ≥ 0, as strings)' }),
+        z.number({ error: 'logit_bias values must be numbers between -100 and 100' }).min(-100, { error: 'logit_bias values must be between -100 and 100' }).max(100, { error: 'logit_bias values must be between -100 and 100' }),
+        { error: 'logit_bias must be an object mapping token ids to biases between -100 and 100' },
+      )
+      .nullish(),
   };
 }
 
@@ -78,16 +123,24 @@ const ROLES = ['system', 'developer', 'user', 'assistant'] as const;
  */
 export function requestSchemas(limits: { contextTokens: number; maxChoices?: number }) {
   const common = samplingFields(limits.contextTokens, limits.maxChoices ?? MAX_CHOICES);
-  const completion = z.object({
-    ...common,
-    prompt: z
-      .string({ error: (i) => (i.input === undefined ? 'prompt is required (a string)' : 'prompt must be one string (lists of prompts and token ids are not supported)') })
-      .min(1, { error: 'prompt must not be empty' }),
-    echo: neutral('echo', (v) => v === false, 'false'),
-    best_of: neutral('best_of', (v) => v === 1, '1'),
-    logprobs: neutral('logprobs', (v) => v === 0, 'null'),
-    suffix: neutral('suffix', (v) => v === '', 'null'),
-  });
+  const maxChoices = limits.maxChoices ?? MAX_CHOICES;
+  const completion = z
+    .object({
+      ...common,
+      // 0 only scores the prompt (with echo).
+      max_tokens: maxTokensField('max_tokens', limits.contextTokens, 0),
+      prompt: promptField(),
+      echo: z.boolean(typed('echo', 'true or false')).nullish(),
+      best_of: neutral('best_of', (v) => v === 1, '1'),
+      logprobs: topN('logprobs'),
+      suffix: neutral('suffix', (v) => v === '', 'null'),
+    })
+    .superRefine((r, ctx) => {
+      const prompts = promptList(r.prompt).length;
+      const seqs = prompts * (r.n ?? 1);
+      if (seqs > maxChoices) ctx.addIssue({ code: 'custom', path: ['prompt'], message: `${prompts} prompts × n = ${r.n ?? 1} are ${seqs} sequences; this server runs at most ${maxChoices} per request (they decode together in one batch)` });
+      if (r.max_tokens === 0 && r.echo !== true) ctx.addIssue({ code: 'custom', path: ['max_tokens'], message: 'max_tokens 0 generates nothing: it is only allowed with echo (to score the prompt)' });
+    });
   const textPart = z.object({ type: z.literal('text', { error: 'only text content parts are supported' }), text: z.string(typed('text', 'a string')) });
   const chat = z.object({
     ...common,
@@ -103,9 +156,11 @@ export function requestSchemas(limits: { contextTokens: number; maxChoices?: num
         typed('messages', 'a list of {role, content} messages'),
       )
       .min(1, { error: 'messages must hold at least one message' }),
-    logprobs: neutral('logprobs', (v) => v === false, 'false'),
-    top_logprobs: neutral('top_logprobs', (v) => v === 0, 'null'),
+    logprobs: z.boolean(typed('logprobs', 'true or false')).nullish(),
+    top_logprobs: topN('top_logprobs'),
     tools: neutral('tools', (v) => Array.isArray(v) && v.length === 0, 'none'),
+  }).superRefine((r, ctx) => {
+    if (r.top_logprobs != null && r.logprobs !== true) ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: 'top_logprobs needs logprobs: true' });
   });
   return { completion, chat };
 }

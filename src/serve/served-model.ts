@@ -8,6 +8,8 @@
  */
 import type { GenerationSequence, SequenceOptions } from '../model/sequence.js';
 import type { SequenceStep } from '../model/transformer.js';
+import type { Tokenizer } from '../model/tokenizer.js';
+import type { ChatTemplate } from './chat-template.js';
 import type { RoutingWindow } from '../control/routing/window.js';
 import type { ServedControl } from './served-control.js';
 
@@ -30,12 +32,18 @@ export interface ServedModel {
   /** The model's routing of the last served tokens and its routing report (any engine). */
   readonly routing?: RoutingWindow;
   countTokens(text: string): number;
+  /** The model's tokenizer (POST /tokenize, /detokenize, the tokens of logprobs). */
+  readonly tokenizer: Tokenizer;
+  /** Token ids run from 0 to vocabSize − 1. */
+  readonly vocabSize: number;
+  /** How chat messages become a prompt (the checkpoint's template, or the plain one). */
+  readonly chatTemplate: ChatTemplate;
   /**
    * A new generation of `prompt` for the scheduler to step (its KV cache is made at its first
    * step). Throws a RangeError or TypeError naming what is wrong (an empty prompt, one that fills
    * the context, a stop that is not a string).
    */
-  sequence(prompt: string, opts: SequenceOptions): GenerationSequence;
+  sequence(prompt: string | readonly number[], opts: SequenceOptions): GenerationSequence;
   /** One forward step for these sequences' steps on the model's own engine; each one's last-position logits. */
   forwardBatch(steps: SequenceStep[]): Promise<Float32Array[]>;
   /** Throws a RangeError naming what is wrong with one sequence's step (checkSequence). */

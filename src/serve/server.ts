@@ -145,6 +145,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       loadedAt = Math.floor(Date.now() / 1000);
       metrics.ready({ version: packageVersion(), backend: m.backend.name, engine: m.engine, linkEmulated: m.linkEmulated });
       if (m.control) metrics.attachControl(m.control);
+      if (m.routing) metrics.attachRouting(m.routing);
       return m;
     },
     (e: unknown) => {
