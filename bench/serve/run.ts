@@ -32,13 +32,16 @@ import { fileURLToPath } from 'node:url';
 import { EMBEDDED_MODEL_DIR } from '../../src/model/embedded.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const RESULTS = path.join(ROOT, 'bench', 'results', 'serve.json');
+// BENCH_SERVE_MAX_TOKENS=N asks N tokens per request instead of 16 (how batching scales when
+// decode, not the prompt, dominates a request); that run's results go to serve-max<N>.json.
+const MAX_TOKENS = maxTokens(process.env.BENCH_SERVE_MAX_TOKENS);
+const RESULTS = path.join(ROOT, 'bench', 'results', MAX_TOKENS === 16 ? 'serve.json' : `serve-max${MAX_TOKENS}.json`);
 const CONCURRENCIES = [1, 8, 32];
 const ENGINES = ['offload', 'cpu'] as const;
 type Engine = (typeof ENGINES)[number];
 const MAX_QUEUE = 16;
 const DURATION = durationSeconds(process.env.BENCH_SERVE_SECONDS);
-const BODY = { prompt: 'Call me Ishmael. Some years ago', max_tokens: 16, temperature: 0, stream: true, stream_options: { include_usage: true } };
+const BODY = { prompt: 'Call me Ishmael. Some years ago', max_tokens: MAX_TOKENS, temperature: 0, stream: true, stream_options: { include_usage: true } };
 /** A request's timeout: far more than 24 turns (8 decoding + 16 waiting) of a 16-token generation. */
 const REQUEST_TIMEOUT_S = 30;
 const WARMUP_REQUESTS = 3;
@@ -49,6 +52,13 @@ const RSS_INTERVAL_MS = 1000;
 
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
+
+function maxTokens(env: string | undefined): number {
+  if (env === undefined || env === '') return 16;
+  const n = Number(env);
+  if (!(Number.isInteger(n) && n >= 1 && n <= 200)) throw new Error(`BENCH_SERVE_MAX_TOKENS must be a whole number in 1..200, got ${JSON.stringify(env)}`);
+  return n;
+}
 
 function durationSeconds(env: string | undefined): number {
   if (env === undefined || env.trim() === '') return 60;
