@@ -38,22 +38,7 @@ void check_expert(Target& t, const Options& o, Report& report) {
     r.criterion = "max|y_dev - y_cpu| / max|y_cpu| <= 1e-5 against eb::expert_layer (f32)";
     const std::vector<float> x = gaussian((size_t)n * d, 1.0f, o.seed + 200 + n);
 
-    // The CPU engine: one expert, every token routed to it with weight 1 (so out = y exactly).
-    std::vector<int32_t> slot_expert(n, 0);
-    std::vector<float> slot_weight(n, 1.0f), want((size_t)n * d);
-    eb::LayerCall call;
-    call.d = d;
-    call.ff = ff;
-    call.T = n;
-    call.k = 1;
-    call.hidden = x.data();
-    call.slot_expert = slot_expert.data();
-    call.slot_weight = slot_weight.data();
-    call.experts = &cpu_expert;
-    call.num_experts = 1;
-    call.out = want.data();
-    call.threads = threads;
-    eb::expert_layer(call);
+    const std::vector<float> want = cpu_expert_ffn(cpu_expert, x.data(), n, d, ff, threads);
 
     DeviceArray<float> d_x(rt, (size_t)n * d), d_h(rt, (size_t)n * ff), d_y(rt, (size_t)n * d);
     upload(rt, s, d_x.p, x.data(), d_x.bytes());

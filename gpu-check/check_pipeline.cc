@@ -73,22 +73,7 @@ void check_pipeline(Target& t, const Options& o, Report& report) {
     ew.gate.dense = se.decoded.data();
     ew.up.dense = se.decoded.data() + w;
     ew.down.dense = se.decoded.data() + 2 * w;
-    std::vector<int32_t> slot_expert(n, 0);
-    std::vector<float> slot_weight(n, 1.0f);
-    se.y.resize((size_t)n * d);
-    eb::LayerCall call;
-    call.d = d;
-    call.ff = ff;
-    call.T = n;
-    call.k = 1;
-    call.hidden = x.data();
-    call.slot_expert = slot_expert.data();
-    call.slot_weight = slot_weight.data();
-    call.experts = &ew;
-    call.num_experts = 1;
-    call.out = se.y.data();
-    call.threads = threads;
-    eb::expert_layer(call);
+    se.y = cpu_expert_ffn(ew, x.data(), n, d, ff, threads);
   }
 
   Stream compute = rt.stream_create("compute");

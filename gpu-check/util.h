@@ -9,6 +9,7 @@
 #include <chrono>
 #include <vector>
 
+#include "../src/native/expert_cpu.h"
 #include "../src/native/parallel.h"
 #include "target.h"
 
@@ -115,6 +116,28 @@ inline double max_abs_diff(const float* a, const float* b, size_t n) {
     worst = d > worst ? d : worst;
   }
   return worst;
+}
+
+// The CPU engine's output for n tokens x [n, d] all routed to one expert with weight 1 (so each
+// row of the result is that expert's FFN of the token, exactly): the reference the device's FFN
+// kernels are checked against.
+inline std::vector<float> cpu_expert_ffn(const eb::ExpertWeights& expert, const float* x, int n, int d, int ff, int threads) {
+  std::vector<int32_t> slot_expert(n, 0);
+  std::vector<float> slot_weight(n, 1.0f), out((size_t)n * d);
+  eb::LayerCall call;
+  call.d = d;
+  call.ff = ff;
+  call.T = n;
+  call.k = 1;
+  call.hidden = x;
+  call.slot_expert = slot_expert.data();
+  call.slot_weight = slot_weight.data();
+  call.experts = &expert;
+  call.num_experts = 1;
+  call.out = out.data();
+  call.threads = threads;
+  eb::expert_layer(call);
+  return out;
 }
 
 // Bytes / seconds in GB/s (10⁹ bytes per second).

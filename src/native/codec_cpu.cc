@@ -13,13 +13,7 @@
 #include "crc32c.h"
 #include "parallel.h"
 
-// The hot loops are compiled three times and the best the CPU runs is picked at load time, so the
-// addon stays portable (x86-64 baseline) and still uses AVX2 / AVX-512 where they exist.
-#if defined(__x86_64__) && !defined(EB_NO_CLONES)
-#define EB_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define EB_CLONES
-#endif
+#include "clones.h"
 
 namespace eb {
 namespace {

@@ -19,11 +19,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#if defined(__x86_64__) && !defined(EB_NO_CLONES)
-#define EB_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define EB_CLONES
-#endif
+#include "clones.h"
 
 namespace eb {
 namespace {

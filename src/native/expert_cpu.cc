@@ -14,18 +14,12 @@
 #include "parallel.h"
 #include "worker_pool.h"
 
-// Like the codec's loops, the products are compiled for AVX-512, AVX2 and the x86-64 baseline and
-// the best the CPU runs is picked at load time. The always_inline helpers are compiled inside each
-// clone, so they get its instruction set too.
+// The products are EB_CLONES, like the codec's loops; the always_inline helpers are compiled
+// inside each clone, so they get its instruction set too. CPUs with GFNI take expert_cpu_gfni.cc's.
+#include "clones.h"
 #include "expert_kernels.h"
-
-// The products are compiled for AVX-512, AVX2 and the x86-64 baseline and the best the CPU runs
-// is picked at load time, like the codec's loops; CPUs with GFNI take expert_cpu_gfni.cc's.
 #if defined(__x86_64__) && !defined(EB_NO_CLONES)
-#define EB_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define EB_HAVE_GFNI_UNIT 1
-#else
-#define EB_CLONES
 #endif
 
 namespace eb {

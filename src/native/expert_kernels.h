@@ -89,6 +89,10 @@ EB_AI float ek_hsum(v16f a, v16f b) {
 // row costs about as much to sum this way as its products.
 template <int P>
 EB_AI void ek_hsum8(const v16f* a, const v16f* b, float* out) {
+  if (P == 1) {  // the same additions, one pair's lanes at a time
+    out[0] = ek_hsum(a[0], b[0]);
+    return;
+  }
   v16f s[8];
   for (int j = 0; j < 8; j++) s[j] = j < P ? a[j] + b[j] : v16f{};
   v16f p[4], q[2];
@@ -291,58 +295,66 @@ EB_AI void ek_rows(Src& src, int cols, int r0, int r1, const float* x, int ldx, 
   }
 }
 
-// Tokens in tiles of up to 4: each block is loaded (or decoded) once per tile.
-template <class Src>
-EB_AI void ek_rows_tiled(Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+// A tile's token count as a type, so a tile's kernel is instantiated for it.
+template <int N>
+struct EkTokens {
+  static constexpr int n = N;
+};
+
+// Tokens in tiles of up to 4, each block loaded (or decoded) once per tile: tile(EkTokens<NT>{},
+// x of the tile's first token, y of it) for every tile.
+template <class Tile>
+EB_AI void ek_token_tiles(const float* x, int ldx, int n, float* y, int ldy, Tile tile) {
   for (int t = 0; t < n; t += 4) {
     const float* xt = x + (uint64_t)t * ldx;
     float* yt = y + (uint64_t)t * ldy;
     switch (n - t >= 4 ? 4 : n - t) {
-      case 4: ek_rows<4>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-      case 3: ek_rows<3>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-      case 2: ek_rows<2>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-      default: ek_rows<1>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
+      case 4: tile(EkTokens<4>{}, xt, yt); break;
+      case 3: tile(EkTokens<3>{}, xt, yt); break;
+      case 2: tile(EkTokens<2>{}, xt, yt); break;
+      default: tile(EkTokens<1>{}, xt, yt); break;
     }
   }
 }
 
-// Rows [r, r + RB) for NT tokens at once, for sources whose rows can be read side by side (dense
-// and bf16): each token's block of x is loaded once for RB rows, and the RB·NT sums are taken
-// together by ek_hsum8. Every (row, token) accumulates and sums exactly as ek_rows does, so the
-// results are its bits.
+template <class Src>
+EB_AI void ek_rows_tiled(Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt) __attribute__((always_inline)) {
+    ek_rows<decltype(tokens)::n>(src, cols, r0, r1, xt, ldx, yt, ldy);
+  });
+}
+
+// Rows [r, r + RB) for NT tokens, for sources whose rows can be read at will (dense and bf16):
+// each row is read start to end (one stream: a large matrix is memory-bound, and rows read side
+// by side, 16 KB apart in a Mixtral expert, took twice as long on two threads), its NT pairs of
+// accumulators kept, and the RB·NT sums taken together by ek_hsum8. Every (row, token) accumulates
+// and sums exactly as ek_rows does, so the results are its bits.
 template <int NT, int RB, class Src>
 EB_AI void ek_rows_multi(const Src& proto, int cols, int r, const float* x, int ldx, float* y, int ldy) {
   static_assert(NT * RB <= 8, "ek_hsum8 sums 8 pairs");
   const int full = cols / 32, tail = cols % 32;
-  Src src[RB];
-  for (int i = 0; i < RB; i++) {
-    src[i] = proto;
-    src[i].begin_row(r + i);
-  }
   v16f a0[RB * NT], a1[RB * NT];
-  for (int j = 0; j < RB * NT; j++) a0[j] = a1[j] = v16f{};
-  for (int b = 0; b < full; b++) {
-    v16f x0[NT], x1[NT];
-#pragma GCC unroll 4
-    for (int t = 0; t < NT; t++) {
-      x0[t] = ek_loadf(x + (uint64_t)t * ldx + 32 * b);
-      x1[t] = ek_loadf(x + (uint64_t)t * ldx + 32 * b + 16);
-    }
 #pragma GCC unroll 8
-    for (int i = 0; i < RB; i++) {
+  for (int i = 0; i < RB; i++) {
+    Src src = proto;
+    src.begin_row(r + i);
+    v16f* c0 = a0 + i * NT;
+    v16f* c1 = a1 + i * NT;
+    for (int t = 0; t < NT; t++) c0[t] = c1[t] = v16f{};
+    for (int b = 0; b < full; b++) {
       v16f w0, w1;
-      src[i].block(b, w0, w1);
+      src.block(b, w0, w1);
 #pragma GCC unroll 4
       for (int t = 0; t < NT; t++) {
-        a0[i * NT + t] = ek_fma(w0, x0[t], a0[i * NT + t]);
-        a1[i * NT + t] = ek_fma(w1, x1[t], a1[i * NT + t]);
+        const float* xt = x + (uint64_t)t * ldx + 32 * b;
+        c0[t] = ek_fma(w0, ek_loadf(xt), c0[t]);
+        c1[t] = ek_fma(w1, ek_loadf(xt + 16), c1[t]);
       }
     }
-  }
-  if (tail)
-    for (int i = 0; i < RB; i++)
+    if (tail)
       for (int t = 0; t < NT; t++)
-        for (int k = 0; k < tail; k++) a0[i * NT + t][k] = __builtin_fmaf(src[i].row[32 * full + k], x[(uint64_t)t * ldx + 32 * full + k], a0[i * NT + t][k]);
+        for (int k = 0; k < tail; k++) c0[t][k] = __builtin_fmaf(src.row[32 * full + k], x[(uint64_t)t * ldx + 32 * full + k], c0[t][k]);
+  }
   float out[RB * NT];
   ek_hsum8<RB * NT>(a0, a1, out);
   for (int i = 0; i < RB; i++)
@@ -360,16 +372,9 @@ EB_AI void ek_rows_grouped(const Src& src, int cols, int r0, int r1, const float
 
 template <class Src>
 EB_AI void ek_rows_tiled_grouped(const Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  for (int t = 0; t < n; t += 4) {
-    const float* xt = x + (uint64_t)t * ldx;
-    float* yt = y + (uint64_t)t * ldy;
-    switch (n - t >= 4 ? 4 : n - t) {
-      case 4: ek_rows_grouped<4>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-      case 3: ek_rows_grouped<3>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-      case 2: ek_rows_grouped<2>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-      default: ek_rows_grouped<1>(src, cols, r0, r1, xt, ldx, yt, ldy); break;
-    }
-  }
+  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt) __attribute__((always_inline)) {
+    ek_rows_grouped<decltype(tokens)::n>(src, cols, r0, r1, xt, ldx, yt, ldy);
+  });
 }
 
 EB_AI void ek_dense_rows(const float* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
