@@ -268,29 +268,37 @@ struct FusedSrc {
   }
 };
 
-// y[t·ldy + r] for rows [r0, r1) and NT tokens: per row, 32-lane partial sums over the row's
-// blocks, then the lanes' fixed-order sum. A dense row's last cols % 32 values (the fused path
-// has none) go into the first lanes one by one.
+// Row r's 32-lane partial sums for NT tokens into a0[t] (lanes 0–15 of each block) and a1[t]
+// (lanes 16–31), block after block; a dense row's last cols % 32 values (the fused path has none)
+// go into the first lanes one by one. Every product sums a row this way, and then adds the lanes
+// in ek_hsum's fixed order: equal weights give equal bits whatever the path or the batch.
+template <int NT, class Src>
+EB_AI void ek_row_sums(Src& src, int cols, int r, const float* x, int ldx, v16f* a0, v16f* a1) {
+  const int full = cols / 32, tail = cols % 32;
+  src.begin_row(r);
+  for (int t = 0; t < NT; t++) a0[t] = a1[t] = v16f{};
+  for (int b = 0; b < full; b++) {
+    v16f w0, w1;
+    src.block(b, w0, w1);
+#pragma GCC unroll 4
+    for (int t = 0; t < NT; t++) {
+      const float* xt = x + (uint64_t)t * ldx + 32 * b;
+      a0[t] = ek_fma(w0, ek_loadf(xt), a0[t]);
+      a1[t] = ek_fma(w1, ek_loadf(xt + 16), a1[t]);
+    }
+  }
+  if (tail)
+    for (int t = 0; t < NT; t++)
+      for (int i = 0; i < tail; i++) a0[t][i] = __builtin_fmaf(src.row[32 * full + i], x[(uint64_t)t * ldx + 32 * full + i], a0[t][i]);
+}
+
+// y[t·ldy + r] for rows [r0, r1) and NT tokens, one row at a time (any source: the fused one
+// keeps per-row state while it decodes).
 template <int NT, class Src>
 EB_AI void ek_rows(Src& src, int cols, int r0, int r1, const float* x, int ldx, float* y, int ldy) {
-  const int full = cols / 32, tail = cols % 32;
   for (int r = r0; r < r1; r++) {
-    src.begin_row(r);
     v16f a0[NT], a1[NT];
-    for (int t = 0; t < NT; t++) a0[t] = a1[t] = v16f{};
-    for (int b = 0; b < full; b++) {
-      v16f w0, w1;
-      src.block(b, w0, w1);
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; t++) {
-        const float* xt = x + (uint64_t)t * ldx + 32 * b;
-        a0[t] = ek_fma(w0, ek_loadf(xt), a0[t]);
-        a1[t] = ek_fma(w1, ek_loadf(xt + 16), a1[t]);
-      }
-    }
-    if (tail)
-      for (int t = 0; t < NT; t++)
-        for (int i = 0; i < tail; i++) a0[t][i] = __builtin_fmaf(src.row[32 * full + i], x[(uint64_t)t * ldx + 32 * full + i], a0[t][i]);
+    ek_row_sums<NT>(src, cols, r, x, ldx, a0, a1);
     for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r] = ek_hsum(a0[t], a1[t]);
   }
 }
@@ -327,33 +335,16 @@ EB_AI void ek_rows_tiled(Src& src, int cols, int r0, int r1, const float* x, int
 // Rows [r, r + RB) for NT tokens, for sources whose rows can be read at will (dense and bf16):
 // each row is read start to end (one stream: a large matrix is memory-bound, and rows read side
 // by side, 16 KB apart in a Mixtral expert, took twice as long on two threads), its NT pairs of
-// accumulators kept, and the RB·NT sums taken together by ek_hsum8. Every (row, token) accumulates
-// and sums exactly as ek_rows does, so the results are its bits.
+// accumulators kept (ek_row_sums, as ek_rows sums a row), and the RB·NT sums taken together by
+// ek_hsum8 in ek_hsum's order: ek_rows's bits, with a fraction of its shuffles.
 template <int NT, int RB, class Src>
 EB_AI void ek_rows_multi(const Src& proto, int cols, int r, const float* x, int ldx, float* y, int ldy) {
   static_assert(NT * RB <= 8, "ek_hsum8 sums 8 pairs");
-  const int full = cols / 32, tail = cols % 32;
   v16f a0[RB * NT], a1[RB * NT];
 #pragma GCC unroll 8
   for (int i = 0; i < RB; i++) {
     Src src = proto;
-    src.begin_row(r + i);
-    v16f* c0 = a0 + i * NT;
-    v16f* c1 = a1 + i * NT;
-    for (int t = 0; t < NT; t++) c0[t] = c1[t] = v16f{};
-    for (int b = 0; b < full; b++) {
-      v16f w0, w1;
-      src.block(b, w0, w1);
-#pragma GCC unroll 4
-      for (int t = 0; t < NT; t++) {
-        const float* xt = x + (uint64_t)t * ldx + 32 * b;
-        c0[t] = ek_fma(w0, ek_loadf(xt), c0[t]);
-        c1[t] = ek_fma(w1, ek_loadf(xt + 16), c1[t]);
-      }
-    }
-    if (tail)
-      for (int t = 0; t < NT; t++)
-        for (int k = 0; k < tail; k++) c0[t][k] = __builtin_fmaf(src.row[32 * full + k], x[(uint64_t)t * ldx + 32 * full + k], c0[t][k]);
+    ek_row_sums<NT>(src, cols, r + i, x, ldx, a0 + i * NT, a1 + i * NT);
   }
   float out[RB * NT];
   ek_hsum8<RB * NT>(a0, a1, out);
