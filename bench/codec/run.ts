@@ -189,6 +189,37 @@ function timeCodec(src: Source, make: (threads: number) => Buffer, out: Float32A
   };
 }
 
+type Timed = ReturnType<typeof timeCodec>;
+
+/** A row for one of ebserve's streams: its ratio and timings, and its decode error (at every rung of a ladder). */
+function streamRow(src: Source, bound: number, codec: Row['codec'], t: Timed, err: { max: number; within: boolean }, entropy: number, extra: Pick<Row, 'ladder_overhead' | 'note'>): Row {
+  return {
+    dtype: src.dtype, bound, codec, ratio: src.bytes / t.stream.length,
+    compress_gbps_1t: t.compress_gbps_1t, decompress_gbps_1t: t.decompress_gbps_1t,
+    compress_gbps_2t: t.compress_gbps_2t, decompress_gbps_2t: t.decompress_gbps_2t,
+    max_abs_error: err.max, within_bound: err.within, memcpy_gbps: 0, entropy_ratio: entropy, compressed_bytes: t.stream.length,
+    ...extra,
+  };
+}
+
+/**
+ * Each rung of a ladder stream: its bytes up to that rung against `direct(bound, k)` (a direct
+ * stream at the rung's bound), and its decode error within that bound.
+ */
+function ladderOverhead(src: Source, stream: Buffer, out: Float32Array | Uint16Array, wide: Float32Array, bounds: number[], direct: (bound: number, k: number) => number): LadderRung[] {
+  const info = inspect(stream);
+  return bounds.map((b, k) => {
+    const d = direct(b, k);
+    const cumulative = info.rungs[k].cumulativeBytes;
+    const err = decodeError(src, stream, out, wide, b, k);
+    if (err.violations) log(`  BOUND BROKEN at rung ${k} (${b}): ${err.violations} values`);
+    return { bound: b, bytes_ratio_vs_direct: cumulative / d, cumulative_bytes: cumulative, direct_bytes: d, max_abs_error: err.max, within_bound: err.violations === 0 };
+  });
+}
+
+/** The worst rung's error, and whether every rung kept its bound. */
+const ladderError = (o: LadderRung[]) => ({ max: o[o.length - 1].max_abs_error, within: o.every((r) => r.within_bound) });
+
 interface ZfpResult {
   bytes: number;
   compress_s: number;
@@ -246,64 +277,22 @@ function main(): void {
       const one = timeCodec(src, (threads) => compress(src.values, { dtype: src.dtype, bound, threads }), out);
       const oneErr = decodeError(src, one.stream, out, wide, bound);
       if (oneErr.violations) log(`  BOUND BROKEN: ${oneErr.violations} values`);
-      rows.push({
-        dtype: src.dtype,
-        bound,
-        codec: 'ebserve',
-        ratio: src.bytes / one.stream.length,
-        compress_gbps_1t: one.compress_gbps_1t,
-        decompress_gbps_1t: one.decompress_gbps_1t,
-        compress_gbps_2t: one.compress_gbps_2t,
-        decompress_gbps_2t: one.decompress_gbps_2t,
-        max_abs_error: oneErr.max,
-        within_bound: oneErr.violations === 0,
-        memcpy_gbps: 0,
-        entropy_ratio: entropy,
-        compressed_bytes: one.stream.length,
-        ...(src.dtype === 'bf16'
-          ? { note: 'decoded to bf16: the bound there is eb + ulp(out)/2 (FORMAT.md)' }
-          : {}),
-      });
+      rows.push(streamRow(src, bound, 'ebserve', one, { max: oneErr.max, within: oneErr.violations === 0 }, entropy,
+        src.dtype === 'bf16' ? { note: 'decoded to bf16: the bound there is eb + ulp(out)/2 (FORMAT.md)' } : {}));
 
       // ebserve-ladder4: four rungs, bounds 8·eb .. eb; timed as a whole (compressLadder, a decode of all rungs).
       log(`${tag} ebserve-ladder4`);
       const bounds = ladderBounds(bound, LADDER_RUNGS);
       const lad = timeCodec(src, (threads) => compressLadder(src.values, { dtype: src.dtype, bounds, threads }), out);
-      const info = inspect(lad.stream);
-      const overhead: LadderRung[] = bounds.map((b, k) => {
-        const direct = k === bounds.length - 1 ? one.stream.length : compress(src.values, { dtype: src.dtype, bound: b, threads: 2 }).length;
-        const cumulative = info.rungs[k].cumulativeBytes;
-        const err = decodeError(src, lad.stream, out, wide, b, k);
-        if (err.violations) log(`  BOUND BROKEN at rung ${k} (${b}): ${err.violations} values`);
-        return {
-          bound: b,
-          bytes_ratio_vs_direct: cumulative / direct,
-          cumulative_bytes: cumulative,
-          direct_bytes: direct,
-          max_abs_error: err.max,
-          within_bound: err.violations === 0,
-        };
-      });
-      rows.push({
-        dtype: src.dtype,
-        bound,
-        codec: 'ebserve-ladder4',
-        ratio: src.bytes / lad.stream.length,
-        compress_gbps_1t: lad.compress_gbps_1t,
-        decompress_gbps_1t: lad.decompress_gbps_1t,
-        compress_gbps_2t: lad.compress_gbps_2t,
-        decompress_gbps_2t: lad.decompress_gbps_2t,
-        max_abs_error: overhead[overhead.length - 1].max_abs_error,
-        within_bound: overhead.every((o) => o.within_bound),
-        memcpy_gbps: 0,
-        entropy_ratio: entropy,
-        compressed_bytes: lad.stream.length,
+      const overhead = ladderOverhead(src, lad.stream, out, wide, bounds, (b, k) =>
+        k === bounds.length - 1 ? one.stream.length : compress(src.values, { dtype: src.dtype, bound: b, threads: 2 }).length);
+      rows.push(streamRow(src, bound, 'ebserve-ladder4', lad, ladderError(overhead), entropy, {
         ladder_overhead: overhead,
         note:
           `rungs ${bounds.map((b) => b.toExponential(0)).join(', ')}; ratio, error and timings are of the whole stream ` +
           '(finest rung); ladder_overhead: bytes up to each rung vs a direct stream at that bound' +
           (src.dtype === 'bf16' ? '; decoded to bf16 (bound eb + ulp(out)/2)' : ''),
-      });
+      }));
 
       // ebserve-entropy: the same quantized values through the entropy coder (32-lane rANS), one
       // rung and a 4-rung ladder whose overhead is against direct entropy-coded streams.
@@ -313,42 +302,16 @@ function main(): void {
         const bs = ladderBounds(bound, rungsOf);
         const ent = timeCodec(src, (threads) => compressLadder(src.values, { dtype: src.dtype, bounds: bs, threads, coder: 'entropy' }), out);
         const einfo = inspect(ent.stream);
-        const eover: LadderRung[] = bs.map((b, k) => {
-          const direct = k === bs.length - 1 && rungsOf === 1
-            ? ent.stream.length
-            : compress(src.values, { dtype: src.dtype, bound: b, threads: 2, coder: 'entropy' }).length;
-          const err = decodeError(src, ent.stream, out, wide, b, k);
-          if (err.violations) log(`  BOUND BROKEN at rung ${k} (${b}): ${err.violations} values`);
-          return {
-            bound: b,
-            bytes_ratio_vs_direct: einfo.rungs[k].cumulativeBytes / direct,
-            cumulative_bytes: einfo.rungs[k].cumulativeBytes,
-            direct_bytes: direct,
-            max_abs_error: err.max,
-            within_bound: err.violations === 0,
-          };
-        });
-        rows.push({
-          dtype: src.dtype,
-          bound,
-          codec,
-          ratio: src.bytes / ent.stream.length,
-          compress_gbps_1t: ent.compress_gbps_1t,
-          decompress_gbps_1t: ent.decompress_gbps_1t,
-          compress_gbps_2t: ent.compress_gbps_2t,
-          decompress_gbps_2t: ent.decompress_gbps_2t,
-          max_abs_error: eover[eover.length - 1].max_abs_error,
-          within_bound: eover.every((o) => o.within_bound),
-          memcpy_gbps: 0,
-          entropy_ratio: entropy,
-          compressed_bytes: ent.stream.length,
+        const eover = ladderOverhead(src, ent.stream, out, wide, bs, (b, k) =>
+          k === bs.length - 1 && rungsOf === 1 ? ent.stream.length : compress(src.values, { dtype: src.dtype, bound: b, threads: 2, coder: 'entropy' }).length);
+        rows.push(streamRow(src, bound, codec, ent, ladderError(eover), entropy, {
           ...(rungsOf > 1 ? { ladder_overhead: eover } : {}),
           note:
             `entropy coder (mode 1, FORMAT.md v2): 32-lane interleaved rANS, CPU decode (${native.info().simd}); ` +
             `${einfo.symbolStats!.symbols} symbols, ${einfo.symbolStats!.rawPlanes} raw planes in rung 0` +
             (rungsOf > 1 ? `; rungs ${bs.map((b) => b.toExponential(0)).join(', ')}, ladder_overhead vs direct entropy streams` : '') +
             (src.dtype === 'bf16' ? '; decoded to bf16 (bound eb + ulp(out)/2)' : ''),
-        });
+        }));
       }
 
       // zfp: fixed accuracy, tolerance = bound, on f32 values.
