@@ -97,12 +97,12 @@ describe('reduce (a step by its shape)', function () {
   it('counts a batched decode step (8 tokens, 8 sequences, no prompt tokens) as a decode step', function () {
     const asked: number[] = [];
     const st = reduce(moved(fresh()), step(8, 8, 0), 1, (_, tokens) => (asked.push(tokens), 0.03));
-    assert.deepEqual(st.latency.steps, [0.03]);
-    assert.deepEqual(st.latency.weights, [8], 'eight gaps clients saw');
-    assert.deepEqual(st.stepCost.tokens, [8]);
+    assert.deepEqual(st.latency.steps.toArray(), [0.03]);
+    assert.deepEqual(st.latency.weights.toArray(), [8], 'eight gaps clients saw');
+    assert.deepEqual(st.stepCost.tokens.toArray(), [8]);
     assert.equal(st.moves.perToken[1], 2, 'the batch\'s moves, once per step');
     assert.deepEqual(asked, [8], 'the model\'s prediction for it is at its own tokens');
-    assert.deepEqual(st.modelError.ratios, [1]);
+    assert.deepEqual(st.modelError.ratios.toArray(), [1]);
   });
 
   it('leaves a prefill step out, and counts a step with a chunk and decode sequences as a gap but not for the moves', function () {
@@ -115,7 +115,7 @@ describe('reduce (a step by its shape)', function () {
     assert.equal(prefill.samples, 3);
     // Seven decode sequences and a 32-token chunk of a joining prompt, in one step.
     const mixed = reduce(moved(fresh()), step(39, 8, 32), 1, predict);
-    assert.deepEqual([mixed.latency.steps, mixed.latency.weights, mixed.stepCost.tokens], [[0.03], [7], [39]]);
+    assert.deepEqual([mixed.latency.steps.toArray(), mixed.latency.weights.toArray(), mixed.stepCost.tokens.toArray()], [[0.03], [7], [39]]);
     assert.ok(Number.isNaN(mixed.moves.perToken[1]));
     assert.deepEqual(asked, [39]);
   });

@@ -20,6 +20,7 @@ import { missInit, missRate, missStep } from '../src/control/estimators/miss-rat
 import { modelErrorInit, modelErrorP95, modelErrorStep } from '../src/control/estimators/model-error.js';
 import { movesInit, movesPerToken, movesStep, movesTransfer } from '../src/control/estimators/moves.js';
 import { stepCostAt, stepCostCurve, stepCostInit, stepCostPerToken, stepCostStep, type StepCostState } from '../src/control/estimators/step-cost.js';
+import { Window, windowMax, windowMin } from '../src/control/estimators/window.js';
 import { rng } from './codec/data.js';
 
 const fold = (s: BandwidthState, moves: { bytes: number; seconds: number }[]) => moves.reduce(bandwidthStep, s);
@@ -128,7 +129,7 @@ describe('latency estimator', function () {
     s = latencyStep(s, { seconds: 0.5, tokens: 64, prefillTokens: 64 });
     assert.equal(s.steps.length, 0, 'prompt tokens alone: time to first token, no inter-token gap');
     s = latencyStep(s, { seconds: 0.05, tokens: 39, prefillTokens: 32 }); // 7 decode sequences + a 32-token chunk
-    assert.deepEqual([s.steps, s.weights, s.tokens], [[0.05], [7], [39]]);
+    assert.deepEqual([s.steps.toArray(), s.weights.toArray(), s.tokens.toArray()], [[0.05], [7], [39]]);
     assert.equal(latencyStep(s, decode(Number.NaN)), s);
   });
 });
@@ -182,6 +183,43 @@ describe('step-cost estimator', function () {
     assert.equal(stepCostStep(s, { tokens: 2, seconds: Number.NaN, computeSeconds: 0 }), s);
     assert.throws(() => stepCostInit(0), /whole number ≥ 1/);
     assert.throws(() => stepCostInit(4, 5), /minSamples/);
+  });
+
+  it('keeps its bins in step with the window: the curve equals the definition recomputed from the last `window` steps, on 400 random steps and on branches', function () {
+    // The definition, from scratch: group the window's steps by round(4·log2 tokens), each bin
+    // with minSamples steps a point (median tokens, median compute), the envelope applied.
+    const definition = (steps: [number, number][], minSamples: number) => {
+      const bins = new Map<number, [number, number][]>();
+      for (const st of steps) {
+        const k = Math.round(4 * Math.log2(st[0]));
+        bins.set(k, [...(bins.get(k) ?? []), st]);
+      }
+      const points: { tokens: number; seconds: number; samples: number }[] = [];
+      for (const k of [...bins.keys()].sort((a, b) => a - b)) {
+        const b = bins.get(k)!;
+        if (b.length < minSamples) continue;
+        const seconds = Math.max(quantile(b.map((x) => x[1]), 0.5), points.at(-1)?.seconds ?? 0);
+        points.push({ tokens: quantile(b.map((x) => x[0]), 0.5), seconds, samples: b.length });
+      }
+      return points;
+    };
+    const r = rng(7);
+    const window = 24;
+    let s = stepCostInit(window, 2);
+    const seen: [number, number][] = [];
+    for (let i = 0; i < 400; i++) {
+      const tokens = 1 + Math.floor(r() ** 2 * 40);
+      const compute = Math.round(r() * 1000) / 1e5; // repeats: equal values enter and leave bins
+      s = stepCostStep(s, { tokens, seconds: 1, computeSeconds: compute });
+      seen.push([tokens, compute]);
+      assert.deepEqual(stepCostCurve(s), definition(seen.slice(-window), 2), `after step ${i}`);
+    }
+    // A state folded two ways keeps both futures apart.
+    const a = stepCostStep(s, { tokens: 3, seconds: 1, computeSeconds: 0.5 });
+    const b = stepCostStep(s, { tokens: 3, seconds: 1, computeSeconds: 0.001 });
+    assert.deepEqual(stepCostCurve(a), definition([...seen, [3, 0.5] as [number, number]].slice(-window), 2));
+    assert.deepEqual(stepCostCurve(b), definition([...seen, [3, 0.001] as [number, number]].slice(-window), 2));
+    assert.deepEqual(stepCostCurve(s), definition(seen.slice(-window), 2), 'the state both came from is unchanged');
   });
 });
 
@@ -254,5 +292,31 @@ describe('model-error estimator', function () {
     assert.equal(modelErrorP95(modelErrorStep(s, 0.001, 1)), 0.25);
     assert.throws(() => modelErrorInit(4, 5), /minSamples/);
     assert.throws(() => modelErrorInit(0), /whole number ≥ 1/);
+  });
+});
+
+describe('rolling window (the estimators\' immutable windows)', function () {
+  it('keeps the last `size` values, oldest first, and never changes a window once made, whichever branch is pushed onto', function () {
+    const a = Window.of(3, [1, 2, 3]);
+    const b = a.push(4);
+    const c = a.push(5); // a branch from a: copies, leaves b alone
+    const d = b.push(6);
+    assert.deepEqual([a.toArray(), b.toArray(), c.toArray(), d.toArray()], [[1, 2, 3], [2, 3, 4], [2, 3, 5], [3, 4, 6]]);
+    assert.deepEqual([...d], [3, 4, 6]);
+    assert.deepEqual([d.at(0), d.at(2), d.at(3), d.at(-1)], [3, 6, undefined, undefined]);
+    assert.deepEqual([windowMin(d), windowMax(d), windowMin(Window.empty(2), 7)], [3, 6, 7]);
+    // A long run compacts its buffer and still holds exactly its last values.
+    let w = Window.empty<number>(5);
+    const olds: Window<number>[] = [];
+    for (let i = 0; i < 1000; i++) {
+      w = w.push(i);
+      if (i % 97 === 0) olds.push(w);
+    }
+    assert.deepEqual(w.toArray(), [995, 996, 997, 998, 999]);
+    olds.forEach((o, j) => {
+      const last = 97 * j;
+      assert.deepEqual(o.toArray(), Array.from({ length: Math.min(5, last + 1) }, (_, i) => last - Math.min(5, last + 1) + 1 + i), `the window made at step ${last}`);
+    });
+    assert.throws(() => Window.empty(0), /whole number ≥ 1/);
   });
 });

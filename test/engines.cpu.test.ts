@@ -56,25 +56,35 @@ describe('the fused path against the decoder', function () {
     }
   }
 
-  it("gives bit for bit the dense product of the decoded weights, for decode and prefill tiles", async function () {
-    const d = 128;
-    const ff = 256;
-    const [experts] = randomExperts(1, 2, d, ff, 21);
-    const fused = experts.map((m) => ({
-      gate: fusedMatrix(compress(m.gate, { bound: 1e-3 }), ff, d),
-      up: fusedMatrix(compress(m.up, { bound: 1e-3 }), ff, d),
-      down: fusedMatrix(compress(m.down, { bound: 1e-3 }), d, ff),
-    }));
-    const dense = fused.map((m) => ({ gate: fusedMatrixValues(m.gate), up: fusedMatrixValues(m.up), down: fusedMatrixValues(m.down) }));
-    for (const T of [1, 2, 3, 4, 5, 7, 16]) {
-      const ids = Int32Array.from({ length: 2 * T }, (_, i) => i % 2);
-      const weights = Float32Array.from({ length: 2 * T }, (_, i) => 0.3 + 0.1 * (i % 3));
-      const hidden = gaussian(T * d, 1, T);
-      const a = await nativeExpertLayer((e) => fused[e], d, ff, hidden, ids, weights, T);
-      const b = await nativeExpertLayer((e) => dense[e], d, ff, hidden, ids, weights, T);
-      assert.ok(bits(a).equals(bits(b)), `T=${T}: fused and dense products differ`);
-    }
-  });
+  // Every rung count the kernels treat as a constant (1–6) and one past it (8: read at run time),
+  // on both block decoders.
+  for (const decoder of ['gfni', 'plane loop'] as const) {
+    it(`${decoder}: gives bit for bit the dense product of the decoded weights, for decode and prefill tiles, at every rung of 1- to 8-rung ladders`, async function () {
+      if (!native.setFusedDecoder(decoder)) this.skip();
+      const d = 128;
+      const ff = 256;
+      const [experts] = randomExperts(1, 2, d, ff, 21);
+      for (const rungCount of [1, 4, 6, 8]) {
+        const parts = experts.map((m) => {
+          const split = (v: Float32Array) => splitRungs(rungCount === 1 ? compress(v, { bound: 1e-3 }) : compressLadder(v, { bounds: ladderBounds(1e-4, rungCount) }));
+          return { gate: split(m.gate), up: split(m.up), down: split(m.down) };
+        });
+        for (let k = rungCount === 1 ? 0 : 1; k < rungCount; k += rungCount <= 4 ? 1 : rungCount - 2) {
+          const at = (s: ReturnType<typeof splitRungs>, rows: number, cols: number) => fusedMatrix(s.head, rows, cols, { rungs: s.rungs.slice(0, k + 1) });
+          const fused = parts.map((x) => ({ gate: at(x.gate, ff, d), up: at(x.up, ff, d), down: at(x.down, d, ff) }));
+          const dense = fused.map((m) => ({ gate: fusedMatrixValues(m.gate), up: fusedMatrixValues(m.up), down: fusedMatrixValues(m.down) }));
+          for (const T of [1, 2, 3, 4, 5, 7, 16]) {
+            const ids = Int32Array.from({ length: 2 * T }, (_, i) => i % 2);
+            const weights = Float32Array.from({ length: 2 * T }, (_, i) => 0.3 + 0.1 * (i % 3));
+            const hidden = gaussian(T * d, 1, T);
+            const a = await nativeExpertLayer((e) => fused[e], d, ff, hidden, ids, weights, T);
+            const b = await nativeExpertLayer((e) => dense[e], d, ff, hidden, ids, weights, T);
+            assert.ok(bits(a).equals(bits(b)), `${rungCount} rungs read to rung ${k}, T=${T}: fused and dense products differ`);
+          }
+        }
+      }
+    });
+  }
 
   it('multiplies bf16 weights bit for bit as the f32 they widen to, for decode and prefill tiles', async function () {
     const d = 128;

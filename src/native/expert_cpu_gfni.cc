@@ -1,7 +1,7 @@
 // The fused product for CPUs with GFNI and AVX-512 (VBMI, VL, BW): a block's planes (at most 8)
 // become its 32 magnitudes by one 8×8 bit-matrix transpose per 8 values (vgf2p8affineqb) instead
-// of a shift-and-or per plane. Blocks with more planes, or planes split over several rungs, take
-// the plane loop. See expert_kernels.h for why this unit includes no C++ library header.
+// of a shift-and-or per plane, whichever rungs the planes lie in. Blocks with more planes take the
+// plane loop. See expert_kernels.h for why this unit includes no C++ library header.
 #pragma GCC target("avx2,fma,bmi,bmi2,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,gfni")
 // GCC 12 warns about the _mm*_undefined_* values inside its own intrinsics headers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -13,11 +13,16 @@ namespace eb {
 namespace {
 
 struct GfniPlanes {
-  PlaneLoop loop;  // blocks with planes in several rungs, or more than 8 planes
+  PlaneLoop loop;  // blocks with more than 8 planes
   __m512i centre;
   __m512 e;
   __m256i gather, unit;
   int p;
+  // Per rate r and rung j: which of the 8 plane words U[0..8) rung j's planes fill (mask) and
+  // where to load them from, in bytes from the block's first word in rung j (load). The planes
+  // of m >> p go most significant first and end at U[7]: rung 0's highest, then rung 1's, ...
+  uint8_t mask[EB_MAX_RATE + 1][EB_MAX_RUNGS];
+  int8_t load[EB_MAX_RATE + 1][EB_MAX_RUNGS];
   GfniPlanes(const FusedView& f) : loop(f), p(f.cut[f.k]) {
     centre = _mm512_set1_epi32((int)((1u << p) - 1u));
     e = _mm512_set1_ps(f.ebf);
@@ -25,16 +30,28 @@ struct GfniPlanes {
     gather = _mm256_setr_epi8(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29, 2, 6, 10, 14, 18, 22, 26, 30, 3,
                               7, 11, 15, 19, 23, 27, 31);
     unit = _mm256_set1_epi64x(0x8040201008040201LL);
+    for (int r = 0; r <= EB_MAX_RATE; r++) {
+      const int P = r - p;
+      for (int j = 0; j <= f.k; j++) {
+        const int hi = j == 0 ? r : (r < f.cut[j - 1] ? r : f.cut[j - 1]);
+        const int planes = hi > f.cut[j] ? hi - f.cut[j] : 0;
+        const int at = 8 - P + (r - hi);  // U index of this rung's first (highest) plane
+        mask[r][j] = P > 8 || planes == 0 ? 0 : (uint8_t)(((1u << planes) - 1u) << at);
+        load[r][j] = (int8_t)((j == 0 ? 4 : 0) - 4 * at);  // rung 0's words start after the sign word
+      }
+    }
   }
+  template <int K>
   EB_AI void weights(const uint8_t* const* in, int r, v16f& w0, v16f& w1) const {
     const int P = r - p;  // planes above p, most significant first
-    if (loop.k != 0 || P > 8) return loop.weights(in, r, w0, w1);
+    if (P > 8) return loop.weights<K>(in, r, w0, w1);
     __m256i M = _mm256_setzero_si256();
     if (P > 0) {
       // U[n] = the plane of bit 7 − n of m >> p: 8 − P zero words, then the block's P plane words
-      // (a masked load: the words before the block are never read).
-      const uint8_t* end = in[0] + 4 + 4 * P;
-      __m256i U = _mm256_maskz_loadu_epi32((__mmask8)(0xFFu << (8 - P)), end - 32);
+      // rung by rung (masked loads: the words around each rung's run are never read).
+      __m256i U = _mm256_setzero_si256();
+      const int rungs = K ? K : loop.k + 1;
+      for (int j = 0; j < rungs; j++) U = _mm256_mask_loadu_epi32(U, (__mmask8)mask[r][j], in[j] + load[r][j]);
       // Row n of each qword's 8×8 bit matrix holds bit 7 − n of eight values; multiplying the
       // unit bytes 1 << i by it transposes it: byte i of the result has bit j = bit i of row
       // 7 − j, so it is the magnitude of value 8b + i.

@@ -187,8 +187,8 @@ struct Bf16Src {
 
 // A block's 32 weights from its words, the generic way: the magnitude bits one plane at a time
 // (m = (m << 1) | bit), then eb_reconstruct's arithmetic on 32 lanes. Constructed once per
-// matrix (the ladder's constants), called per block of rate r > 0; in[j] points at the block's
-// first word in rung j.
+// matrix (the ladder's constants), called per block of rate r > 0 with the block's K rungs (K = 0:
+// the matrix's own k + 1, known at run time only); in[j] points at the block's first word in rung j.
 struct PlaneLoop {
   const uint8_t* cut;
   int k, p;
@@ -201,9 +201,11 @@ struct PlaneLoop {
       lane_hi[i] = (uint32_t)(i + 16);
     }
   }
+  template <int K>
   EB_AI void weights(const uint8_t* const* in, int r, v16f& w0, v16f& w1) const {
     v16u m0 = v16u{}, m1 = v16u{};
-    for (int j = 0; j <= k; j++) {
+    const int rungs = K ? K : k + 1;
+    for (int j = 0; j < rungs; j++) {
       const uint8_t* c = in[j] + (j == 0 ? 4 : 0);
       int hi = j == 0 ? r : (r < cut[j - 1] ? r : cut[j - 1]);
       for (int level = hi - 1; level >= cut[j]; level--, c += 4) {
@@ -223,20 +225,21 @@ struct PlaneLoop {
 
 // Weights decoded from a compressed row, one block at a time into two registers, never stored.
 // Planes turns a block's words into its weights (PlaneLoop here, a bit-matrix transpose in the
-// GFNI unit); escapes are patched in from the stream's escape list. Single: the stream is read
-// at rung 0 only (K = 1 rung pointer), which lets the compiler keep everything in registers.
-template <class Planes, bool Single>
+// GFNI unit); escapes are patched in from the stream's escape list. K: the rungs read, as a
+// constant (the ladders in use have a few), so the rung pointers stay in registers and the loops
+// over rungs unroll; K = 0 reads the matrix's k + 1 rungs, whatever k is.
+template <class Planes, int K>
 struct FusedSrc {
-  static constexpr int K = Single ? 1 : EB_MAX_RUNGS;
+  static constexpr int N = K ? K : EB_MAX_RUNGS;
   const FusedView& f;
   const Planes planes;
-  const uint8_t* in[K];
+  const uint8_t* in[N];
   const uint8_t* rates = nullptr;
   uint64_t lo = 0, esc = 0, next_esc = 0;  // the block's first value; the next escape and its value index
   const float* row = nullptr;              // (dense rows only)
 
   explicit FusedSrc(const FusedView& fv) : f(fv), planes(fv) {}
-  EB_AI int rungs() const { return Single ? 1 : f.k + 1; }
+  EB_AI int rungs() const { return K ? K : f.k + 1; }
   EB_AI void find_escape() { next_esc = esc < f.escape_count ? ek_u32(f.escapes + 8 * esc) : ~(uint64_t)0; }
   EB_AI void begin_row(int r) {
     for (int j = 0; j < rungs(); j++) in[j] = f.rung[j] + f.row_word[(uint64_t)r * rungs() + j];
@@ -251,7 +254,7 @@ struct FusedSrc {
       w0 = v16f{};
       w1 = v16f{};
     } else {
-      planes.weights(in, r, w0, w1);
+      planes.template weights<K>(in, r, w0, w1);
       for (int j = 0; j < rungs(); j++) in[j] += f.words[r][j];
     }
     // Escapes of this block (rare): the exact values over the reconstruction.
@@ -292,17 +295,6 @@ EB_AI void ek_row_sums(Src& src, int cols, int r, const float* x, int ldx, v16f*
       for (int i = 0; i < tail; i++) a0[t][i] = __builtin_fmaf(src.row[32 * full + i], x[(uint64_t)t * ldx + 32 * full + i], a0[t][i]);
 }
 
-// y[t·ldy + r] for rows [r0, r1) and NT tokens, one row at a time (any source: the fused one
-// keeps per-row state while it decodes).
-template <int NT, class Src>
-EB_AI void ek_rows(Src& src, int cols, int r0, int r1, const float* x, int ldx, float* y, int ldy) {
-  for (int r = r0; r < r1; r++) {
-    v16f a0[NT], a1[NT];
-    ek_row_sums<NT>(src, cols, r, x, ldx, a0, a1);
-    for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r] = ek_hsum(a0[t], a1[t]);
-  }
-}
-
 // A tile's token count as a type, so a tile's kernel is instantiated for it.
 template <int N>
 struct EkTokens {
@@ -325,27 +317,17 @@ EB_AI void ek_token_tiles(const float* x, int ldx, int n, float* y, int ldy, Til
   }
 }
 
-template <class Src>
-EB_AI void ek_rows_tiled(Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt) __attribute__((always_inline)) {
-    ek_rows<decltype(tokens)::n>(src, cols, r0, r1, xt, ldx, yt, ldy);
-  });
-}
-
-// Rows [r, r + RB) for NT tokens, for sources whose rows can be read at will (dense and bf16):
-// each row is read start to end (one stream: a large matrix is memory-bound, and rows read side
-// by side, 16 KB apart in a Mixtral expert, took twice as long on two threads), its NT pairs of
-// accumulators kept (ek_row_sums, as ek_rows sums a row), and the RB·NT sums taken together by
-// ek_hsum8 in ek_hsum's order: ek_rows's bits, with a fraction of its shuffles.
+// Rows [r, r + RB) for NT tokens, from any source (dense, bf16, fused): each row is read start to
+// end (one stream: a large matrix is memory-bound, and rows read side by side, 16 KB apart in a
+// Mixtral expert, took twice as long on two threads; a fused row decodes in order anyway), its NT
+// pairs of accumulators kept (ek_row_sums), and the RB·NT sums taken together by ek_hsum8: each
+// one ek_hsum's bits, with a fraction of its shuffles.
 template <int NT, int RB, class Src>
-EB_AI void ek_rows_multi(const Src& proto, int cols, int r, const float* x, int ldx, float* y, int ldy) {
+EB_AI void ek_rows_multi(Src& src, int cols, int r, const float* x, int ldx, float* y, int ldy) {
   static_assert(NT * RB <= 8, "ek_hsum8 sums 8 pairs");
-  v16f a0[RB * NT], a1[RB * NT];
+  v16f a0[RB * NT] = {}, a1[RB * NT] = {};  // (set by ek_row_sums; initialised for GCC's flow analysis)
 #pragma GCC unroll 8
-  for (int i = 0; i < RB; i++) {
-    Src src = proto;
-    ek_row_sums<NT>(src, cols, r + i, x, ldx, a0 + i * NT, a1 + i * NT);
-  }
+  for (int i = 0; i < RB; i++) ek_row_sums<NT>(src, cols, r + i, x, ldx, a0 + i * NT, a1 + i * NT);
   float out[RB * NT];
   ek_hsum8<RB * NT>(a0, a1, out);
   for (int i = 0; i < RB; i++)
@@ -354,7 +336,7 @@ EB_AI void ek_rows_multi(const Src& proto, int cols, int r, const float* x, int 
 
 // Rows [r0, r1) for NT tokens: groups of 8 / NT rows, the rest one row at a time.
 template <int NT, class Src>
-EB_AI void ek_rows_grouped(const Src& src, int cols, int r0, int r1, const float* x, int ldx, float* y, int ldy) {
+EB_AI void ek_rows_grouped(Src& src, int cols, int r0, int r1, const float* x, int ldx, float* y, int ldy) {
   constexpr int RB = 8 / NT;
   int r = r0;
   for (; r + RB <= r1; r += RB) ek_rows_multi<NT, RB>(src, cols, r, x, ldx, y, ldy);
@@ -362,18 +344,20 @@ EB_AI void ek_rows_grouped(const Src& src, int cols, int r0, int r1, const float
 }
 
 template <class Src>
-EB_AI void ek_rows_tiled_grouped(const Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+EB_AI void ek_rows_tiled_grouped(Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt) __attribute__((always_inline)) {
     ek_rows_grouped<decltype(tokens)::n>(src, cols, r0, r1, xt, ldx, yt, ldy);
   });
 }
 
 EB_AI void ek_dense_rows(const float* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  ek_rows_tiled_grouped(DenseSrc{m, cols, nullptr}, cols, r0, r1, x, ldx, n, y, ldy);
+  DenseSrc src{m, cols, nullptr};
+  ek_rows_tiled_grouped(src, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
 EB_AI void ek_bf16_rows(const uint16_t* m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  ek_rows_tiled_grouped(Bf16Src{m, cols, nullptr}, cols, r0, r1, x, ldx, n, y, ldy);
+  Bf16Src src{m, cols, nullptr};
+  ek_rows_tiled_grouped(src, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
 template <class Src>
@@ -390,17 +374,31 @@ EB_AI void ek_decode_row(Src& src, int r, float* row) {
 constexpr int EK_SCRATCH_ROWS = 8;
 
 template <class Src>
-EB_AI void ek_fused_src_rows(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
-                             float* scratch) {
-  Src src(f);
+EB_AI void ek_fused_src_rows(Src& src, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy, float* scratch) {
+  const FusedView& f = src.f;
   if (n <= 4) {
-    ek_rows_tiled(src, f.cols, r0, r1, x, ldx, n, y, ldy);
+    ek_rows_tiled_grouped(src, f.cols, r0, r1, x, ldx, n, y, ldy);
     return;
   }
   for (int r = r0; r < r1; r += EK_SCRATCH_ROWS) {
     const int rows = r1 - r < EK_SCRATCH_ROWS ? r1 - r : EK_SCRATCH_ROWS;
     for (int i = 0; i < rows; i++) ek_decode_row(src, r + i, scratch + (uint64_t)i * f.cols);
     ek_dense_rows(scratch, f.cols, 0, rows, x, ldx, n, y + r, ldy);
+  }
+}
+
+// `body` with the fused source for f's rung count: a constant for the ladders in use (up to 6
+// rungs: the default ladder's 5, one more for a custom one), run-time beyond.
+template <class Planes, class Body>
+EB_AI void ek_with_fused_src(const FusedView& f, Body body) {
+  switch (f.k + 1) {
+    case 1: return body(FusedSrc<Planes, 1>(f));
+    case 2: return body(FusedSrc<Planes, 2>(f));
+    case 3: return body(FusedSrc<Planes, 3>(f));
+    case 4: return body(FusedSrc<Planes, 4>(f));
+    case 5: return body(FusedSrc<Planes, 5>(f));
+    case 6: return body(FusedSrc<Planes, 6>(f));
+    default: return body(FusedSrc<Planes, 0>(f));
   }
 }
 
@@ -411,20 +409,13 @@ EB_AI void ek_fused_src_rows(const FusedView& f, int r0, int r1, const float* x,
 template <class Planes>
 EB_AI void ek_fused_rows(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                          float* scratch) {
-  if (f.k == 0) ek_fused_src_rows<FusedSrc<Planes, true>>(f, r0, r1, x, ldx, n, y, ldy, scratch);
-  else ek_fused_src_rows<FusedSrc<Planes, false>>(f, r0, r1, x, ldx, n, y, ldy, scratch);
+  ek_with_fused_src<Planes>(f, [&](auto src) __attribute__((always_inline)) { ek_fused_src_rows(src, r0, r1, x, ldx, n, y, ldy, scratch); });
 }
 
 // Row r of the matrix into `row` (cols floats): the weights the fused product multiplies with.
 template <class Planes>
 EB_AI void ek_fused_decode_row(const FusedView& f, int r, float* row) {
-  if (f.k == 0) {
-    FusedSrc<Planes, true> src(f);
-    ek_decode_row(src, r, row);
-  } else {
-    FusedSrc<Planes, false> src(f);
-    ek_decode_row(src, r, row);
-  }
+  ek_with_fused_src<Planes>(f, [&](auto src) __attribute__((always_inline)) { ek_decode_row(src, r, row); });
 }
 
 }  // namespace

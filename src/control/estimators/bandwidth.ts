@@ -20,6 +20,7 @@
  * for (const t of transfers) s = bandwidthStep(s, t);
  * bandwidthEstimate(s);   // bytes per second
  */
+import { Window, windowMax, windowMin } from './window.js';
 
 export interface BandwidthOptions {
   /** The profile's prior, used until priorBytes have been sampled. */
@@ -39,11 +40,11 @@ export interface BandwidthState {
   readonly fast: Ewma;
   readonly slow: Ewma;
   /** Recent moves over minBytes: [bytes, seconds]. */
-  readonly recent: readonly (readonly [number, number])[];
+  readonly recent: Window<readonly [number, number]>;
   /** |estimate before the move − its rate| / its rate, for recent moves. */
-  readonly errors: readonly number[];
-  readonly durations: readonly number[];
-  readonly rates: readonly number[];
+  readonly errors: Window<number>;
+  readonly durations: Window<number>;
+  readonly rates: Window<number>;
   readonly bytesSeen: number;
   readonly samples: number;
 }
@@ -68,10 +69,8 @@ export function bandwidthInit(opts: BandwidthOptions): BandwidthState {
     overheadWindow: opts.overheadWindow ?? 50,
     capacityWindow: opts.capacityWindow ?? 50,
   };
-  return { opts: o, fast: { value: 0, weight: 0 }, slow: { value: 0, weight: 0 }, recent: [], errors: [], durations: [], rates: [], bytesSeen: 0, samples: 0 };
+  return { opts: o, fast: { value: 0, weight: 0 }, slow: { value: 0, weight: 0 }, recent: Window.empty(o.window), errors: Window.empty(o.errorWindow), durations: Window.empty(o.overheadWindow), rates: Window.empty(o.capacityWindow), bytesSeen: 0, samples: 0 };
 }
-
-const push = <T>(xs: readonly T[], x: T, max: number): T[] => [...xs.slice(Math.max(0, xs.length - max + 1)), x];
 
 function ewmaStep(e: Ewma, x: number, weight: number, halfLife: number): Ewma {
   const a = Math.pow(0.5, weight / halfLife);
@@ -88,7 +87,7 @@ function ewmaValue(e: Ewma, halfLife: number): number {
 export function bandwidthStep(s: BandwidthState, t: { bytes: number; seconds: number }): BandwidthState {
   if (!(t.seconds > 0) || !(t.bytes >= 0) || !Number.isFinite(t.seconds) || !Number.isFinite(t.bytes)) return s;
   const o = s.opts;
-  const durations = push(s.durations, t.seconds, o.overheadWindow);
+  const durations = s.durations.push(t.seconds);
   if (t.bytes < o.minBytes) return { ...s, durations };
   const rate = t.bytes / t.seconds;
   const before = s.bytesSeen >= o.priorBytes ? bandwidthEstimate(s) : undefined;
@@ -97,9 +96,9 @@ export function bandwidthStep(s: BandwidthState, t: { bytes: number; seconds: nu
     durations,
     fast: ewmaStep(s.fast, rate, t.seconds, o.fastHalfLifeSeconds),
     slow: ewmaStep(s.slow, rate, t.seconds, o.slowHalfLifeSeconds),
-    recent: push(s.recent, [t.bytes, t.seconds] as const, o.window),
-    errors: before === undefined ? s.errors : push(s.errors, Math.abs(before - rate) / rate, o.errorWindow),
-    rates: push(s.rates, rate, o.capacityWindow),
+    recent: s.recent.push([t.bytes, t.seconds] as const),
+    errors: before === undefined ? s.errors : s.errors.push(Math.abs(before - rate) / rate),
+    rates: s.rates.push(rate),
     bytesSeen: s.bytesSeen + t.bytes,
     samples: s.samples + 1,
   };
@@ -119,7 +118,7 @@ export function bandwidthParts(s: BandwidthState): { fast: number; slow: number;
     seconds += sec;
   }
   const harmonic = bytes / seconds;
-  const maxErr = s.errors.length ? Math.max(...s.errors) : 0;
+  const maxErr = windowMax(s.errors, 0);
   return {
     fast: ewmaValue(s.fast, o.fastHalfLifeSeconds),
     slow: ewmaValue(s.slow, o.slowHalfLifeSeconds),
@@ -137,10 +136,10 @@ export function bandwidthEstimate(s: BandwidthState): number {
 
 /** Fixed cost per move, seconds: the windowed minimum duration (0 before any move). */
 export function overheadEstimate(s: BandwidthState): number {
-  return s.durations.length ? Math.min(...s.durations) : 0;
+  return windowMin(s.durations, 0);
 }
 
 /** Capacity: the windowed maximum per-move throughput (the prior before any sample). */
 export function capacityEstimate(s: BandwidthState): number {
-  return s.rates.length ? Math.max(...s.rates) : s.opts.priorBytesPerSecond;
+  return windowMax(s.rates, s.opts.priorBytesPerSecond);
 }

@@ -21,13 +21,14 @@
  * let s = latencyInit();  s = latencyStep(s, { seconds: 0.012, tokens: 8, prefillTokens: 0 });
  * p95(s);  servedTokens(s);  // 0.012, 8
  */
+import { Window } from './window.js';
 
 export interface LatencyState {
   readonly window: number;
   /** The last `window` counted steps: duration, decode sequences (the weight), tokens. */
-  readonly steps: readonly number[];
-  readonly weights: readonly number[];
-  readonly tokens: readonly number[];
+  readonly steps: Window<number>;
+  readonly weights: Window<number>;
+  readonly tokens: Window<number>;
 }
 
 /** What a step sample tells this estimator (a TokenSample has it all). */
@@ -39,7 +40,7 @@ export interface StepTiming {
 
 export function latencyInit(window = 128): LatencyState {
   if (!(Number.isInteger(window) && window >= 1)) throw new RangeError(`latency window must be a whole number ≥ 1, got ${window}`);
-  return { window, steps: [], weights: [], tokens: [] };
+  return { window, steps: Window.empty(window), weights: Window.empty(window), tokens: Window.empty(window) };
 }
 
 /** Decode sequences in a step: one token each, so the tokens that are not prompt tokens. */
@@ -49,14 +50,17 @@ export const decodeSequences = (t: { tokens: number; prefillTokens: number }): n
 export function latencyStep(s: LatencyState, t: StepTiming): LatencyState {
   const w = decodeSequences(t);
   if (!(w > 0) || !(t.seconds >= 0) || !Number.isFinite(t.seconds)) return s;
-  const keep = (xs: readonly number[], x: number) => [...xs.slice(Math.max(0, xs.length - s.window + 1)), x];
-  return { ...s, steps: keep(s.steps, t.seconds), weights: keep(s.weights, w), tokens: keep(s.tokens, t.tokens) };
+  return { ...s, steps: s.steps.push(t.seconds), weights: s.weights.push(w), tokens: s.tokens.push(t.tokens) };
 }
 
 /** The q-quantile (0 < q ≤ 1) by nearest rank, or NaN with no samples. */
-export function quantile(xs: readonly number[], q: number): number {
-  if (xs.length === 0) return NaN;
-  const sorted = [...xs].sort((a, b) => a - b);
+type Numbers = readonly number[] | Window<number>;
+const asArray = (xs: Numbers): readonly number[] => (xs instanceof Window ? xs.toArray() : xs);
+
+export function quantile(xs: Numbers, q: number): number {
+  // A typed array sorts numerically, with no comparator calls.
+  const sorted = Float64Array.from(asArray(xs)).sort();
+  if (sorted.length === 0) return NaN;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 }
 
@@ -64,7 +68,9 @@ export function quantile(xs: readonly number[], q: number): number {
  * The q-quantile of xs, each counted `weights[i]` times, by nearest rank (the quantile of the
  * list with every x repeated by its weight); NaN with no weight. Equal weights: quantile().
  */
-export function weightedQuantile(xs: readonly number[], weights: readonly number[], q: number): number {
+export function weightedQuantile(values: Numbers, weightsOf: Numbers, q: number): number {
+  const xs = asArray(values);
+  const weights = asArray(weightsOf);
   const order = xs.map((_, i) => i).filter((i) => weights[i] > 0).sort((a, b) => xs[a] - xs[b]);
   const total = order.reduce((a, i) => a + weights[i], 0);
   if (!(total > 0)) return NaN;

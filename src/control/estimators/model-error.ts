@@ -21,12 +21,13 @@
  * modelErrorP95(s);   // 1 until minSamples steps, then the ratios' p95
  */
 import { quantile } from './latency.js';
+import { Window } from './window.js';
 
 export interface ModelErrorState {
   readonly window: number;
   readonly minSamples: number;
   /** measured / predicted, for the last `window` steps. */
-  readonly ratios: readonly number[];
+  readonly ratios: Window<number>;
 }
 
 export function modelErrorInit(window = 64, minSamples = 8): ModelErrorState {
@@ -34,13 +35,13 @@ export function modelErrorInit(window = 64, minSamples = 8): ModelErrorState {
   if (!(Number.isInteger(minSamples) && minSamples >= 1 && minSamples <= window)) {
     throw new RangeError(`model-error minSamples must be a whole number in [1, window], got ${minSamples}`);
   }
-  return { window, minSamples, ratios: [] };
+  return { window, minSamples, ratios: Window.empty(window) };
 }
 
 export function modelErrorStep(s: ModelErrorState, measuredSeconds: number, predictedSeconds: number): ModelErrorState {
   const r = measuredSeconds / predictedSeconds;
   if (!(measuredSeconds >= 0) || !(predictedSeconds > 0) || !Number.isFinite(r)) return s;
-  return { ...s, ratios: [...s.ratios.slice(Math.max(0, s.ratios.length - s.window + 1)), r] };
+  return { ...s, ratios: s.ratios.push(r) };
 }
 
 /** Whether enough steps were seen for the ratio to say anything about this model. */

@@ -31,13 +31,26 @@
  * stepCostAt(s, 16);   // 0.020 (on at the slope of the last two)
  */
 import { quantile } from './latency.js';
+import { Window } from './window.js';
 
 export interface StepCostState {
   readonly window: number;
   readonly minSamples: number;
   /** The last `window` steps: tokens in the step, and its compute seconds. */
-  readonly tokens: readonly number[];
-  readonly compute: readonly number[];
+  readonly tokens: Window<number>;
+  readonly compute: Window<number>;
+  /**
+   * The same steps by quarter-octave bin (bin() below), each bin's tokens and compute seconds
+   * kept sorted: a step moves one value into one bin and at most one out of another, and the
+   * curve reads each bin's medians in place. (The controller predicts every step from the curve;
+   * re-sorting the window per step was half its per-token cost.)
+   */
+  readonly bins: readonly (SortedBin | undefined)[];
+}
+
+interface SortedBin {
+  readonly tokens: Float64Array;
+  readonly compute: Float64Array;
 }
 
 /** One point of the cost curve: a bin's median tokens and median compute seconds, and its steps. */
@@ -52,36 +65,65 @@ export function stepCostInit(window = 256, minSamples = 3): StepCostState {
   if (!(Number.isInteger(minSamples) && minSamples >= 1 && minSamples <= window)) {
     throw new RangeError(`step-cost minSamples must be a whole number in [1, window], got ${minSamples}`);
   }
-  return { window, minSamples, tokens: [], compute: [] };
+  return { window, minSamples, tokens: Window.empty(window), compute: Window.empty(window), bins: [] };
+}
+
+/** Quarter-octave bin of a token count: 1 → 0, 2 → 4, 3 → 6, … 8 → 12, 9 and 10 → 13. */
+const bin = (tokens: number) => Math.round(4 * Math.log2(tokens));
+
+/** The first index of a sorted array whose value is ≥ x. */
+function lowerBound(a: Float64Array, x: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** A copy of sorted `a` with x inserted, or (remove) with one x taken out. */
+function withValue(a: Float64Array, x: number, remove = false): Float64Array {
+  const i = lowerBound(a, x);
+  const out = new Float64Array(a.length + (remove ? -1 : 1));
+  out.set(a.subarray(0, i));
+  if (remove) out.set(a.subarray(i + 1), i);
+  else {
+    out[i] = x;
+    out.set(a.subarray(i), i + 1);
+  }
+  return out;
+}
+
+function binWith(bins: readonly (SortedBin | undefined)[], tokens: number, compute: number, remove: boolean): (SortedBin | undefined)[] {
+  const out = bins.slice();
+  const k = bin(tokens);
+  const b = out[k] ?? { tokens: new Float64Array(0), compute: new Float64Array(0) };
+  out[k] = { tokens: withValue(b.tokens, tokens, remove), compute: withValue(b.compute, compute, remove) };
+  return out;
 }
 
 /** Folds one step in; a step with no token or no finite duration is ignored. Compute is at most the step. */
 export function stepCostStep(s: StepCostState, t: { tokens: number; seconds: number; computeSeconds: number }): StepCostState {
   if (!(Number.isInteger(t.tokens) && t.tokens >= 1) || !(t.seconds >= 0) || !Number.isFinite(t.seconds)) return s;
   const c = Math.max(0, Math.min(Number.isFinite(t.computeSeconds) ? t.computeSeconds : t.seconds, t.seconds));
-  const keep = <T>(xs: readonly T[], x: T) => [...xs.slice(Math.max(0, xs.length - s.window + 1)), x];
-  return { ...s, tokens: keep(s.tokens, t.tokens), compute: keep(s.compute, c) };
+  let bins = s.bins;
+  if (s.tokens.length === s.window) bins = binWith(bins, s.tokens.at(0)!, s.compute.at(0)!, true); // the step leaving the window
+  bins = binWith(bins, t.tokens, c, false);
+  return { ...s, tokens: s.tokens.push(t.tokens), compute: s.compute.push(c), bins };
 }
 
-/** Quarter-octave bin of a token count: 1 → 0, 2 → 4, 3 → 6, … 8 → 12, 9 and 10 → 13. */
-const bin = (tokens: number) => Math.round(4 * Math.log2(tokens));
+/** The nearest-rank median of a sorted array, as quantile(xs, 0.5) gives it. */
+const median = (sorted: Float64Array) => sorted[Math.max(0, Math.ceil(0.5 * sorted.length) - 1)];
 
 /** The curve's points, fewest tokens first (bins with minSamples steps; the envelope applied). */
 export function stepCostCurve(s: StepCostState): StepCostPoint[] {
-  const bins = new Map<number, { tokens: number[]; compute: number[] }>();
-  s.tokens.forEach((t, i) => {
-    const k = bin(t);
-    const b = bins.get(k) ?? { tokens: [], compute: [] };
-    b.tokens.push(t);
-    b.compute.push(s.compute[i]);
-    bins.set(k, b);
-  });
   const points: StepCostPoint[] = [];
-  for (const k of [...bins.keys()].sort((a, b) => a - b)) {
-    const b = bins.get(k)!;
-    if (b.tokens.length < s.minSamples) continue;
-    const seconds = Math.max(quantile(b.compute, 0.5), points.at(-1)?.seconds ?? 0);
-    points.push({ tokens: quantile(b.tokens, 0.5), seconds, samples: b.tokens.length });
+  for (const b of s.bins) {
+    if (!b || b.tokens.length < s.minSamples) continue;
+    const seconds = Math.max(median(b.compute), points.at(-1)?.seconds ?? 0);
+    points.push({ tokens: median(b.tokens), seconds, samples: b.tokens.length });
   }
   return points;
 }
