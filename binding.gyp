@@ -18,6 +18,7 @@
         "src/native/emulated_codec.cc",
         "src/native/decoder_addon.cc",
         "src/native/decoder_cpu.cc",
+        "src/native/direct_file.cc",
         "src/native/emulated_expert.cc",
         "src/native/emulated_pipeline.cc",
         "src/native/expert_addon.cc",

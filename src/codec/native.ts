@@ -30,6 +30,11 @@ export interface NativeCodec {
   decoderBegin(decoder: unknown, tokens: Int32Array, segments: { count: number; pos0: number; allLogits: boolean; keys: Float32Array[]; values: Float32Array[] }[], out: { hidden: Float32Array; ids: Int32Array; weights: Float32Array; predicted: Int32Array }, threads: number): unknown;
   decoderLayer(step: unknown, layer: number, moe: Float32Array | null): Promise<void>;
   decoderLogits(step: unknown, moe: Float32Array): Promise<{ logits: Float32Array; seconds: number }>;
+  /** The disk tier's reads (src/native/direct_file.cc): around the page cache where the file system allows (`direct`). */
+  directOpen(path: string): { handle: unknown; direct: boolean };
+  /** offset and length in multiples of 4096; bytes: what the file holds there (fewer where it ends first); seconds: the read's own time. */
+  directRead(handle: unknown, offset: number, length: number): Promise<{ bytes: Buffer; seconds: number }>;
+  directClose(handle: unknown): void;
   /** Picks the fused path's block decoder; false when the CPU cannot run the one asked for. */
   setFusedDecoder(name: 'gfni' | 'plane loop'): boolean;
   /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */

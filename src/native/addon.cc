@@ -15,6 +15,7 @@
 #include "crc32c.h"
 #include "cuda_bridge.h"
 #include "decode_stream.h"
+#include "direct_file.h"
 #include "emulated_codec.h"
 #include "emulated_pipeline.h"
 #include "expert_addon.h"
@@ -338,6 +339,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   eb::register_cuda(env, exports);
   eb::register_expert_engine(env, exports);
   eb::register_decoder(env, exports);
+  eb::register_direct_file(env, exports);
   return exports;
 }
 
