@@ -260,10 +260,10 @@ describe('offload: expert store disk cache', function () {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  /** The file's layout: where the JSON header starts and ends. */
-  function layout(file: string): { headerEnd: number; size: number } {
+  /** The file's layout (src/offload/store-format.ts): the preamble, then the blocks, then the index. */
+  function layout(file: string): { dataStart: number; indexStart: number; size: number } {
     const buf = fs.readFileSync(file);
-    return { headerEnd: 48 + buf.readUInt32LE(12), size: buf.byteLength };
+    return { dataStart: 4096, indexStart: Number(buf.readBigUInt64LE(16)), size: buf.byteLength };
   }
 
   function flip(file: string, at: number): void {
@@ -278,7 +278,12 @@ describe('offload: expert store disk cache', function () {
 
   it('builds without a cache file, then loads the same bytes from the file it wrote', async function () {
     const built: BuildProgress[] = [];
-    const first = await openStore(src, SIGMA, dir, (p) => built.push(p));
+    let ahead = 0;
+    const first = await openStore(src, SIGMA, dir, (p) => {
+      built.push(p);
+      ahead = Math.max(ahead, src.reads - p.done);
+    });
+    assert.ok(ahead <= 2, `the build read ${ahead} experts ahead of the one it wrote (it streams: 2 at most)`);
     assert.equal(first.from, 'built');
     assert.equal(first.file, storeFileName(dir, src.hash, SIGMA));
     assert.ok(first.notes.some((n) => n.includes('no cache file')), first.notes.join('; '));
@@ -306,9 +311,9 @@ describe('offload: expert store disk cache', function () {
   });
 
   const regions: [string, (f: string) => number][] = [
-    ['the fixed header (its sha256)', () => 20],
-    ['the JSON header', (f) => Math.floor((48 + layout(f).headerEnd) / 2)],
-    ['the data', (f) => Math.floor((layout(f).headerEnd + layout(f).size) / 2)],
+    ['the preamble (its index sha256)', () => 40],
+    ['the index', (f) => Math.floor((layout(f).indexStart + layout(f).size) / 2)],
+    ['the data', (f) => Math.floor((layout(f).dataStart + layout(f).indexStart) / 2)],
   ];
   for (const [where, at] of regions) {
     it(`detects a flipped byte in ${where}, rebuilds, and rewrites the file`, async function () {
@@ -325,10 +330,10 @@ describe('offload: expert store disk cache', function () {
     });
   }
 
-  it('refuses a file with any byte of its fixed header flipped (a version byte as stale, any other as damaged)', async function () {
+  it('refuses a file with any byte of its preamble flipped (a version byte as stale, any other as damaged)', async function () {
     const { file } = await openStore(src, ABS, dir);
     const good = fs.readFileSync(file);
-    for (let at = 0; at < 48; at++) {
+    for (const at of [...Array.from({ length: 64 }, (_, i) => i), 64, 1000, 4095]) {
       const bad = Buffer.from(good);
       bad[at] ^= 0x01;
       fs.writeFileSync(file, bad);
@@ -337,11 +342,11 @@ describe('offload: expert store disk cache', function () {
     }
   });
 
-  it('refuses a flipped byte anywhere in the data', async function () {
+  it('refuses a flipped byte anywhere in the data, padding included', async function () {
     const { file } = await openStore(src, ABS, dir);
     const good = fs.readFileSync(file);
-    const { headerEnd, size } = layout(file);
-    for (const at of [headerEnd, headerEnd + 1, Math.floor((headerEnd + size) / 2), size - 1]) {
+    const { dataStart, indexStart } = layout(file);
+    for (const at of [dataStart, dataStart + 1, Math.floor((dataStart + indexStart) / 2), indexStart - 1]) {
       const bad = Buffer.from(good);
       bad[at] ^= 0x80;
       fs.writeFileSync(file, bad);
@@ -352,8 +357,8 @@ describe('offload: expert store disk cache', function () {
   it('detects a truncated file, rebuilds, and rewrites it', async function () {
     const first = await openStore(src, SIGMA, dir);
     const good = fs.readFileSync(first.file);
-    const { headerEnd } = layout(first.file);
-    for (const len of [0, 7, 30, 48, headerEnd - 1, headerEnd, good.byteLength - 1]) {
+    const { indexStart } = layout(first.file);
+    for (const len of [0, 7, 11, 30, 64, 4095, 4096, indexStart - 1, indexStart, good.byteLength - 1]) {
       fs.writeFileSync(first.file, good.subarray(0, len));
       assert.throws(() => readStoreFile(first.file, src.hash, SIGMA), isCacheError('DAMAGED'), `truncated to ${len} bytes`);
     }
@@ -426,7 +431,7 @@ describe('offload: expert store disk cache', function () {
       assert.ok(opened.store.levelBytes(0, 0, 0) > 0);
       // The spy does see the writes a cache folder causes.
       await openStore(src, SIGMA, dir);
-      assert.ok(calls.includes('writeFileSync') && calls.includes('renameSync'), calls.join(', '));
+      assert.ok(calls.includes('writeSync') && calls.includes('renameSync'), calls.join(', '));
     } finally {
       names.forEach((n, i) => (f[n] = saved[i]));
     }

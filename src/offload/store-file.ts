@@ -1,15 +1,14 @@
 /**
  * The expert store's disk cache, so a restart loads the compressed experts instead of
- * recompressing them. One file per (checkpoint, ladder), in a folder beside the model:
+ * recompressing them. One file per (checkpoint, ladder), in a folder beside the model, laid out
+ * per expert (store-format.ts: every expert's levels in one 4096-aligned block, a CRC-32C per
+ * level, the index at the end). It is built by streaming (store-build.ts: a few experts in memory
+ * at a time) and read by store-reader.ts.
  *
- *   "EBSTORE\0"  u32 LE format version (1)  u32 LE header length  sha256(header)  header  data
- *
- * (header: JSON, UTF-8).
- * The header repeats the checkpoint hash and the ladder the file was built for, the data's length
- * and sha256, and per matrix the byte ranges of its codec head, rungs and exact bytes within data.
- * Loading checks all of it — magic, version, header, key, length, digest, and every codec stream
- * through the codec's own validator with checksums — and anything wrong makes the file
- * untrusted: the caller is told why, and the store is rebuilt and rewritten (atomically).
+ * Loading checks all of it — magic, version, the index's sha256, the key it was built for, the
+ * geometry of every block, every segment's CRC-32C, the padding, and every codec stream through
+ * the codec's own validator with checksums — and anything wrong makes the file untrusted: the
+ * caller is told why, and the store is rebuilt and rewritten (atomically).
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -18,42 +17,14 @@ import path from 'node:path';
 import { inspect } from '../codec/index.js';
 import { ladderKey, type Ladder } from './plan.js';
 import { MATRICES, type ExpertSource } from './source.js';
-import { buildStore, ExpertStore, type BuildProgress, type StoredExpert, type StoredMatrix } from './store.js';
+import { buildStoreFile } from './store-build.js';
+import { StoreCacheError } from './store-format.js';
+import { StoreFileReader } from './store-reader.js';
+import { StoreFileWriter, StoreWriteError } from './store-writer.js';
+import { buildStore, ExpertStore, type BuildProgress, type StoredExpert } from './store.js';
 
-const MAGIC = Buffer.from('EBSTORE\0', 'latin1');
-const VERSION = 1;
-const FIXED = 48; // magic, version, header length, header sha256
-
-type Range = [offset: number, length: number];
-interface MatrixEntry {
-  dtype: StoredMatrix['dtype'];
-  shape: number[];
-  bounds: number[];
-  head: Range;
-  rungs: Range[];
-  exact: Range | null;
-}
-interface Header {
-  checkpoint: string;
-  ladder: string;
-  ladderSpec: Ladder;
-  numLayers: number;
-  numExperts: number;
-  dataBytes: number;
-  dataSha256: string;
-  experts: Record<string, MatrixEntry>[][];
-}
-
-/** Why a cache file was not used. */
-export class StoreCacheError extends Error {
-  constructor(
-    readonly code: 'DAMAGED' | 'STALE',
-    message: string,
-  ) {
-    super(message);
-    this.name = 'StoreCacheError';
-  }
-}
+export { StoreCacheError, StoreChecksumError } from './store-format.js';
+export { StoreFileReader } from './store-reader.js';
 
 /** Where a model's expert store is cached by default: a folder inside the model's. */
 export function defaultCacheDir(modelDir: string): string {
@@ -66,110 +37,50 @@ export function storeFileName(dir: string, checkpointHash: string, ladder: Ladde
   return path.join(dir, `experts-${key}.ebstore`);
 }
 
-/** Writes `store` to `file` (a temporary file renamed into place: never half a file). */
+/** Writes an in-memory `store` to `file` (a temporary file renamed into place: never half a file). */
 export function writeStoreFile(file: string, store: ExpertStore): void {
-  const chunks: Buffer[] = [];
-  let at = 0;
-  const put = (b: Buffer): Range => {
-    chunks.push(b);
-    at += b.byteLength;
-    return [at - b.byteLength, b.byteLength];
-  };
-  const experts = store.entries().map((row) =>
-    row.map((e) => {
-      const out: Record<string, MatrixEntry> = {};
-      for (const m of MATRICES) {
-        const s = e[m];
-        out[m] = { dtype: s.dtype, shape: s.shape, bounds: s.bounds, head: put(s.head), rungs: s.rungs.map(put), exact: s.exact ? put(s.exact) : null };
-      }
-      return out;
-    }),
-  );
-  const data = Buffer.concat(chunks);
-  const header: Header = {
-    checkpoint: store.checkpointHash,
-    ladder: ladderKey(store.ladder),
-    ladderSpec: store.ladder,
-    numLayers: store.numLayers,
-    numExperts: store.numExperts,
-    dataBytes: data.byteLength,
-    dataSha256: createHash('sha256').update(data).digest('hex'),
-    experts,
-  };
-  const json = Buffer.from(JSON.stringify(header), 'utf8');
-  const fixed = Buffer.alloc(FIXED);
-  MAGIC.copy(fixed, 0);
-  fixed.writeUInt32LE(VERSION, 8);
-  fixed.writeUInt32LE(json.byteLength, 12);
-  createHash('sha256').update(json).digest().copy(fixed, 16);
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.tmp`;
+  const w = StoreFileWriter.create(file, { checkpoint: store.checkpointHash, ladder: store.ladder, numLayers: store.numLayers, numExperts: store.numExperts });
   try {
-    fs.writeFileSync(tmp, Buffer.concat([fixed, json, data]));
-    fs.renameSync(tmp, file);
+    store.entries().forEach((row, l) => row.forEach((e, x) => w.append(l, x, e)));
+    w.finish();
   } catch (e) {
-    fs.rmSync(tmp, { force: true });
+    w.abort();
     throw e;
   }
 }
 
-/** Reads and checks a cache file made for (checkpointHash, ladder); throws StoreCacheError. */
+/**
+ * Reads every expert of a store file made for (checkpointHash, ladder) into memory, checking
+ * each (its CRC-32Cs, its padding, its codec streams); throws StoreCacheError.
+ */
 export function readStoreFile(file: string, checkpointHash: string, ladder: Ladder): ExpertStore {
-  let buf: Buffer;
+  const f = StoreFileReader.open(file, { checkpointHash, ladder });
   try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    throw new StoreCacheError('DAMAGED', `${file}: cannot be read (${(e as Error).message})`);
-  }
-  const damaged = (why: string) => new StoreCacheError('DAMAGED', `${file}: ${why}`);
-  if (buf.byteLength < FIXED || !buf.subarray(0, 8).equals(MAGIC)) throw damaged('not an ebserve expert store (bad magic)');
-  if (buf.readUInt32LE(8) !== VERSION) throw new StoreCacheError('STALE', `${file}: format version ${buf.readUInt32LE(8)}, this build reads ${VERSION}`);
-  const headerBytes = buf.readUInt32LE(12);
-  if (FIXED + headerBytes > buf.byteLength) throw damaged(`header of ${headerBytes} bytes runs past the end of the file`);
-  const json = buf.subarray(FIXED, FIXED + headerBytes);
-  if (!createHash('sha256').update(json).digest().equals(buf.subarray(16, FIXED))) throw damaged('header does not match its sha256 (a changed or damaged byte)');
-  let h: Header;
-  try {
-    h = JSON.parse(json.toString('utf8')) as Header;
-  } catch (e) {
-    throw damaged(`header is not valid JSON (${(e as Error).message})`);
-  }
-  if (h.checkpoint !== checkpointHash) throw new StoreCacheError('STALE', `${file}: built for another checkpoint (${String(h.checkpoint).slice(0, 12)}…, now ${checkpointHash.slice(0, 12)}…)`);
-  if (h.ladder !== ladderKey(ladder)) throw new StoreCacheError('STALE', `${file}: built for ladder ${h.ladder}, now ${ladderKey(ladder)}`);
-  const data = buf.subarray(FIXED + headerBytes);
-  if (data.byteLength !== h.dataBytes) throw damaged(`data is ${data.byteLength} bytes, the header says ${h.dataBytes}`);
-  if (createHash('sha256').update(data).digest('hex') !== h.dataSha256) throw damaged('data does not match its sha256 (a changed or damaged byte)');
-  if (!Array.isArray(h.experts) || h.experts.length !== h.numLayers) throw damaged('expert table does not match its layer count');
-  const slice = ([off, len]: Range, what: string): Buffer => {
-    if (!(Number.isInteger(off) && Number.isInteger(len) && off >= 0 && len >= 0 && off + len <= data.byteLength)) throw damaged(`${what}: range [${off}, +${len}] outside the data`);
-    return data.subarray(off, off + len);
-  };
-  const experts: StoredExpert[][] = h.experts.map((row, l) => {
-    if (!Array.isArray(row) || row.length !== h.numExperts) throw damaged(`layer ${l}: expert table does not match its expert count`);
-    return row.map((entry, e) => {
-      const stored = {} as StoredExpert;
-      for (const m of MATRICES) {
-        const where = `layer ${l} expert ${e} ${m}`;
-        const x = entry?.[m];
-        if (!x || !Array.isArray(x.rungs) || x.rungs.length !== ladder.bounds.length) throw damaged(`${where}: entry missing or with the wrong rung count`);
-        const s: StoredMatrix = { dtype: x.dtype, shape: x.shape, bounds: x.bounds, head: slice(x.head, where), rungs: x.rungs.map((r) => slice(r, where)), exact: x.exact ? slice(x.exact, where) : undefined };
-        try {
-          inspect(s.head, { rungs: s.rungs, verify: true });
-        } catch (err) {
-          throw damaged(`${where}: ${(err as Error).message}`);
+    const experts: StoredExpert[][] = [];
+    for (let l = 0; l < f.numLayers; l++) {
+      const row: StoredExpert[] = [];
+      for (let e = 0; e < f.numExperts; e++) {
+        const stored = f.loadExpert(l, e);
+        for (const m of MATRICES) {
+          try {
+            inspect(stored[m].head, { rungs: stored[m].rungs, verify: true });
+          } catch (err) {
+            throw new StoreCacheError('DAMAGED', `${file}: layer ${l} expert ${e} ${m}: ${(err as Error).message}`);
+          }
         }
-        if (ladder.exact !== Boolean(s.exact)) throw damaged(`${where}: exact bytes ${s.exact ? 'present' : 'missing'}`);
-        stored[m] = s;
+        row.push(stored);
       }
-      return stored;
-    });
-  });
-  return new ExpertStore(ladder, h.numLayers, h.numExperts, checkpointHash, experts);
+      experts.push(row);
+    }
+    return new ExpertStore(ladder, f.numLayers, f.numExperts, checkpointHash, experts);
+  } finally {
+    f.close();
+  }
 }
 
 export interface OpenedStore {
   store: ExpertStore;
-  /** 'cache': read from `file`; 'built': compressed now (and written to `file` unless that failed). */
+  /** 'cache': read from `file`; 'built': compressed now (streamed to `file` and read back, unless writing failed). */
   from: 'cache' | 'built';
   file: string;
   /** Why the cache was not used (no file, stale, damaged), or why writing it failed. */
@@ -200,13 +111,21 @@ export async function openStore(
       notes.push(`no cache file ${file}; building`);
     }
   }
-  const store = await buildStore(source, ladder, onProgress);
-  if (cacheDir) {
-    try {
-      writeStoreFile(file, store);
-    } catch (e) {
-      notes.push(`could not write the cache ${file}: ${(e as Error).message}`);
-    }
+  if (!cacheDir) return { store: await buildStore(source, ladder, onProgress), from: 'built', file, notes };
+  // Streamed to the file, then loaded from it: the file is checked end to end as any cache is.
+  // When the disk will not take it, the store is built in memory instead (and said so).
+  try {
+    await buildStoreFile(source, ladder, file, { onProgress });
+  } catch (e) {
+    if (!(e instanceof StoreWriteError)) throw e;
+    notes.push(`could not write the cache ${file}: ${e.message}; building in memory`);
+    return { store: await buildStore(source, ladder, onProgress), from: 'built', file, notes };
   }
-  return { store, from: 'built', file, notes };
+  try {
+    return { store: readStoreFile(file, source.hash, ladder), from: 'built', file, notes };
+  } catch (e) {
+    if (!(e instanceof StoreCacheError)) throw e;
+    notes.push(`the cache file just written does not read back (${e.message}); building in memory`);
+  }
+  return { store: await buildStore(source, ladder, onProgress), from: 'built', file, notes };
 }

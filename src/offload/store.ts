@@ -5,8 +5,9 @@
  * rungs the device holds to a level, and how many bytes each level costs per layer (the planner's
  * input) — and never decompresses anything itself.
  *
- * Built by `buildStore` from an ExpertSource on worker threads (the codec's async calls), with
- * progress; `openStore` (store-file.ts) loads or rebuilds the disk cache around it.
+ * Built in memory by `buildStore` from an ExpertSource on worker threads (the codec's async
+ * calls), with progress; or streamed to a store file by `buildStoreFile` (store-build.ts) and
+ * loaded from it. `openStore` (store-file.ts) loads or rebuilds the disk cache around it.
  */
 import { compressLadderAsync, inspect, splitRungs, type DType } from '../codec/index.js';
 import { DTYPE_BYTES, type TensorDtype } from '../codec/halfs-array.js';
@@ -37,6 +38,9 @@ export interface BuildProgress {
   total: number;
   layer: number;
   expert: number;
+  /** Streaming builds (store-build.ts): checkpoint bytes read and store-file bytes written so far. */
+  bytesRead?: number;
+  bytesWritten?: number;
 }
 
 export class ExpertStore {
@@ -163,21 +167,23 @@ function codecValues(t: RawTensor): Float32Array | Uint16Array {
   return t.dtype === 'F32' ? new Float32Array(b.buffer, b.byteOffset, b.byteLength >> 2) : new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1);
 }
 
-/** Compresses one matrix into the ladder and checks what it made (inspect verifies every rung). */
-export async function storeMatrix(t: RawTensor, ladder: Ladder): Promise<StoredMatrix> {
+/** One matrix compressed into the ladder: its codec head, rungs (views of one stream) and bounds. */
+export type CompressedMatrix = Pick<StoredMatrix, 'dtype' | 'shape' | 'bounds'> & { head: Buffer; rungs: Buffer[] };
+
+/** Compresses one matrix into the ladder on the codec's workers and checks what it made (inspect verifies every rung). */
+export async function compressMatrix(t: RawTensor, ladder: Ladder): Promise<CompressedMatrix> {
   const stream = await compressLadderAsync(codecValues(t), { dtype: CODEC_DTYPE[t.dtype], bounds: ladder.bounds, boundMode: ladder.boundMode });
   const { head, rungs } = splitRungs(stream);
   const info = inspect(head, { rungs });
+  return { dtype: t.dtype, shape: [...t.shape], head, rungs, bounds: info.rungs.map((r) => r.bound) };
+}
+
+/** Compresses one matrix into the ladder, each part in a buffer of its own (the in-memory store's form). */
+export async function storeMatrix(t: RawTensor, ladder: Ladder): Promise<StoredMatrix> {
+  const c = await compressMatrix(t, ladder);
   // Copies: the rungs are views of one stream; each gets its own buffer so a rung can be moved,
   // cached and freed alone.
-  return {
-    dtype: t.dtype,
-    shape: [...t.shape],
-    head: Buffer.from(head),
-    rungs: rungs.map((r) => Buffer.from(r)),
-    bounds: info.rungs.map((r) => r.bound),
-    exact: ladder.exact ? Buffer.from(t.bytes) : undefined,
-  };
+  return { ...c, head: Buffer.from(c.head), rungs: c.rungs.map((r) => Buffer.from(r)), exact: ladder.exact ? Buffer.from(t.bytes) : undefined };
 }
 
 /** Compresses every expert of `source` into a store. */
