@@ -13,7 +13,7 @@ import { readInput } from './files.js';
 export const usage = `usage: ebserve generate [--model DIR] (--prompt TEXT | --prompts FILE) [--max-tokens N]
                         [--temperature T] [--top-p P] [--seed S] [--stop TEXT]... [--backend wasm|cpu|tensorflow]
                         [--engine tfjs|cpu] [--bound EB]
-  --model DIR      a Hugging Face checkpoint folder (default: the embedded model, ${EMBEDDED_MODEL_DIR})
+  --model DIR      a Hugging Face checkpoint folder or a .gguf file (default: the embedded model, ${EMBEDDED_MODEL_DIR})
   --max-tokens N   tokens to generate at most (default 64)
   --temperature T  0 (default) is greedy; above 0 samples
   --top-p P        nucleus sampling mass in (0, 1] (default 1)

@@ -8,6 +8,7 @@ import { checkConfigCommand, usage as checkConfigUsage } from './check-config.js
 import { compressCommand, usage as compressUsage } from './compress.js';
 import { decompressCommand, usage as decompressUsage } from './decompress.js';
 import { doctorCommand, usage as doctorUsage } from './doctor.js';
+import { exportGgufCommand, usage as exportGgufUsage } from './export-gguf.js';
 import { generateCommand, usage as generateUsage } from './generate.js';
 import { inspectCommand, usage as inspectUsage } from './inspect.js';
 import { inspectModelCommand, usage as inspectModelUsage } from './inspect-model.js';
@@ -21,6 +22,7 @@ const commands: Record<string, { run: (argv: string[]) => Promise<number>; usage
   compress: { run: compressCommand, usage: compressUsage, what: 'compress a raw tensor file within an error bound' },
   doctor: { run: doctorCommand, usage: doctorUsage, what: 'report what this machine offers: SIMD, CUDA (or why not), TensorFlow.js backend' },
   decompress: { run: decompressCommand, usage: decompressUsage, what: 'decode a stream back to raw values' },
+  'export-gguf': { run: exportGgufCommand, usage: exportGgufUsage, what: 'write a checkpoint (or the embedded model) as a llama.cpp GGUF file: f32, f16, q8_0 or q4_0' },
   generate: { run: generateCommand, usage: generateUsage, what: 'continue a prompt with a model (default: the embedded one)' },
   inspect: { run: inspectCommand, usage: inspectUsage, what: 'validate a stream and show its header and rungs' },
   profile: { run: profileCommand, usage: profileUsage, what: 'measure per-layer sensitivity to each bound on the canaries; write a profile and plots' },

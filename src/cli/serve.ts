@@ -17,7 +17,7 @@ import { DEFAULT_POLICY, DEFAULT_PROFILE, EMBEDDED_PROFILE } from './check-confi
 export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
                      [--bound EB] [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N]
                      [--prefill-chunk N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
-  --model DIR            a Hugging Face checkpoint folder (default: the profile's model, else the embedded one,
+  --model DIR            a Hugging Face checkpoint folder or a .gguf file (default: the profile's model, else the embedded one,
                          ${EMBEDDED_MODEL_DIR})
   --policy FILE          how levels may move: ladder, floors, ceilings, hysteresis, canaries (default policies/u-shape.yaml)
   --profile FILE         where it runs: device budget, link (or an emulated one), SLA, accuracy floor (default: for the

@@ -23,6 +23,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { readConfig } from './config.js';
+import { isGgufPath, openGgufCheckpoint } from './gguf/checkpoint.js';
 import { DTYPE_BYTES, decodeTensor } from '../codec/halfs-array.js';
 import { expectedTensors, expertName } from './names.js';
 import { CheckpointError, SafetensorsFile } from './safetensors.js';
@@ -54,8 +55,9 @@ export interface Checkpoint {
 const SINGLE = 'model.safetensors';
 const INDEX = 'model.safetensors.index.json';
 
-/** Opens and checks the checkpoint in `dir` (see the file comment for what is checked). */
+/** Opens and checks the checkpoint in `dir` (see the file comment), or the GGUF file `dir` (gguf/checkpoint.ts). */
 export function openCheckpoint(dir: string): Checkpoint {
+  if (isGgufPath(dir)) return openGgufCheckpoint(dir);
   const config = readConfig(dir);
   const hash = createHash('sha256').update('ebserve-checkpoint-v1\0');
   hash.update(fs.readFileSync(path.join(dir, 'config.json')));

@@ -17,6 +17,8 @@
  */
 import { initBackend, type BackendChoice, type BackendName } from './backend.js';
 import { openCheckpoint, type Checkpoint } from './checkpoint.js';
+import { GgufCheckpoint } from './gguf/checkpoint.js';
+import { ggufTokenizer } from './gguf/vocab.js';
 import { ResidentExpertEngine, type ExpertEngine, type ExpertMatrices } from './engine.js';
 import { denseTensorNames, expertName } from './names.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
@@ -81,14 +83,14 @@ export function checkpointExperts(checkpoint: Checkpoint): ExpertSource {
   };
 }
 
-/** Loads the checkpoint in `dir` (errors are CheckpointErrors naming file and tensor). */
+/** Loads the checkpoint in `dir`, or a GGUF file (errors are CheckpointErrors naming file and tensor or key). */
 export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<LoadedModel> {
   const backend = await initBackend(opts.backend);
   const checkpoint = openCheckpoint(dir);
   let engine: ExpertEngine | undefined;
   try {
     const c = checkpoint.config;
-    const tokenizer = await loadTokenizer(dir, c);
+    const tokenizer = checkpoint instanceof GgufCheckpoint ? ggufTokenizer(checkpoint.header.metadata, dir) : await loadTokenizer(dir, c);
     const read = (l: number, e: number) => readExpert(checkpoint, l, e);
     if (opts.engine) engine = await opts.engine(checkpoint);
     else if (opts.cpu) engine = CpuExpertEngine.fromReader(c, read, opts.cpu);

@@ -33,7 +33,8 @@ import { native } from '../codec/native.js';
 import { nativeForwardUnsupported } from '../model/native-forward.js';
 import { defaultCacheDir } from '../offload/store-file.js';
 import type { ServingHooks } from './batcher.js';
-import { loadChatTemplate } from './chat-template.js';
+import { loadChatTemplate, PLAIN_CHAT_TEMPLATE } from './chat-template.js';
+import { isGgufPath } from '../model/gguf/checkpoint.js';
 import type { EngineName, ServedModel } from './served-model.js';
 
 export interface ModelSpec {
@@ -86,7 +87,9 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   if (!(Number.isInteger(level) && level >= 0 && level <= finest)) throw new RangeError(`--level must be one of 0..${finest}, got ${level}`);
   const id = path.basename(path.resolve(spec.dir));
   // Before the weights: a template that does not parse fails the load at once.
-  const chatTemplate = await loadChatTemplate(spec.dir);
+  // A GGUF file has no tokenizer_config.json beside it: the plain template (its own
+  // tokenizer.chat_template is not read yet).
+  const chatTemplate = isGgufPath(spec.dir) ? PLAIN_CHAT_TEMPLATE : await loadChatTemplate(spec.dir);
   let link: Link | undefined;
   let offloaded: { engine: OffloadExpertEngine; store: ExpertStore } | undefined;
   let details: Record<string, string | number | boolean> = {};
@@ -127,7 +130,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     const em = spec.profile.link.emulated;
     const offload = await createOffload(checkpointExperts(checkpoint), {
       ladder,
-      cacheDir: defaultCacheDir(spec.dir),
+      cacheDir: defaultCacheDir(isGgufPath(spec.dir) ? path.dirname(spec.dir) : spec.dir),
       budget,
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
