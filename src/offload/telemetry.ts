@@ -23,6 +23,26 @@ export interface TransferSample {
   prefetch: boolean;
 }
 
+/**
+ * One read of expert bytes from the store file into host memory (the disk tier's hop, before any
+ * move to the device): measured on the disk, never emulated.
+ */
+export interface ReadSample {
+  kind: 'read';
+  at: number;
+  layer: number;
+  expert: number;
+  /** The level read up to, and the first level read (the rest was in host memory already). */
+  rung: number;
+  fromRung: number;
+  /** Bytes that crossed from the disk (whole aligned blocks) and the read's own time. */
+  bytes: number;
+  seconds: number;
+  /** Whether the read bypassed the page cache (O_DIRECT). */
+  direct: boolean;
+  prefetch: boolean;
+}
+
 /** One expert decoded into device memory. */
 export interface DecompressSample {
   kind: 'decompress';
@@ -64,7 +84,7 @@ export interface TokenSample {
   decompressWaitSeconds: number;
 }
 
-export type OffloadSample = TransferSample | DecompressSample | CacheSample | TokenSample;
+export type OffloadSample = TransferSample | ReadSample | DecompressSample | CacheSample | TokenSample;
 
 /** Where samples go. Must not throw and must not block: a slow consumer drops, never stalls decode. */
 export interface TelemetrySink {
