@@ -23,6 +23,8 @@ runEngineConformance(offloadEngine('cpu'));
 runEngineConformance(offloadEngine('cpu', { level: 2, fused: false }));
 runEngineConformance(offloadEngine('cpu', { level: 2, fused: true }));
 runEngineConformance(offloadEngine('cpu', null, true));
+runEngineConformance(offloadEngine('cpu', { level: 2, fused: true }, false, true));
+runEngineConformance(offloadEngine('cpu', null, true, true));
 runEngineConformance(cpuBf16);
 
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);

@@ -73,3 +73,17 @@ export function wholeNumber(command: string, name: string, value: unknown, hi: n
   }
   return n;
 }
+
+const BYTE_UNITS: Record<string, number> = { '': 1, B: 1, K: 1e3, KB: 1e3, M: 1e6, MB: 1e6, G: 1e9, GB: 1e9, T: 1e12, TB: 1e12, KIB: 2 ** 10, MIB: 2 ** 20, GIB: 2 ** 30, TIB: 2 ** 40 };
+
+/** The value of --name as a whole number of bytes ≥ lo (a number with an optional unit: 512M, 4GB, 2.5GiB), or undefined when absent. */
+export function bytesFlag(command: string, name: string, value: unknown, lo: number): number | undefined {
+  if (value === undefined) return undefined;
+  const m = typeof value === 'string' ? /^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*$/i.exec(value) : null;
+  const unit = m ? BYTE_UNITS[m[2].toUpperCase()] : undefined;
+  const n = m && unit !== undefined ? Math.floor(Number(m[1]) * unit) : NaN;
+  if (!(Number.isSafeInteger(n) && n >= lo)) {
+    throw new UsageError(`${command}: --${name} must be a number of bytes ≥ ${lo}, with an optional unit (K, M, G, T, KiB, MiB, GiB, TiB), got ${String(value)}`);
+  }
+  return n;
+}

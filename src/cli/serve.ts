@@ -1,5 +1,5 @@
 // `ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
-// [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N] [--prefill-chunk N]
+// [--experts-per-layer N] [--host-budget BYTES] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N] [--prefill-chunk N]
 // [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend B]` — the OpenAI-compatible server, with
 // continuous batching, and the controller choosing every layer's error bound live (unless --level
 // fixes one). The port is bound before the model loads, so /health answers 503 meanwhile; what
@@ -11,11 +11,11 @@ import path from 'node:path';
 import type { BackendName } from '../model/backend.js';
 import { EMBEDDED_MODEL_DIR } from '../model/embedded.js';
 import type { EngineName } from '../serve/served-model.js';
-import { UsageError, integer, numberIn, oneOf, parse, wholeNumber } from './args.js';
+import { UsageError, bytesFlag, integer, numberIn, oneOf, parse, wholeNumber } from './args.js';
 import { DEFAULT_POLICY, DEFAULT_PROFILE, EMBEDDED_PROFILE } from './check-config.js';
 
 export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--profile FILE] [--host H] [--port N] [--engine offload|resident|cpu]
-                     [--bound EB] [--experts-per-layer N] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N]
+                     [--bound EB] [--experts-per-layer N] [--host-budget BYTES] [--level N] [--dry-run] [--admin-token-file FILE] [--max-batch N]
                      [--prefill-chunk N] [--max-queue N] [--max-body-bytes N] [--drain-timeout S] [--backend wasm|cpu|tensorflow]
   --model DIR            a Hugging Face checkpoint folder or a .gguf file (default: the profile's model, else the embedded one,
                          ${EMBEDDED_MODEL_DIR})
@@ -33,6 +33,9 @@ export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--prof
                          layers), dense f32, or compressed within --bound and multiplied in place
   --bound EB             cpu: keep experts compressed within this absolute error bound (fused path)
   --experts-per-layer N  offload: experts per layer the device cache holds (default: the profile's device budget)
+  --host-budget BYTES    offload: keep the experts on disk, in the store file, and at most BYTES of them in host
+                         memory (e.g. 4G); the rest is read from the disk as needed, around the page cache
+                         (default: every expert in host memory)
   --level N              offload: fix every layer at this level, 0 (the ladder's loosest bound) .. its exact bytes;
                          no controller
   --max-batch N          sequences that decode together in one forward step (default 8); a request joins at the
@@ -56,6 +59,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     engine: { type: 'string' },
     bound: { type: 'string' },
     'experts-per-layer': { type: 'string' },
+    'host-budget': { type: 'string' },
     level: { type: 'string' },
     'max-batch': { type: 'string' },
     'prefill-chunk': { type: 'string' },
@@ -86,13 +90,14 @@ export async function serveCommand(argv: string[]): Promise<number> {
     policy,
     profile,
     expertsPerLayer: values['experts-per-layer'] === undefined ? undefined : integer('serve', 'experts-per-layer', values['experts-per-layer'], 1, 1 << 16, 4),
+    hostBudgetBytes: bytesFlag('serve', 'host-budget', values['host-budget'], 1),
     fixedLevel: values.level === undefined ? undefined : integer('serve', 'level', values.level, 0, levels - 1, levels - 1),
     dryRun: Boolean(values['dry-run']),
     backend: values.backend === undefined ? undefined : oneOf<BackendName>('serve', 'backend', values.backend, ['tensorflow', 'wasm', 'cpu']),
     cpuBound: values.bound === undefined ? undefined : numberIn('serve', 'bound', values.bound, Number.MIN_VALUE, 1e6, 1e-3),
   };
-  if (engine !== 'offload' && (values['experts-per-layer'] !== undefined || values.level !== undefined || values['dry-run'])) {
-    throw new UsageError(`serve: --experts-per-layer, --level and --dry-run are offload settings; the ${engine} engine holds every expert`);
+  if (engine !== 'offload' && (values['experts-per-layer'] !== undefined || values['host-budget'] !== undefined || values.level !== undefined || values['dry-run'])) {
+    throw new UsageError(`serve: --experts-per-layer, --host-budget, --level and --dry-run are offload settings; the ${engine} engine holds every expert`);
   }
   if (values.bound !== undefined && engine !== 'cpu') throw new UsageError('serve: --bound is a setting of the cpu engine');
   const { readAdminToken } = await import('../serve/admin.js');

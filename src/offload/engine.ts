@@ -73,7 +73,7 @@ export class OffloadExpertEngine implements ExpertEngine {
     if (opts.prefetch ?? true) this.prefetch = (layer, ids) => this.startPrefetch(layer, ids);
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
     this.onExpertUsed = opts.onExpertUsed;
-    [this.ff, this.d] = s.expert(0, 0).gate.shape;
+    [this.ff, this.d] = s.matrixInfo(0, 0).gate.shape;
   }
 
   get currentPlan(): PrecisionPlan {

@@ -204,8 +204,7 @@ export class ExpertFetcher {
     const shares = layerBytes && { of: (key: number) => Math.floor(key / this.store.numExperts), budgets: layerBytes };
     this.tierA = new Tier('A', opts.budget.tierABytes, evictionPolicy<number>(policy), (_k, v) => this.dropDecoded(v), shares);
     this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy), (_k, v) => this.memory?.release(partsBuffers(v)));
-    const gate = this.store.expert(0, 0).gate;
-    [this.ff, this.d] = gate.shape;
+    [this.ff, this.d] = this.store.matrixInfo(0, 0).gate.shape;
     this.decodedBytes = this.store.expertValues(0, 0) * 4;
     if (this.form === 'fused' && (this.d % 32 || this.ff % 32)) throw new RangeError(`the fused form needs rows of whole 32-value blocks; this model's experts are ${this.ff}×${this.d}`);
   }
@@ -256,6 +255,13 @@ export class ExpertFetcher {
 
   private async load(key: number, layer: number, expert: number, level: number, prefetch: boolean): Promise<ExpertHandle> {
     const exact = level === this.store.exact;
+    // A move needs the expert in host memory: a store held on disk reads it there first (all its
+    // levels up to `level`, so whatever tier B holds once the read is done, the rest is on the
+    // host); one in memory has it already.
+    const first = this.tierB.peek(key);
+    const needsMove = exact ? !first?.parts.gate.exact : (first?.held ?? -1) < level;
+    const reading = needsMove ? this.store.toHost(layer, expert, level, prefetch) : undefined;
+    const onHost = reading && (await reading);
     const b = this.tierB.get(key);
     const held = b?.held ?? -1;
     const have = exact ? Boolean(b?.parts.gate.exact) : held >= level; // rungs 0..level decode from any longer run
@@ -267,7 +273,7 @@ export class ExpertFetcher {
     let moved: Uint8Array[] = [];
     if (!have) {
       const from = exact ? -1 : held;
-      const toMove = this.store.partsToMove(layer, expert, from, level);
+      const toMove = this.store.partsToMove(layer, expert, from, level, onHost);
       // One move per matrix, back to back on the link: a matrix decodes as soon as it has landed,
       // while the next crosses, so only the last one's decode is left once the expert is over.
       const moves = MATRICES.map((m) => this.link.start(toMove[m]));
@@ -342,7 +348,7 @@ export class ExpertFetcher {
    * one per 32 values, with the checksum checked) for the CPU engine's fused product.
    */
   private async decode(p: DeviceParts, layer: number, expert: number, level: number, landed: Promise<void>, landsAt?: number[]): Promise<{ values: NativeExpert; seconds: number }> {
-    const stored = this.store.expert(layer, expert);
+    const stored = this.store.matrixInfo(layer, expert);
     if (level === this.store.exact) {
       await landed;
       const t = performance.now();

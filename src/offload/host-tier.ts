@@ -24,7 +24,7 @@ import { Tier } from './tier.js';
 type Parts = Record<MatrixName, Buffer[]>;
 
 /** What host memory holds of one expert. */
-interface HeldExpert {
+export interface HeldExpert {
   /** Codec rungs 0..held (−1: none), per matrix [head, rung 0, …, rung held]. */
   held: number;
   codec: Parts;
@@ -70,9 +70,19 @@ export class HostTier {
   /**
    * The parts that bring expert (layer, expert) to `level` on a device holding its rungs 0..held
    * (held −1: nothing): ExpertStore.partsToMove's answer, from host memory or, for what is not
-   * there, from the disk. Concurrent asks for one expert share its reads.
+   * there, from the disk.
    */
   async partsToMove(layer: number, expert: number, held: number, level: number, prefetch = false): Promise<Parts> {
+    return this.cut(await this.bring(layer, expert, level, prefetch), held, level);
+  }
+
+  /**
+   * Expert (layer, expert)'s levels up to `level` in host memory (all of 0..level, or the exact
+   * bytes): what was held, with the missing levels read from the disk. The copy stays valid
+   * after the expert leaves the budget (a budget too small to keep it still serves it once).
+   * Concurrent asks for one expert share its reads.
+   */
+  async bring(layer: number, expert: number, level: number, prefetch = false): Promise<HeldExpert> {
     const key = layer * this.reader.numExperts + expert;
     for (;;) {
       const pending = this.inflight.get(key);
@@ -83,13 +93,13 @@ export class HostTier {
     const have = this.tier.get(key);
     if (have && (exact ? have.exact : have.held >= level)) {
       this.stats.hits++;
-      return this.cut(have, held, level);
+      return have;
     }
     this.stats.misses++;
     const p = this.read(key, layer, expert, level, have, prefetch);
     this.inflight.set(key, p);
     try {
-      return this.cut(await p, held, level);
+      return await p;
     } finally {
       this.inflight.delete(key);
     }
@@ -122,7 +132,10 @@ export class HostTier {
     return next;
   }
 
-  private cut(e: HeldExpert, held: number, level: number): Parts {
+  /** The parts of `e` that bring a device holding rungs 0..held to `level` (which `e` must cover). */
+  cut(e: HeldExpert, held: number, level: number): Parts {
+    const covered = level === this.reader.exact ? Boolean(e.exact) : e.held >= level;
+    if (!covered) throw new RangeError(`host copy holds rungs 0..${e.held}${e.exact ? ' and the exact level' : ''}, not level ${level}`);
     const out = noParts();
     for (const m of MATRICES) {
       if (level === this.reader.exact) out[m].push(e.exact![m]);

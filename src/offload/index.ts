@@ -12,7 +12,9 @@ import { CopyLink, EmulatedLink, type Link } from './link.js';
 import { DEFAULT_LADDER, type Ladder, type PrecisionPlan } from './plan.js';
 import { progressBar } from './progress.js';
 import type { ExpertSource } from './source.js';
-import { openStore, type OpenedStore } from './store-file.js';
+import { DiskExpertStore } from './disk-store.js';
+import { ensureStoreFile, openStore, type OpenedStore } from './store-file.js';
+import type { BuildProgress, ExpertStore } from './store.js';
 import type { TelemetrySink } from './telemetry.js';
 
 export * from './plan.js';
@@ -23,6 +25,7 @@ export { deviceBudget, type DeviceBudget } from './fetcher.js';
 export type { ExpertSource, RawTensor } from './source.js';
 export { ExpertStore } from './store.js';
 export { openStore } from './store-file.js';
+export { DiskExpertStore } from './disk-store.js';
 
 export interface OffloadOptions {
   ladder?: Ladder;
@@ -39,6 +42,12 @@ export interface OffloadOptions {
   /** With the CPU engine: tier A keeps codec levels compressed for the fused product (OffloadEngineOptions.fused). */
   fused?: boolean;
   telemetry?: TelemetrySink;
+  /**
+   * Keep the store on disk (the disk tier): host memory holds at most `bytes` of experts' levels,
+   * the rest is read from the store file in cacheDir as needed. The budget must hold `minExperts`
+   * experts at the store's largest level (one layer's routed experts: top-k).
+   */
+  hostBudget?: { bytes: number; minExperts: number };
   /** Show a progress bar on stderr while compressing (default true). */
   progress?: boolean;
   log?: (line: string) => void;
@@ -54,12 +63,41 @@ export interface Offload {
 export async function createOffload(source: ExpertSource, opts: OffloadOptions): Promise<Offload> {
   const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`));
   const bar = opts.progress === false ? undefined : progressBar('compressing experts');
-  const opened = await openStore(source, opts.ladder ?? DEFAULT_LADDER, opts.cacheDir, bar && ((p) => bar(p.done, p.total, `layer ${p.layer} expert ${p.expert}`)));
-  if (bar && opened.from === 'built') bar.done(`${source.numLayers * source.numExperts} experts, ${(opened.store.totalBytes() / 1e6).toFixed(1)} MB in host memory`);
+  const ladder = opts.ladder ?? DEFAULT_LADDER;
+  const onProgress = bar && ((p: BuildProgress) => bar(p.done, p.total, `layer ${p.layer} expert ${p.expert}`));
+  let opened: OpenedStore;
+  if (opts.hostBudget) {
+    if (!opts.cacheDir) throw new RangeError('a host budget keeps the experts on disk, in the store file: it needs the store\'s folder (cacheDir)');
+    const f = await ensureStoreFile(source, ladder, opts.cacheDir, onProgress);
+    if (bar && f.from === 'built') bar.done(`${source.numLayers * source.numExperts} experts written to ${f.file}`);
+    const store = DiskExpertStore.open(f.file, { checkpointHash: source.hash, ladder }, { budgetBytes: opts.hostBudget.bytes, policy: opts.policy, telemetry: opts.telemetry });
+    const min = minHostBudget(store, opts.hostBudget.minExperts);
+    if (opts.hostBudget.bytes < min) {
+      store.close();
+      throw new RangeError(`host budget ${opts.hostBudget.bytes} bytes is below the minimum ${min}: ${opts.hostBudget.minExperts} experts (one layer's top-k) at the store's largest level, as read from disk`);
+    }
+    opened = { store, from: f.from, file: f.file, notes: f.notes };
+    log(`offload: experts on disk: ${store.describe()}`);
+  } else {
+    opened = await openStore(source, ladder, opts.cacheDir, onProgress);
+    if (bar && opened.from === 'built') bar.done(`${source.numLayers * source.numExperts} experts, ${(opened.store.totalBytes() / 1e6).toFixed(1)} MB in host memory`);
+  }
   for (const n of opened.notes) log(`offload: ${n}`);
   if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
   const link = opts.emulatedLink ? new EmulatedLink(opts.emulatedLink) : new CopyLink();
   log(`offload: link ${link.describe()}`);
   const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, fused: opts.fused });
   return { opened, link, engine };
+}
+
+/**
+ * The least host budget a store on disk can serve from: `experts` experts at the store's largest
+ * level, each as read (whole 4096-byte blocks, one more for a read that starts mid-block).
+ */
+export function minHostBudget(store: ExpertStore, experts: number): number {
+  let largest = 0;
+  for (let l = 0; l < store.numLayers; l++) {
+    for (let e = 0; e < store.numExperts; e++) for (let k = 0; k < store.levels; k++) largest = Math.max(largest, store.levelBytes(l, e, k));
+  }
+  return experts * (Math.ceil(largest / 4096) + 1) * 4096;
 }

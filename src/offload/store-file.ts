@@ -78,6 +78,36 @@ export function readStoreFile(file: string, checkpointHash: string, ladder: Ladd
   }
 }
 
+/**
+ * The store file for `source` at `ladder` in `cacheDir`, for a store held on disk: used as it is
+ * when its preamble and index are sound and made for this checkpoint and ladder (its experts are
+ * checked as they are read, a CRC-32C per level), else built by streaming. Unlike openStore,
+ * nothing is loaded into memory, and a file that cannot be written is an error: the disk tier
+ * has nothing to read without it.
+ */
+export async function ensureStoreFile(
+  source: ExpertSource,
+  ladder: Ladder,
+  cacheDir: string,
+  onProgress?: (p: BuildProgress) => void,
+): Promise<{ file: string; from: 'cache' | 'built'; notes: string[] }> {
+  const notes: string[] = [];
+  const file = storeFileName(cacheDir, source.hash, ladder);
+  if (fs.existsSync(file)) {
+    try {
+      StoreFileReader.open(file, { checkpointHash: source.hash, ladder }).close();
+      return { file, from: 'cache', notes };
+    } catch (e) {
+      if (!(e instanceof StoreCacheError)) throw e;
+      notes.push(`cache ${e.code === 'STALE' ? 'stale' : 'damaged'}, rebuilding: ${e.message}`);
+    }
+  } else {
+    notes.push(`no cache file ${file}; building`);
+  }
+  await buildStoreFile(source, ladder, file, { onProgress });
+  return { file, from: 'built', notes };
+}
+
 export interface OpenedStore {
   store: ExpertStore;
   /** 'cache': read from `file`; 'built': compressed now (streamed to `file` and read back, unless writing failed). */

@@ -170,6 +170,11 @@ export class StoreFileReader {
     this.fd = undefined;
   }
 
+  /** Expert (layer, expert)'s entry in the index: where its block is, its segments and its matrices' shapes and ranges. */
+  entryOf(layer: number, expert: number): Readonly<ExpertEntry> {
+    return this.entry(layer, expert);
+  }
+
   private entry(layer: number, expert: number): ExpertEntry {
     const e = this.index.experts[layer]?.[expert];
     if (!Number.isInteger(layer) || !Number.isInteger(expert) || !e) throw new RangeError(`no expert ${expert} in layer ${layer} (${this.numLayers} layers × ${this.numExperts} experts)`);

@@ -33,6 +33,14 @@ export interface StoredMatrix {
 
 export type StoredExpert = Record<MatrixName, StoredMatrix>;
 
+/** An expert's levels in host memory, as a store held on disk read them (toHost; opaque elsewhere). */
+export interface HostCopy {
+  readonly held: number;
+}
+
+/** What a store knows of a matrix without its bytes. */
+export type MatrixInfo = Pick<StoredMatrix, 'dtype' | 'shape' | 'bounds'>;
+
 export interface BuildProgress {
   done: number;
   total: number;
@@ -60,6 +68,21 @@ export class ExpertStore {
     this.exact = exactLevel(ladder);
   }
 
+  /** Each matrix's element type, shape and rung bounds (what a store knows without its bytes). */
+  matrixInfo(layer: number, expert: number): Record<MatrixName, MatrixInfo> {
+    return this.expert(layer, expert);
+  }
+
+  /**
+   * Brings expert (layer, expert)'s levels up to `level` into host memory, for partsToMove: here
+   * they always are (undefined: nothing to wait for); a store held on disk (disk-store.ts) reads
+   * what host memory lacks and resolves to the copy partsToMove then cuts from. `prefetch`: asked
+   * by a prefetch, not by a layer waiting (the disk's telemetry says which).
+   */
+  toHost(_layer: number, _expert: number, _level: number, _prefetch = false): Promise<HostCopy> | undefined {
+    return undefined;
+  }
+
   expert(layer: number, expert: number): StoredExpert {
     const e = this.experts[layer]?.[expert];
     if (!e) throw new RangeError(`no expert ${expert} in layer ${layer} (${this.numLayers} layers × ${this.numExperts} experts)`);
@@ -71,7 +94,7 @@ export class ExpertStore {
    * codec rungs 0..held (held = −1: nothing; the head comes with rung 0). For the exact level,
    * the original bytes, whatever is held. Per matrix, in MATRICES order.
    */
-  partsToMove(layer: number, expert: number, held: number, level: number): Record<MatrixName, Buffer[]> {
+  partsToMove(layer: number, expert: number, held: number, level: number, _onHost?: HostCopy): Record<MatrixName, Buffer[]> {
     this.checkLevel(level);
     const e = this.expert(layer, expert);
     const out = {} as Record<MatrixName, Buffer[]>;
@@ -107,13 +130,13 @@ export class ExpertStore {
 
   /** Bytes of one expert's original weights (what uncompressed offload moves per miss). */
   originalBytes(layer: number, expert: number): number {
-    const e = this.expert(layer, expert);
+    const e = this.matrixInfo(layer, expert);
     return MATRICES.reduce((sum, m) => sum + e[m].shape.reduce((a, b) => a * b, 1) * (e[m].dtype === 'F32' ? 4 : 2), 0);
   }
 
   /** Values in one expert (all three matrices). */
   expertValues(layer: number, expert: number): number {
-    const e = this.expert(layer, expert);
+    const e = this.matrixInfo(layer, expert);
     return MATRICES.reduce((sum, m) => sum + e[m].shape.reduce((a, b) => a * b, 1), 0);
   }
 
@@ -141,7 +164,7 @@ export class ExpertStore {
    * that keeps some other direct encoding there (the benchmark's int8 / int4 baselines) says how
    * to decode it here.
    */
-  decodeExact(m: StoredMatrix, bytes: Uint8Array, into?: Float32Array): Float32Array {
+  decodeExact(m: MatrixInfo, bytes: Uint8Array, into?: Float32Array): Float32Array {
     const n = bytes.byteLength / DTYPE_BYTES[m.dtype];
     // Widened in the addon, into a recycled buffer when one is given (`into` of the wrong size is
     // not used): this runs on every exact-level miss.

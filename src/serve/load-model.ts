@@ -46,6 +46,8 @@ export interface ModelSpec {
   profile: Profile;
   /** Offload: experts per layer the device cache holds (overrides the profile's device budget). */
   expertsPerLayer?: number;
+  /** Offload: keep the experts on disk and at most this many bytes of them in host memory (the disk tier). */
+  hostBudgetBytes?: number;
   /** Offload: every layer at this level, no controller. */
   fixedLevel?: number;
   /** Offload: the controller decides and reports but changes nothing. */
@@ -135,6 +137,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
       fused: d.tier_a_form === 'fused',
+      hostBudget: spec.hostBudgetBytes === undefined ? undefined : { bytes: spec.hostBudgetBytes, minExperts: c.topK },
       telemetry,
       log,
     });
@@ -146,6 +149,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       policy: spec.policy.name, profile: spec.profile.name, controller: fixed ? 'off' : spec.dryRun ? 'dry-run' : 'on',
       ...(fixed ? { level, level_meaning: describeLevel(ladder, level), level_fixed: true } : {}),
       link: offload.link.name, link_emulated: offload.link.emulated,
+      experts_on: spec.hostBudgetBytes === undefined ? 'host memory' : 'disk',
+      ...(spec.hostBudgetBytes === undefined ? {} : { host_budget_bytes: spec.hostBudgetBytes }),
     };
     return offload.engine;
   };

@@ -58,6 +58,9 @@ export class ServeMetrics {
   readonly stepCompute: Counter<'phase'>;
   readonly stepTransferWait: Counter<'phase'>;
   readonly stepDecompressWait: Counter<'phase'>;
+  readonly diskReadBytes: Counter;
+  readonly diskReadDuration: Histogram;
+  readonly diskDirect: Gauge;
 
   constructor() {
     const registers = [this.registry];
@@ -77,6 +80,9 @@ export class ServeMetrics {
     this.transferDuration = new Histogram({ name: name('expert_transfer_duration_seconds'), help: 'Duration of one expert\'s move over the link.', buckets: MOVE_BUCKETS, registers });
     this.decompressDuration = new Histogram({ name: name('decompress_duration_seconds'), help: 'Duration of decoding one expert into device memory.', buckets: MOVE_BUCKETS, registers });
     this.cacheRequests = new Counter({ name: name('expert_cache_requests_total'), help: 'Device cache lookups by tier (A: decoded, B: compressed) and result.', labelNames: ['tier', 'result'], registers });
+    this.diskReadBytes = new Counter({ name: name('disk_read_bytes_total'), help: 'Expert bytes read from the store file into host memory (the disk tier; measured, never emulated).', registers });
+    this.diskReadDuration = new Histogram({ name: name('disk_read_duration_seconds'), help: 'Duration of one read of an expert\'s levels from the store file.', buckets: MOVE_BUCKETS, registers });
+    this.diskDirect = new Gauge({ name: name('disk_direct_io'), help: '1 when the disk tier reads around the page cache (O_DIRECT), 0 when the file system refused it.', registers });
     this.linkEmulated = new Gauge({ name: name('link_emulated'), help: '1 when the host-device link is emulated (a set bandwidth and latency), 0 when it is a real move.', registers });
     this.steps = new Counter({ name: name('steps_total'), help: 'Forward steps by phase (prefill: a step over several tokens, i.e. a prompt; decode: a step over one token).', labelNames: ['phase'], registers });
     this.stepCompute = new Counter({ name: name('step_compute_seconds_total'), help: 'Time forward steps spent computing.', labelNames: ['phase'], registers });
@@ -98,6 +104,11 @@ export class ServeMetrics {
         this.transferBytes.inc({ layer: String(s.layer) }, s.bytes);
         this.transferDuration.observe(s.seconds);
         this.linkEmulated.set(s.emulated ? 1 : 0);
+        break;
+      case 'read':
+        this.diskReadBytes.inc(s.bytes);
+        this.diskReadDuration.observe(s.seconds);
+        this.diskDirect.set(s.direct ? 1 : 0);
         break;
       case 'decompress':
         this.decompressDuration.observe(s.seconds);

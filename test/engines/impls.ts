@@ -9,9 +9,14 @@ import { OffloadExpertEngine } from '../../src/offload/engine.js';
 import { CopyLink } from '../../src/offload/link.js';
 import { DEFAULT_LADDER, uniformPlan } from '../../src/offload/plan.js';
 import type { ExpertSource, RawTensor } from '../../src/offload/source.js';
-import { buildStore } from '../../src/offload/store.js';
+import { DiskExpertStore } from '../../src/offload/disk-store.js';
+import { buildStoreFile } from '../../src/offload/store-build.js';
+import { buildStore, type ExpertStore } from '../../src/offload/store.js';
 import type { ExpertMatrices } from '../../src/offload/expert-engine.js';
 import type { EngineImpl } from './conformance.js';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
 const SHAPES: [number, number][] = [[128, 256], [64, 96]];
 const ODD: [number, number] = [40, 72]; // rows that are not whole codec blocks (dense only)
@@ -133,11 +138,13 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
  * with tfjs or the CPU engine; or, with `level`, at that codec level of the default ladder, its
  * rungs decoded to f32 or (`fused`) multiplied compressed by the fused product.
  */
-export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fused: boolean } | null = null, bf16Exact = false): EngineImpl {
+/** onDisk: the store held on disk (the disk tier), its host budget about three experts at the level read. */
+export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fused: boolean } | null = null, bf16Exact = false, onDisk = false): EngineImpl {
   return {
-    name: bf16Exact
+    name: (bf16Exact
       ? 'offload engine at the exact level of a bf16 checkpoint, its bits multiplied in place (fused form)'
-      : `offload engine at ${at ? `level ${at.level}, ${at.fused ? 'fused on the compressed rungs' : 'rungs decoded to f32'}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`,
+      : `offload engine at ${at ? `level ${at.level}, ${at.fused ? 'fused on the compressed rungs' : 'rungs decoded to f32'}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`) +
+      (onDisk ? ', the store on disk read through a host tier of three experts' : ''),
     unavailable: () => null,
     shapes: at || bf16Exact ? SHAPES : [[64, 96], ODD],
     offThread: compute === 'cpu',
@@ -155,9 +162,21 @@ export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fuse
       };
       const store = await buildStore(source, DEFAULT_LADDER);
       const level = at?.level ?? store.exact;
+      let served: ExpertStore = store;
+      let closeDisk = () => {};
+      if (onDisk) {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebserve-disk-engine-'));
+        const file = path.join(dir, 'x.ebstore');
+        await buildStoreFile(source, DEFAULT_LADDER, file);
+        const disk = DiskExpertStore.open(file, { checkpointHash: source.hash, ladder: DEFAULT_LADDER }, { budgetBytes: 3 * (store.levelBytes(0, 0, level) + 3 * 4096) });
+        served = disk;
+        closeDisk = () => (disk.close(), fs.rmSync(dir, { recursive: true, force: true }));
+      }
       const engine = new OffloadExpertEngine({
-        store, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, fused: at?.fused || bf16Exact, plan: uniformPlan(experts.length, level),
+        store: served, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, fused: at?.fused || bf16Exact, plan: uniformPlan(experts.length, level),
       });
+      const dispose = engine.dispose.bind(engine);
+      engine.dispose = () => (dispose(), closeDisk());
       // What the engine computes with at a codec level: the store's rungs 0..level, decoded.
       const decoded = (l: number, e: number): ExpertMatrices => {
         const x = store.expert(l, e);

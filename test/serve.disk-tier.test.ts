@@ -1,0 +1,65 @@
+// Serving with the experts on disk (`serve --host-budget`): the store file is read around the page
+// cache into a host budget far smaller than the store, and a real server on loopback answers
+// exactly what it answers with every expert in host memory, its disk reads in /metrics and its
+// engine details; a budget below one layer's routed experts, or a bad flag, is refused by name.
+import assert from 'node:assert/strict';
+
+import { loadServedModel } from '../src/serve/load-model.js';
+import { startServer, type RunningServer } from '../src/serve/server.js';
+import { ebserve } from './helpers/ebserve.js';
+import { embeddedSpec, post, startEmbedded } from './serve/helpers.js';
+
+const PROMPTS = ['It was the best of times', 'Call me Ishmael.', 'The quick brown fox'];
+
+async function greedy(url: string, prompt: string): Promise<string> {
+  const res = await post(url, '/v1/completions', { prompt, max_tokens: 12, temperature: 0 });
+  assert.equal(res.status, 200);
+  return ((await res.json()) as { choices: { text: string }[] }).choices[0].text;
+}
+
+describe('serving with the experts on disk (--host-budget)', function () {
+  this.timeout(120_000);
+  const servers: RunningServer[] = [];
+  after(async () => {
+    for (const s of servers) await s.shutdown({ drainTimeoutSeconds: 0 });
+  });
+
+  it('answers as with every expert in host memory, reading the disk into a small host budget, and says so', async function () {
+    // Level 2 (three codec rungs) and the exact level, each fixed; 1 MB of host memory holds a few experts of the 64.
+    for (const level of [2, 5]) {
+      const memory = await startEmbedded({ spec: { fixedLevel: level } });
+      const disk = await startEmbedded({ spec: { fixedLevel: level, hostBudgetBytes: 1e6 } });
+      servers.push(memory, disk);
+      for (const p of PROMPTS) assert.equal(await greedy(disk.url, p), await greedy(memory.url, p), `level ${level}: "${p}"`);
+      const health = (await (await fetch(`${disk.url}/health`)).json()) as { engine_details: Record<string, unknown> };
+      assert.equal(health.engine_details.experts_on, 'disk');
+      assert.equal(health.engine_details.host_budget_bytes, 1e6);
+      const metrics = await (await fetch(`${disk.url}/metrics`)).text();
+      const read = Number(/^ebserve_disk_read_bytes_total (\S+)$/m.exec(metrics)?.[1]);
+      assert.ok(read > 1e6, `more read from the disk (${read} bytes) than the budget holds: experts were evicted and read again`);
+      assert.match(metrics, /^ebserve_disk_direct_io [01]$/m);
+      assert.match(metrics, /^ebserve_disk_read_duration_seconds_count [1-9]/m);
+      const none = await (await fetch(`${memory.url}/metrics`)).text();
+      assert.match(none, /^ebserve_disk_read_bytes_total 0$/m, 'no disk reads with every expert in host memory');
+    }
+  });
+
+  it('refuses a host budget below one layer\'s routed experts, naming the minimum', async function () {
+    const log: string[] = [];
+    const server = await startServer({ host: '127.0.0.1', port: 0, log: () => {}, load: (bus) => loadServedModel(embeddedSpec({ hostBudgetBytes: 1000 }), bus, (l) => log.push(l)) });
+    servers.push(server);
+    await assert.rejects(server.ready, /host budget 1000 bytes is below the minimum \d+: 2 experts \(one layer's top-k\)/);
+  });
+
+  it('answers a bad --host-budget with a usage error naming the flag', async function () {
+    for (const [args, why] of [
+      [['--host-budget', 'lots'], /--host-budget must be a number of bytes ≥ 1, with an optional unit .*got lots/],
+      [['--host-budget=-5'], /--host-budget must be a number of bytes ≥ 1/],
+      [['--host-budget', '1G', '--engine', 'cpu'], /--host-budget.* are offload settings; the cpu engine holds every expert/],
+    ] as [string[], RegExp][]) {
+      const r = await ebserve('serve', '--port', '0', ...args);
+      assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, why, args.join(' '));
+    }
+  });
+});
