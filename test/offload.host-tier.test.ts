@@ -8,6 +8,9 @@ import os from 'node:os';
 import path from 'node:path';
 
 import { DirectFile } from '../src/offload/direct-file.js';
+import { DiskExpertStore } from '../src/offload/disk-store.js';
+import { ExpertFetcher } from '../src/offload/fetcher.js';
+import { CopyLink } from '../src/offload/link.js';
 import { HostTier } from '../src/offload/host-tier.js';
 import { DEFAULT_LADDER } from '../src/offload/plan.js';
 import { MATRICES } from '../src/offload/source.js';
@@ -104,6 +107,27 @@ describe('offload: the host tier over the store file (disk tier)', function () {
       assert.equal(reads.length, 1);
     } finally {
       close();
+    }
+  });
+
+  it('counts a move\'s wait for the disk in its transfer sample, named disk+copy, and reads an expert held in host memory no more', async function () {
+    const bus = new TelemetryBus();
+    const samples: OffloadSample[] = [];
+    bus.on((x) => samples.push(x));
+    const disk = DiskExpertStore.open(file, { checkpointHash: src.hash, ladder: DEFAULT_LADDER }, { budgetBytes: 1e9, telemetry: bus });
+    // Tier A holds one expert: asking for a second one evicts the first from the device, not from the host.
+    const fetcher = new ExpertFetcher({ store: disk, link: new CopyLink(), budget: { tierABytes: disk.expertValues(0, 0) * 4, tierBBytes: 0 }, telemetry: bus, form: 'f32' });
+    try {
+      for (const e of [0, 1, 0]) (await fetcher.acquire(0, e, 2)).release();
+      const transfers = samples.filter((x) => x.kind === 'transfer') as Extract<OffloadSample, { kind: 'transfer' }>[];
+      const reads = samples.filter((x) => x.kind === 'read') as Extract<OffloadSample, { kind: 'read' }>[];
+      assert.deepEqual(transfers.map((t) => [t.expert, t.link]), [[0, 'disk+copy'], [1, 'disk+copy'], [0, 'disk+copy']]);
+      assert.equal(reads.length, 2, 'expert 0 came back from host memory: no second read');
+      assert.ok(transfers[0].seconds >= reads[0].seconds, 'a move that read the disk waited at least the read');
+      assert.equal(disk.totalBytes(), disk.host.tier.used);
+    } finally {
+      fetcher.close();
+      disk.close();
     }
   });
 

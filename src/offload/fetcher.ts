@@ -261,7 +261,11 @@ export class ExpertFetcher {
     const first = this.tierB.peek(key);
     const needsMove = exact ? !first?.parts.gate.exact : (first?.held ?? -1) < level;
     const reading = needsMove ? this.store.toHost(layer, expert, level, prefetch) : undefined;
+    const readFrom = performance.now();
     const onHost = reading && (await reading);
+    // What the move waited for the disk (a host hit: nothing), counted in its transfer sample, so
+    // the controller plans on the time an expert takes to come from where it is.
+    const diskSeconds = reading ? (performance.now() - readFrom) / 1000 : 0;
     const b = this.tierB.get(key);
     const held = b?.held ?? -1;
     const have = exact ? Boolean(b?.parts.gate.exact) : held >= level; // rungs 0..level decode from any longer run
@@ -289,7 +293,7 @@ export class ExpertFetcher {
         this.stats.bytesMoved += bytes;
         this.telemetry.emit({
           kind: 'transfer', at: performance.now() / 1000, layer, expert, rung: level, fromRung: exact ? level : held + 1,
-          bytes, seconds, link: this.link.name, emulated: this.link.emulated, prefetch,
+          bytes, seconds: seconds + diskSeconds, link: reading ? `disk+${this.link.name}` : this.link.name, emulated: this.link.emulated, prefetch,
         });
         const old = this.tierB.remove(key);
         if (this.tierB.reserve(parts.bytes)) {

@@ -16,7 +16,11 @@ export interface TransferSample {
   fromRung: number;
   bytes: number;
   seconds: number;
-  /** The link that moved it: 'copy' (a real host copy) or 'emulated' (a set bandwidth and latency). */
+  /**
+   * The link that moved it: 'copy' (a real host copy) or 'emulated' (a set bandwidth and latency);
+   * 'disk+copy' / 'disk+emulated' when the expert came from a store on disk: `seconds` then
+   * includes its wait for the disk (the read samples time the reads alone).
+   */
   link: string;
   emulated: boolean;
   /** Issued by prefetch rather than by a layer waiting for it. */
