@@ -19,6 +19,7 @@ import { openCheckpoint } from '../src/model/checkpoint.js';
 import { parseConfig } from '../src/model/config.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { loadModel } from '../src/model/load.js';
+import { EMBEDDED_MODEL_DIR } from '../src/model/embedded.js';
 import { expectedTensors } from '../src/model/names.js';
 import { calibrationText, measureLogitSpread, routingStats, TRAINED_LOGIT_SPREAD } from '../src/model/synth/calibrate.js';
 import { SHAPES, synthConfig, tensorSpecs, type RoutingReport } from '../src/model/synth/index.js';
@@ -55,7 +56,8 @@ async function synthInProcess(...args: string[]): Promise<{ code: number; stderr
 }
 
 function sha256Of(dir: string): Record<string, string> {
-  return Object.fromEntries(fs.readdirSync(dir).sort().map((f) => [f, createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex')]));
+  const files = fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => fs.statSync(path.join(dir, f)).isFile());
+  return Object.fromEntries(files.sort().map((f) => [f, createHash('sha256').update(fs.readFileSync(path.join(dir, f))).digest('hex')]));
 }
 
 const floorBits = (experts: number) => 0.95 * Math.log2(experts);
@@ -157,6 +159,7 @@ describe('ebserve synth', function () {
         } finally {
           ckpt.close();
         }
+        assert.ok(fs.readFileSync(path.join(out, 'canaries', 'text.jsonl')).equals(fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'canaries', 'text.jsonl'))), 'the text canaries beside it, for the controller');
         const routing = JSON.parse(fs.readFileSync(path.join(out, 'routing.json'), 'utf8')) as RoutingReport;
         assert.equal(routing.layers.length, layers);
         assert.equal(routing.calibration.tokens, 2048);

@@ -77,13 +77,13 @@ export async function createOffload(source: ExpertSource, opts: OffloadOptions):
       throw new RangeError(`host budget ${opts.hostBudget.bytes} bytes is below the minimum ${min}: ${opts.hostBudget.minExperts} experts (one layer's top-k) at the store's largest level, as read from disk`);
     }
     opened = { store, from: f.from, file: f.file, notes: f.notes };
-    log(`offload: experts on disk: ${store.describe()}`);
   } else {
     opened = await openStore(source, ladder, opts.cacheDir, onProgress);
     if (bar && opened.from === 'built') bar.done(`${source.numLayers * source.numExperts} experts, ${(opened.store.totalBytes() / 1e6).toFixed(1)} MB in host memory`);
   }
   for (const n of opened.notes) log(`offload: ${n}`);
-  if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
+  if (opened.store instanceof DiskExpertStore) log(`offload: experts on disk: ${opened.store.describe()}`);
+  else if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
   const link = opts.emulatedLink ? new EmulatedLink(opts.emulatedLink) : new CopyLink();
   log(`offload: link ${link.describe()}`);
   const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, fused: opts.fused });

@@ -8,6 +8,8 @@
  *   tokenizer.json                   a byte-level BPE of exactly vocab_size tokens (tokenizer.ts)
  *   routing.json                     per layer: load entropy, reuse of the previous token's
  *                                    experts, and the calibration's parameters (calibrate.ts)
+ *   canaries/text.jsonl              the embedded model's text canaries (plain text, no model's
+ *                                    outputs), which the controller's canary runs need beside a model
  * Weights are bf16, N(0, initializer_range) per tensor from a stream seeded by (seed, tensor name),
  * norms at 1; written streaming (writer.ts). Then one forward pass of the model's own code
  * (loadModel: the native forward where it covers the architecture, else TensorFlow.js) over the
@@ -210,6 +212,7 @@ export async function synthesize(opts: SynthOptions): Promise<SynthResult> {
     fs.writeFileSync(path.join(partial, 'config.json'), `${JSON.stringify(json, null, 2)}\n`);
     const routing = routingReport(opts, config, seed, tokens, layers);
     fs.writeFileSync(path.join(partial, 'routing.json'), `${JSON.stringify(routing, null, 2)}\n`);
+    copyCanaries(partial);
     const t2 = performance.now();
 
     if (fs.existsSync(out)) fs.rmdirSync(out); // an empty folder (checked above): replaced by the finished one
@@ -310,4 +313,13 @@ function routingReport(opts: SynthOptions, c: ModelConfig, seed: number, tokens:
   };
   if (opts.testShrink && opts.testShrink !== 1) report.test_shrink = opts.testShrink;
   return report;
+}
+
+/**
+ * The embedded model's text canaries (prompt + continuation pairs of public-domain text; the
+ * controller scores a plan by its agreement with the exact model on them) copied into `dir`.
+ */
+export function copyCanaries(dir: string): void {
+  fs.mkdirSync(path.join(dir, 'canaries'), { recursive: true });
+  fs.copyFileSync(CALIBRATION_TEXT_FILE, path.join(dir, 'canaries', 'text.jsonl'));
 }
