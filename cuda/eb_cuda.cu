@@ -13,6 +13,8 @@
 
 #include "eb_kernels.cuh"
 #include "eb_plan.h"
+#include "eb_rans_kernels.cuh"
+#include "eb_rans_plan.h"
 
 namespace eb {
 namespace cuda {
@@ -58,7 +60,7 @@ Context::Context(int device) : device_(device) {
 Context::~Context() {
   // Errors are ignored: at process exit the runtime may already be gone.
   cudaSetDevice(device_);
-  for (Buf* b : {&rates_, &counts_, &offs_, &temp_, &payload_, &comp_, &input_, &output_})
+  for (Buf* b : {&rates_, &counts_, &offs_, &temp_, &payload_, &comp_, &input_, &output_, &status_})
     if (b->p) cudaFree(b->p);
   if (own_stream_) cudaStreamDestroy(own_stream_);
 }
@@ -166,6 +168,7 @@ void Context::decompress_resident(const StreamView& s, const uint8_t* const* d_r
                                   void* d_out, cudaStream_t stream) {
   check_rung(s, k);
   EB_CUDA(cudaSetDevice(device_));
+  if (s.h.mode == kModeEntropy) return decompress_entropy(s, d_rung, k, out_dtype, d_out, stream);
   const Header& h = s.h;
   const EbLadder L = eb_ladder(h.cut, h.rungs);
   const uint64_t nb = h.blocks(), pitch = nb + 1;
@@ -190,6 +193,28 @@ void Context::decompress_resident(const StreamView& s, const uint8_t* const* d_r
         rates + pad4(nb), h.escapes, d_out, (int)out_dtype);
     EB_CUDA(cudaGetLastError());
   }
+}
+
+// Entropy-coded streams (cuda/eb_rans_kernels.cuh): one warp per segment, then the escapes, then
+// the kernel's per-segment verdict, which needs the stream to get there (eb_cuda.h says so).
+void Context::decompress_entropy(const StreamView& s, const uint8_t* const* d_rung, int k, DType out_dtype,
+                                 void* d_out, cudaStream_t stream) {
+  const Header& h = s.h;
+  const uint64_t segs = rans_segments(h);
+  if (!segs) return;
+  auto* status = static_cast<uint32_t*>(grow(status_, segs * sizeof(uint32_t)));
+  const EbRansArgs a = rans_decode_args(s, d_rung, k, out_dtype, d_out, status);
+  eb_gpu::eb_rans_decode_kernel<<<eb_rans_grid_blocks(segs), EB_RANS_THREADS, 0, stream>>>(a);
+  EB_CUDA(cudaGetLastError());
+  if (h.escapes) {
+    eb_gpu::eb_patch_kernel<<<eb_grid_blocks(h.escapes), EB_THREADS, 0, stream>>>(
+        d_rung[0] + rans_escapes_at(s), h.escapes, d_out, (int)out_dtype);
+    EB_CUDA(cudaGetLastError());
+  }
+  std::vector<uint32_t> verdict(segs);
+  EB_CUDA(cudaMemcpyAsync(verdict.data(), status, segs * sizeof(uint32_t), cudaMemcpyDeviceToHost, stream));
+  EB_CUDA(cudaStreamSynchronize(stream));
+  rans_check_lanes(verdict.data(), segs);
 }
 
 std::vector<uint8_t> Context::compress_host(const void* h_in, size_t n, const EncodeParams& p) {

@@ -50,6 +50,10 @@ class Context {
   // d_out (count values of out_dtype, device memory). Only enqueues work on `stream`, the copies
   // of the compressed bytes included, and returns without waiting. Rung bytes in pageable memory
   // may be reused once this returns; pinned ones must live until the stream reaches this work.
+  // Either coder: fixed-length streams through the block kernels (cuda/eb_kernels.cuh),
+  // entropy-coded ones through the warp-per-segment rANS kernel (cuda/eb_rans_kernels.cuh); an
+  // entropy-coded decode waits for `stream` before it returns, to answer BAD_LANES for damaged
+  // lanes the way the CPU decoder does.
   void decompress(const StreamView& s, int k, DType out_dtype, void* d_out, cudaStream_t stream);
 
   // The same decode from rungs that are already on the device (tier B: the offload pipeline of
@@ -74,10 +78,12 @@ class Context {
   };
   void* grow(Buf& b, size_t bytes);
   void exclusive_sums(const uint32_t* in, uint32_t* out, int rows, uint64_t pitch, cudaStream_t stream);
+  void decompress_entropy(const StreamView& s, const uint8_t* const* d_rung, int k, DType out_dtype, void* d_out,
+                          cudaStream_t stream);
 
   int device_;
   cudaStream_t own_stream_ = nullptr;
-  Buf rates_, counts_, offs_, temp_, payload_, comp_, input_, output_;
+  Buf rates_, counts_, offs_, temp_, payload_, comp_, input_, output_, status_;
 };
 
 }  // namespace cuda

@@ -23,6 +23,11 @@
 #define EB_RANS_L (1u << 16)
 #define EB_RANS_SYMBOLS 256
 #define EB_RANS_MAX_U 127u  // u = m >> c above this is kept as an escape
+// Layout constants the GPU decode needs (stream_format.h's kChunkBlocks and
+// kEntropyDescriptorBytes; cuda/eb_rans_plan.h checks they agree): blocks per segment, and where
+// rung 0's frequency table starts.
+#define EB_RANS_SEG_BLOCKS 2048
+#define EB_RANS_TABLE_AT 8
 
 // Quantizes one block value by value (no block rate: every value reconstructs at its bucket's
 // centre, so values do not depend on each other) and checks every rung with the decoder's own
@@ -60,11 +65,17 @@ EB_HD uint32_t eb_rans_slot(uint32_t sym, uint32_t freq, uint32_t bias) {
   return sym | ((freq - 1u) << 8) | (bias << 20);
 }
 
+// Fills symbol s's slots dec[cum .. cum + freq): cum is the frequencies of the symbols below s.
+// The GPU kernel (cuda/eb_rans_kernels.cuh) gives each thread its symbols; the CPU loops.
+EB_HD void eb_rans_fill_symbol(uint32_t s, uint32_t freq, uint32_t cum, uint32_t* dec) {
+  for (uint32_t j = 0; j < freq; j++) dec[cum + j] = eb_rans_slot(s, freq, j);
+}
+
 // Fills dec[4096] from freq[0..S) (validated: they sum to 4096).
 EB_HD void eb_rans_build_decode(const uint16_t* freq, int S, uint32_t* dec) {
   uint32_t cum = 0;
   for (int s = 0; s < S; s++) {
-    for (uint32_t j = 0; j < freq[s]; j++) dec[cum + j] = eb_rans_slot((uint32_t)s, freq[s], j);
+    eb_rans_fill_symbol((uint32_t)s, freq[s], cum, dec);
     cum += freq[s];
   }
 }
@@ -76,3 +87,13 @@ EB_HD uint32_t eb_rans_step(uint32_t* x, const uint32_t* dec) {
   *x = freq * (*x >> EB_RANS_SCALE_BITS) + bias;
   return e & 0xffu;
 }
+
+// A lane's renormalization after its step: a state that fell below L takes the next u16 word.
+// Which word is the interleaving's business (the lanes below it that also ran low go first).
+EB_HD bool eb_rans_needs_word(uint32_t x) { return x < EB_RANS_L; }
+EB_HD uint32_t eb_rans_take_word(uint32_t x, uint32_t word) { return (x << 16) | word; }
+
+// The value a lane decodes to at rung k: magnitude bits m above p = cut[k] (the symbol's u at
+// c - p, then the raw and refinement planes below it), sign from the symbol's low bit; every value
+// at its bucket's centre (FORMAT.md), escapes patched afterwards.
+EB_HD float eb_rans_value(uint32_t mhi, uint32_t sym, int p, float ebf) { return eb_reconstruct(mhi, sym & 1u, p, 1, ebf); }

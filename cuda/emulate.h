@@ -8,6 +8,8 @@
 // What that rules out in the kernels: shared memory, __syncthreads, warp intrinsics and any
 // communication between threads of a launch (a sequential run would not honour it). Our kernels
 // are one thread per 32-value data block, like cuSZp's fixed-length mode, so they need none.
+// (A kernel that does need them, the entropy coder's warp-per-segment decode, is run by
+// cuda/emulate_warp.h, which adds warp collectives and __syncthreads on top of this header.)
 //
 // Include it only in host-compiled translation units, after every system and library header (it
 // defines macros with CUDA's reserved names).

@@ -3,9 +3,11 @@
 // Data: n = mib · 2^20 / 4 f32 values of N(0, 0.02), what expert weights look like (DESIGN.md).
 // Each case compresses them on the CPU (eb::encode, the store's encoder), puts the stream's
 // payload in device memory as the offload pipeline leaves it there, and decodes it with the
-// device's decode sequence (Context::decompress_resident: rate-words kernel, CUB exclusive sums,
-// decode kernel, escape patch). Passing means the device's output bytes equal eb::decode's at
-// every rung and output dtype asked, and every f32 value is within its rung's bound.
+// device's decode sequence (Context::decompress_resident). Fixed-length streams: rate-words
+// kernel, CUB exclusive sums, decode kernel, escape patch. Entropy-coded (v2) streams: the
+// warp-per-segment rANS kernel (cuda/eb_rans_kernels.cuh), escape patch, the lanes' verdict.
+// Passing means the device's output bytes equal eb::decode's at every rung and output dtype asked,
+// and every f32 value is within its rung's bound.
 // Figures: the compression ratio; decode GB/s (output bytes per second, the way cuSZp counts its
 // ~510 GB/s on an A100) and the device's own device-to-device memcpy of the same bytes.
 #include <float.h>
@@ -25,6 +27,7 @@ namespace {
 
 struct Case {
   const char* name;
+  uint8_t coder;              // eb::kModeFixed or eb::kModeEntropy
   double eb;                  // the finest rung's absolute bound
   std::vector<uint8_t> cut;   // the ladder: planes each rung leaves out
   std::vector<eb::DType> outs;
@@ -59,15 +62,20 @@ void check_codec(Target& t, const Options& o, Report& report) {
   const double memcpy_gbps = gbps(bytes, memcpy_s);
 
   const std::vector<Case> cases = {
-      {"eb 1e-2", 1e-2, {0}, {eb::DType::F32}},
-      {"eb 1e-3", 1e-3, {0}, {eb::DType::F32, eb::DType::F16, eb::DType::BF16}},
-      {"eb 1e-4", 1e-4, {0}, {eb::DType::F32}},
-      {"4 rungs 1e-3..1.25e-4", 1.25e-4, {3, 2, 1, 0}, {eb::DType::F32}},
+      {"decode eb 1e-2", eb::kModeFixed, 1e-2, {0}, {eb::DType::F32}},
+      {"decode eb 1e-3", eb::kModeFixed, 1e-3, {0}, {eb::DType::F32, eb::DType::F16, eb::DType::BF16}},
+      {"decode eb 1e-4", eb::kModeFixed, 1e-4, {0}, {eb::DType::F32}},
+      {"decode 4 rungs 1e-3..1.25e-4", eb::kModeFixed, 1.25e-4, {3, 2, 1, 0}, {eb::DType::F32}},
+      // The entropy coder: symbols only (1e-3), raw planes below them (1e-5: u would not fit a
+      // byte), and a ladder whose refinement rungs are raw planes.
+      {"entropy eb 1e-3", eb::kModeEntropy, 1e-3, {0}, {eb::DType::F32, eb::DType::F16, eb::DType::BF16}},
+      {"entropy eb 1e-5", eb::kModeEntropy, 1e-5, {0}, {eb::DType::F32}},
+      {"entropy 4 rungs 1e-3..1.25e-4", eb::kModeEntropy, 1.25e-4, {3, 2, 1, 0}, {eb::DType::F32}},
   };
   for (const Case& c : cases) {
     CheckResult r;
     r.group = "codec";
-    r.name = "decode " + std::string(c.name) + ", " + size;
+    r.name = std::string(c.name) + ", " + size;
     r.criterion = "device output == eb::decode's, byte for byte, every rung and dtype; f32 |x - x'| <= the rung's bound";
 
     eb::EncodeParams p;
@@ -76,8 +84,9 @@ void check_codec(Target& t, const Options& o, Report& report) {
     p.mode = eb::BoundMode::Abs;
     p.cut = c.cut;
     p.threads = threads;
+    p.coder = c.coder;
     const std::vector<uint8_t> stream = eb::encode(x.data(), n, p);
-    const eb::StreamView view = eb::parse_stream(stream.data(), stream.size(), true, threads);
+    const eb::StreamView view = eb::parse_stream(stream.data(), stream.size(), true, threads, eb::Readable::AnyCoder);
     const eb::Header& h = view.h;
     const int R = h.rungs;
 

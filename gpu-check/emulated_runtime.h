@@ -42,7 +42,8 @@ class EmulatedRuntime {
   void event_synchronize(Event) {}
   void stream_synchronize(Stream) {}
   double elapsed_seconds(Event a, Event b);
-  // Context::decompress_resident's kernel sequence: rate words, exclusive sums, decode, patch.
+  // Context::decompress_resident's kernel sequence: rate words, exclusive sums, decode, patch
+  // (fixed-length streams); rANS decode, patch, the lanes' verdict (entropy-coded ones).
   void decode_resident(const eb::StreamView& s, const uint8_t* const* d_rung, int k, eb::DType dt, void* d_out, Stream);
   // The expert FFN kernels: h = silu(x·gateᵀ) ⊙ (x·upᵀ), y = h·downᵀ (emulated_expert.cc).
   void expert_ffn(const float* gate, const float* up, const float* down, const float* x, int n, int d, int ff, float* h,

@@ -9,12 +9,16 @@
 #include <string>
 #include <vector>
 
+#include "../cuda/eb_rans_plan.h"
 #include "../src/native/emulated_expert.h"
 #include "../src/native/stream_format.h"
 #include "target.h"
-// Last: the emulation header defines CUDA's keywords away, then the kernels compile as host C++.
+// Last: the emulation headers define CUDA's keywords away (and run the entropy kernel's warps as
+// fibers that meet at their collectives), then the kernels compile as host C++.
 #include "../cuda/emulate.h"
+#include "../cuda/emulate_warp.h"
 #include "../cuda/eb_kernels.cuh"
+#include "../cuda/eb_rans_kernels.cuh"
 
 namespace gpucheck {
 
@@ -67,6 +71,18 @@ void EmulatedRuntime::decode_resident(const eb::StreamView& s, const uint8_t* co
     throw eb::CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " + std::to_string(s.available) +
                                           " rungs");
   const eb::Header& h = s.h;
+  if (h.mode == eb::kModeEntropy) {
+    // Entropy-coded: the warp-per-segment rANS kernel, the escape patch, the lanes' verdict.
+    const uint64_t segs = eb::rans_segments(h);
+    if (!segs) return;
+    std::vector<uint32_t> status(segs, 0xFFFFFFFFu);
+    const EbRansArgs a = eb::rans_decode_args(s, d_rung, k, dt, d_out, status.data());
+    eb_emulate_launch_warps(eb_rans_grid_blocks(segs), EB_RANS_THREADS, [&] { eb_rans_decode_kernel(a); });
+    eb_emulate_launch(eb_grid_blocks(h.escapes), EB_THREADS,
+                      [&] { eb_patch_kernel(d_rung[0] + eb::rans_escapes_at(s), h.escapes, d_out, (int)dt); });
+    eb::rans_check_lanes(status.data(), segs);
+    return;
+  }
   const EbLadder L = eb_ladder(h.cut, h.rungs);
   const uint64_t nb = h.blocks(), pitch = nb + 1;
   const int rows = k + 1;

@@ -108,9 +108,9 @@ describe('entropy coder', function () {
     assert.deepEqual(values[0], decompress(stream));
   });
 
-  it('is refused by name where fixed-length blocks are walked (the emulated kernels)', function () {
-    const stream = compress(x.subarray(0, 1000), { bound: 1e-3, coder: 'entropy' });
-    assert.throws(() => native.emulatedDecompress!(stream, -1, 0), (e: unknown) => {
+  it('is refused by name where fixed-length blocks are walked (the fused product)', function () {
+    const stream = compress(x.subarray(0, 1024), { bound: 1e-3, coder: 'entropy' });
+    assert.throws(() => native.fusedMatrix(stream, null, -1, 32, 32, true), (e: unknown) => {
       const err = e as { code?: string; message?: string };
       return err.code === 'BAD_MODE' && /entropy-coded/.test(err.message ?? '');
     });

@@ -41,6 +41,7 @@ export interface NativeCodec {
   expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Float32Array;
   expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Promise<Float32Array>;
   emulatedCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;
+  /** Either coder: fixed-length streams through the block kernels, entropy-coded ones through the rANS warp kernel. */
   emulatedDecompress?(stream: Bytes, k: number, outDtype: number): Buffer;
   /** Present when built with nvcc; they throw "no usable CUDA device: …" without a GPU. */
   cudaCompress?(input: Bytes, dtype: number, bound: number, boundMode: number, cuts: number[]): Buffer;

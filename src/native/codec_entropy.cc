@@ -61,8 +61,11 @@ double rung0_bits(const Tally& T, int t) {
   for (int v = 0; v < 4096; v++)
     if ((v >> t) <= 127) cnt[v >> t] += (double)T.low[v];
   std::vector<std::pair<double, double>> spread;  // (count per bin, bins)
-  for (int b = 13; b <= 7 + t && b <= EB_MAX_RATE + 1; b++)
-    if (T.octave[b]) spread.push_back({(double)T.octave[b] / (double)(1u << (b - 1 - t)), (double)(1u << (b - 1 - t))});
+  for (int b = 13; b <= 7 + t && b <= EB_MAX_RATE + 1; b++) {
+    // Octave b's values [2^(b-1), 2^b) fall in 2^(b-1-t) bins of u, or all in u = 0 once t ≥ b.
+    const double bins = b - 1 - t >= 0 ? (double)(1u << (b - 1 - t)) : 1.0;
+    if (T.octave[b]) spread.push_back({(double)T.octave[b] / bins, bins});
+  }
   for (double c : cnt) in += (uint64_t)c;
   for (auto& s : spread) in += (uint64_t)llround(s.first * s.second);
   if (!in) return 64.0 * (double)esc;
@@ -308,9 +311,9 @@ __attribute__((target("avx512f"))) void step_block_avx512(uint32_t* x, const uin
     } else {
       _mm512_storeu_si512(x + 16 * half, X);
       for (int j = 16 * half; j < 16 * half + 16; j++) {
-        uint32_t need = x[j] < EB_RANS_L;
+        uint32_t need = eb_rans_needs_word(x[j]);
         uint32_t word = pos < nw ? get16(w + 2 * pos) : 0u;
-        x[j] = need ? (x[j] << 16) | word : x[j];
+        x[j] = need ? eb_rans_take_word(x[j], word) : x[j];
         pos += need;
       }
     }
@@ -357,9 +360,9 @@ EB_CLONES bool decode_segment(const StreamView& s, int k, DType dt, void* out, u
       for (int j = 0; j < rem; j++) sym[j] = eb_rans_step(&x[j], dec);
       // Lanes that ran low read the next words, in lane order.
       for (int j = 0; j < rem; j++) {
-        uint32_t need = x[j] < EB_RANS_L;
+        uint32_t need = eb_rans_needs_word(x[j]);
         uint32_t word = pos < nw ? get16(w + 2 * pos) : 0u;
-        x[j] = need ? (x[j] << 16) | word : x[j];
+        x[j] = need ? eb_rans_take_word(x[j], word) : x[j];
         pos += need;
       }
     }
@@ -382,7 +385,7 @@ EB_CLONES bool decode_segment(const StreamView& s, int k, DType dt, void* out, u
           for (int i = 0; i < EB_BLOCK; i++) mhi[i] |= ((word >> i) & 1u) << (level - p);
         }
       }
-      for (int i = 0; i < EB_BLOCK; i++) v[i] = eb_reconstruct(mhi[i], sym[i] & 1u, p, 1, ebf);
+      for (int i = 0; i < EB_BLOCK; i++) v[i] = eb_rans_value(mhi[i], sym[i], p, ebf);
     }
     if (rem == EB_BLOCK && dt == DType::F32) memcpy(static_cast<float*>(out) + start, v, sizeof v);
     else store_values(v, rem, dt, out, start);
@@ -405,7 +408,7 @@ void decode_entropy(const StreamView& s, int k, DType out_dtype, void* out, int 
   // Every symbol's value when no plane is read (rung 0 with t = 0): one lookup per value.
   float lut[EB_RANS_SYMBOLS];
   const int p = h.cut[k], c = L.coded_shift(h);
-  for (uint32_t y = 0; y < EB_RANS_SYMBOLS; y++) lut[y] = eb_reconstruct((y >> 1) << (c - p), y & 1u, p, 1, (float)h.eb);
+  for (uint32_t y = 0; y < EB_RANS_SYMBOLS; y++) lut[y] = eb_rans_value((y >> 1) << (c - p), y, p, (float)h.eb);
   std::vector<uint8_t> ok(segs, 1);
 #if defined(__x86_64__)
   static const bool simd = have_avx512();

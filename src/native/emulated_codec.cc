@@ -2,8 +2,9 @@
 // (cuda/eb_kernels.cuh) under cuda/emulate.h, and plain loops where the GPU path calls CUB's
 // exclusive sum — so the tests check on any machine that the kernels build the CPU codec's
 // streams byte for byte and decode to its values. The host steps around the kernels are
-// cuda/eb_plan.h, the same ones cuda/eb_cuda.cu uses. Slow by design (one emulated thread at a
-// time); it exists for correctness, not speed.
+// cuda/eb_plan.h (cuda/eb_rans_plan.h for the entropy coder's kernel, whose warps run as fibers
+// under cuda/emulate_warp.h), the same ones cuda/eb_cuda.cu uses. Slow by design (one emulated
+// thread at a time); it exists for correctness, not speed.
 #include "emulated_codec.h"
 
 #include <string.h>
@@ -12,12 +13,16 @@
 #include <vector>
 
 #include "../../cuda/eb_plan.h"
+#include "../../cuda/eb_rans_plan.h"
 #include "codec_cpu.h"
 #include "napi_util.h"
 #include "stream_format.h"
-// Last: the emulation header defines CUDA's keywords away, then the kernels compile as host C++.
+// Last: the emulation headers define CUDA's keywords away (and run warps as fibers that meet at
+// their collectives), then the kernels compile as host C++.
 #include "../../cuda/emulate.h"
+#include "../../cuda/emulate_warp.h"
 #include "../../cuda/eb_kernels.cuh"
+#include "../../cuda/eb_rans_kernels.cuh"
 
 namespace eb {
 namespace {
@@ -66,6 +71,20 @@ std::vector<uint8_t> emulated_encode(const void* in, size_t n, const EncodeParam
   return out;
 }
 
+// Context::decompress_resident's sequence for an entropy-coded stream: the warp-per-segment decode
+// kernel (its warps emulated as fibers), the escape patch, then the kernel's per-segment verdict.
+void emulated_decode_entropy(const StreamView& s, const uint8_t* const* rung, int k, DType dt, void* out) {
+  const uint64_t segs = rans_segments(s.h);
+  if (!segs) return;
+  std::vector<uint32_t> status(segs, 0xFFFFFFFFu);  // what fresh device memory might hold
+  const EbRansArgs a = rans_decode_args(s, rung, k, dt, out, status.data());
+  eb_emulate_launch_warps(eb_rans_grid_blocks(segs), EB_RANS_THREADS, [&] { eb_rans_decode_kernel(a); });
+  eb_emulate_launch(eb_grid_blocks(s.h.escapes), EB_THREADS, [&] {
+    eb_patch_kernel(rung[0] + rans_escapes_at(s), s.h.escapes, out, (int)dt);
+  });
+  rans_check_lanes(status.data(), segs);
+}
+
 }  // namespace
 
 // The kernel sequence of Context::decompress_resident: rungs 0..k of a validated stream, rung j
@@ -74,6 +93,7 @@ void emulated_decode_rungs(const StreamView& s, const uint8_t* const* rung, int 
   if (k < 0 || k >= s.available)
     throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(k) + " from " +
                                       std::to_string(s.available) + " rungs");
+  if (s.h.mode == kModeEntropy) return emulated_decode_entropy(s, rung, k, dt, out);
   const Header& h = s.h;
   const EbLadder L = eb_ladder(h.cut, h.rungs);
   const uint64_t nb = h.blocks(), pitch = nb + 1;
@@ -112,10 +132,11 @@ Napi::Value EmulatedCompress(const Napi::CallbackInfo& info) {
 }
 
 // emulatedDecompress(stream, k (-1: every rung), outDtype) → values; the stream is verified first.
+// Either coder: fixed-length streams through the block kernels, entropy-coded through the rANS one.
 Napi::Value EmulatedDecompress(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   try {
-    DecodeArgs a = decode_args(info);
+    DecodeArgs a = decode_args(info, Readable::AnyCoder);
     const StreamView& s = a.s;
     auto out = Napi::Buffer<uint8_t>::New(env, s.h.count * dtype_size(a.dtype));
     emulated_decode(s, a.k, a.dtype, out.Data());

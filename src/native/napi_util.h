@@ -109,12 +109,12 @@ struct DecodeArgs {
   DType dtype = DType::F32;
 };
 
-inline DecodeArgs decode_args(const Napi::CallbackInfo& info) {
+inline DecodeArgs decode_args(const Napi::CallbackInfo& info, Readable readable = Readable::FixedOnly) {
   DecodeArgs a;
   Bytes st = bytes_of(info[0], "stream");
   a.k = info[1].As<Napi::Number>().Int32Value();
   a.dtype = dtype_of(info[2]);
-  a.s = parse_stream(st.data, st.len, true);
+  a.s = parse_stream(st.data, st.len, true, 1, readable);
   if (a.k < 0) a.k = a.s.available - 1;
   if (a.k >= a.s.available)
     throw CodecError("BAD_RUNGS", "cannot decode rung " + std::to_string(a.k) + " from " + std::to_string(a.s.available) + " rungs");
