@@ -15,7 +15,8 @@
  * σ/2) falls below. The controller runs the u-shape policy (BENCH_CONTROL_POLICY=FILE for
  * another) with the sensitivity `ebserve profile`
  * measured (profiles/tiny-moe.yaml), without live canaries (their CPU time would be charged to
- * the trace); the agreement of every plan it used is scored afterwards on the canaries and
+ * the trace); `controller+drop` is the same controller with the policy's drop rungs allowed (trim
+ * and skip-moe past the loosest level, priced by the profile's sensitivity.drop); the agreement of every plan it used is scored afterwards on the canaries and
  * weighted by the tokens decoded under it.
  *
  * Prints a table, writes bench/results/control.json (with the controller's run step by step and
@@ -39,7 +40,7 @@ import { generate } from '../../src/model/generate.js';
 import { checkpointExperts, EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../../src/model/load.js';
 import { OffloadExpertEngine } from '../../src/offload/engine.js';
 import { CopyLink, EmulatedLink } from '../../src/offload/link.js';
-import { uniformPlan } from '../../src/offload/plan.js';
+import { uniformPlan, type DropState, type PrecisionPlan } from '../../src/offload/plan.js';
 import { buildStore, type ExpertStore } from '../../src/offload/store.js';
 import { TelemetryBus } from '../../src/offload/telemetry.js';
 import { canaryTarget } from '../../src/serve/canary-target.js';
@@ -69,7 +70,15 @@ const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 const text = fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'canaries', 'text.jsonl'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as TextCanary);
 
-type PlanName = 'controller' | 'static-tightest' | 'static-loosest' | 'static-u-shape';
+type PlanName = 'controller' | 'controller+drop' | 'static-tightest' | 'static-loosest' | 'static-u-shape';
+type Choice = number[] | 'controller' | 'controller+drop';
+
+/** A plan as a map key (its levels, and its drop rungs when it drops), and back. */
+const planKey = (p: PrecisionPlan) => `${p.levels.join(',')}${p.drop ? `|${p.drop.join(',')}` : ''}`;
+const keyPlan = (key: string, version: number): PrecisionPlan => {
+  const [levels, drop] = key.split('|');
+  return { version, levels: levels.split(',').map(Number), ...(drop ? { drop: drop.split(',') as DropState[] } : {}) };
+};
 
 interface TraceRun {
   tokens: number;
@@ -82,25 +91,27 @@ interface TraceRun {
   /** Every decode step: seconds since the trace started, its time, the link's multiple, the plan. */
   timeline: TimelineStep[];
   /** The controller's decisions that changed the plan. */
-  changes: { t: number; action: string; reason: string; levels: number[]; inputs?: unknown }[];
+  /** levels on the planner's scale (−1 trim, −2 skip-moe), drop the same in words. */
+  changes: { t: number; action: string; reason: string; levels: number[]; drop?: DropState[]; inputs?: unknown }[];
 }
 
 /** Replays the trace once with `levels` fixed, or with the controller choosing. */
-async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: number, levels: number[] | 'controller'): Promise<TraceRun> {
+async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: number, levels: Choice): Promise<TraceRun> {
   const bus = new TelemetryBus();
   const link = new EmulatedLink({ bytesPerSecond: link2x });
   const decoded = store.expertValues(0, 0) * 4;
   const engine = new OffloadExpertEngine({
     store, link, telemetry: bus, budget: { tierABytes: 2 * 2 * store.numLayers * decoded, tierBBytes: 0 },
-    plan: levels === 'controller' ? uniformPlan(store.numLayers, store.exact) : { version: 1, levels },
+    plan: typeof levels === 'string' ? uniformPlan(store.numLayers, store.exact) : { version: 1, levels },
   });
   const run: TraceRun = { tokens: 0, underSla: 0, bytes: 0, decisions: 0, tokensPerPlan: new Map(), phases: [], timeline: [], changes: [] };
   let start = performance.now();
   let multiple = 1;
   let control: Control | undefined;
-  if (levels === 'controller') {
+  if (typeof levels === 'string') {
     const policy = loadPolicy(POLICY);
     policy.canaries = { ...policy.canaries, every_ms: 0 };
+    if (levels === 'controller+drop') policy.drop = { trim: true, skip_moe: true };
     const profile = loadProfile(path.join(ROOT, 'profiles', 'tiny-moe.yaml'));
     profile.sla = { ...profile.sla, p95_inter_token_seconds: sla };
     profile.link = { prior_bytes_per_second: link2x };
@@ -108,7 +119,7 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
     control.controller.decisions$.subscribe((d) => {
       if (d.action === 'hold' && !HOLDS) return;
       if (d.action !== 'hold') run.decisions++;
-      run.changes.push({ t: (performance.now() - start) / 1000, action: d.action, reason: d.reason, levels: d.levels, ...(HOLDS ? { inputs: d.inputs } : {}) });
+      run.changes.push({ t: (performance.now() - start) / 1000, action: d.action, reason: d.reason, levels: d.levels, ...(d.drop ? { drop: d.drop } : {}), ...(HOLDS ? { inputs: d.inputs } : {}) });
     });
   }
   let phase = { name: '', tokens: 0, underSla: 0 };
@@ -124,12 +135,12 @@ async function replay(m: LoadedModel, store: ExpertStore, link2x: number, sla: n
           run.underSla++;
           phase.underSla++;
         }
-        const key = engine.currentPlan.levels.join(',');
+        const key = planKey(engine.currentPlan);
         const st = control?.controller.state$.value;
         run.timeline.push({
           t: (performance.now() - start) / 1000, seconds: s.seconds, multiple, levels: [...engine.currentPlan.levels],
           // What the controller believed after this step: the link (as a multiple of link2x) and how far its model was off.
-          ...(st ? { estimatedMultiple: bandwidthEstimate(st.bandwidth) / link2x, modelRatio: st.modelError.ratios[st.modelError.ratios.length - 1] } : {}),
+          ...(st ? { estimatedMultiple: bandwidthEstimate(st.bandwidth) / link2x, modelRatio: st.modelError.ratios.at(st.modelError.ratios.length - 1) } : {}),
         });
         run.tokensPerPlan.set(key, (run.tokensPerPlan.get(key) ?? 0) + 1);
       }
@@ -202,8 +213,9 @@ async function main(): Promise<void> {
   const floor = loadProfile(path.join(ROOT, 'profiles', 'cpu.yaml')).accuracy_floor ?? 0.97;
   log(`compute ${(tc * 1000).toFixed(1)} ms/token; link2x ${(link2x / 1e6).toFixed(2)} MB/s (EMULATED); SLA ${(sla * 1000).toFixed(1)} ms p95 inter-token; floor ${floor}`);
 
-  const all: [PlanName, number[] | 'controller'][] = [
+  const all: [PlanName, Choice][] = [
     ['controller', 'controller'],
+    ['controller+drop', 'controller+drop'],
     ['static-tightest', new Array(L).fill(store.exact)],
     ['static-loosest', new Array(L).fill(0)],
     // The u-shape prior's shape: middle layers at the finest rung, shallow and deep quarters one looser.
@@ -224,7 +236,7 @@ async function main(): Promise<void> {
   const runner = new CanaryRunner({ target: canaryTarget(m), engine: strict, referenceEngine: reference, text, items: CANARY_ITEMS });
   const scores = new Map<string, number>();
   const agreementOf = async (key: string) => {
-    if (!scores.has(key)) scores.set(key, (await runner.score({ version: scores.size + 1, levels: key.split(',').map(Number) })).top1Agreement);
+    if (!scores.has(key)) scores.set(key, (await runner.score(keyPlan(key, scores.size + 1))).top1Agreement);
     return scores.get(key)!;
   };
   const rows = [];
@@ -241,10 +253,10 @@ async function main(): Promise<void> {
       tokens: r.tokens,
       distinct_plans: r.tokensPerPlan.size,
       // Each plan the run decoded under: its levels, tokens and canary agreement.
-      plans: [...r.tokensPerPlan].map(([key, n]) => ({ levels: key.split(',').map(Number), tokens: n, canary_agreement: scores.get(key)! })),
+      plans: [...r.tokensPerPlan].map(([key, n]) => ({ ...keyPlan(key, 0), version: undefined, tokens: n, canary_agreement: scores.get(key)! })),
       phases: r.phases.map((p) => ({ name: p.name, tokens: p.tokens, sla_attainment: p.underSla / Math.max(1, p.tokens) })),
       // The controller's run step by step, and the decisions that changed its plan.
-      ...(name === 'controller' ? { timeline: r.timeline, changes: r.changes } : {}),
+      ...(name.startsWith('controller') ? { timeline: r.timeline, changes: r.changes } : {}),
     });
   }
   strict.dispose();
@@ -282,6 +294,8 @@ async function main(): Promise<void> {
   const t = rows.find((r) => r.plan === 'static-tightest');
   const l = rows.find((r) => r.plan === 'static-loosest');
   if (c) console.log(`${c.sla_attainment >= 0.95 && c.canary_agreement >= floor ? 'PASS' : 'MISS'}  controller: ${(100 * c.sla_attainment).toFixed(1)} % under the SLA (>= 95 %), agreement ${(100 * c.canary_agreement).toFixed(2)} % (>= floor)`);
+  const cd = rows.find((r) => r.plan === 'controller+drop');
+  if (cd) console.log(`${cd.canary_agreement >= floor ? 'PASS' : 'MISS'}  controller+drop: ${(100 * cd.sla_attainment).toFixed(1)} % under the SLA${c ? ` (controller ${(100 * c.sla_attainment).toFixed(1)} %)` : ''}, agreement ${(100 * cd.canary_agreement).toFixed(2)} % (>= floor)`);
   if (t) console.log(`${t.sla_attainment < 0.8 ? 'PASS' : 'MISS'}  static tightest: ${(100 * t.sla_attainment).toFixed(1)} % under the SLA (< 80 %)`);
   if (l) console.log(`${l.canary_agreement < floor ? 'PASS' : 'MISS'}  static loosest: agreement ${(100 * l.canary_agreement).toFixed(2)} % (< floor)`);
   console.log(`wrote ${path.relative(ROOT, RESULTS)} and ${path.relative(ROOT, PICTURE)} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

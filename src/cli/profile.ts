@@ -6,7 +6,9 @@
 // model (top-1 agreement versus layer, a line per bound). Resumes an interrupted run unless --fresh.
 // It also runs the routing report over the text canaries and writes each layer's recommended
 // tier-A size (the smallest LRU cache reaching --cache-target) as device.experts_by_layer: with a
-// byte budget, tier A is split between the layers in those proportions.
+// byte budget, tier A is split between the layers in those proportions. It measures the drop rungs
+// too (each layer alone trimmed to top-(k − 1) or its MoE output zeroed: sensitivity.drop) and each
+// layer's importance (1 − cos of its MoE block's input and output: layer_importance).
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -66,7 +68,7 @@ export async function profileCommand(argv: string[]): Promise<number> {
   const { openStore, defaultCacheDir } = await import('../offload/store-file.js');
   const { progressBar } = await import('../offload/progress.js');
   const { CanaryRunner } = await import('../control/canaries.js');
-  const { PerturbedEngine, plansAtLosses, runProfile, scorePlans, sensitivityTable } = await import('../control/profiler.js');
+  const { PerturbedEngine, measureDrops, measureImportance, plansAtLosses, runProfile, scorePlans, sensitivityTable } = await import('../control/profiler.js');
   const { lineChart } = await import('../control/plot.js');
   const { canaryTarget } = await import('../serve/canary-target.js');
 
@@ -132,6 +134,11 @@ export async function profileCommand(argv: string[]): Promise<number> {
     const planBar = progressBar('scoring whole plans');
     const scored = models.includes('codec') ? await scorePlans(runner, engine!, table, plans, (done, total) => planBar(done, total, `plan ${done} of ${total}`)) : { cells: [], lossScale: undefined };
     planBar.done(scored.lossScale === undefined ? 'no loss scale' : `loss scale ${scored.lossScale.toFixed(3)} (measured / summed over ${scored.cells.length} plans)`);
+    const dropBar = progressBar('dropping layers');
+    const drop = await measureDrops(runner, engine!, L, (done, total) => dropBar(done, total, `drop ${done} of ${total}`));
+    dropBar.done(`trim ${drop.trim.join(', ')}; skip-moe ${drop.skip_moe.join(', ')}`);
+    const importance = await measureImportance(runner, engine!, L, m.checkpoint.config.hiddenSize);
+    process.stderr.write(`ebserve profile: layer importance (1 − cos of each MoE block's input and output): ${importance.join(', ')}\n`);
     // The recommendation splits a byte budget; it replaces one size for every layer.
     const { experts_per_layer: perLayer, ...device } = base.device;
     if (perLayer !== undefined) process.stderr.write(`ebserve profile: device.experts_per_layer ${perLayer} replaced by experts_by_layer (tier A: ${expertsByLayer.reduce((a, b) => a + b, 0)} experts in all)\n`);
@@ -141,11 +148,12 @@ export async function profileCommand(argv: string[]): Promise<number> {
       name: path.basename(stem),
       description: `measured by ebserve profile on ${path.basename(dir)} (${items} canary items per measurement)`,
       model: path.relative(path.dirname(out), dir) || '.',
-      sensitivity: { ...measured, ...(scored.lossScale === undefined ? {} : { loss_scale: Number(scored.lossScale.toFixed(4)) }) },
+      sensitivity: { ...measured, ...(scored.lossScale === undefined ? {} : { loss_scale: Number(scored.lossScale.toFixed(4)) }), drop },
+      layer_importance: { metric: '1 - cos(moe_in, moe_out)', layers: importance },
     };
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, `# Written by \`ebserve profile\`: per-layer sensitivity measured on the canaries (1 − top-1 agreement with\n# the uncompressed model when that layer alone runs at a level). Study: ${path.basename(stem)}.study.json\n${flowNumbers(profile)}`);
-    fs.writeFileSync(`${stem}.study.json`, `${JSON.stringify({ model: dir, ladder: policy.ladder, items, groups, experts, cells, plans: scored.cells, lossScale: scored.lossScale }, null, 1)}\n`);
+    fs.writeFileSync(`${stem}.study.json`, `${JSON.stringify({ model: dir, ladder: policy.ladder, items, groups, experts, cells, plans: scored.cells, lossScale: scored.lossScale, drop, importance }, null, 1)}\n`);
     const plots: string[] = [];
     for (const model of models) {
       const series = policy.ladder.bounds.map((b, level) => ({

@@ -4,7 +4,10 @@
  * a timer decides at most every decide_every_ms on the freshest state (decide.ts, a pure
  * function); decisions go to a bounded log and, unless in dry run, the new plan to plan$ and the
  * data plane's sink. A failing canary rolls the plan back to the last one that passed and
- * quarantines the (layer, level) pairs that had loosened since, for quarantine_ms.
+ * quarantines the (layer, level) pairs that had loosened since, for quarantine_ms. Drop rungs are
+ * levels below 0 here (drop.ts): a rollback restores the last good plan's drop state with its
+ * levels, and a quarantined drop rung (or a quarantined level: drops are looser still) is not
+ * taken again until released.
  *
  * Time is asyncScheduler.now(), so RxJS's TestScheduler drives it all in virtual time.
  *
@@ -24,7 +27,8 @@ import { missInit, missStep } from './estimators/miss-rate.js';
 import { modelErrorInit, modelErrorStep } from './estimators/model-error.js';
 import { movesInit, movesStep, movesTransfer } from './estimators/moves.js';
 import { stepCostInit, stepCostStep } from './estimators/step-cost.js';
-import { predictSeconds } from './planner.js';
+import { dropAt, planOf, scaleOf } from './drop.js';
+import { predictSeconds, type DropInput } from './planner.js';
 
 /** A canary run's scores of the plan `planVersion` (from the canary runner). */
 export interface CanaryResult {
@@ -49,6 +53,8 @@ export interface ControllerOptions {
   sensitivity: number[][];
   /** The most predicted loss (Σ sensitivity) a plan may have (the planner's lossBudget); none: unlimited. */
   lossBudget?: number;
+  /** The drop rungs the policy allows, with the profile's sensitivities (none: never drop). */
+  drop?: DropInput;
   floor: number[];
   ceiling: number[];
   hysteresis: Hysteresis;
@@ -118,7 +124,7 @@ export class Controller {
     // the step's own tokens. None (NaN, skipped) before any step's compute time is known: the
     // model would have no compute term.
     const predict = (st: ControlState, tokens: number) =>
-      st.stepCost.compute.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla }, tokens), this.plan.levels);
+      st.stepCost.compute.length === 0 ? NaN : predictSeconds(plannerInput(st, { ...this.o, slaSeconds: this.sla }, tokens, scaleOf(this.plan)), scaleOf(this.plan));
 
     this.subs.add(
       this.samples
@@ -198,21 +204,36 @@ export class Controller {
     });
   }
 
+  /** The drop rungs allowed now: the policy's, less those a quarantine covers. */
+  private drops(now: number): DropInput | undefined {
+    const d = this.o.drop;
+    if (!d) return undefined;
+    const allowed = d.allowed.map((a, l) => {
+      const q = this.quarantine[l];
+      if (!q || q.until <= now) return a;
+      // A quarantined level forbids every drop (they are looser); a quarantined rung, it and below.
+      return q.level >= 0 ? [false, false] : [a[0] && q.level < -1, a[1] && q.level < -2];
+    });
+    return { ...d, allowed };
+  }
+
   private tick(state: ControlState): void {
     const now = this.scheduler.now();
+    const floor = this.floors(now);
     const { decision, tighterSince, safestTarget } = decide({
-      now, state, levels: this.plan.levels, lastChange: this.lastChange, tighterSince: this.tighterSince, safestTarget: this.safestTarget, slaSeconds: this.sla,
+      now, state, levels: scaleOf(this.plan), drop: this.drops(now), lastChange: this.lastChange, tighterSince: this.tighterSince, safestTarget: this.safestTarget, slaSeconds: this.sla,
       hysteresis: this.o.hysteresis, levelBytes: this.o.levelBytes, lookupsPerToken: this.o.lookupsPerToken,
-      sensitivity: this.o.sensitivity, floor: this.floors(now), ceiling: this.o.ceiling, lossBudget: this.o.lossBudget, frozen: this.frozen,
+      sensitivity: this.o.sensitivity, floor, ceiling: this.o.ceiling, lossBudget: this.o.lossBudget, frozen: this.frozen,
     });
     this.tighterSince = tighterSince;
     this.safestTarget = safestTarget;
     this.record({ ...decision, dryRun: this.dry && decision.action !== 'hold' });
-    if (decision.action !== 'hold' && !this.dry) this.apply(decision.levels, decision.changes, now);
+    if (decision.action !== 'hold' && !this.dry) this.apply(planOf(decision.levels, floor, 0), decision.changes, now);
   }
 
-  private apply(levels: number[], changes: LayerChange[], now: number): void {
-    const plan = { version: this.plan.version + 1, levels };
+  /** Serves `next` (its version replaced by the next one). */
+  private apply(next: PrecisionPlan, changes: LayerChange[], now: number): void {
+    const plan: PrecisionPlan = { ...next, version: this.plan.version + 1 };
     for (const c of changes) this.lastChange[c.layer] = now;
     this.plans.set(plan.version, plan);
     for (const v of this.plans.keys()) if (v < plan.version - 64) this.plans.delete(v);
@@ -221,6 +242,7 @@ export class Controller {
   }
 
   private record(d: Decision): void {
+    if (d.levels.some((lv) => lv < 0)) d = { ...d, drop: d.levels.map(dropAt) };
     this.counts.decisions++;
     this.logBuf.push(d);
     if (this.logBuf.length > (this.o.logSize ?? 500)) this.logBuf.shift();
@@ -238,15 +260,19 @@ export class Controller {
       return;
     }
     // Quarantine what loosened between the last good plan and the one that failed.
-    const loosened = scored.levels.map((lv, l) => (lv < this.lastGood.levels[l] ? l : -1)).filter((l) => l >= 0);
-    for (const l of loosened) this.quarantine[l] = { level: scored.levels[l], until: now + this.o.quarantineMs };
-    const changes = this.plan.levels.map((lv, l) => ({ layer: l, from: lv, to: this.lastGood.levels[l] })).filter((c) => c.from !== c.to);
-    const reason = `canary below the floor (top-1 ${r.top1Agreement.toFixed(4)} < ${f.top1_agreement}${r.exactMatch !== undefined ? `, exact ${r.exactMatch.toFixed(3)}` : ''}) on plan ${r.planVersion}: back to plan ${this.lastGood.version}, quarantining ${loosened.map((l) => `layer ${l} level ${scored.levels[l]}`).join(', ') || 'nothing'}`;
+    // On the planner's scale, so a drop rung counts as looser than any level.
+    const scoredScale = scaleOf(scored);
+    const goodScale = scaleOf(this.lastGood);
+    const loosened = scoredScale.map((lv, l) => (lv < goodScale[l] ? l : -1)).filter((l) => l >= 0);
+    for (const l of loosened) this.quarantine[l] = { level: scoredScale[l], until: now + this.o.quarantineMs };
+    const changes = scaleOf(this.plan).map((lv, l) => ({ layer: l, from: lv, to: goodScale[l] })).filter((c) => c.from !== c.to || this.plan.levels[c.layer] !== this.lastGood.levels[c.layer]);
+    const what = (l: number) => (scoredScale[l] < 0 ? `layer ${l} ${dropAt(scoredScale[l])}` : `layer ${l} level ${scoredScale[l]}`);
+    const reason = `canary below the floor (top-1 ${r.top1Agreement.toFixed(4)} < ${f.top1_agreement}${r.exactMatch !== undefined ? `, exact ${r.exactMatch.toFixed(3)}` : ''}) on plan ${r.planVersion}: back to plan ${this.lastGood.version}, quarantining ${loosened.map(what).join(', ') || 'nothing'}`;
     this.counts.rollbacks++;
     this.tighterSince = null;
     this.safestTarget = null;
-    this.record({ at: now, action: 'rollback', reason, changes, levels: [...this.lastGood.levels], dryRun: this.dry });
-    if (!this.dry && changes.length) this.apply([...this.lastGood.levels], changes, now);
+    this.record({ at: now, action: 'rollback', reason, changes, levels: goodScale, dryRun: this.dry });
+    if (!this.dry && changes.length) this.apply(this.lastGood, changes, now);
   }
 }
 

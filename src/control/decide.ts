@@ -31,6 +31,9 @@
  *     its targets, as Kubernetes' HPA acts on the safest recommendation of its window), so a
  *     link that dipped within the window is planned for;
  *  6. otherwise hold (inside the tolerance band, waiting for the window, or nothing to change).
+ *
+ * Levels here are on the planner's scale (drop.ts): a drop rung is a level below 0, so the rules
+ * read the same with dropping allowed — the planner only goes there once every level move is spent.
  */
 import { bandwidthEstimate, overheadEstimate, type BandwidthState } from './estimators/bandwidth.js';
 import { p95, servedTokens, type LatencyState } from './estimators/latency.js';
@@ -38,7 +41,8 @@ import { missRate, type MissState } from './estimators/miss-rate.js';
 import { modelErrorKnown, modelErrorP95, type ModelErrorState } from './estimators/model-error.js';
 import { movesPerToken, type MovesState } from './estimators/moves.js';
 import { stepCostAt, type StepCostState } from './estimators/step-cost.js';
-import { planLevels, predictSeconds, type PlannerInput } from './planner.js';
+import type { DropState } from '../offload/plan.js';
+import { layerCost, planLevels, predictSeconds, SKIP_MOE, TRIM, type DropInput, type PlannerInput } from './planner.js';
 
 export interface ControlState {
   bandwidth: BandwidthState;
@@ -62,6 +66,7 @@ export interface Hysteresis {
   headroom: number;
 }
 
+/** One layer's move, on the planner's scale (drop.ts: −1 trim, −2 skip-moe, else the level). */
 export interface LayerChange {
   layer: number;
   from: number;
@@ -85,6 +90,7 @@ export interface DecisionInputs {
   plannerSlaSeconds: number;
   predictedSeconds: number;
   fetchesPerToken: number[];
+  /** The planner's target, on its scale (−1 trim, −2 skip-moe where it drops). */
   targetLevels: number[];
   /** The target plan's predicted loss (Σ sensitivity at its levels). */
   targetLoss: number;
@@ -95,8 +101,13 @@ export interface Decision {
   action: DecisionAction;
   reason: string;
   changes: LayerChange[];
-  /** The plan's levels after this decision (before it, for a hold or a dry run). */
+  /**
+   * The plan's layers after this decision (before it, for a hold or a dry run), on the planner's
+   * scale (drop.ts): the levels, with −1 / −2 where a layer trims / skips its MoE block.
+   */
   levels: number[];
+  /** Where any layer drops: each layer's drop state, for logs (the controller fills it in). */
+  drop?: DropState[];
   dryRun: boolean;
   inputs?: DecisionInputs;
 }
@@ -120,6 +131,8 @@ export interface DecideContext {
   ceiling: number[];
   /** The planner's loss budget (see PlannerInput.lossBudget); none: unlimited. */
   lossBudget?: number;
+  /** The drop rungs allowed (levels below 0 on the planner's scale, drop.ts); none: no dropping. */
+  drop?: DropInput;
   frozen: boolean;
 }
 
@@ -146,16 +159,23 @@ export function servedStepCompute(state: ControlState): { tokens: number; second
  */
 export function plannerInput(
   state: ControlState,
-  c: Pick<DecideContext, 'levelBytes' | 'lookupsPerToken' | 'slaSeconds' | 'hysteresis' | 'sensitivity' | 'floor' | 'ceiling' | 'lossBudget'>,
+  c: Pick<DecideContext, 'levelBytes' | 'lookupsPerToken' | 'slaSeconds' | 'hysteresis' | 'sensitivity' | 'floor' | 'ceiling' | 'lossBudget' | 'drop'>,
   tokens: number = plannedTokens(state),
+  current?: number[],
 ): PlannerInput {
   const compute = stepCostAt(state.stepCost, tokens);
   return {
     levelBytes: c.levelBytes,
-    // Experts moved per decode step (prefetches included); before the first step, lookups × miss rate.
+    // Experts moved per decode step (prefetches included); before the first step, lookups × miss
+    // rate. Always the layer's rate undropped (`current`: the plan served, on the planner's scale),
+    // which the planner scales by the rung: a trimmed layer's measured moves are the (k − 1)/k
+    // share, and a skipped one moves nothing, so its last miss rate stands in.
     fetchesPerToken: c.levelBytes.map((_, l) => {
+      const fallback = c.lookupsPerToken * missRate(state.misses, l, 1);
+      if (current?.[l] === SKIP_MOE) return fallback;
       const moved = movesPerToken(state.moves, l);
-      return Number.isNaN(moved) ? c.lookupsPerToken * missRate(state.misses, l, 1) : moved;
+      if (Number.isNaN(moved)) return fallback;
+      return current?.[l] === TRIM && c.drop && c.drop.trimShare > 0 ? moved / c.drop.trimShare : moved;
     }),
     bandwidth: bandwidthEstimate(state.bandwidth),
     overhead: overheadEstimate(state.bandwidth),
@@ -166,6 +186,7 @@ export function plannerInput(
     floor: c.floor,
     ceiling: c.ceiling,
     lossBudget: c.lossBudget,
+    drop: c.drop,
   };
 }
 
@@ -184,7 +205,7 @@ export function decide(c: DecideContext): Decided {
 
   const measuredP95 = p95(c.state.latency);
   const tokens = plannedTokens(c.state);
-  const x = plannerInput(c.state, c, tokens);
+  const x = plannerInput(c.state, c, tokens, c.levels);
   const predicted = predictSeconds(x, c.levels);
   const error = modelErrorP95(c.state.modelError);
   const predictedP95 = predicted * error;
@@ -223,9 +244,11 @@ export function decide(c: DecideContext): Decided {
   };
 
   // A plan outside what the policy allows now (a quarantine raised a floor): fix at once.
-  const outside = c.levels.map((lv, l) => (lv < c.floor[l] || lv > c.ceiling[l] ? l : -1)).filter((l) => l >= 0);
+  // A drop rung is inside while the layer may take it (its policy key, and no quarantine of it).
+  const allowed = (l: number, lv: number) => (lv < 0 ? Boolean(c.drop?.allowed[l][lv === -1 ? 0 : 1]) : lv >= c.floor[l] && lv <= c.ceiling[l]);
+  const outside = c.levels.map((lv, l) => (allowed(l, lv) ? -1 : l)).filter((l) => l >= 0);
   if (outside.length) {
-    const levels = c.levels.map((lv, l) => Math.min(c.ceiling[l], Math.max(c.floor[l], lv)));
+    const levels = c.levels.map((lv, l) => (allowed(l, lv) ? lv : Math.min(c.ceiling[l], Math.max(c.floor[l], lv))));
     const changes = outside.map((l) => ({ layer: l, from: c.levels[l], to: levels[l] }));
     return { decision: { at: c.now, action: 'upgrade', reason: 'levels outside the allowed floor/ceiling (quarantine or policy)', changes, levels, inputs }, tighterSince: null, safestTarget: null };
   }
@@ -236,6 +259,11 @@ export function decide(c: DecideContext): Decided {
   if (over && looser.length) {
     // The planner's own move order: cheapest accuracy per second saved first.
     const order = [...new Set(target.moves.map((m) => m.layer))].filter((l) => looser.includes(l));
+    // Levels before drop rungs across the whole plan, as the planner took them: while some layer
+    // still has a level to give up, the layers go only as far as their floors.
+    const levelsOnly = target.levels.map((lv, l) => (lv < 0 ? c.floor[l] : lv));
+    const pending = order.filter((l) => c.levels[l] > levelsOnly[l]);
+    if (target.levels.some((lv) => lv < 0) && pending.length) return apply('degrade', pending, levelsOnly, `${seen} over the SLA ${c.slaSeconds} s`);
     return apply('degrade', order, target.levels, `${seen} over the SLA ${c.slaSeconds} s`);
   }
   const safest = under ? target.levels.map((lv, l) => Math.min(lv, c.safestTarget?.[l] ?? Infinity)) : null;
@@ -245,7 +273,8 @@ export function decide(c: DecideContext): Decided {
     if (c.now - since < c.hysteresis.stable_window_ms) {
       return hold(`tighter plan possible; waiting for a stable window (${((c.now - since) / 1000).toFixed(1)} of ${c.hysteresis.stable_window_ms / 1000} s)`, inputs, since, safest);
     }
-    const gain = (l: number) => c.sensitivity[l][c.levels[l]] - c.sensitivity[l][safest[l]];
+    const cost = (l: number, lv: number) => layerCost(c.sensitivity, l, lv, c.floor, c.drop);
+    const gain = (l: number) => cost(l, c.levels[l]) - cost(l, safest[l]);
     const order = [...tighter].sort((a, b) => gain(b) - gain(a) || a - b);
     return apply('upgrade', order, safest, `${seen} under the SLA ${c.slaSeconds} s − ${100 * tol} % for ${c.hysteresis.stable_window_ms / 1000} s`);
   }

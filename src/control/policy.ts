@@ -3,7 +3,7 @@
  * is stored at, layer groups by fraction of depth with each group's floor (the loosest level
  * allowed), ceiling (the tightest) and prior sensitivity (how much accuracy a looser level costs
  * there, used until a profile has measured it), the controller's hysteresis, and canary
- * settings. `loadPolicy` validates the file and resolves it for a model of a given depth.
+ * settings, and whether the drop rungs (trim, skip-moe) may be taken past the loosest level. `loadPolicy` validates the file and resolves it for a model of a given depth.
  *
  * @example
  * const p = loadPolicy('policies/u-shape.yaml');
@@ -37,6 +37,14 @@ export const policySchema = z.strictObject({
     ceiling: levelRef,
     prior_sensitivity: z.number({ error: 'expected a number ≥ 0' }).nonnegative({ error: 'expected a number ≥ 0' }),
   })).min(1, { error: 'expected at least one layer group' }),
+  /**
+   * Drop rungs the planner may take past the loosest level (default: none): trim (top-k − 1) and
+   * skip-moe (the layer's MoE output replaced by zero). Each needs the profile's measurement.
+   */
+  drop: z.strictObject({
+    trim: z.boolean({ error: 'expected true or false' }).default(false),
+    skip_moe: z.boolean({ error: 'expected true or false' }).default(false),
+  }).optional(),
   control: z.strictObject({
     decide_every_ms: ms,
     stable_window_ms: ms,

@@ -3,7 +3,8 @@
  * prior until the link is measured, or an emulated link — a set bandwidth and latency, reported
  * as EMULATED everywhere), the device memory budget, the SLA targets, the accuracy floor, the
  * model folder (relative to the profile file), and the per-layer sensitivity `ebserve profile`
- * measured. Tier A may be sized per layer (device.experts_by_layer, from the routing report);
+ * measured (the levels', and the drop rungs' when measured), and each layer's importance (how much
+ * its MoE block changes the hidden state: the planner's prior where nothing is measured). Tier A may be sized per layer (device.experts_by_layer, from the routing report);
  * checkProfileForModel checks it against the model once the model is known.
  *
  * @example
@@ -62,6 +63,24 @@ export const profileSchema = z.strictObject({
      * scores a few of the planner's plans): how far the layers' losses add. 1 when absent.
      */
     loss_scale: z.number().gt(0, { error: 'expected a number > 0' }).max(10, { error: 'expected a number ≤ 10' }).optional(),
+    /**
+     * [layer]: measured cost (same metric) of that layer alone at each drop rung — trim (top-k − 1,
+     * weights renormalised) and skip-moe (MoE output zero) — and the mean KL to the exact model.
+     */
+    drop: z.strictObject({
+      trim: z.array(z.number().min(0).max(1)).min(1),
+      skip_moe: z.array(z.number().min(0).max(1)).min(1),
+      trim_kl: z.array(z.number().nonnegative()).optional(),
+      skip_moe_kl: z.array(z.number().nonnegative()).optional(),
+    }).optional(),
+  }).optional(),
+  /**
+   * [layer]: how much each MoE block changes the hidden state over the canaries, 1 − cos(state
+   * entering, state leaving): the planner's prior where no sensitivity is measured.
+   */
+  layer_importance: z.strictObject({
+    metric: z.literal('1 - cos(moe_in, moe_out)', { error: 'expected "1 - cos(moe_in, moe_out)"' }),
+    layers: z.array(z.number().min(0).max(2)).min(1),
   }).optional(),
 });
 
@@ -89,7 +108,13 @@ export function loadProfile(file: string): Profile {
     s.layers.forEach((row, l) => {
       if (row.length !== levels) problems.push({ field: `sensitivity.layers.${l}`, message: `expected ${levels} levels (the bounds${s.exact ? ' and exact' : ''}), got ${row.length}` });
     });
+    for (const k of ['trim', 'skip_moe', 'trim_kl', 'skip_moe_kl'] as const) {
+      const row = s.drop?.[k];
+      if (row && row.length !== s.layers.length) problems.push({ field: `sensitivity.drop.${k}`, message: `expected ${s.layers.length} entries, one per layer, got ${row.length}` });
+    }
   }
+  const imp = p.layer_importance;
+  if (imp && s && imp.layers.length !== s.layers.length) problems.push({ field: 'layer_importance.layers', message: `expected ${s.layers.length} entries (the sensitivity's layers), got ${imp.layers.length}` });
   if (problems.length) throw new ConfigError(file, problems);
   return { ...p, file, modelDir: p.model === undefined ? undefined : path.resolve(path.dirname(file), p.model) };
 }

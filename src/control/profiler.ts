@@ -11,11 +11,18 @@
  * interrupted run resumes where it stopped.
  *
  * Shapes: levels 0..K−1 are the ladder's rungs (loosest first); the exact level costs nothing.
+ *
+ * Beside the levels it measures the drop rungs (each layer alone trimmed to top-(k − 1), or its MoE
+ * output zeroed: measureDrops) and each layer's importance (1 − the cosine between the hidden state
+ * entering and leaving its MoE block over the canaries: measureImportance, by wrapping the engine,
+ * so the forwards stay as they are).
  */
 import fs from 'node:fs';
 
 import { decompressRungs } from '../codec/index.js';
 import { combineExperts, disposeSwiglu, swigluTensors, type ExpertEngine, type ExpertMatrices, type SwigluTensors } from '../offload/expert-engine.js';
+import { trimRouting } from '../offload/engine.js';
+import type { DropRung } from '../offload/plan.js';
 import { MATRICES } from '../offload/source.js';
 import type { ExpertStore } from '../offload/store.js';
 import type { CanaryRunner } from './canaries.js';
@@ -63,6 +70,7 @@ function gaussianSource(seed: number): () => number {
 export class PerturbedEngine implements ExpertEngine {
   private readonly exact: SwigluTensors[][];
   private readonly overrides = new Map<number, SwigluTensors>();
+  private dropped: { layer: number; rung: DropRung } | undefined;
   private readonly d: number;
   private readonly ff: number;
 
@@ -109,12 +117,23 @@ export class PerturbedEngine implements ExpertEngine {
     });
   }
 
+  /** Runs `layer` alone at a drop rung (the offload engine's own rule for it; until restore). */
+  drop(layer: number, rung: DropRung): void {
+    this.restore();
+    this.dropped = { layer, rung };
+  }
+
   restore(): void {
     for (const t of this.overrides.values()) disposeSwiglu(t);
     this.overrides.clear();
+    this.dropped = undefined;
   }
 
   async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
+    if (this.dropped?.layer === layer) {
+      if (this.dropped.rung === 'skip-moe') return new Float32Array(T * this.d);
+      ({ ids, weights } = trimRouting(ids, weights, T));
+    }
     return combineExperts(this.d, hidden, ids, weights, T, (e) => this.overrides.get(layer * this.store.numExperts + e) ?? this.exact[layer][e]);
   }
 
@@ -257,4 +276,86 @@ export async function scorePlans(runner: CanaryRunner, engine: PerturbedEngine, 
   const pp = cells.reduce((a, c) => a + c.predictedLoss * c.predictedLoss, 0);
   const pm = cells.reduce((a, c) => a + c.predictedLoss * c.measuredLoss, 0);
   return { cells, lossScale: pp > 0 && pm > 0 ? Math.min(10, Math.max(0.05, pm / pp)) : undefined };
+}
+
+export interface DropMeasurement {
+  /** [layer]: 1 − top-1 agreement with that layer alone trimmed / skipped; and the mean KL. */
+  trim: number[];
+  skip_moe: number[];
+  trim_kl: number[];
+  skip_moe_kl: number[];
+}
+
+/** Scores each layer alone at each drop rung against the exact model (every other layer exact). */
+export async function measureDrops(runner: CanaryRunner, engine: PerturbedEngine, layers: number, onCell?: (done: number, total: number) => void): Promise<DropMeasurement> {
+  const out: DropMeasurement = { trim: [], skip_moe: [], trim_kl: [], skip_moe_kl: [] };
+  await runner.references();
+  let done = 0;
+  for (const rung of ['trim', 'skip-moe'] as const) {
+    for (let l = 0; l < layers; l++) {
+      engine.drop(l, rung);
+      try {
+        const r = await runner.scoreWith(engine, 0);
+        const key = rung === 'trim' ? 'trim' : 'skip_moe';
+        out[key].push(Number(Math.max(0, 1 - r.top1Agreement).toFixed(6)));
+        out[`${key}_kl`].push(Number((r.kl ?? 0).toFixed(6)));
+      } finally {
+        engine.restore();
+      }
+      onCell?.(++done, 2 * layers);
+    }
+  }
+  return out;
+}
+
+/**
+ * An engine that computes with `inner` and records, per layer, the cosine between the hidden
+ * state entering the MoE block (what compute is given) and leaving it (that plus what compute
+ * returns), averaged over every token it sees.
+ */
+export class ImportanceProbe implements ExpertEngine {
+  readonly cosSum: number[];
+  readonly tokens: number[];
+
+  constructor(private readonly inner: ExpertEngine, layers: number, private readonly d: number) {
+    this.cosSum = new Array<number>(layers).fill(0);
+    this.tokens = new Array<number>(layers).fill(0);
+  }
+
+  async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
+    const out = await this.inner.compute(layer, hidden, ids, weights, T);
+    for (let t = 0; t < T; t++) {
+      let dot = 0;
+      let a2 = 0;
+      let b2 = 0;
+      for (let i = t * this.d; i < (t + 1) * this.d; i++) {
+        const a = hidden[i];
+        const b = a + out[i];
+        dot += a * b;
+        a2 += a * a;
+        b2 += b * b;
+      }
+      if (a2 > 0 && b2 > 0) {
+        this.cosSum[layer] += dot / Math.sqrt(a2 * b2);
+        this.tokens[layer]++;
+      }
+    }
+    return out;
+  }
+
+  /** [layer]: 1 − the mean cosine (0: the block leaves the state's direction as it was). */
+  importance(): number[] {
+    return this.cosSum.map((c, l) => Number(Math.max(0, this.tokens[l] ? 1 - c / this.tokens[l] : 0).toFixed(6)));
+  }
+
+  dispose(): void {
+    // The inner engine is its owner's to dispose.
+  }
+}
+
+/** Each layer's importance over the canaries: the exact model's MoE blocks, probed (ImportanceProbe). */
+export async function measureImportance(runner: CanaryRunner, engine: ExpertEngine, layers: number, d: number): Promise<number[]> {
+  const probe = new ImportanceProbe(engine, layers, d);
+  await runner.scoreWith(probe, 0);
+  return probe.importance();
 }

@@ -5,7 +5,9 @@
  * addon straight from the device cache's f32 buffers (the CPU engine's kernels: nothing is copied
  * anywhere; the default) or, with `compute: 'tfjs'`, with TensorFlow.js, and releases them. Prefetch hints start the next layer's fetches while this
  * layer computes. Every forward step ends with a TokenSample splitting its time into compute,
- * transfer wait and decompress wait.
+ * transfer wait and decompress wait. A plan's drop rungs apply here too: a trimmed layer computes
+ * each token's top-(k − 1) (trimRouting) and fetches only those experts; a skipped layer returns
+ * zeros and fetches nothing, prefetches included.
  *
  * @example
  * const engine = new OffloadExpertEngine({ store, link: new CopyLink(), budget, telemetry: bus });
@@ -15,7 +17,7 @@
 import { combineExperts, distinctExperts, type ExpertEngine, type StepShape } from './expert-engine.js';
 import { nativeExpertLayer } from './cpu-engine.js';
 import { ExpertFetcher, nativeMatricesOf, tensorsOf, type ExpertHandle, type FetcherOptions } from './fetcher.js';
-import { checkPlan, uniformPlan, type PrecisionPlan } from './plan.js';
+import { checkPlan, dropOf, uniformPlan, type PrecisionPlan } from './plan.js';
 import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 
 export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
@@ -83,7 +85,7 @@ export class OffloadExpertEngine implements ExpertEngine {
   /** Replaces the plan; the next fetch of each layer uses it. Throws on a plan that does not fit. */
   setPlan(plan: PrecisionPlan): void {
     checkPlan(plan, this.fetcher.store.ladder, this.fetcher.store.numLayers);
-    this.plan = { version: plan.version, levels: [...plan.levels] };
+    this.plan = { version: plan.version, levels: [...plan.levels], ...(plan.drop ? { drop: [...plan.drop] } : {}) };
   }
 
   beginForward(): void {
@@ -105,6 +107,8 @@ export class OffloadExpertEngine implements ExpertEngine {
   }
 
   private startPrefetch(layer: number, ids: Int32Array): void {
+    // A skipped layer fetches nothing; a trimmed one is predicted from its full top-k (a superset).
+    if (dropOf(this.plan, layer) === 'skip-moe') return;
     const level = this.plan.levels[layer];
     const set = new Set<number>();
     for (const e of distinctExperts(ids)) {
@@ -119,6 +123,12 @@ export class OffloadExpertEngine implements ExpertEngine {
   }
 
   async compute(layer: number, hidden: Float32Array, ids: Int32Array, weights: Float32Array, T: number): Promise<Float32Array> {
+    const drop = dropOf(this.plan, layer);
+    if (drop === 'skip-moe') {
+      this.predictedFor.delete(layer);
+      return new Float32Array(T * this.d);
+    }
+    if (drop === 'trim') ({ ids, weights } = trimRouting(ids, weights, T));
     const level = this.plan.levels[layer];
     const experts = distinctExperts(ids);
     const predicted = this.predictedFor.get(layer);
@@ -162,4 +172,35 @@ export class OffloadExpertEngine implements ExpertEngine {
   dispose(): void {
     this.fetcher.close();
   }
+}
+
+/**
+ * Expert trimming by routing: each token's lowest-weight expert dropped (top-k → top-(k − 1)) and
+ * the kept weights scaled to the sum all k had (1 when the router normalises its top-k), so the
+ * layer's output keeps its scale. A top-1 routing has nothing to trim: it is returned as it is.
+ */
+export function trimRouting(ids: Int32Array, weights: Float32Array, T: number): { ids: Int32Array; weights: Float32Array } {
+  const k = ids.length / T;
+  if (k < 2) return { ids, weights };
+  const outIds = new Int32Array(T * (k - 1));
+  const outW = new Float32Array(T * (k - 1));
+  for (let t = 0; t < T; t++) {
+    let low = 0;
+    let sum = 0;
+    let kept = 0;
+    for (let j = 0; j < k; j++) {
+      const w = weights[t * k + j];
+      sum += w;
+      if (w < weights[t * k + low]) low = j;
+    }
+    for (let j = 0; j < k; j++) if (j !== low) kept += weights[t * k + j];
+    const scale = kept > 0 ? sum / kept : 0;
+    let o = t * (k - 1);
+    for (let j = 0; j < k; j++) {
+      if (j === low) continue;
+      outIds[o] = ids[t * k + j];
+      outW[o++] = weights[t * k + j] * scale;
+    }
+  }
+  return { ids: outIds, weights: outW };
 }

@@ -6,6 +6,11 @@
  * Levels: 0 .. bounds.length − 1 are the codec's ladder rungs, loosest first (rungs 0..k together
  * decode within bounds[k]); when the ladder has `exact`, level bounds.length is the expert's
  * original bytes, moved as they are (no compression: what plain bf16 offload moves).
+ *
+ * Drop rungs, looser than any level, ride beside the levels (plan.drop): `trim` runs a layer at
+ * top-(k − 1) (each token's lowest-weight expert dropped, the rest renormalised: expert trimming
+ * by routing) and `skip-moe` replaces the layer's MoE output by zero (layer drop). A trimmed
+ * layer still fetches its experts at its level; a skipped one fetches nothing.
  */
 import { ladderCuts, type BoundMode } from '../codec/index.js';
 
@@ -25,6 +30,18 @@ export interface PrecisionPlan {
   version: number;
   /** levels[layer]: the level that layer's experts are fetched at. */
   levels: number[];
+  /** drop[layer]: a drop rung the layer runs at (absent, or 'none' everywhere: no dropping). */
+  drop?: DropState[];
+}
+
+/** The drop rungs, tightest first: trim (top-k − 1), then skip-moe (no MoE output). */
+export const DROP_RUNGS = ['trim', 'skip-moe'] as const;
+export type DropRung = (typeof DROP_RUNGS)[number];
+export type DropState = 'none' | DropRung;
+
+/** The drop rung `layer` runs at under `plan`. */
+export function dropOf(plan: PrecisionPlan, layer: number): DropState {
+  return plan.drop?.[layer] ?? 'none';
 }
 
 /** Number of levels a ladder offers (its rungs, and the exact level when it has one). */
@@ -54,6 +71,11 @@ export function checkPlan(plan: PrecisionPlan, ladder: Ladder, numLayers: number
   const n = levelCount(ladder);
   plan.levels.forEach((lv, layer) => {
     if (!Number.isInteger(lv) || lv < 0 || lv >= n) throw new RangeError(`plan: layer ${layer} level ${lv} is not one of 0..${n - 1}`);
+  });
+  if (plan.drop === undefined) return;
+  if (plan.drop.length !== numLayers) throw new RangeError(`a plan's drop names ${plan.drop.length} layers; the model has ${numLayers}`);
+  plan.drop.forEach((d, layer) => {
+    if (d !== 'none' && !(DROP_RUNGS as readonly string[]).includes(d)) throw new RangeError(`plan: layer ${layer} drop ${String(d)} is not one of none, ${DROP_RUNGS.join(', ')}`);
   });
 }
 

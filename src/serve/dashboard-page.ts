@@ -169,6 +169,8 @@ export const DASHBOARD_PAGE = String.raw`<!doctype html>
   }
   function isExact(state, layer) { return state.layerBounds[layer] === 0; }
   function boundLabel(state, layer) {
+    var d = state.drop && state.drop[layer];
+    if (d && d !== "none") return d;
     var lv = state.levels[layer];
     var label = state.levelLabels[lv];
     if (typeof label === "string" && label !== "") return label;

@@ -50,6 +50,7 @@ export function dashboardSource(model: () => ServedModel | null, batcher?: Pick<
         controller: ctl.isFrozen ? 'frozen' : ctl.isDryRun ? 'dry-run' : 'on',
         planVersion: ctl.plan.version,
         levels: [...ctl.plan.levels],
+        ...(ctl.plan.drop ? { drop: [...ctl.plan.drop] } : {}),
         levelLabels: c.levelLabels(),
         layerBounds: c.layerBounds(),
         bandwidthBytesPerSecond: e.bandwidth_bytes_per_second.using_prior ? null : e.bandwidth_bytes_per_second.estimate,

@@ -34,6 +34,8 @@ export interface DashboardState {
   planVersion: number;
   /** The current plan: levels[layer], 0 the loosest rung, the highest the tightest (or exact). */
   levels: number[];
+  /** Each layer's drop rung past the loosest level (trim, skip-moe), where any layer drops. */
+  drop?: string[];
   /** A label per level of the ladder, loosest first (e.g. "0.5σ", …, "exact"). */
   levelLabels: string[];
   /** The bound of each layer's level as a number, 0 for the exact bytes. */

@@ -152,6 +152,7 @@ export class ServeMetrics {
     });
     new Gauge({ name: name('layer_error_bound'), help: 'Each layer\'s error bound at its current level, in the ladder\'s unit (σ for a sigma ladder; 0: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.layerBounds()) });
     new Gauge({ name: name('layer_rung'), help: 'Each layer\'s level in the ladder (0: the loosest rung; the highest: the exact bytes).', labelNames: ['layer'], registers, collect: per((c) => c.controller.plan.levels) });
+    new Gauge({ name: name('layer_drop_rung'), help: 'Each layer\'s drop rung, past the loosest level (0: none; 1: trim, top-k − 1; 2: skip-moe, no MoE output).', labelNames: ['layer'], registers, collect: per((c) => c.controller.plan.levels.map((_, l) => ['none', 'trim', 'skip-moe'].indexOf(c.controller.plan.drop?.[l] ?? 'none'))) });
     new Gauge({ name: name('compression_ratio'), help: 'Original expert bytes over the bytes moved per expert at each layer\'s current level.', labelNames: ['layer'], registers, collect: per((c) => c.compressionRatios()) });
     new Gauge({
       name: name('slo_target_seconds'), help: 'The SLO targets the controller serves to.', labelNames: ['slo'], registers,

@@ -161,6 +161,8 @@ export class ServedControl {
       version: c.plan.version,
       levels: c.plan.levels,
       labels: c.plan.levels.map((k) => this.levelLabels()[k]),
+      // Each layer's drop rung past the loosest level: none, trim (top-k − 1) or skip-moe.
+      drop: c.plan.drop ?? c.plan.levels.map(() => 'none'),
       bounds: this.layerBounds(),
       why: last ? { at: last.at, action: last.action, reason: last.reason, dry_run: last.dryRun } : { reason: 'the starting plan: every layer at its ceiling' },
       now: latest ? { action: latest.action, reason: latest.reason } : null,
