@@ -57,7 +57,7 @@ describe('the OpenAI-compatible API (embedded model, offload engine)', function 
       assert.equal(h.engine, 'offload');
       assert.deepEqual(h.engine_details, {
         experts_per_layer: 'from memory budget', tier_a_bytes: 0.75 * 6.3e6, tier_b_bytes: 0.25 * 6.3e6, tier_a_form: 'fused', native_forward: true, policy: 'u-shape', profile: 'cpu', controller: 'off',
-        level: 5, level_meaning: 'the exact bytes', level_fixed: true, link: 'copy', link_emulated: false,
+        level: 5, level_meaning: 'the exact bytes', level_fixed: true, link: 'copy', link_emulated: false, experts_on: 'host memory',
       });
       assert.equal(h.context_tokens, 256);
     });

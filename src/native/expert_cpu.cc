@@ -41,10 +41,10 @@ EB_CLONES void bf16_rows(const uint16_t* m, int cols, int r0, int r1, const floa
 
 EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                                  float* scratch) {
-  ek_fused_rows<PlaneLoop>(f, r0, r1, x, ldx, n, y, ldy, scratch);
+  ek_fused_rows<PlaneLoop, 1>(f, r0, r1, x, ldx, n, y, ldy, scratch);
 }
 
-EB_CLONES void fused_decode_row_planes(const FusedView& f, int r, float* row) { ek_fused_decode_row<PlaneLoop>(f, r, row); }
+EB_CLONES void fused_decode_row_planes(const FusedView& f, int r, float* row) { ek_fused_decode_row<PlaneLoop, 1>(f, r, row); }
 
 bool cpu_has_gfni() {
 #if EB_HAVE_GFNI_UNIT

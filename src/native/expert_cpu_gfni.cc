@@ -73,9 +73,9 @@ struct GfniPlanes {
 
 void fused_rows_gfni(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                      float* scratch) {
-  ek_fused_rows<GfniPlanes>(f, r0, r1, x, ldx, n, y, ldy, scratch);
+  ek_fused_rows<GfniPlanes, 6>(f, r0, r1, x, ldx, n, y, ldy, scratch);
 }
 
-void fused_decode_row_gfni(const FusedView& f, int r, float* row) { ek_fused_decode_row<GfniPlanes>(f, r, row); }
+void fused_decode_row_gfni(const FusedView& f, int r, float* row) { ek_fused_decode_row<GfniPlanes, 6>(f, r, row); }
 
 }  // namespace eb

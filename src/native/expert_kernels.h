@@ -387,35 +387,36 @@ EB_AI void ek_fused_src_rows(Src& src, int r0, int r1, const float* x, int ldx, 
   }
 }
 
-// `body` with the fused source for f's rung count: a constant for the ladders in use (up to 6
-// rungs: the default ladder's 5, one more for a custom one), run-time beyond.
-template <class Planes, class Body>
+// `body` with the fused source for f's rung count: a constant up to MaxK rungs (the GFNI unit:
+// 6, the default ladder's 5 and one more; the plane loop, compiled three times over for its CPU
+// targets, gains little from it and takes 1 only, which keeps its compile time), run-time beyond.
+template <class Planes, int MaxK, class Body>
 EB_AI void ek_with_fused_src(const FusedView& f, Body body) {
   switch (f.k + 1) {
     case 1: return body(FusedSrc<Planes, 1>(f));
-    case 2: return body(FusedSrc<Planes, 2>(f));
-    case 3: return body(FusedSrc<Planes, 3>(f));
-    case 4: return body(FusedSrc<Planes, 4>(f));
-    case 5: return body(FusedSrc<Planes, 5>(f));
-    case 6: return body(FusedSrc<Planes, 6>(f));
-    default: return body(FusedSrc<Planes, 0>(f));
+    case 2: if (MaxK >= 2) return body(FusedSrc<Planes, MaxK >= 2 ? 2 : 0>(f)); break;
+    case 3: if (MaxK >= 3) return body(FusedSrc<Planes, MaxK >= 3 ? 3 : 0>(f)); break;
+    case 4: if (MaxK >= 4) return body(FusedSrc<Planes, MaxK >= 4 ? 4 : 0>(f)); break;
+    case 5: if (MaxK >= 5) return body(FusedSrc<Planes, MaxK >= 5 ? 5 : 0>(f)); break;
+    case 6: if (MaxK >= 6) return body(FusedSrc<Planes, MaxK >= 6 ? 6 : 0>(f)); break;
   }
+  body(FusedSrc<Planes, 0>(f));
 }
 
 // The fused product. Decode-sized tiles (n ≤ 4) decode each block once, into registers, for every
 // token; prefill-sized ones decode EK_SCRATCH_ROWS rows at a time into `scratch` (that many rows of
 // cols floats, cache-resident) and multiply them as dense rows: the same values, so the same
 // results.
-template <class Planes>
+template <class Planes, int MaxK>
 EB_AI void ek_fused_rows(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                          float* scratch) {
-  ek_with_fused_src<Planes>(f, [&](auto src) __attribute__((always_inline)) { ek_fused_src_rows(src, r0, r1, x, ldx, n, y, ldy, scratch); });
+  ek_with_fused_src<Planes, MaxK>(f, [&](auto src) __attribute__((always_inline)) { ek_fused_src_rows(src, r0, r1, x, ldx, n, y, ldy, scratch); });
 }
 
 // Row r of the matrix into `row` (cols floats): the weights the fused product multiplies with.
-template <class Planes>
+template <class Planes, int MaxK>
 EB_AI void ek_fused_decode_row(const FusedView& f, int r, float* row) {
-  ek_with_fused_src<Planes>(f, [&](auto src) __attribute__((always_inline)) { ek_decode_row(src, r, row); });
+  ek_with_fused_src<Planes, MaxK>(f, [&](auto src) __attribute__((always_inline)) { ek_decode_row(src, r, row); });
 }
 
 }  // namespace
