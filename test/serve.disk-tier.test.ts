@@ -3,6 +3,13 @@
 // exactly what it answers with every expert in host memory, its disk reads in /metrics and its
 // engine details; a budget below one layer's routed experts, or a bad flag, is refused by name.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { DEFAULT_PROFILE } from '../src/cli/check-config.js';
+import { ConfigError } from '../src/control/config-file.js';
+import { loadProfile } from '../src/control/profile.js';
 
 import { loadServedModel } from '../src/serve/load-model.js';
 import { startServer, type RunningServer } from '../src/serve/server.js';
@@ -41,6 +48,23 @@ describe('serving with the experts on disk (--host-budget)', function () {
       assert.match(metrics, /^ebserve_disk_read_duration_seconds_count [1-9]/m);
       const none = await (await fetch(`${memory.url}/metrics`)).text();
       assert.match(none, /^ebserve_disk_read_bytes_total 0$/m, 'no disk reads with every expert in host memory');
+    }
+  });
+
+  it('takes the budget from the profile\'s host.budget_bytes, which --host-budget overrides; a bad one is refused naming the key', async function () {
+    const base = embeddedSpec();
+    const fromProfile = await startEmbedded({ spec: { profile: { ...base.profile, host: { budget_bytes: 2e6 } } } });
+    const overridden = await startEmbedded({ spec: { profile: { ...base.profile, host: { budget_bytes: 2e6 } }, hostBudgetBytes: 3e6 } });
+    servers.push(fromProfile, overridden);
+    const details = async (s: RunningServer) => ((await (await fetch(`${s.url}/health`)).json()) as { engine_details: Record<string, unknown> }).engine_details;
+    assert.deepEqual([(await details(fromProfile)).host_budget_bytes, (await details(overridden)).host_budget_bytes], [2e6, 3e6]);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ebserve-host-profile-'));
+    try {
+      const file = path.join(dir, 'p.yaml');
+      fs.writeFileSync(file, fs.readFileSync(DEFAULT_PROFILE, 'utf8') + '\nhost:\n  budget_bytes: -1\n');
+      assert.throws(() => loadProfile(file), (e: Error) => e instanceof ConfigError && /host\.budget_bytes/.test(e.message));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
     }
   });
 

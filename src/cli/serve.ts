@@ -35,7 +35,7 @@ export const usage = `usage: ebserve serve [--model DIR] [--policy FILE] [--prof
   --experts-per-layer N  offload: experts per layer the device cache holds (default: the profile's device budget)
   --host-budget BYTES    offload: keep the experts on disk, in the store file, and at most BYTES of them in host
                          memory (e.g. 4G); the rest is read from the disk as needed, around the page cache
-                         (default: every expert in host memory)
+                         (default: the profile's host.budget_bytes, else every expert in host memory)
   --level N              offload: fix every layer at this level, 0 (the ladder's loosest bound) .. its exact bytes;
                          no controller
   --max-batch N          sequences that decode together in one forward step (default 8); a request joins at the

@@ -45,6 +45,11 @@ export const profileSchema = z.strictObject({
      */
     tier_a_form: z.enum(['f32', 'fused'], { error: 'expected f32 or fused' }).optional(),
   }),
+  /**
+   * The disk tier: keep the experts in the store file and at most budget_bytes of them in host
+   * memory, reading the rest from the disk as needed (`serve --host-budget` overrides it).
+   */
+  host: z.strictObject({ budget_bytes: positive }).optional(),
   sla: z.strictObject({
     p95_inter_token_seconds: positive,
     time_to_first_token_seconds: positive.optional(),

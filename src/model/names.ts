@@ -37,8 +37,11 @@ export function routerName(c: ModelConfig, layer: number): string {
   return `${moePrefix(c, layer)}.gate.weight`;
 }
 
-/** Expert `expert` of layer `layer`: its gate, up or down matrix. */
+/** Expert `expert` of layer `layer`: its gate, up or down matrix (a RangeError for one the model does not have). */
 export function expertName(c: ModelConfig, layer: number, expert: number, which: ExpertMatrix): string {
+  if (!(layer >= 0 && layer < c.numLayers && expert >= 0 && expert < c.numExperts)) {
+    throw new RangeError(`no expert ${expert} in layer ${layer} (${c.numLayers} layers × ${c.numExperts} experts)`);
+  }
   const m = c.arch === 'mixtral' ? MIXTRAL_EXPERT[which] : `${which}_proj`;
   return `${moePrefix(c, layer)}.experts.${expert}.${m}.weight`;
 }

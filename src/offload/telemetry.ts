@@ -5,17 +5,23 @@
  * turns the sink into RxJS Subjects. Times are seconds from performance.now()'s origin.
  */
 
-/** One move of expert bytes from host memory to the device. */
-export interface TransferSample {
-  kind: 'transfer';
+/** What a move of one expert's bytes says, over either hop (disk → host, host → device). */
+interface ExpertBytesSample {
   at: number;
   layer: number;
   expert: number;
-  /** The level fetched up to (a codec rung, or the exact level), and the first rung moved. */
+  /** The level brought up to (a codec rung, or the exact level), and the first one that crossed. */
   rung: number;
   fromRung: number;
   bytes: number;
   seconds: number;
+  /** Issued by prefetch rather than by a layer waiting for it. */
+  prefetch: boolean;
+}
+
+/** One move of expert bytes from host memory to the device. */
+export interface TransferSample extends ExpertBytesSample {
+  kind: 'transfer';
   /**
    * The link that moved it: 'copy' (a real host copy) or 'emulated' (a set bandwidth and latency);
    * 'disk+copy' / 'disk+emulated' when the expert came from a store on disk: `seconds` then
@@ -23,28 +29,17 @@ export interface TransferSample {
    */
   link: string;
   emulated: boolean;
-  /** Issued by prefetch rather than by a layer waiting for it. */
-  prefetch: boolean;
 }
 
 /**
  * One read of expert bytes from the store file into host memory (the disk tier's hop, before any
- * move to the device): measured on the disk, never emulated.
+ * move to the device): measured on the disk, never emulated. `bytes` are whole aligned blocks,
+ * `fromRung` the first level not in host memory already.
  */
-export interface ReadSample {
+export interface ReadSample extends ExpertBytesSample {
   kind: 'read';
-  at: number;
-  layer: number;
-  expert: number;
-  /** The level read up to, and the first level read (the rest was in host memory already). */
-  rung: number;
-  fromRung: number;
-  /** Bytes that crossed from the disk (whole aligned blocks) and the read's own time. */
-  bytes: number;
-  seconds: number;
   /** Whether the read bypassed the page cache (O_DIRECT). */
   direct: boolean;
-  prefetch: boolean;
 }
 
 /** One expert decoded into device memory. */

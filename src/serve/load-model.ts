@@ -46,7 +46,7 @@ export interface ModelSpec {
   profile: Profile;
   /** Offload: experts per layer the device cache holds (overrides the profile's device budget). */
   expertsPerLayer?: number;
-  /** Offload: keep the experts on disk and at most this many bytes of them in host memory (the disk tier). */
+  /** Offload: keep the experts on disk and at most this many bytes of them in host memory (the disk tier; overrides the profile's host.budget_bytes). */
   hostBudgetBytes?: number;
   /** Offload: every layer at this level, no controller. */
   fixedLevel?: number;
@@ -130,6 +130,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
         (fixed ? `every layer fixed at level ${level} (${describeLevel(ladder, level)}), no controller` : 'levels chosen live by the controller'),
     );
     const em = spec.profile.link.emulated;
+    const hostBudgetBytes = spec.hostBudgetBytes ?? spec.profile.host?.budget_bytes;
     const offload = await createOffload(checkpointExperts(checkpoint), {
       ladder,
       cacheDir: defaultCacheDir(isGgufPath(spec.dir) ? path.dirname(spec.dir) : spec.dir),
@@ -137,7 +138,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
       fused: d.tier_a_form === 'fused',
-      hostBudget: spec.hostBudgetBytes === undefined ? undefined : { bytes: spec.hostBudgetBytes, minExperts: c.topK },
+      hostBudget: hostBudgetBytes === undefined ? undefined : { bytes: hostBudgetBytes, minExperts: c.topK },
       telemetry,
       log,
     });
@@ -149,8 +150,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       policy: spec.policy.name, profile: spec.profile.name, controller: fixed ? 'off' : spec.dryRun ? 'dry-run' : 'on',
       ...(fixed ? { level, level_meaning: describeLevel(ladder, level), level_fixed: true } : {}),
       link: offload.link.name, link_emulated: offload.link.emulated,
-      experts_on: spec.hostBudgetBytes === undefined ? 'host memory' : 'disk',
-      ...(spec.hostBudgetBytes === undefined ? {} : { host_budget_bytes: spec.hostBudgetBytes }),
+      experts_on: hostBudgetBytes === undefined ? 'host memory' : 'disk',
+      ...(hostBudgetBytes === undefined ? {} : { host_budget_bytes: hostBudgetBytes }),
     };
     return offload.engine;
   };
