@@ -4,6 +4,8 @@
 // test/forward.test.ts).
 import assert from 'node:assert/strict';
 
+import * as tf from '@tensorflow/tfjs';
+
 import { generate } from '../src/model/generate.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
@@ -23,6 +25,26 @@ describe('the native forward pass on the embedded model', function () {
   after(() => {
     tfjs?.dispose();
     cpu?.dispose();
+  });
+
+  it('holds no TensorFlow.js copy of the dense weights while the native forward serves, and builds one on the first TensorFlow.js pass', async function () {
+    const c = cpu.checkpoint.config;
+    const attention = c.numLayers * (2 * c.numHeads + 2 * c.numKvHeads) * c.headDim * c.hiddenSize;
+    const denseBytes = 4 * (attention + c.vocabSize * c.hiddenSize);
+    const before = tf.memory().numBytes;
+    const m = await loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: {} });
+    try {
+      const tokens = m.tokenizer.encode('48+27=');
+      const native = await m.model.forward(tokens, KvCache.forModel(c));
+      assert.ok(tf.memory().numBytes - before < denseBytes / 4, `${tf.memory().numBytes - before} bytes of tensors after a native pass (dense weights: ${denseBytes})`);
+      m.model.useNativeForward(undefined);
+      const reference = await m.model.forward(tokens, KvCache.forModel(c));
+      assert.ok(tf.memory().numBytes - before >= denseBytes, 'the TensorFlow.js pass built its tensors');
+      assert.equal(reference.indexOf(Math.max(...reference)), native.indexOf(Math.max(...native)), 'the same next token either way');
+    } finally {
+      m.dispose();
+    }
+    assert.ok(tf.memory().numBytes - before < denseBytes / 4, 'dispose frees them');
   });
 
   it('reports the same routing to onRouting', async function () {

@@ -101,36 +101,22 @@ export interface Routing {
   weights: Float32Array;
 }
 
-export class MoeTransformer {
-  private readonly layers: DenseLayer[];
-  private readonly embed: Float32Array; // [V, d], host: a lookup is a row copy
-  private readonly norm: tf.Tensor1D;
-  private readonly lmHeadT: tf.Tensor2D; // [d, V]
-  private readonly cos: Float32Array; // [maxPositions, hd]
-  private readonly sin: Float32Array;
-  /** Each layer's post-attention norm and router [E, d] in host memory, for prefetch predictions. */
-  private readonly hostRouting: { norm: Float32Array; router: Float32Array }[];
-  /** Called with every layer's routing (usage statistics, prefetch). */
-  onRouting?: (r: Routing) => void;
-  /** Runs every pass in the addon instead (see useNativeForward). */
-  private native?: NativeForward;
+/** The dense weights as TensorFlow.js tensors (the TensorFlow.js pass's). */
+interface DenseTensors {
+  layers: DenseLayer[];
+  norm: tf.Tensor1D;
+  lmHeadT: tf.Tensor2D; // [d, V]
+}
 
-  constructor(
-    readonly config: ModelConfig,
-    read: (name: string) => Float32Array,
-    names: DenseTensorNames,
-    private readonly experts: ExpertEngine,
-  ) {
-    const c = config;
-    const d = c.hiddenSize;
-    const t2 = (name: string, rows: number, cols: number) =>
-      tf.tidy(() => tf.tensor2d(read(name), [rows, cols]).transpose() as tf.Tensor2D);
-    const t1 = (name: string) => tf.tensor1d(read(name));
-    this.embed = read(names.embed);
-    this.norm = t1(names.norm);
-    this.lmHeadT = t2(names.lmHead, c.vocabSize, d);
-    this.hostRouting = names.layers.map((n) => ({ norm: read(n.postNorm), router: read(n.router) }));
-    this.layers = names.layers.map((n) => ({
+function denseTensors(c: ModelConfig, read: (name: string) => Float32Array, names: DenseTensorNames): DenseTensors {
+  const d = c.hiddenSize;
+  const t2 = (name: string, rows: number, cols: number) =>
+    tf.tidy(() => tf.tensor2d(read(name), [rows, cols]).transpose() as tf.Tensor2D);
+  const t1 = (name: string) => tf.tensor1d(read(name));
+  return {
+    norm: t1(names.norm),
+    lmHeadT: t2(names.lmHead, c.vocabSize, d),
+    layers: names.layers.map((n) => ({
       inputNorm: t1(n.inputNorm),
       postNorm: t1(n.postNorm),
       wq: t2(n.q, c.numHeads * c.headDim, d),
@@ -147,9 +133,44 @@ export class MoeTransformer {
       shared: n.shared
         ? swigluTensors({ gate: read(n.shared.gate), up: read(n.shared.up), down: read(n.shared.down) }, d, c.sharedExpertFfnSize)
         : undefined,
-    }));
+    })),
+  };
+}
+
+export class MoeTransformer {
+  /**
+   * Built on the first TensorFlow.js pass: with the native forward serving, the addon holds the
+   * dense weights and these f32 tensors would be a second copy of all of them (on OLMoE's shape
+   * about 1.5 GB) that nothing reads.
+   */
+  private tensors?: DenseTensors;
+  private readonly embed: Float32Array; // [V, d], host: a lookup is a row copy
+  private readonly cos: Float32Array; // [maxPositions, hd]
+  private readonly sin: Float32Array;
+  /** Each layer's post-attention norm and router [E, d] in host memory, for prefetch predictions. */
+  private readonly hostRouting: { norm: Float32Array; router: Float32Array }[];
+  /** Called with every layer's routing (usage statistics, prefetch). */
+  onRouting?: (r: Routing) => void;
+  /** Runs every pass in the addon instead (see useNativeForward). */
+  private native?: NativeForward;
+
+  constructor(
+    readonly config: ModelConfig,
+    read: (name: string) => Float32Array,
+    names: DenseTensorNames,
+    private readonly experts: ExpertEngine,
+  ) {
+    const c = config;
+    this.embed = read(names.embed);
+    this.hostRouting = names.layers.map((n) => ({ norm: read(n.postNorm), router: read(n.router) }));
     [this.cos, this.sin] = rotaryTables(c.headDim, c.maxPositions, c.ropeTheta);
+    this.readDense = () => {
+      this.tensors ??= denseTensors(c, read, names);
+      return this.tensors;
+    };
   }
+
+  private readonly readDense: () => DenseTensors;
 
   /**
    * Runs `tokens` (T of them) at positions cache.length.. and appends them to the cache.
@@ -185,6 +206,7 @@ export class MoeTransformer {
 
   private async forwardOne(tokens: number[], cache: KvCache, allLogits: boolean, engine: ExpertEngine): Promise<Float32Array> {
     const c = this.config;
+    const dense = this.readDense();
     const T = tokens.length;
     const d = c.hiddenSize;
     const x0 = new Float32Array(T * d);
@@ -194,7 +216,7 @@ export class MoeTransformer {
     if (engine.prefetch) this.prefetchNext(engine, 0, x0, T);
     let x = tf.tensor2d(x0, [T, d]);
     for (let l = 0; l < c.numLayers; l++) {
-      const L = this.layers[l];
+      const L = dense.layers[l];
       const afterAttn: tf.Tensor2D = tf.tidy(() => tf.add(x, this.attention(l, L, rmsNorm(x, L.inputNorm, c.rmsNormEps), cache, T)));
       x.dispose();
       const h = tf.tidy(() => rmsNorm(afterAttn, L.postNorm, c.rmsNormEps));
@@ -206,7 +228,7 @@ export class MoeTransformer {
     cache.advance(T);
     const logits = tf.tidy(() => {
       const last = allLogits ? x : x.slice([T - 1, 0], [1, d]);
-      return tf.matMul(rmsNorm(last as tf.Tensor2D, this.norm, c.rmsNormEps), this.lmHeadT);
+      return tf.matMul(rmsNorm(last as tf.Tensor2D, dense.norm, c.rmsNormEps), dense.lmHeadT);
     });
     x.dispose();
     const out = (await logits.data()) as Float32Array;
@@ -312,15 +334,18 @@ export class MoeTransformer {
     });
   }
 
-  /** Frees the dense tensors (the engine is the caller's). */
+  /** Frees the dense tensors, where a TensorFlow.js pass built them (the engine is the caller's). */
   dispose(): void {
-    const all: tf.Tensor[] = [this.norm, this.lmHeadT];
-    for (const L of this.layers) {
+    const t = this.tensors;
+    if (!t) return;
+    const all: tf.Tensor[] = [t.norm, t.lmHeadT];
+    for (const L of t.layers) {
       all.push(L.inputNorm, L.postNorm, L.wq, L.wk, L.wv, L.wo, L.router);
-      for (const t of [L.bq, L.bk, L.bv, L.qNorm, L.kNorm, L.sharedGate]) if (t) all.push(t);
+      for (const x of [L.bq, L.bk, L.bv, L.qNorm, L.kNorm, L.sharedGate]) if (x) all.push(x);
       if (L.shared) all.push(L.shared.gateT, L.shared.upT, L.shared.downT);
     }
     tf.dispose(all);
+    this.tensors = undefined;
   }
 }
 
