@@ -417,6 +417,15 @@ describe('checkpoint damage', function () {
     assertFails(v.dir, 'BAD_CONFIG', path.join(v.dir, 'config.json'), 'field num_experts must be a positive integer (got "3")');
   });
 
+  it('reads eos_token_id as one id or a list, and refuses one outside the vocabulary naming the field', function () {
+    assert.deepEqual(parseConfig({ ...CONFIGS.olmoe, eos_token_id: 3 }, 'c').eosTokenIds, [3]);
+    assert.deepEqual(parseConfig({ ...CONFIGS.olmoe, eos_token_id: [3, 5] }, 'c').eosTokenIds, [3, 5]);
+    assert.equal(parseConfig({ ...CONFIGS.olmoe, eos_token_id: null }, 'c').eosTokenIds, undefined);
+    for (const bad of [-1, 1.5, 'x', [2, CONFIGS.olmoe.vocab_size]]) {
+      assert.throws(() => parseConfig({ ...CONFIGS.olmoe, eos_token_id: bad }, 'x/config.json'), (e: unknown) => e instanceof CheckpointError && e.code === 'BAD_CONFIG' && /eos_token_id/.test((e as Error).message), JSON.stringify(bad));
+    }
+  });
+
   it('config the forward pass does not implement → BAD_CONFIG saying what is unsupported', function () {
     const cases: [Record<string, unknown>, string][] = [
       [{ ...CONFIGS.qwen2_moe, decoder_sparse_step: 2 }, 'decoder_sparse_step must be 1 (every layer sparse'],

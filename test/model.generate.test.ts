@@ -7,6 +7,7 @@ import { initBackend } from '../src/model/backend.js';
 import { ResidentExpertEngine } from '../src/model/engine.js';
 import { generate } from '../src/model/generate.js';
 import { sample, seededRandom } from '../src/model/sampling.js';
+import { GenerationSequence } from '../src/model/sequence.js';
 import { ByteTokenizer } from '../src/model/tokenizer.js';
 import { MoeTransformer } from '../src/model/transformer.js';
 import { randomModel, smallConfig } from './model/random-model.js';
@@ -25,6 +26,26 @@ describe('generation', function () {
   after(function () {
     model.dispose();
     engine.dispose();
+  });
+
+  it('ends at the model\'s end-of-sequence token (finish "stop", no text for it), and goes past it when asked', async function () {
+    const full = await generate(model, tok, 'abc', { maxTokens: 12 });
+    // The first sampled token not seen before the third one, taken as the end-of-sequence id.
+    const j = full.tokens.findIndex((t, i) => i >= 2 && !full.tokens.slice(0, i).includes(t));
+    assert.ok(j >= 2, `a fresh token in ${full.tokens}`);
+    const eos = full.tokens[j];
+    const run = async (config: typeof c, opts: { stopTokens?: number[] } = {}) => {
+      const seq = new GenerationSequence(config, tok, 'abc', { maxTokens: 12, ...opts });
+      while (!seq.done) seq.advance((await model.forwardBatch([seq.step()]))[0]);
+      return seq.result;
+    };
+    const ended = await run({ ...c, eosTokenIds: [eos] });
+    assert.deepEqual(ended.tokens, full.tokens.slice(0, j + 1), 'generation stops at the end-of-sequence token');
+    assert.equal(ended.finishReason, 'stop');
+    assert.equal(ended.completionTokens, j + 1, 'the end-of-sequence token counts as generated');
+    assert.equal(ended.text, tok.decode(full.tokens.slice(0, j)), 'its text is not added');
+    const past = await run({ ...c, eosTokenIds: [eos] }, { stopTokens: [] });
+    assert.deepEqual([past.tokens, past.finishReason], [full.tokens, 'length'], 'stopTokens [] generates past it');
   });
 
   it('is deterministic when greedy, and reproduces a sampled completion from its seed', async function () {

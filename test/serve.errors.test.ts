@@ -34,6 +34,10 @@ describe('API errors (embedded model, resident engine)', function () {
   }
 
   describe('POST /v1/completions', function () {
+    it('answers 400 when ignore_eos is not true or false', async function () {
+      await expectError('/v1/completions', { prompt: 'a', ignore_eos: 'yes' }, 400, 'ignore_eos', /ignore_eos/);
+    });
+
     it('answers 400 when max_tokens is negative', async function () {
       const { error } = await expectError('/v1/completions', { prompt: 'a', max_tokens: -1 }, 400, 'max_tokens', /max_tokens must be at least 0/);
       assert.equal(error.type, 'invalid_request_error');

@@ -98,6 +98,10 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
   const vocabSize = f.int('vocab_size');
   if (tok === 'bytes' && vocabSize < 256) f.fail('vocab_size', 'at least 256 for the byte tokenizer');
 
+  const eos = f.raw('eos_token_id');
+  const eosTokenIds = eos == null ? [] : Array.isArray(eos) ? eos : [eos];
+  if (!eosTokenIds.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize)) f.fail('eos_token_id', `a token id or a list of token ids in 0..${vocabSize - 1}`);
+
   return {
     arch: a,
     vocabSize,
@@ -118,6 +122,7 @@ export function parseConfig(json: unknown, file: string): ModelConfig {
     attentionBias,
     qkNorm: a === 'qwen3_moe' ? 'head' : a === 'olmoe' ? 'full' : 'none',
     tokenizer: tok === 'bytes' ? 'bytes' : 'tokenizer.json',
+    ...(eosTokenIds.length ? { eosTokenIds: eosTokenIds as number[] } : {}),
   };
 }
 

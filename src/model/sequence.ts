@@ -11,7 +11,8 @@
  * else is in a step) and sampling reads only this sequence's logits and random.
  *
  * Text rules: stop strings are cut from the text and never streamed — text that could still turn
- * into a stop string is held back until it cannot — and a generation ends with finish reason
+ * into a stop string is held back until it cannot — a sampled end-of-sequence token (stopTokens)
+ * ends it with finish reason 'stop' and adds no text, and a generation ends with finish reason
  * 'length' at max tokens or where the context ends (the last sampled token needs no forward pass,
  * so prompt + completion may reach the context + 1).
  *
@@ -56,6 +57,11 @@ export interface SequenceOptions extends SamplingOptions {
   /** Called once, when the whole prompt has run, before any token is sampled: with its scores when echoing with logprobs. */
   onPromptRun?: (scores?: TokenLogprob[]) => void;
   stop?: string[];
+  /**
+   * Token ids that end the generation when sampled, finish reason 'stop', their text not added
+   * (default: the model's end-of-sequence ids, config.eosTokenIds; [] generates past them).
+   */
+  stopTokens?: readonly number[];
   /** Receives the text as it becomes final. */
   onText?: (delta: string) => void;
   /** Called with every token sampled, the moment it exists (before its text is final), and its score with logprobs. */
@@ -80,7 +86,7 @@ export interface Generation {
 }
 
 /** What a sequence needs of the model's configuration: its context and the KV cache's shape. */
-export type SequenceModelConfig = Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim' | 'maxPositions'>;
+export type SequenceModelConfig = Pick<ModelConfig, 'numLayers' | 'numKvHeads' | 'headDim' | 'maxPositions' | 'eosTokenIds'>;
 
 export class GenerationSequence {
   /** The prompt's token ids. */
@@ -215,6 +221,11 @@ export class GenerationSequence {
     this.counts.set(next, (this.counts.get(next) ?? 0) + 1);
     if (score) this.scores.push(score);
     this.opts.onToken?.(next, score);
+    if ((this.opts.stopTokens ?? this.config.eosTokenIds ?? []).includes(next)) {
+      this.text += this.decoder.flush();
+      this.finish('stop');
+      return;
+    }
     this.text += this.decoder.push(next);
     const hit = firstStop(this.text, this.stops);
     if (hit >= 0) {

@@ -34,6 +34,8 @@ export interface ModelConfig {
   qkNorm: 'none' | 'head' | 'full';
   /** Tokenizer: a tokenizer.json beside the checkpoint, or raw bytes (token id = byte). */
   tokenizer: 'bytes' | 'tokenizer.json';
+  /** Token ids that end a generation when sampled (config.json's eos_token_id, one or a list; none: absent). */
+  eosTokenIds?: number[];
 }
 
 /** The element types a checkpoint tensor may have. */

@@ -91,6 +91,8 @@ interface Job {
   topP?: number;
   seed?: number;
   stop: string[];
+  /** Generate past the model's end-of-sequence tokens (vLLM's ignore_eos). */
+  ignoreEos: boolean;
   /** Choices asked for (OpenAI's n). */
   n: number;
   stream: boolean;
@@ -155,6 +157,7 @@ async function serve(ctx: CompletionContext, kind: Kind, req: Request, res: Resp
       return model.sequence(typeof p.source === 'string' && job.addSpecialTokens ? p.source : p.ids, {
         maxTokens: job.maxTokens ?? (kind === 'text' ? 16 : model.contextTokens - p.ids.length),
         temperature: job.temperature, topP: job.topP, seed: job.seed === undefined ? undefined : job.seed + c, stop: job.stop,
+        stopTokens: job.ignoreEos ? [] : undefined,
         logitBias: job.logitBias, presencePenalty: job.presencePenalty, frequencyPenalty: job.frequencyPenalty,
         logprobs: job.logprobs, echo: job.echo,
         prefillChunk: ctx.batcher.prefillChunk,
@@ -237,6 +240,7 @@ function common(r: CompletionRequest | ChatRequest) {
     topP: r.top_p ?? undefined,
     seed: r.seed ?? undefined,
     stop,
+    ignoreEos: r.ignore_eos === true,
     n: r.n ?? 1,
     stream: r.stream === true,
     includeUsage: r.stream === true && r.stream_options?.include_usage === true,

@@ -101,6 +101,8 @@ function samplingFields(contextTokens: number, maxChoices: number) {
       .min(1, { error: 'n must be at least 1' })
       .max(maxChoices, { error: `n must be at most ${maxChoices} on this server (choices decode together in one batch)` })
       .nullish(),
+    // vLLM's extension: generate past the model's end-of-sequence token (it ends a generation by default).
+    ignore_eos: z.boolean(typed('ignore_eos', 'true or false')).nullish(),
     presence_penalty: penalty('presence_penalty'),
     frequency_penalty: penalty('frequency_penalty'),
     // Keys are token ids as strings (JSON objects have no other keys); the model's vocabulary is

@@ -124,6 +124,8 @@ export function ggufConfig(h: GgufHeader): ModelConfig {
   if (a === 'olmoe') Object.assign(json, { num_experts: numExperts, intermediate_size: expertFfn });
   if (a === 'qwen3moe') Object.assign(json, { num_experts: numExperts, moe_intermediate_size: expertFfn, head_dim: headDim });
   if (isByteVocab(h.metadata)) json.ebserve_tokenizer = 'bytes';
+  const eos = h.metadata.get('tokenizer.ggml.eos_token_id');
+  if (eos) json.eos_token_id = Number(eos.value);
   return parseConfig(json, `${h.file} (GGUF metadata)`);
 }
 
