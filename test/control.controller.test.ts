@@ -7,12 +7,11 @@
 // leaves less of the SLA, so the controller degrades where a lone sequence would hold.
 import assert from 'node:assert/strict';
 
-import { TestScheduler } from 'rxjs/testing';
-
 import { Controller, reduce, type ControllerOptions } from '../src/control/controller.js';
-import { decide, type Decision } from '../src/control/decide.js';
+import { decide } from '../src/control/decide.js';
 import type { PrecisionPlan } from '../src/offload/plan.js';
 import type { OffloadSample } from '../src/offload/telemetry.js';
+import { simulate } from './helpers/controller-run.js';
 
 const L = 4;
 const LEVELS = 4; // 0 loosest … 3 tightest
@@ -42,30 +41,6 @@ function batchStep(c: Controller, batch: number, bps: number) {
 }
 const miss = (layer: number): OffloadSample => ({ kind: 'cache', at: 0, layer, tier: 'A', result: 'miss', prefetch: false });
 
-interface Run {
-  decisions: (Decision & { t: number })[];
-  plans: (PrecisionPlan & { t: number })[];
-  controller: Controller;
-}
-
-/**
- * Runs a controller in virtual time: `feed(c, at)` schedules samples at frames (ms); the run stops
- * at `until`. Returns what it decided and which plans it published, with their times.
- */
-function simulate(opts: ControllerOptions, feed: (c: Controller, at: (ms: number, f: () => void) => void) => void, until: number): Run {
-  const ts = new TestScheduler((a, b) => assert.deepEqual(a, b));
-  const out: Run = { decisions: [], plans: [], controller: undefined as unknown as Controller };
-  ts.run(({ flush }) => {
-    const c = new Controller(opts);
-    out.controller = c;
-    c.decisions$.subscribe((d) => out.decisions.push({ ...d, t: ts.now() }));
-    c.plan$.subscribe((p) => out.plans.push({ ...p, t: ts.now() }));
-    feed(c, (ms, f) => ts.schedule(f, ms));
-    ts.schedule(() => c.stop(), until);
-    flush();
-  });
-  return out;
-}
 
 /** Telemetry of a slow link: every lookup misses (two per layer), tokens take `seconds`, one every 2 ms. */
 function slowTokens(c: Controller, at: (ms: number, f: () => void) => void, from: number, to: number, seconds: number, bps: number) {

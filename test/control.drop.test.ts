@@ -9,11 +9,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
-import { TestScheduler } from 'rxjs/testing';
 
 import { ConfigError } from '../src/control/config-file.js';
 import { Controller, reduce, type ControllerOptions } from '../src/control/controller.js';
-import { plannerInput, type ControlState, type Decision } from '../src/control/decide.js';
+import { plannerInput, type ControlState } from '../src/control/decide.js';
 import { bandwidthInit } from '../src/control/estimators/bandwidth.js';
 import { latencyInit } from '../src/control/estimators/latency.js';
 import { missInit } from '../src/control/estimators/miss-rate.js';
@@ -25,7 +24,8 @@ import { dropInput, plannerSensitivity } from '../src/control/index.js';
 import { planLevels, predictSeconds, SKIP_MOE, TRIM, type PlannerInput } from '../src/control/planner.js';
 import { loadPolicy, resolvePolicy } from '../src/control/policy.js';
 import { loadProfile } from '../src/control/profile.js';
-import { checkPlan, DEFAULT_LADDER, type PrecisionPlan } from '../src/offload/plan.js';
+import { checkPlan, DEFAULT_LADDER } from '../src/offload/plan.js';
+import { simulate } from './helpers/controller-run.js';
 import type { OffloadSample } from '../src/offload/telemetry.js';
 
 const L = 3;
@@ -145,19 +145,6 @@ describe('controller: drop rungs', function () {
     drop: drops(),
     ...over,
   });
-  function simulate(o: ControllerOptions, feed: (c: Controller, at: (ms: number, f: () => void) => void) => void, until: number) {
-    const ts = new TestScheduler((a, b) => assert.deepEqual(a, b));
-    const out = { decisions: [] as (Decision & { t: number })[], plans: [] as (PrecisionPlan & { t: number })[] };
-    ts.run(({ flush }) => {
-      const c = new Controller(o);
-      c.decisions$.subscribe((d) => out.decisions.push({ ...d, t: ts.now() }));
-      c.plan$.subscribe((p) => out.plans.push({ ...p, t: ts.now() }));
-      feed(c, (ms, f) => ts.schedule(f, ms));
-      ts.schedule(() => c.stop(), until);
-      flush();
-    });
-    return out;
-  }
   /** A 1 MB/s link, every lookup a miss: at the floors a step still needs 0.061 s, twice the SLA. */
   function slow(c: Controller, at: (ms: number, f: () => void) => void, to: number) {
     for (let t = 1; t < to; t += 2) {

@@ -44,6 +44,7 @@ import { uniformPlan, type DropState, type PrecisionPlan } from '../../src/offlo
 import { buildStore, type ExpertStore } from '../../src/offload/store.js';
 import { TelemetryBus } from '../../src/offload/telemetry.js';
 import { canaryTarget } from '../../src/serve/canary-target.js';
+import { resultJson } from './result-json.js';
 import { timelineChart, type TimelineStep } from './timeline-chart.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -255,8 +256,9 @@ async function main(): Promise<void> {
       // Each plan the run decoded under: its levels, tokens and canary agreement.
       plans: [...r.tokensPerPlan].map(([key, n]) => ({ ...keyPlan(key, 0), version: undefined, tokens: n, canary_agreement: scores.get(key)! })),
       phases: r.phases.map((p) => ({ name: p.name, tokens: p.tokens, sla_attainment: p.underSla / Math.max(1, p.tokens) })),
-      // The controller's run step by step, and the decisions that changed its plan.
-      ...(name.startsWith('controller') ? { timeline: r.timeline, changes: r.changes } : {}),
+      // The decisions that changed a controller's plan, and the controller's run step by step (what the chart draws).
+      ...(name.startsWith('controller') ? { changes: r.changes } : {}),
+      ...(name === 'controller' ? { timeline: r.timeline } : {}),
     });
   }
   strict.dispose();
@@ -279,7 +281,7 @@ async function main(): Promise<void> {
     rows,
   };
   fs.mkdirSync(path.dirname(RESULTS), { recursive: true });
-  fs.writeFileSync(RESULTS, JSON.stringify(result, null, 2) + '\n');
+  fs.writeFileSync(RESULTS, resultJson(result));
   const ladder = loadPolicy(POLICY).ladder;
   const levelNames = [...ladder.bounds.map((b) => `${b}${ladder.bound_mode === 'sigma' ? 'σ' : ''}`), ...(ladder.exact ? ['exact'] : [])];
   const cr = runs.get('controller');
