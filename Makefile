@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-control bench-engine bench-peer fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-scale bench-control bench-engine bench-peer fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -83,6 +83,11 @@ bench-offload: build
 # 1, 8, 32 (60 s each; BENCH_SERVE_SECONDS to change).
 bench-serve: build
 	npx tsx bench/serve/run.ts
+
+# The OLMoE-1B-7B shape (synthesized and its store built once, cached in ~/.cache/ebserve or
+# EBSERVE_BENCH_CACHE) served from the disk tier: cases a/b/c at concurrency 1 and 8 (bench/scale).
+bench-scale: build
+	npx tsx bench/scale/run.ts
 
 # The controller against static plans on a bandwidth trace over an emulated link (bench/control).
 bench-control: build

@@ -82,10 +82,10 @@ Model load(const std::string& dir, int threads) {
   const int64_t d = m.d, ff = md.ff, qw = (int64_t)m.H * m.hd, kw = (int64_t)m.KV * m.hd;
 
   const SafeTensors st(dir + "/model.safetensors");
-  m.embed = md.keep(st.f32("model.embed_tokens.weight", {m.V, d}));
+  m.embed.dense = md.keep(st.f32("model.embed_tokens.weight", {m.V, d}));
   m.norm = md.keep(st.f32("model.norm.weight", {d}));
   const Json* tie = c.get("tie_word_embeddings");
-  m.lm_head.dense = tie && tie->boolean ? m.embed : md.keep(st.f32("lm_head.weight", {m.V, d}));
+  m.lm_head.dense = tie && tie->boolean ? m.embed.dense : md.keep(st.f32("lm_head.weight", {m.V, d}));
   // Hugging Face's rotary tables: cos and sin of position · θ^(−2i/hd), both halves alike.
   md.cos.resize((size_t)m.max_pos * m.hd);
   md.sin.resize(md.cos.size());

@@ -55,10 +55,15 @@ describe('the OpenAI-compatible API (embedded model, offload engine)', function 
       assert.equal(h.model, 'ebserve-moe-8x');
       assert.match(String(h.backend), /^(wasm|cpu|tensorflow)$/);
       assert.equal(h.engine, 'offload');
-      assert.deepEqual(h.engine_details, {
+      const { memory_dense_bytes: dense, memory_host_bytes: host, ...details } = h.engine_details as Record<string, unknown>;
+      assert.deepEqual(details, {
         experts_per_layer: 'from memory budget', tier_a_bytes: 0.75 * 6.3e6, tier_b_bytes: 0.25 * 6.3e6, tier_a_form: 'fused', native_forward: true, policy: 'u-shape', profile: 'cpu', controller: 'off',
         level: 5, level_meaning: 'the exact bytes', level_fixed: true, link: 'copy', link_emulated: false, experts_on: 'host memory',
+        // What each tier holds (serve.disk-tier.test.ts checks the dense and host figures): no
+        // canary caches with the controller off; 2 × 2 kv heads × 32 × 4 bytes a layer per token.
+        memory_host_holds: 'every level of every expert', memory_device_bytes: 6.3e6, memory_canary_bytes: 0, memory_kv_bytes_per_token: 8 * 2 * 2 * 32 * 4, memory_runtime_bytes: 512 * 2 ** 20,
       });
+      assert.ok(Number(dense) > 0 && Number(host) > 0);
       assert.equal(h.context_tokens, 256);
     });
   });

@@ -11,6 +11,7 @@ import { DEFAULT_PROFILE } from '../src/cli/check-config.js';
 import { ConfigError } from '../src/control/config-file.js';
 import { loadProfile } from '../src/control/profile.js';
 
+import { EMBEDDED_MODEL_DIR } from '../src/model/load.js';
 import { loadServedModel } from '../src/serve/load-model.js';
 import { startServer, type RunningServer } from '../src/serve/server.js';
 import { ebserve } from './helpers/ebserve.js';
@@ -66,6 +67,32 @@ describe('serving with the experts on disk (--host-budget)', function () {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it('says what each tier holds: the memory plan in /health and /metrics, the dense weights held once as the checkpoint\'s bf16', async function () {
+    const memory = await startEmbedded({ spec: { fixedLevel: 2 } });
+    const disk = await startEmbedded({ spec: { fixedLevel: 2, hostBudgetBytes: 1e6 } });
+    servers.push(memory, disk);
+    const details = async (s: RunningServer) => ((await (await fetch(`${s.url}/health`)).json()) as { engine_details: Record<string, number | string> }).engine_details;
+    const [m, d] = [await details(memory), await details(disk)];
+    // Every level of every expert in host memory: the store's bytes (the store file holds them plus its index and padding).
+    const storeFile = fs.readdirSync(path.join(EMBEDDED_MODEL_DIR, '.ebserve-cache')).map((f) => fs.statSync(path.join(EMBEDDED_MODEL_DIR, '.ebserve-cache', f)).size).reduce((a, b) => Math.max(a, b), 0);
+    assert.ok(Number(m.memory_host_bytes) > 0.5 * storeFile && Number(m.memory_host_bytes) <= storeFile, `host tier ${m.memory_host_bytes} B against the store file's ${storeFile} B`);
+    assert.equal(m.memory_host_holds, 'every level of every expert');
+    assert.equal(d.memory_host_bytes, 1e6);
+    assert.match(String(d.memory_host_holds), /host budget; the store file's [\d.]+ GB on disk/);
+    assert.equal(d.memory_device_bytes, Number(d.tier_a_bytes) + Number(d.tier_b_bytes));
+    // The embedded checkpoint is bf16: every matrix held as its bf16 bits (2 bytes a value), once
+    // each; norms and the rotary tables as f32.
+    const c = JSON.parse(fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'config.json'), 'utf8')) as Record<string, number>;
+    const [V, dm, L, H, KV] = [c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads];
+    const hd = dm / H;
+    const matrices = 2 * V * dm + L * (dm * H * hd * 2 + 2 * dm * KV * hd + c.num_local_experts * dm);
+    const vectors = dm + L * 2 * dm + 2 * c.max_position_embeddings * hd;
+    assert.equal(m.memory_dense_bytes, 2 * matrices + 4 * vectors);
+    const metrics = await (await fetch(`${disk.url}/metrics`)).text();
+    assert.match(metrics, /^ebserve_memory_plan_bytes\{part="host"\} 1000000$/m);
+    assert.match(metrics, new RegExp(`^ebserve_memory_plan_bytes\\{part="dense"\\} ${m.memory_dense_bytes}$`, 'm'));
   });
 
   it('refuses a host budget below one layer\'s routed experts, naming the minimum', async function () {

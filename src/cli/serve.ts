@@ -119,10 +119,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     host, port, maxBatch, prefillChunk, maxQueue, maxBodyBytes, drainTimeoutSeconds, log, adminToken,
     // Loaded here, not at the top: TensorFlow.js takes ~0.6 s to import, and the port should be
     // bound (and /health answering 503) before that.
-    load: async (telemetry, serving) => (await import('../serve/load-model.js')).loadServedModel(spec, telemetry, log, serving),
+    load: async (telemetry, serving) => (await import('../serve/load-model.js')).loadServedModel({ ...spec, maxBatch }, telemetry, log, serving),
   });
-  log(`ebserve serve: listening on ${server.url}; loading ${spec.dir} (/health answers 503 until it is ready)`);
-
   let signals = 0;
   const stopped = new Promise<number>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
@@ -141,6 +139,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
   });
+  // Only now: whoever reads this line may signal at once, and the handlers must already be there.
+  log(`ebserve serve: listening on ${server.url}; loading ${spec.dir} (/health answers 503 until it is ready)`);
 
   // A signal may come while the model still loads: then there is nothing to wait for.
   const loaded = await Promise.race([

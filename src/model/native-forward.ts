@@ -39,6 +39,8 @@ type NativeDecoder = { readonly __decoder: unique symbol };
 
 export class NativeForward {
   readonly stats: NativeForwardStats = { steps: 0, tokens: 0, nativeSeconds: 0, expertSeconds: 0, otherSeconds: 0 };
+  /** Bytes of the dense weights this forward holds (as held: bf16 bits where exact), rotary tables included. */
+  readonly heldBytes: number;
   private readonly handle: NativeDecoder;
 
   /** Throws when nativeForwardUnsupported(c) says why. */
@@ -51,20 +53,31 @@ export class NativeForward {
   ) {
     const why = nativeForwardUnsupported(c);
     if (why) throw new Error(`the native forward cannot run this model: ${why}`);
+    // Each tensor read once and held once (a tied LM head is the embedding's array, not a second
+    // copy); a matrix whose values are all bf16 is held as its bf16 bits.
+    const held = new Map<string, Float32Array | Uint16Array>();
+    const once = (name: string, toHeld: (m: Float32Array) => Float32Array | Uint16Array) => {
+      let m = held.get(name);
+      if (!m) held.set(name, (m = toHeld(read(name))));
+      return m;
+    };
+    const f32 = (name: string) => once(name, (m) => m) as Float32Array;
+    const matrix = (name: string, cols: number) => once(name, (m) => bf16IfExact(m, cols));
     const spec = Object.freeze({
       d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, experts: c.numExperts, topK: c.topK, maxPositions: c.maxPositions, eps: c.rmsNormEps,
-      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: read(names.embed), norm: read(names.norm), lmHead: bf16IfExact(read(names.lmHead), c.hiddenSize),
+      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: matrix(names.embed, c.hiddenSize), norm: f32(names.norm), lmHead: matrix(names.lmHead, c.hiddenSize),
       cos: rotary[0], sin: rotary[1],
       layers: names.layers.map((n) => ({
-        inputNorm: read(n.inputNorm), postNorm: read(n.postNorm),
-        q: bf16IfExact(read(n.q), c.hiddenSize), k: bf16IfExact(read(n.k), c.hiddenSize), v: bf16IfExact(read(n.v), c.hiddenSize),
-        o: bf16IfExact(read(n.o), c.numHeads * c.headDim),
-        qBias: n.qBias ? read(n.qBias) : undefined, kBias: n.kBias ? read(n.kBias) : undefined, vBias: n.vBias ? read(n.vBias) : undefined,
-        qNorm: n.qNorm ? read(n.qNorm) : undefined, kNorm: n.kNorm ? read(n.kNorm) : undefined,
-        router: bf16IfExact(read(n.router), c.hiddenSize),
+        inputNorm: f32(n.inputNorm), postNorm: f32(n.postNorm),
+        q: matrix(n.q, c.hiddenSize), k: matrix(n.k, c.hiddenSize), v: matrix(n.v, c.hiddenSize),
+        o: matrix(n.o, c.numHeads * c.headDim),
+        qBias: n.qBias ? f32(n.qBias) : undefined, kBias: n.kBias ? f32(n.kBias) : undefined, vBias: n.vBias ? f32(n.vBias) : undefined,
+        qNorm: n.qNorm ? f32(n.qNorm) : undefined, kNorm: n.kNorm ? f32(n.kNorm) : undefined,
+        router: matrix(n.router, c.hiddenSize),
       })),
     });
+    this.heldBytes = [...held.values()].reduce((n, m) => n + m.byteLength, rotary[0].byteLength + rotary[1].byteLength);
     this.handle = native.decoderNew(spec) as NativeDecoder;
   }
 

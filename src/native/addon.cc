@@ -5,6 +5,9 @@
 #include <napi.h>
 
 #include <string.h>
+#ifdef __GLIBC__  // defined by the C library headers above
+#include <malloc.h>
+#endif
 
 #include <memory>
 #include <string>
@@ -324,6 +327,15 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+#ifdef __GLIBC__
+  // Blocks of 1 MiB and more (experts read from the disk, decoded, freed; their JS buffers) are
+  // mapped on their own and unmapped when freed. glibc's default raises this threshold to the
+  // size of each large block freed (up to 32 MiB), after which such blocks come from per-thread
+  // arenas that keep the freed memory: serving a 2-layer OLMoE shape with the controller on,
+  // that held 2.6 GB beyond everything alive (RSS 5.2 GB against 2.6 GB with the threshold fixed),
+  // at the same tokens/s.
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
   exports.Set("compressSync", Napi::Function::New(env, CompressSync));
   exports.Set("compressAsync", Napi::Function::New(env, CompressAsync));
   exports.Set("decompressSync", Napi::Function::New(env, DecompressSync));

@@ -86,7 +86,7 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
   else if (qk != "none") throw Napi::RangeError::New(env, "decoder spec: qkNorm is none, full or head, got " + qk);
   if (m.d < 1 || m.H < 1 || m.KV < 1 || m.H % m.KV || m.hd < 2 || m.hd % 2 || m.E < 1 || m.top_k < 1 || m.top_k > m.E)
     throw Napi::RangeError::New(env, "decoder spec: the shapes do not form a model");
-  m.embed = f32_of(s, "embed", (size_t)m.V * m.d);
+  m.embed = matrix_of(s, "embed", m.V, m.d);
   m.norm = f32_of(s, "norm", m.d);
   m.lm_head = matrix_of(s, "lmHead", m.V, m.d);
   m.cos = f32_of(s, "cos", (size_t)m.max_pos * m.hd);

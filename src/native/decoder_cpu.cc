@@ -120,7 +120,18 @@ void step_begin(const DecoderModel& m, Step& s, const int32_t* tokens) {
     if (tokens[t] < 0 || tokens[t] >= m.V)
       throw std::invalid_argument("token " + std::to_string(tokens[t]) + " outside the vocabulary of " + std::to_string(m.V));
   s.x.resize((size_t)T * d);
-  for (int t = 0; t < T; t++) memcpy(&s.x[(size_t)t * d], m.embed + (size_t)tokens[t] * d, sizeof(float) * d);
+  for (int t = 0; t < T; t++) {
+    float* x = &s.x[(size_t)t * d];
+    if (m.embed.bf16) {
+      const uint16_t* row = m.embed.bf16 + (size_t)tokens[t] * d;
+      for (int i = 0; i < d; i++) {
+        const uint32_t bits = (uint32_t)row[i] << 16;
+        memcpy(&x[i], &bits, sizeof(float));
+      }
+    } else {
+      memcpy(x, m.embed.dense + (size_t)tokens[t] * d, sizeof(float) * d);
+    }
+  }
   // Layer 0 has no layer before it to overlap: its router on the embeddings predicts it while
   // its attention runs (measured on the embedded model: 277 of its 280 experts in a decode run).
   route(m, m.layers[0], s.x.data(), T, s.hidden, s.predicted, nullptr, s.threads);

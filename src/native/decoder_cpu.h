@@ -48,7 +48,7 @@ struct DecoderModel {
   float eps = 1e-5f;
   bool norm_topk = true;
   QkNorm qk_norm = QkNorm::none;
-  const float* embed = nullptr;    // [V, d]
+  MatrixRef embed;                 // [V, d]: f32, or bf16 bits widened row by row at lookup
   const float* norm = nullptr;     // [d]
   MatrixRef lm_head;               // [V, d]
   const float *cos = nullptr, *sin = nullptr;  // [max_pos, hd]

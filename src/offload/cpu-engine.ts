@@ -79,7 +79,7 @@ export function nativeExpertLayer(
  * The bf16 bits of `m` when every value is a bf16 value (its low 16 bits zero) and rows are whole
  * 32-value blocks (what the bf16 product reads); `m` itself otherwise.
  */
-export function bf16IfExact(m: Float32Array, cols: number): RawMatrix {
+export function bf16IfExact(m: Float32Array, cols: number): Float32Array | Uint16Array {
   if (cols % 32 !== 0) return m;
   const bits = new Uint32Array(m.buffer, m.byteOffset, m.length);
   const out = new Uint16Array(m.length);

@@ -14,6 +14,7 @@
  * @example
  * const m = await loadServedModel({ dir: EMBEDDED_MODEL_DIR, engine: 'offload', expertsPerLayer: 4 }, bus, log);
  */
+import fs from 'node:fs';
 import path from 'node:path';
 
 import { currentBackend, type BackendName } from '../model/backend.js';
@@ -36,6 +37,7 @@ import type { ServingHooks } from './batcher.js';
 import { loadChatTemplate, PLAIN_CHAT_TEMPLATE } from './chat-template.js';
 import { isGgufPath } from '../model/gguf/checkpoint.js';
 import type { EngineName, ServedModel } from './served-model.js';
+import { denseF32Bytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME_ALLOWANCE_BYTES, type MemoryPlan } from './memory-plan.js';
 
 export interface ModelSpec {
   dir: string;
@@ -55,6 +57,8 @@ export interface ModelSpec {
   backend?: BackendName;
   /** cpu: keep experts compressed within this absolute bound (the fused path); dense f32 without. */
   cpuBound?: number;
+  /** The server's --max-batch, for the memory line's KV figure (default 8). */
+  maxBatch?: number;
 }
 
 /** What level `level` of `ladder` means, in words. */
@@ -95,6 +99,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   let link: Link | undefined;
   let offloaded: { engine: OffloadExpertEngine; store: ExpertStore } | undefined;
   let details: Record<string, string | number | boolean> = {};
+  // What the experts' tiers hold (the memory line); the dense weights are counted once loaded.
+  let tiers: Pick<MemoryPlan, 'hostBytes' | 'hostHolds' | 'deviceBytes'> | undefined;
 
   const engine = async (checkpoint: Checkpoint) => {
     const c = checkpoint.config;
@@ -104,6 +110,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     if (spec.engine === 'resident') {
       log(`ebserve serve: engine resident (all ${c.numLayers * c.numExperts} experts as TensorFlow.js tensors; no link, no compression)`);
       details = { experts_resident: c.numLayers * c.numExperts };
+      tiers = { hostBytes: 4 * c.numLayers * c.numExperts * 3 * c.hiddenSize * c.expertFfnSize, hostHolds: 'every expert as f32 tensors', deviceBytes: 0 };
       return new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, (l, e) => readExpert(checkpoint, l, e));
     }
     const d = spec.profile.device;
@@ -144,6 +151,9 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     });
     link = offload.link;
     offloaded = { engine: offload.engine, store: offload.opened.store };
+    tiers = hostBudgetBytes === undefined
+      ? { hostBytes: offload.opened.store.totalBytes(), hostHolds: 'every level of every expert', deviceBytes: budget.tierABytes + budget.tierBBytes }
+      : { hostBytes: hostBudgetBytes, hostHolds: `at most the host budget; the store file's ${(fs.statSync(offload.opened.file).size / 1e9).toFixed(2)} GB on disk`, deviceBytes: budget.tierABytes + budget.tierBBytes };
     details = {
       experts_per_layer: expertsPerLayer ?? (expertsByLayer && d.memory_budget_bytes === undefined ? 'by layer' : 'from memory budget'), tier_a_bytes: budget.tierABytes,
       ...(expertsByLayer ? { experts_by_layer: expertsByLayer.join(',') } : {}), tier_b_bytes: budget.tierBBytes, tier_a_form: d.tier_a_form ?? 'f32',
@@ -157,7 +167,12 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   };
 
   const m = spec.engine === 'cpu' ? await loadCpu(spec, id, telemetry, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
-  if (spec.engine === 'cpu') details = { experts_resident: m.checkpoint.config.numLayers * m.checkpoint.config.numExperts, cpu_bound: spec.cpuBound ?? `none (${(m.engine as CpuExpertEngine).describeForm()})` };
+  if (spec.engine === 'cpu') {
+    const cpu = m.engine as CpuExpertEngine;
+    const cc = m.checkpoint.config;
+    details = { experts_resident: cc.numLayers * cc.numExperts, cpu_bound: spec.cpuBound ?? `none (${cpu.describeForm()})` };
+    tiers = { hostBytes: cc.numLayers * cc.numExperts * cpu.expertBytes(), hostHolds: `every expert in the addon, ${cpu.describeForm()}`, deviceBytes: 0 };
+  }
   const unsupported = nativeForwardUnsupported(m.checkpoint.config);
   details = { ...details, native_forward: Boolean(m.model.nativeForward) };
   log(`ebserve serve: forward ${m.model.nativeForward ? 'native (the addon, layer by layer; experts through the engine)' : `on TensorFlow.js ${m.backend.name} (${unsupported ?? 'asked for'})`}`);
@@ -170,6 +185,15 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       throw e;
     }
   }
+  const memory: MemoryPlan = {
+    denseBytes: m.model.nativeForward?.heldBytes ?? denseF32Bytes(m.checkpoint.config),
+    ...(tiers ?? { hostBytes: 0, hostHolds: 'none', deviceBytes: 0 }),
+    canaryBytes: control?.canaryCacheBytes ?? 0,
+    kvBytesPerToken: kvBytesPerToken(m.checkpoint.config),
+    runtimeBytes: RUNTIME_ALLOWANCE_BYTES,
+  };
+  log(`ebserve serve: ${describeMemory(memory, spec.maxBatch ?? 8, m.checkpoint.config.maxPositions)}`);
+  details = { ...details, ...memoryDetails(memory) };
   // The model's own routing of served steps (not the canaries' forwards, which run between steps),
   // for the routing report of GET /admin/routing, /metrics and the dashboard.
   const c = m.checkpoint.config;
@@ -186,6 +210,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     contextTokens: m.checkpoint.config.maxPositions,
     linkEmulated: link?.emulated ?? false,
     details,
+    memory,
     countTokens: (text) => m.tokenizer.encode(text).length,
     tokenizer: m.tokenizer,
     vocabSize: m.checkpoint.config.vocabSize,

@@ -23,6 +23,7 @@ import type { RoutingReport } from '../control/routing/report.js';
 import type { RoutingWindow } from '../control/routing/window.js';
 import type { OffloadSample } from '../offload/telemetry.js';
 import type { ServedControl } from './served-control.js';
+import type { MemoryPlan } from './memory-plan.js';
 
 const PREFIX = 'ebserve_';
 
@@ -61,6 +62,7 @@ export class ServeMetrics {
   readonly diskReadBytes: Counter;
   readonly diskReadDuration: Histogram;
   readonly diskDirect: Gauge;
+  readonly memoryPlan: Gauge<'part'>;
 
   constructor() {
     const registers = [this.registry];
@@ -82,6 +84,7 @@ export class ServeMetrics {
     this.cacheRequests = new Counter({ name: name('expert_cache_requests_total'), help: 'Device cache lookups by tier (A: decoded, B: compressed) and result.', labelNames: ['tier', 'result'], registers });
     this.diskReadBytes = new Counter({ name: name('disk_read_bytes_total'), help: 'Expert bytes read from the store file into host memory (the disk tier; measured, never emulated).', registers });
     this.diskReadDuration = new Histogram({ name: name('disk_read_duration_seconds'), help: 'Duration of one read of an expert\'s levels from the store file.', buckets: MOVE_BUCKETS, registers });
+    this.memoryPlan = new Gauge({ name: name('memory_plan_bytes'), help: 'What each part of the served model holds at most (dense weights, host tier, device tiers, canary caches, the runtime allowance; KV caches come on top as context fills): RSS stays within their sum.', labelNames: ['part'], registers });
     this.diskDirect = new Gauge({ name: name('disk_direct_io'), help: '1 when the disk tier reads around the page cache (O_DIRECT), 0 when the file system refused it.', registers });
     this.linkEmulated = new Gauge({ name: name('link_emulated'), help: '1 when the host-device link is emulated (a set bandwidth and latency), 0 when it is a real move.', registers });
     this.steps = new Counter({ name: name('steps_total'), help: 'Forward steps by phase (prefill: a step over several tokens, i.e. a prompt; decode: a step over one token).', labelNames: ['phase'], registers });
@@ -228,9 +231,17 @@ export class ServeMetrics {
   }
 
   /** What runs, once the model is loaded. */
-  ready(info: { version: string; backend: string; engine: string; linkEmulated: boolean }): void {
+  ready(info: { version: string; backend: string; engine: string; linkEmulated: boolean; memory?: MemoryPlan }): void {
     this.buildInfo.set({ version: info.version, backend: info.backend, engine: info.engine }, 1);
     this.linkEmulated.set(info.linkEmulated ? 1 : 0);
+    const m = info.memory;
+    if (m) {
+      this.memoryPlan.set({ part: 'dense' }, m.denseBytes);
+      this.memoryPlan.set({ part: 'host' }, m.hostBytes);
+      this.memoryPlan.set({ part: 'device' }, m.deviceBytes);
+      this.memoryPlan.set({ part: 'canaries' }, m.canaryBytes);
+      this.memoryPlan.set({ part: 'runtime' }, m.runtimeBytes);
+    }
   }
 }
 

@@ -42,11 +42,35 @@ export interface ServedControlOptions {
 
 export class ApiConflict extends Error {}
 
+/** What the canaries may hold decoded, per engine: cache and one forward's experts each stay about this size. */
+const CANARY_BYTES = 256 * 2 ** 20;
+
+/**
+ * Experts each canary engine caches (decoded f32): two tokens' worth for every layer, as long as
+ * that fits in CANARY_BYTES — at the embedded model's size it does, and a canary run reuses its
+ * experts from token to token; at OLMoE's (25 MB an expert) it would be 6.4 GB, so there it is
+ * two tokens of one layer, and the rest is served once (moved, decoded, dropped).
+ */
+export function canaryCacheExperts(topK: number, numLayers: number, expertBytes: number): number {
+  return Math.min(2 * topK * numLayers, Math.max(2 * topK, Math.floor(CANARY_BYTES / expertBytes)));
+}
+
+/**
+ * Tokens one canary forward carries: a layer call holds every expert its tokens route to decoded
+ * at once, so the chunk is cut until those fit in CANARY_BYTES (the server's prompt chunk at the
+ * embedded model's size; one token at OLMoE's, where a 64-token chunk would hold 1.6 GB of them).
+ */
+export function canaryChunk(prefillChunk: number, topK: number, expertBytes: number): number {
+  return Math.min(prefillChunk, Math.max(1, Math.floor(CANARY_BYTES / (topK * expertBytes))));
+}
+
 export class ServedControl {
   policy: Policy;
   readonly profile: Profile;
   readonly store: ExpertStore;
   lastCanary: CanaryResult | null = null;
+  /** Bytes the two canary engines' caches hold at most (the memory plan's canaries part). */
+  readonly canaryCacheBytes: number;
   private control: Control;
   private readonly runner: CanaryRunner;
   private readonly canaryEngines: OffloadExpertEngine[];
@@ -59,7 +83,12 @@ export class ServedControl {
     this.profile = o.profile;
     this.store = o.store;
     // The canaries' engines: their own small caches over the same store, exactly the plan's levels.
-    const budget = { tierABytes: 2 * o.model.checkpoint.config.topK * o.store.numLayers * o.store.expertValues(0, 0) * 4, tierBBytes: 0 };
+    const expertBytes = o.store.expertValues(0, 0) * 4;
+    const budget = { tierABytes: canaryCacheExperts(o.model.checkpoint.config.topK, o.store.numLayers, expertBytes) * expertBytes, tierBBytes: 0 };
+    const topK = o.model.checkpoint.config.topK;
+    const chunk = canaryChunk(o.serving.prefillChunk ?? Infinity, topK, expertBytes);
+    // Both engines' caches, and the experts one forward serves once beyond them.
+    this.canaryCacheBytes = 2 * budget.tierABytes + chunk * topK * expertBytes;
     const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true });
     const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
     this.canaryEngines = [strict, reference];
@@ -72,7 +101,7 @@ export class ServedControl {
       // yieldToServing waits for the next step boundary, and the item runs between steps one
       // forward step at a time (a prompt chunk of the server's size, or one greedy token), the
       // next serving step waiting for each — admissions are held back for about one step.
-      target: canaryTarget(o.model, (task) => o.serving.betweenSteps(task), o.serving.prefillChunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      target: canaryTarget(o.model, (task) => o.serving.betweenSteps(task), chunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
       items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });
     this.control = this.start(o.policy);

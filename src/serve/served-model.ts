@@ -12,6 +12,7 @@ import type { Tokenizer } from '../model/tokenizer.js';
 import type { ChatTemplate } from './chat-template.js';
 import type { RoutingWindow } from '../control/routing/window.js';
 import type { ServedControl } from './served-control.js';
+import type { MemoryPlan } from './memory-plan.js';
 
 export type EngineName = 'resident' | 'offload' | 'cpu';
 
@@ -27,6 +28,8 @@ export interface ServedModel {
   readonly linkEmulated: boolean;
   /** What runs, for /health: engine settings such as experts per layer and the fixed level. */
   readonly details: Readonly<Record<string, string | number | boolean>>;
+  /** What each tier holds (the startup log's memory line; ebserve_memory_plan_bytes). */
+  readonly memory: MemoryPlan;
   /** The live controller (offload engine without a fixed level). */
   readonly control?: ServedControl;
   /** The model's routing of the last served tokens and its routing report (any engine). */

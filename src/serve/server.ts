@@ -143,7 +143,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
       schemas = requestSchemas({ contextTokens: m.contextTokens, maxChoices: Math.min(MAX_CHOICES, batcher.maxBatch) });
       model = m;
       loadedAt = Math.floor(Date.now() / 1000);
-      metrics.ready({ version: packageVersion(), backend: m.backend.name, engine: m.engine, linkEmulated: m.linkEmulated });
+      metrics.ready({ version: packageVersion(), backend: m.backend.name, engine: m.engine, linkEmulated: m.linkEmulated, memory: m.memory });
       if (m.control) metrics.attachControl(m.control);
       if (m.routing) metrics.attachRouting(m.routing);
       return m;

@@ -1,0 +1,68 @@
+/**
+ * What each tier of a served model holds, and the resident memory that follows: the startup log's
+ * memory line, /health's engine details and ebserve_memory_plan_bytes{part}, beside the process's
+ * RSS on the dashboard.
+ *
+ * The parts: the dense weights as the forward holds them (bf16 bits where the checkpoint's values
+ * are bf16); the host tier (every level of every expert in memory, or at most --host-budget bytes
+ * of them with the rest in the store file on disk); the device tiers (A + B); the KV caches, which
+ * are allocated at full context per sequence but whose pages become resident only as tokens are
+ * written, so they count per token of context in use; and the runtime (Node, V8's heap,
+ * TensorFlow.js's wasm memory, buffers in flight), a stated allowance: 512 MiB, where the embedded
+ * model's server measured 172 MB at ready and 396 MB at its peak under 32 clients (bench-serve).
+ */
+import { expectedTensors } from '../model/names.js';
+import type { ModelConfig } from '../model/types.js';
+
+export const RUNTIME_ALLOWANCE_BYTES = 512 * 2 ** 20;
+
+export interface MemoryPlan {
+  /** Dense weights (embeddings, attention, routers, norms, LM head) as held. */
+  denseBytes: number;
+  /** Expert bytes kept in host memory at most. */
+  hostBytes: number;
+  /** What the host tier is: 'every level in memory', 'at most the host budget; the store file on disk', … */
+  hostHolds: string;
+  /** Device tiers A + B (0 where the experts are multiplied where they are held). */
+  deviceBytes: number;
+  /** The canary engines' own caches (offload with the controller on; 0 otherwise). */
+  canaryBytes: number;
+  /** KV cache bytes one token of one sequence's context makes resident. */
+  kvBytesPerToken: number;
+  runtimeBytes: number;
+}
+
+/** Bytes of the dense weights as f32 (how the TensorFlow.js forward holds them). */
+export function denseF32Bytes(c: ModelConfig): number {
+  const all = expectedTensors(c).reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
+  return 4 * (all - c.numLayers * c.numExperts * 3 * c.hiddenSize * c.expertFfnSize);
+}
+
+/** KV bytes per token of context: keys and values of every layer, f32. */
+export function kvBytesPerToken(c: ModelConfig): number {
+  return c.numLayers * 2 * c.numKvHeads * c.headDim * 4;
+}
+
+/** The RSS the plan allows with `tokensInUse` tokens of context held over all sequences. */
+export function expectedRss(p: MemoryPlan, tokensInUse: number): number {
+  return p.denseBytes + p.hostBytes + p.deviceBytes + p.canaryBytes + p.kvBytesPerToken * tokensInUse + p.runtimeBytes;
+}
+
+const mb = (b: number) => (b >= 1e9 ? `${(b / 1e9).toFixed(2)} GB` : `${(b / 1e6).toFixed(1)} MB`);
+
+/** The startup log's memory line. */
+export function describeMemory(p: MemoryPlan, maxBatch: number, contextTokens: number): string {
+  return (
+    `memory: dense weights ${mb(p.denseBytes)} + host tier ${mb(p.hostBytes)} (${p.hostHolds}) + device tiers ${mb(p.deviceBytes)}${p.canaryBytes ? ` + canary caches ${mb(p.canaryBytes)}` : ''} + runtime ${mb(p.runtimeBytes)} ` +
+    `= ${mb(expectedRss(p, 0))}, plus KV caches as context fills (${(p.kvBytesPerToken / 1e3).toFixed(1)} kB a token; ` +
+    `${mb(p.kvBytesPerToken * maxBatch * contextTokens)} with ${maxBatch} sequences at the full ${contextTokens} tokens)`
+  );
+}
+
+/** The plan as /health's engine details (bytes). */
+export function memoryDetails(p: MemoryPlan): Record<string, number | string> {
+  return {
+    memory_dense_bytes: p.denseBytes, memory_host_bytes: p.hostBytes, memory_host_holds: p.hostHolds,
+    memory_device_bytes: p.deviceBytes, memory_canary_bytes: p.canaryBytes, memory_kv_bytes_per_token: p.kvBytesPerToken, memory_runtime_bytes: p.runtimeBytes,
+  };
+}
