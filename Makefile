@@ -93,10 +93,16 @@ bench-scale: build
 bench-control: build
 	npx tsx bench/control/run.ts
 
-# llama.cpp (node-llama-cpp's prebuilt CPU binaries) on the embedded model exported to GGUF f32,
-# q8_0, q4_0, beside ebserve's native forward: canary top-1 agreement, decode tokens/s, weight
-# bytes per token (bench/peer). Skips llama.cpp's rows, saying why, where its binary cannot load.
+# llama.cpp on the embedded model exported to GGUF f32, q8_0, q4_0, beside ebserve's native
+# forward: canary top-1 agreement, decode tokens/s, weight bytes per token (bench/peer). llama.cpp
+# twice: built natively here (bench/peer/build-llama-cpp.sh: the source node-llama-cpp ships, cloned
+# into build/llama.cpp and built once with GGML_NATIVE, 10-15 min on 2 cores, cached by commit; timed
+# with llama-bench and llama-batched-bench) and node-llama-cpp's prebuilt CPU binaries (top-1 and
+# its own timings). Skips a llama.cpp's rows, saying why, where its binary cannot load.
 bench-peer: build
+	$(call apt_need,git)
+	$(call apt_need,cmake)
+	bash bench/peer/build-llama-cpp.sh
 	npx tsx bench/peer/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with

@@ -1,6 +1,9 @@
 /**
- * `make bench-peer`: llama.cpp (node-llama-cpp's prebuilt CPU binaries, bench/peer/llama-cpp.ts)
- * beside ebserve on the embedded model, in one run.
+ * `make bench-peer`: llama.cpp beside ebserve on the embedded model, in one run, twice over:
+ * natively built here (bench/peer/build-llama-cpp.sh: GGML_NATIVE, OpenMP, Release; timed with its
+ * own llama-bench, bench/peer/llama-bench.ts) and through node-llama-cpp's prebuilt CPU binaries
+ * (bench/peer/llama-cpp.ts), which also give its top-1 agreement. Both are the same llama.cpp
+ * source: the native build clones the git bundle node-llama-cpp ships its binaries' source in.
  *
  * llama.cpp runs the embedded model exported to GGUF by ebserve's own exporter (src/model/gguf:
  * f32, q8_0, q4_0, written to build/peer/, never committed). ebserve runs its native forward
@@ -20,8 +23,28 @@
  *   bytes_per_token the weight bytes one decode token reads: every dense tensor, one embedding row,
  *                   top-k of each layer's experts (llama.cpp: from the GGUF's tensor sizes;
  *                   ebserve: its expert bytes as stored plus its dense tensors, bf16 where exact)
+ *   build           llama.cpp's rows: "native" (llama-bench from build/llama.cpp) or "prebuilt"
+ *                   (node-llama-cpp)
  *
- * If llama.cpp's binary cannot load, one line says why and only ebserve's rows are written.
+ * Native rows (build "native"), on 1 and 2 threads, the same workload as the other rows' (decode
+ * DECODE_TOKENS tokens after a prompt as long as the canary prompts' mean, P):
+ *   tokens_per_s         concurrency 1: llama-bench's tg test of DECODE_TOKENS tokens at depth P
+ *                        (-n DECODE_TOKENS -d P), its mean over NATIVE_BENCH.reps repetitions;
+ *                        concurrency 8: llama-batched-bench, 8 sequences of a P-token prompt, then
+ *                        DECODE_TOKENS tokens each, decoded together (its S_TG), best of REPS runs
+ *   prompt_tokens_per_s, empty_context_tokens_per_s
+ *                        concurrency 1 only: llama-bench at its defaults (pp NATIVE_BENCH.prompt,
+ *                        tg NATIVE_BENCH.gen from an empty context), the figures ANCHORS.md gives;
+ *                        decoding from an empty context is much faster on this small model (its
+ *                        attention over the context is a large share of a token's work)
+ *   top1_agreement       the prebuilt rows' figure for the same file: the same source and weights,
+ *                        so the same maths (null where the prebuilt could not load); not measured
+ *                        through the native binary
+ * and `anchor_check` sets the native 1-thread figures beside ../shared/ANCHORS.md's independent
+ * measurements of llama.cpp on this machine kind (ratio native / anchor).
+ *
+ * If a llama.cpp binary cannot load (or the native build is missing), one line says why and its
+ * rows are left out.
  * Env: BENCH_PEER_CANARIES=N uses the first N text canaries (default all), BENCH_PEER_TOKENS the
  * decode steps. Prints a table, writes bench/results/peer.json. A report, never an assertion;
  * progress on stderr.
@@ -37,6 +60,7 @@ import { KvCache } from '../../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../../src/model/load.js';
 import type { CpuExpertEngine } from '../../src/offload/cpu-engine.js';
 import { decodeTokensPerSecond, greedyAtEveryPosition, loadLlamaCpp, weightBytesPerToken, type LlamaCppInfo } from './llama-cpp.js';
+import { ANCHORS_EMBEDDED, anchorCheck, nativeLlamaCpp, runBatchedBench, runLlamaBench, type AnchorCheck, type BatchedBenchResult, type LlamaBenchResult, type NativeBuild } from './llama-bench.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const RESULTS = path.join(ROOT, 'bench', 'results', 'peer.json');
@@ -51,6 +75,8 @@ const EBSERVE_BOUNDS = [undefined, 1e-3, 1e-2];
  */
 const LLAMA_THREADS = [1, 2];
 const CONCURRENCIES = [1, 8];
+/** The native llama-bench run: llama-bench's defaults (pp512, tg128, 5 repetitions), on 1 and 2 threads. */
+const NATIVE_BENCH = { prompt: 512, gen: 128, reps: 5, threads: LLAMA_THREADS };
 const REPS = 3;
 const CANARIES = envInt('BENCH_PEER_CANARIES', Infinity);
 const DECODE_TOKENS = envInt('BENCH_PEER_TOKENS', 96);
@@ -72,12 +98,21 @@ interface Row {
   /** f32 | q8_0 | q4_0 (llama.cpp's GGUF), or ebserve's: bf16 (as stored) | eb1e-3 | eb1e-2 (codec bound). */
   weights: string;
   bytes_per_token: number;
-  top1_agreement: number;
+  /** null: a native row whose prebuilt counterpart could not load. */
+  top1_agreement: number | null;
   tokens_per_s: number;
   concurrency: number;
   /** llama.cpp: its decode threads; ebserve: omitted (its default, the machine's cores). */
   threads?: number;
+  /** llama.cpp: built natively here (llama-bench) or node-llama-cpp's prebuilt binary; ebserve: omitted. */
+  build?: 'native' | 'prebuilt';
+  /** Native rows (×1): llama-bench's prompt-processing tokens/s (pp512) and decode tokens/s from an empty context (tg128). */
+  prompt_tokens_per_s?: number;
+  empty_context_tokens_per_s?: number;
 }
+
+/** The weights of an exported GGUF by its name (build/peer/ebserve-moe-8x.TYPE.gguf). */
+const weightsOfFile = (file: string) => path.basename(file).replace(/^ebserve-moe-8x\./, '').replace(/\.gguf$/, '');
 
 const textCanaries = fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'canaries', 'text.jsonl'), 'utf8').split('\n').filter(Boolean)
   .map((l) => JSON.parse(l) as { prompt: string; continuation: string });
@@ -213,7 +248,7 @@ async function main() {
           for (const threads of LLAMA_THREADS) {
             for (const n of CONCURRENCIES) {
               const tps = await decodeTokensPerSecond(model, prompts.slice(0, n), DECODE_TOKENS, threads, REPS);
-              rows.push({ system: 'llama.cpp', model: 'embedded', weights: type, bytes_per_token: bytes, top1_agreement: top1, tokens_per_s: tps, concurrency: n, threads });
+              rows.push({ system: 'llama.cpp', model: 'embedded', weights: type, bytes_per_token: bytes, top1_agreement: top1, tokens_per_s: tps, concurrency: n, threads, build: 'prebuilt' });
               log(`llama.cpp ${type} ×${n}, ${threads} thread${threads > 1 ? 's' : ''}: ${tps.toFixed(1)} tokens/s (load average ${os.loadavg()[0].toFixed(1)})`);
             }
           }
@@ -227,10 +262,78 @@ async function main() {
   }
   ebserveRef.dispose();
 
+  // The native build, after everything else of this run has stopped (its 2-thread figures need the cores).
+  type Batched = BatchedBenchResult & { weights: string };
+  let nativeInfo: (NativeBuild & { bench: typeof NATIVE_BENCH & { depth: number; decode: number }; cpu_info: string; results: LlamaBenchResult[]; batched_bench: { prompt: number; gen: number; runs: number; results: Batched[] }; load_average: number[] }) | { skipped: string };
+  let anchors: AnchorCheck[] = [];
+  const nat = nativeLlamaCpp(ROOT);
+  if (!nat.ok) {
+    nativeInfo = { skipped: nat.reason };
+    log(`llama.cpp native skipped: ${nat.reason}`);
+  } else {
+    const files = LLAMA_TYPES.map(gguf);
+    const nativeLoad = os.loadavg()[0];
+    // The canary prompts' mean length: the context the other rows decode after.
+    const depth = Math.round(prompts.reduce((a, p) => a + p.length, 0) / prompts.length);
+    log(`llama.cpp native (${nat.build.commit.slice(0, 12)}, ${nat.build.cmake_flags}): llama-bench pp${NATIVE_BENCH.prompt} tg${NATIVE_BENCH.gen}, tg${DECODE_TOKENS}@d${depth}, ×${NATIVE_BENCH.reps} on ${NATIVE_BENCH.threads.join(', ')} threads (load average ${os.loadavg()[0].toFixed(1)})`);
+    try {
+      const defaults = runLlamaBench(nat.bench, { files, ...NATIVE_BENCH });
+      const atDepth = runLlamaBench(nat.bench, { files, threads: NATIVE_BENCH.threads, prompt: 0, gen: DECODE_TOKENS, depth, reps: NATIVE_BENCH.reps });
+      const results = [...defaults, ...atDepth];
+      for (const f of files) {
+        const type = weightsOfFile(f);
+        const prebuilt = rows.find((r) => r.build === 'prebuilt' && r.weights === type);
+        for (const threads of NATIVE_BENCH.threads) {
+          const at = (test: 'pp' | 'tg', d: number) => results.find((r) => r.file === f && r.threads === threads && r.test === test && r.depth === d);
+          const tg = at('tg', depth);
+          const tg0 = at('tg', 0);
+          const pp = at('pp', 0);
+          if (!tg || !tg0 || !pp) throw new Error(`llama-bench gave no pp/tg result for ${path.basename(f)} on ${threads} threads`);
+          rows.push({ system: 'llama.cpp', model: 'embedded', weights: type, bytes_per_token: weightBytesPerToken(f, c.topK), top1_agreement: prebuilt?.top1_agreement ?? null, tokens_per_s: tg.avg_ts, concurrency: 1, threads, build: 'native', prompt_tokens_per_s: pp.avg_ts, empty_context_tokens_per_s: tg0.avg_ts });
+          log(`llama.cpp native ${type}, ${threads} thread${threads > 1 ? 's' : ''}: decode ${tg.avg_ts.toFixed(0)} ± ${tg.stddev_ts.toFixed(0)} tokens/s at depth ${depth} (${tg0.avg_ts.toFixed(0)} ± ${tg0.stddev_ts.toFixed(0)} from empty), prompt ${pp.avg_ts.toFixed(0)} ± ${pp.stddev_ts.toFixed(0)}`);
+        }
+      }
+      // Several sequences together: llama-batched-bench (one run per case, no repetitions of its own: best of REPS).
+      const batchedPrompt = depth;
+      const batched: Batched[] = [];
+      for (const f of files) {
+        const type = weightsOfFile(f);
+        const prebuilt = rows.find((r) => r.build === 'prebuilt' && r.weights === type);
+        for (const threads of NATIVE_BENCH.threads) {
+          const best = new Map<number, BatchedBenchResult>();
+          for (let r = 0; r < REPS; r++) {
+            for (const b of runBatchedBench(nat.batchedBench, { file: f, threads, prompt: batchedPrompt, gen: DECODE_TOKENS, sequences: CONCURRENCIES })) {
+              if ((best.get(b.sequences)?.decode_ts ?? -1) < b.decode_ts) best.set(b.sequences, b);
+            }
+          }
+          for (const b of best.values()) batched.push({ ...b, weights: type });
+          const at8 = best.get(8);
+          if (at8) {
+            rows.push({ system: 'llama.cpp', model: 'embedded', weights: type, bytes_per_token: weightBytesPerToken(f, c.topK), top1_agreement: prebuilt?.top1_agreement ?? null, tokens_per_s: at8.decode_ts, concurrency: 8, threads, build: 'native' });
+          }
+          log(`llama.cpp native ${type}, ${threads} thread${threads > 1 ? 's' : ''}, batched-bench pp${batchedPrompt} tg${DECODE_TOKENS}: ${[...best.values()].map((b) => `×${b.sequences} ${b.decode_ts.toFixed(0)}`).join(', ')} decode tokens/s`);
+        }
+      }
+      anchors = anchorCheck(results, ANCHORS_EMBEDDED, weightsOfFile);
+      nativeInfo = {
+        ...nat.build, bench: { ...NATIVE_BENCH, depth, decode: DECODE_TOKENS }, cpu_info: results[0]?.cpu_info ?? '', results: results.map((r) => ({ ...r, file: path.relative(ROOT, r.file) })),
+        batched_bench: { prompt: batchedPrompt, gen: DECODE_TOKENS, runs: REPS, results: batched },
+        /** 1-minute load average before and after the native runs. */
+        load_average: [nativeLoad, os.loadavg()[0]],
+      };
+    } catch (e) {
+      nativeInfo = { skipped: `llama-bench failed: ${(e as Error).message}` };
+      log(`llama.cpp native skipped: ${(e as Error).message}`);
+    }
+  }
+
   const cpus = os.cpus();
   const result = {
     machine: { cpus: cpus.length, model: cpus[0]?.model ?? 'unknown', simd: native.info().simd, fused_decoder: native.info().fusedDecoder, node: process.version, platform: `${os.platform()} ${os.arch()}` },
     llama_cpp: llamaInfo,
+    llama_cpp_native: nativeInfo,
+    /** The native build's 1-thread figures against ../shared/ANCHORS.md's (ratio native / anchor). */
+    anchor_check: anchors,
     llama_cpp_tokenizer_matches: tokenizerAgrees ?? null,
     canary_texts: texts.length,
     canary_positions: positions,
@@ -245,11 +348,23 @@ async function main() {
   fs.writeFileSync(RESULTS, JSON.stringify(result, null, 2) + '\n');
   console.log(`\n${cpus.length} × ${result.machine.model}; ${'skipped' in llamaInfo ? `llama.cpp skipped: ${llamaInfo.skipped}` : `llama.cpp ${llamaInfo.llama_cpp_release} via node-llama-cpp ${llamaInfo.node_llama_cpp}`}`);
   console.log(`top-1 agreement with ebserve's uncompressed forward over ${positions} positions of ${texts.length} canary texts; decode ${DECODE_TOKENS} tokens/sequence; load average ${result.load_average.map((x) => x.toFixed(1)).join(' → ')}`);
-  console.log('| system | weights | threads | weight kB/token | top-1 agree | tokens/s ×1 | tokens/s ×8 |');
-  console.log('|---|---|---|---|---|---|---|');
-  for (const r of rows.filter((x) => x.concurrency === 1)) {
-    const at8 = rows.find((x) => x.system === r.system && x.weights === r.weights && x.threads === r.threads && x.concurrency === 8);
-    console.log(`| ${r.system} | ${r.weights} | ${r.threads ?? 'default'} | ${(r.bytes_per_token / 1e3).toFixed(1)} | ${(100 * r.top1_agreement).toFixed(2)} % | ${r.tokens_per_s.toFixed(0)} | ${at8 ? at8.tokens_per_s.toFixed(0) : '—'} |`);
+  if (!('skipped' in nativeInfo)) console.log(`llama.cpp native: ${nativeInfo.commit.slice(0, 12)} built in ${nativeInfo.incremental ? `${nativeInfo.first_build_seconds ?? '?'} s (then ${nativeInfo.build_seconds} s incremental)` : `${nativeInfo.build_seconds} s`} (${nativeInfo.cmake_flags}); ×1: llama-bench tg${DECODE_TOKENS} at depth ${nativeInfo.bench.depth}, mean of ${NATIVE_BENCH.reps} (empty context: its default tg${NATIVE_BENCH.gen}; prompt: pp${NATIVE_BENCH.prompt}); ×8: llama-batched-bench pp${nativeInfo.batched_bench.prompt} tg${nativeInfo.batched_bench.gen}, best of ${nativeInfo.batched_bench.runs}`);
+  else console.log(`llama.cpp native skipped: ${nativeInfo.skipped}`);
+  console.log(`| system | build | weights | threads | weight kB/token | top-1 agree | decode tokens/s ×1 | decode tokens/s ×8 | decode tg${NATIVE_BENCH.gen}, empty context | prompt tokens/s pp${NATIVE_BENCH.prompt} |`);
+  console.log('|---|---|---|---|---|---|---|---|---|---|');
+  const order = (r: Row) => (r.system === 'ebserve' ? 0 : r.build === 'native' ? 1 : 2);
+  for (const r of rows.filter((x) => x.concurrency === 1).sort((a, b) => order(a) - order(b))) {
+    const at8 = rows.find((x) => x.system === r.system && x.build === r.build && x.weights === r.weights && x.threads === r.threads && x.concurrency === 8);
+    const top1 = r.top1_agreement === null ? '—' : `${(100 * r.top1_agreement).toFixed(2)} %`;
+    console.log(`| ${r.system} | ${r.build ?? '—'} | ${r.weights} | ${r.threads ?? 'default'} | ${(r.bytes_per_token / 1e3).toFixed(1)} | ${top1} | ${r.tokens_per_s.toFixed(0)} | ${at8 ? at8.tokens_per_s.toFixed(0) : '—'} | ${r.empty_context_tokens_per_s?.toFixed(0) ?? '—'} | ${r.prompt_tokens_per_s?.toFixed(0) ?? '—'} |`);
+  }
+  if (anchors.length > 0) {
+    console.log(`\nllama.cpp native against ../shared/ANCHORS.md (same peer, measured independently on this machine kind; llama-bench defaults: tg${NATIVE_BENCH.gen}, pp${NATIVE_BENCH.prompt}):`);
+    console.log('| weights | threads | decode here | decode anchor | ratio | prompt here | prompt anchor | ratio |');
+    console.log('|---|---|---|---|---|---|---|---|');
+    for (const a of anchors) {
+      console.log(`| ${a.weights} | ${a.threads} | ${a.decode.native.toFixed(0)} | ${a.decode.anchor} | ${a.decode.ratio.toFixed(2)} | ${a.prompt.native.toFixed(0)} | ${a.prompt.anchor} | ${a.prompt.ratio.toFixed(2)} |`);
+    }
   }
   console.log(`wrote ${path.relative(ROOT, RESULTS)} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);
 }
