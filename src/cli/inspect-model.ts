@@ -37,6 +37,7 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
   const { openStore, defaultCacheDir } = await import('../offload/store-file.js');
   const { progressBar } = await import('../offload/progress.js');
   const { ladderReport } = await import('../offload/ladder-report.js');
+  const { denseHeldBytes, kvBytesPerToken } = await import('../serve/memory-plan.js');
   const ckpt = openCheckpoint(dir);
   try {
     const source = checkpointExperts(ckpt);
@@ -47,8 +48,9 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
     const check = progressBar('measuring errors');
     const report = ladderReport(opened.store, source, (l) => check(l + 1, opened.store.numLayers, `layer ${l}`));
     check.done();
+    const memory = tierMemory(ckpt, opened.store, denseHeldBytes, kvBytesPerToken);
     if (values.json) {
-      console.log(JSON.stringify({ model: dir, ladder, store: { from: opened.from, file: opened.file || null, bytes: opened.store.totalBytes() }, layers: report }, null, 2));
+      console.log(JSON.stringify({ model: dir, ladder, store: { from: opened.from, file: opened.file || null, bytes: opened.store.totalBytes() }, memory, layers: report }, null, 2));
       return 0;
     }
     console.log(`${dir}: ${ckpt.config.arch}, ${ckpt.config.numLayers} layers × ${ckpt.config.numExperts} experts, ladder ${ladder.bounds.join(', ')} (${ladder.boundMode})${ladder.exact ? ' + exact' : ''}`);
@@ -59,10 +61,36 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
         console.log(`${String(r.layer).padEnd(5)}  ${String(lv.level).padEnd(5)}  ${lv.label.padEnd(13)}  ${lv.maxBound.toExponential(3).padEnd(13)}  ${lv.bytesPerExpert.toFixed(0).padStart(12)}  ${lv.ratio.toFixed(2).padStart(5)}   ${lv.maxError.toExponential(3)}   ${lv.rmsError.toExponential(3)}`);
       }
     }
+    const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
+    console.log('what each tier holds when served:');
+    console.log(`  dense weights      ${mb(memory.dense_bytes)} (as the native forward holds them: bf16 matrices where stored as bf16)`);
+    console.log(`  host tier          ${mb(memory.host_bytes)}: every level of every expert (serve --host-budget BYTES keeps them in the store file and at most BYTES in memory)`);
+    console.log(`  device tier A      every expert, fused form (the bytes that crossed): ${memory.tier_a_bytes_by_level.map((b, k) => `level ${k} ${mb(b)}`).join(', ')}`);
+    console.log(`  KV cache           ${(memory.kv_bytes_per_token / 1e3).toFixed(1)} kB a token of context, per sequence`);
     return 0;
   } finally {
     ckpt.close();
   }
+}
+
+/** What each tier would hold (bytes): the memory lines of the report. */
+function tierMemory(
+  ckpt: { config: import('../model/types.js').ModelConfig; tensorInfo(name: string): { dtype: string } },
+  store: { numLayers: number; numExperts: number; levels: number; totalBytes(): number; levelBytes(l: number, e: number, k: number): number },
+  dense: typeof import('../serve/memory-plan.js').denseHeldBytes,
+  kv: typeof import('../serve/memory-plan.js').kvBytesPerToken,
+) {
+  const byLevel = Array.from({ length: store.levels }, (_, k) => {
+    let sum = 0;
+    for (let l = 0; l < store.numLayers; l++) for (let e = 0; e < store.numExperts; e++) sum += store.levelBytes(l, e, k);
+    return sum;
+  });
+  return {
+    dense_bytes: dense(ckpt.config, (name) => ckpt.tensorInfo(name).dtype),
+    host_bytes: store.totalBytes(),
+    tier_a_bytes_by_level: byLevel,
+    kv_bytes_per_token: kv(ckpt.config),
+  };
 }
 
 function parseArgs(argv: string[]) {

@@ -11,7 +11,7 @@
  * TensorFlow.js's wasm memory, buffers in flight), a stated allowance: 512 MiB, where the embedded
  * model's server measured 172 MB at ready and 396 MB at its peak under 32 clients (bench-serve).
  */
-import { expectedTensors } from '../model/names.js';
+import { expectedTensors, expertName } from '../model/names.js';
 import type { ModelConfig } from '../model/types.js';
 
 export const RUNTIME_ALLOWANCE_BYTES = 512 * 2 ** 20;
@@ -36,6 +36,23 @@ export interface MemoryPlan {
 export function denseF32Bytes(c: ModelConfig): number {
   const all = expectedTensors(c).reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
   return 4 * (all - c.numLayers * c.numExperts * 3 * c.hiddenSize * c.expertFfnSize);
+}
+
+/**
+ * Bytes of the dense weights as the native forward holds them, from the checkpoint's dtypes
+ * alone (NativeForward.heldBytes once loaded): a matrix stored as bf16 (rows of whole 32-value
+ * blocks) as its bf16 bits, everything else f32, and the rotary tables.
+ */
+export function denseHeldBytes(c: ModelConfig, dtypeOf: (name: string) => string): number {
+  const experts = new Set<string>();
+  for (let l = 0; l < c.numLayers; l++) for (let e = 0; e < c.numExperts; e++) for (const w of ['gate', 'up', 'down'] as const) experts.add(expertName(c, l, e, w));
+  let bytes = 2 * c.maxPositions * c.headDim * 4;
+  for (const t of expectedTensors(c)) {
+    if (experts.has(t.name)) continue;
+    const n = t.shape.reduce((a, b) => a * b, 1);
+    bytes += n * (t.shape.length === 2 && t.shape[1] % 32 === 0 && dtypeOf(t.name) === 'BF16' ? 2 : 4);
+  }
+  return bytes;
 }
 
 /** KV bytes per token of context: keys and values of every layer, f32. */
