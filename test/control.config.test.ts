@@ -131,6 +131,19 @@ describe('policies and profiles', function () {
       assert.match(r.stdout, /cpu\.yaml: ok/);
     });
 
+    it('refuses a policy that allows drop rungs with a profile that has not measured them, naming the key; accepts the measured one', async function () {
+      const f = write('drop.yaml', policyWith((p) => {
+        p.drop = { trim: true, skip_moe: true };
+      }));
+      const none = await ebserve('check-config', '--policy', f);
+      assert.equal(none.code, 1);
+      assert.match(none.stderr, /cpu\.yaml: sensitivity\.drop\.trim: the policy .* allows drop\.trim, but this profile has no measurement of it/);
+      assert.match(none.stderr, /sensitivity\.drop\.skip_moe/);
+      const measured = await ebserve('check-config', '--policy', f, '--profile', 'profiles/tiny-moe.yaml');
+      assert.equal(measured.code, 0, measured.stderr);
+      assert.match(measured.stdout, /drop rungs allowed past the loosest level: trim, skip_moe/);
+    });
+
     it('prints every problem with file and field, and exits 1', async function () {
       const f = write('bad.yaml', policyWith((p) => {
         p.groups[0].floor = 0.3;

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../control/config-file.js';
 import { loadPolicy, resolvePolicy, type Policy } from '../control/policy.js';
 import { loadProfile } from '../control/profile.js';
+import { dropInput } from '../control/index.js';
 import { parse } from './args.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -52,12 +53,23 @@ export async function checkConfigCommand(argv: string[]): Promise<number> {
     const same = s.bound_mode === policy.ladder.bound_mode && s.exact === policy.ladder.exact && s.bounds.join() === policy.ladder.bounds.join();
     if (!same) problems.push(`${profileFile}: sensitivity: expected the ladder of ${policyFile} (${policy.ladder.bounds.join(', ')} ${policy.ladder.bound_mode}), got ${s.bounds.join(', ')} ${s.bound_mode}`);
   }
+  // Drop rungs the policy allows need the profile's measurement of them, every layer's (as serve
+  // would refuse them); top-k is not known here, so trim is checked as a top-k ≥ 2 model offers it.
+  const drops = policy && (['trim', 'skip_moe'] as const).filter((k) => policy!.drop?.[k]);
+  if (policy && profile && drops && drops.length) {
+    try {
+      dropInput(policy, profile, s?.layers.length ?? 0, 2);
+    } catch (e) {
+      if (!(e instanceof ConfigError)) throw e;
+      problems.push(e.message);
+    }
+  }
   if (problems.length) {
     process.stderr.write(`${problems.join('\n')}\n`);
     return 1;
   }
   const layers = s?.layers.length;
-  console.log(`${policyFile}: ok (policy ${policy!.name}: ${policy!.ladder.bounds.length} rungs, ${policy!.ladder.bound_mode}${policy!.ladder.exact ? ' + exact' : ''})`);
+  console.log(`${policyFile}: ok (policy ${policy!.name}: ${policy!.ladder.bounds.length} rungs, ${policy!.ladder.bound_mode}${policy!.ladder.exact ? ' + exact' : ''}${drops && drops.length ? `; drop rungs allowed past the loosest level: ${drops.join(', ')}` : ''})`);
   console.log(`${profileFile}: ok (profile ${profile!.name}: SLA p95 ${profile!.sla.p95_inter_token_seconds} s, link ${profile!.link.emulated ? `EMULATED at ${profile!.link.emulated.bytes_per_second} B/s` : `prior ${profile!.link.prior_bytes_per_second} B/s`}${s ? `, measured sensitivity of ${layers} layers` : ', no measured sensitivity: the policy\'s priors apply'})`);
   if (layers) {
     const r = resolvePolicy(policy!, layers);
