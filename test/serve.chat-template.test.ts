@@ -10,7 +10,9 @@ import path from 'node:path';
 import OpenAI from 'openai';
 
 import { EMBEDDED_MODEL_DIR } from '../src/model/embedded.js';
-import { loadChatTemplate, PLAIN_CHAT_TEMPLATE } from '../src/serve/chat-template.js';
+import { ggufChatTemplate, loadChatTemplate, PLAIN_CHAT_TEMPLATE } from '../src/serve/chat-template.js';
+import { exportGguf } from '../src/model/gguf/export.js';
+import { readGgufHeader } from '../src/model/gguf/reader.js';
 import { loadServedModel } from '../src/serve/load-model.js';
 import { TelemetryBus } from '../src/offload/telemetry.js';
 import type { RunningServer } from '../src/serve/server.js';
@@ -106,6 +108,36 @@ describe('chat templates', function () {
       const e = (await res.json()) as ErrorBody;
       assert.equal(e.error.param, 'messages');
       assert.match(e.error.message, /unknown role developer/);
+    });
+  });
+
+  describe('a GGUF file', function () {
+    it('carries the checkpoint\'s template through export-gguf (tokenizer.chat_template), and a server over the file renders with it', async function () {
+      const dir = checkpointWith({ chat_template: CHATML, eos_token: '<|im_end|>' });
+      dirs.push(dir);
+      const file = path.join(dir, 'chat.f32.gguf');
+      exportGguf({ dir, out: file, type: 'f32' });
+      const meta = readGgufHeader(file).metadata;
+      assert.equal(meta.get('tokenizer.chat_template')?.value, CHATML);
+      const fromFile = ggufChatTemplate(file, meta);
+      assert.equal(fromFile.source, 'gguf');
+      const messages = [{ role: 'user' as const, content: '48+27=' }];
+      assert.equal(fromFile.render(messages), (await loadChatTemplate(dir)).render(messages));
+      const server = await startEmbedded({ spec: { dir: file, engine: 'resident' } });
+      try {
+        const models = (await (await fetch(`${server.url}/v1/models`)).json()) as { data: { chat_template: string }[] };
+        assert.equal(models.data[0].chat_template, 'gguf');
+        const res = await post(server.url, '/v1/chat/completions', { messages: [{ role: 'developer', content: 'x' }] });
+        assert.equal(res.status, 400, 'the file\'s template refuses an unknown role, as the folder\'s does');
+      } finally {
+        await server.shutdown();
+      }
+    });
+
+    it('keeps the plain template without tokenizer.chat_template, and names the key when it is not a string', function () {
+      assert.equal(ggufChatTemplate('x.gguf', new Map()), PLAIN_CHAT_TEMPLATE);
+      assert.throws(() => ggufChatTemplate('x.gguf', new Map([['tokenizer.chat_template', { value: 7 }]])), /x\.gguf: metadata tokenizer\.chat_template must be a string/);
+      assert.throws(() => ggufChatTemplate('x.gguf', new Map([['tokenizer.chat_template', { value: '{% for %}' }]])), /x\.gguf: metadata tokenizer\.chat_template: the chat_template does not parse/);
     });
   });
 });

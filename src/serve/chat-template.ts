@@ -52,8 +52,8 @@ function contentText(content: ChatMessage['content']): string {
 
 /** The template a model's chat prompts are made with. */
 export interface ChatTemplate {
-  /** Where it comes from, as /v1/models says: the checkpoint's tokenizer_config.json, or the plain template. */
-  readonly source: 'tokenizer_config.json' | 'plain';
+  /** Where it comes from, as /v1/models says: the checkpoint's tokenizer_config.json, a GGUF file's tokenizer.chat_template, or the plain template. */
+  readonly source: 'tokenizer_config.json' | 'gguf' | 'plain';
   /** The prompt for `messages`, ending where the assistant speaks; throws a ChatTemplateError when the template refuses them. */
   render(messages: readonly Pick<ChatMessage, 'role' | 'content'>[]): string;
   /** Where every reply ends, besides the client's stop strings. */
@@ -83,7 +83,7 @@ function tokenText(v: unknown): string | undefined {
  * The template of a Jinja source, with the special tokens it may use. Throws an Error naming
  * `where` when the source does not parse or cannot render a one-message conversation.
  */
-export function jinjaChatTemplate(source: string, specials: { bos_token?: string; eos_token?: string }, where: string): ChatTemplate {
+export function jinjaChatTemplate(source: string, specials: { bos_token?: string; eos_token?: string }, where: string, from: ChatTemplate['source'] = 'tokenizer_config.json'): ChatTemplate {
   let template: Template;
   try {
     template = new Template(source);
@@ -108,7 +108,26 @@ export function jinjaChatTemplate(source: string, specials: { bos_token?: string
   } catch (e) {
     throw new Error(`${where}: the chat_template fails on a one-message conversation: ${(e as Error).message}`);
   }
-  return { source: 'tokenizer_config.json', render, stops: specials.eos_token ? [specials.eos_token] : [], addSpecialTokens: false };
+  return { source: from, render, stops: specials.eos_token ? [specials.eos_token] : [], addSpecialTokens: false };
+}
+
+/**
+ * The chat template a GGUF file carries (metadata tokenizer.chat_template, with the texts of its
+ * tokenizer.ggml.bos_token_id and eos_token_id as bos_token and eos_token), or the plain template
+ * when it has none. Throws an Error naming the file and key when the value is not a string, does
+ * not parse, or does not render.
+ */
+export function ggufChatTemplate(file: string, metadata: ReadonlyMap<string, { value: unknown }>): ChatTemplate {
+  const entry = metadata.get('tokenizer.chat_template');
+  if (entry === undefined) return PLAIN_CHAT_TEMPLATE;
+  const where = `${file}: metadata tokenizer.chat_template`;
+  if (typeof entry.value !== 'string') throw new Error(`${where} must be a string, got ${JSON.stringify(String(entry.value)).slice(0, 60)}`);
+  const tokens = metadata.get('tokenizer.ggml.tokens')?.value;
+  const text = (key: string) => {
+    const id = metadata.get(key)?.value;
+    return Array.isArray(tokens) && typeof id === 'number' && typeof tokens[id] === 'string' ? (tokens[id] as string) : undefined;
+  };
+  return jinjaChatTemplate(entry.value, { bos_token: text('tokenizer.ggml.bos_token_id'), eos_token: text('tokenizer.ggml.eos_token_id') }, where, 'gguf');
 }
 
 /**

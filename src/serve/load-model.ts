@@ -34,7 +34,8 @@ import { native } from '../codec/native.js';
 import { nativeForwardUnsupported } from '../model/native-forward.js';
 import { defaultCacheDir } from '../offload/store-file.js';
 import type { ServingHooks } from './batcher.js';
-import { loadChatTemplate, PLAIN_CHAT_TEMPLATE } from './chat-template.js';
+import { ggufChatTemplate, loadChatTemplate } from './chat-template.js';
+import { readGgufHeader } from '../model/gguf/reader.js';
 import { isGgufPath } from '../model/gguf/checkpoint.js';
 import type { EngineName, ServedModel } from './served-model.js';
 import { denseF32Bytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME_ALLOWANCE_BYTES, type MemoryPlan } from './memory-plan.js';
@@ -92,10 +93,9 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   const level = spec.fixedLevel ?? finest;
   if (!(Number.isInteger(level) && level >= 0 && level <= finest)) throw new RangeError(`--level must be one of 0..${finest}, got ${level}`);
   const id = path.basename(path.resolve(spec.dir));
-  // Before the weights: a template that does not parse fails the load at once.
-  // A GGUF file has no tokenizer_config.json beside it: the plain template (its own
-  // tokenizer.chat_template is not read yet).
-  const chatTemplate = isGgufPath(spec.dir) ? PLAIN_CHAT_TEMPLATE : await loadChatTemplate(spec.dir);
+  // Before the weights: a template that does not parse fails the load at once. A GGUF file
+  // carries its own (metadata tokenizer.chat_template), read from its header alone.
+  const chatTemplate = isGgufPath(spec.dir) ? ggufChatTemplate(spec.dir, readGgufHeader(spec.dir).metadata) : await loadChatTemplate(spec.dir);
   let link: Link | undefined;
   let offloaded: { engine: OffloadExpertEngine; store: ExpertStore } | undefined;
   let details: Record<string, string | number | boolean> = {};

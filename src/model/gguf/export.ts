@@ -95,6 +95,9 @@ export function exportGguf(opts: ExportOptions): ExportResult {
     if (arch === 'llama') meta.push([k('rope.dimension_count'), u32(c.headDim)]);
     meta.push(['general.file_type', u32(FILE_TYPE[opts.type])], ['general.quantization_version', u32(2)]);
     meta.push(...vocabEntries(opts.dir, isDir, c.tokenizer, c.vocabSize, raw));
+    // The checkpoint's chat template travels with it, as llama.cpp's converter writes it.
+    const template = isDir ? readJson(path.join(opts.dir, 'tokenizer_config.json'))?.chat_template : undefined;
+    if (typeof template === 'string') meta.push(['tokenizer.chat_template', str(template)]);
 
     // GGUF tensor → the HF tensors it is made of (one, or a layer's experts in order).
     const groups = new Map<string, { names: string[]; place: GgufPlace }>();
