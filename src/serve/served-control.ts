@@ -42,6 +42,9 @@ export interface ServedControlOptions {
 
 export class ApiConflict extends Error {}
 
+/** Serving steps that run before each canary forward while requests are being served. */
+const CANARY_STEP_SHARE = 3;
+
 /** What the canaries may hold decoded, per engine: cache and one forward's experts each stay about this size. */
 const CANARY_BYTES = 256 * 2 ** 20;
 
@@ -89,8 +92,12 @@ export class ServedControl {
     const chunk = canaryChunk(o.serving.prefillChunk ?? Infinity, topK, expertBytes);
     // Both engines' caches, and the experts one forward serves once beyond them.
     this.canaryCacheBytes = 2 * budget.tierABytes + chunk * topK * expertBytes;
-    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true });
-    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
+    // In the served engine's tier-A form: fused, a canary multiplies what it fetched in place as
+    // serving does (decoding every expert it uses to f32 took ~10 s per canary token at OLMoE's
+    // size, and serving waits a step for each canary forward).
+    const fused = o.engine.fetcher.form === 'fused';
+    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused });
+    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
     this.canaryEngines = [strict, reference];
     const dir = path.join(o.model.checkpoint.dir, 'canaries');
     const jsonl = <T>(f: string): T[] => (fs.existsSync(path.join(dir, f)) ? fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T) : []);
@@ -100,8 +107,15 @@ export class ServedControl {
       // Under continuous load the server is never idle, so a canary item cannot wait for that:
       // yieldToServing waits for the next step boundary, and the item runs between steps one
       // forward step at a time (a prompt chunk of the server's size, or one greedy token), the
-      // next serving step waiting for each — admissions are held back for about one step.
-      target: canaryTarget(o.model, (task) => o.serving.betweenSteps(task), chunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      // next serving step waiting for each — admissions are held back for about one step. Each
+      // canary forward first lets CANARY_STEP_SHARE serving steps run, so that under load the
+      // canaries take at most a quarter of the steps: at OLMoE's size a canary forward costs a
+      // serving step's time, and one after every step halved what clients got (idle, the
+      // boundaries come at once and the canaries run at full speed).
+      target: canaryTarget(o.model, async (task) => {
+        for (let i = 0; i < CANARY_STEP_SHARE; i++) await o.serving.stepBoundary();
+        return o.serving.betweenSteps(task);
+      }, chunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
       items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });
     this.control = this.start(o.policy);
