@@ -58,13 +58,19 @@ export function canaryCacheExperts(topK: number, numLayers: number, expertBytes:
   return Math.min(2 * topK * numLayers, Math.max(2 * topK, Math.floor(CANARY_BYTES / expertBytes)));
 }
 
+/** What one canary forward may hold at once beyond the caches: the experts its chunk routes to, served once. */
+const CANARY_FORWARD_BYTES = 2 ** 30;
+
 /**
- * Tokens one canary forward carries: a layer call holds every expert its tokens route to decoded
- * at once, so the chunk is cut until those fit in CANARY_BYTES (the server's prompt chunk at the
- * embedded model's size; one token at OLMoE's, where a 64-token chunk would hold 1.6 GB of them).
+ * Tokens one canary forward carries: the server's prompt chunk, unless the experts a layer call
+ * holds at once — every expert its tokens route to, at most all of the layer's, `heldBytes` each
+ * as the engine holds them — would pass CANARY_FORWARD_BYTES. A whole chunk reads each expert
+ * once for all its tokens; at OLMoE's size (64 experts, 12.6 MB each as bf16 in place) one token
+ * at a time read each of them once per token, a canary reference pass of hours from the disk.
  */
-export function canaryChunk(prefillChunk: number, topK: number, expertBytes: number): number {
-  return Math.min(prefillChunk, Math.max(1, Math.floor(CANARY_BYTES / (topK * expertBytes))));
+export function canaryChunk(prefillChunk: number, topK: number, numExperts: number, heldBytes: number): number {
+  if (Math.min(numExperts, prefillChunk * topK) * heldBytes <= CANARY_FORWARD_BYTES) return prefillChunk;
+  return Math.max(1, Math.floor(CANARY_FORWARD_BYTES / (topK * heldBytes)));
 }
 
 export class ServedControl {
@@ -85,17 +91,19 @@ export class ServedControl {
     this.policy = o.policy;
     this.profile = o.profile;
     this.store = o.store;
-    // The canaries' engines: their own small caches over the same store, exactly the plan's levels.
-    const expertBytes = o.store.expertValues(0, 0) * 4;
-    const budget = { tierABytes: canaryCacheExperts(o.model.checkpoint.config.topK, o.store.numLayers, expertBytes) * expertBytes, tierBBytes: 0 };
-    const topK = o.model.checkpoint.config.topK;
-    const chunk = canaryChunk(o.serving.prefillChunk ?? Infinity, topK, expertBytes);
-    // Both engines' caches, and the experts one forward serves once beyond them.
-    this.canaryCacheBytes = 2 * budget.tierABytes + chunk * topK * expertBytes;
-    // In the served engine's tier-A form: fused, a canary multiplies what it fetched in place as
+    // The canaries' engines: their own small caches over the same store, exactly the plan's levels,
+    // in the served engine's tier-A form: fused, a canary multiplies what it fetched in place as
     // serving does (decoding every expert it uses to f32 took ~10 s per canary token at OLMoE's
-    // size, and serving waits a step for each canary forward).
+    // size, and serving waits a step for each canary forward). An expert is held as its exact
+    // bytes at most (fused) or as f32.
     const fused = o.engine.fetcher.form === 'fused';
+    const c = o.model.checkpoint.config;
+    const expertBytes = o.store.expertValues(0, 0) * 4;
+    const heldBytes = fused ? Math.min(expertBytes, o.store.levelBytes(0, 0, o.store.exact)) : expertBytes;
+    const budget = { tierABytes: canaryCacheExperts(c.topK, o.store.numLayers, expertBytes) * expertBytes, tierBBytes: 0 };
+    const chunk = canaryChunk(o.serving.prefillChunk ?? Infinity, c.topK, c.numExperts, heldBytes);
+    // Both engines' caches, and the experts one forward serves once beyond them.
+    this.canaryCacheBytes = 2 * budget.tierABytes + Math.min(c.numExperts, chunk * c.topK) * heldBytes;
     const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused });
     const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
     this.canaryEngines = [strict, reference];
