@@ -73,6 +73,8 @@ export interface StepModel {
  */
 export interface ServingHooks {
   stepBoundary(): Promise<void>;
+  /** Whether a step is under way or coming (requests are being served). */
+  readonly serving?: () => boolean;
   betweenSteps<T>(task: () => Promise<T>): Promise<T>;
   /** Prompt tokens a serving step carries at most: work between steps should come in pieces this size. */
   readonly prefillChunk?: number;
@@ -188,6 +190,11 @@ export class BatchScheduler implements ServingHooks {
   idle(): Promise<void> {
     if (!this.looping && this.line.length === 0) return Promise.resolve();
     return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Whether a step is under way or coming. */
+  serving(): boolean {
+    return this.looping;
   }
 
   /** Resolves at the next step boundary, or at once when no step is under way or coming. */

@@ -42,8 +42,11 @@ export interface ServedControlOptions {
 
 export class ApiConflict extends Error {}
 
-/** Serving steps that run before each canary forward while requests are being served. */
-const CANARY_STEP_SHARE = 3;
+/**
+ * While requests are being served, each canary forward is followed by this many times its own
+ * duration of serving before the next one: the canaries take at most a quarter of the time.
+ */
+const CANARY_SERVING_RATIO = 3;
 
 /** What the canaries may hold decoded, per engine: cache and one forward's experts each stay about this size. */
 const CANARY_BYTES = 256 * 2 ** 20;
@@ -111,18 +114,24 @@ export class ServedControl {
     const jsonl = <T>(f: string): T[] => (fs.existsSync(path.join(dir, f)) ? fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T) : []);
     const text = jsonl<TextCanary>('text.jsonl');
     if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
+    let owedMs = 0;
     this.runner = new CanaryRunner({
       // Under continuous load the server is never idle, so a canary item cannot wait for that:
       // yieldToServing waits for the next step boundary, and the item runs between steps one
       // forward step at a time (a prompt chunk of the server's size, or one greedy token), the
-      // next serving step waiting for each — admissions are held back for about one step. Each
-      // canary forward first lets CANARY_STEP_SHARE serving steps run, so that under load the
-      // canaries take at most a quarter of the steps: at OLMoE's size a canary forward costs a
-      // serving step's time, and one after every step halved what clients got (idle, the
-      // boundaries come at once and the canaries run at full speed).
+      // next serving step waiting for each — admissions are held back for about one step. Under
+      // load a canary forward then owes serving CANARY_SERVING_RATIO times its duration before
+      // the next one: at OLMoE's size on 2 cores a 64-token canary chunk takes seconds, and
+      // after a serving step each one left clients 0.13 tokens/s (idle, the canaries run at once).
       target: canaryTarget(o.model, async (task) => {
-        for (let i = 0; i < CANARY_STEP_SHARE; i++) await o.serving.stepBoundary();
-        return o.serving.betweenSteps(task);
+        const until = performance.now() + owedMs;
+        while (o.serving.serving?.() && performance.now() < until) await o.serving.stepBoundary();
+        const start = performance.now();
+        try {
+          return await o.serving.betweenSteps(task);
+        } finally {
+          owedMs = CANARY_SERVING_RATIO * (performance.now() - start);
+        }
       }, chunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
       items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });

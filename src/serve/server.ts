@@ -125,7 +125,7 @@ export async function startServer(opts: ServeOptions): Promise<RunningServer> {
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const url = `http://${host}:${address.port}`;
 
-  const serving: ServingHooks = { stepBoundary: () => batcher.stepBoundary(), betweenSteps: (task) => batcher.betweenSteps(task), prefillChunk: batcher.prefillChunk };
+  const serving: ServingHooks = { stepBoundary: () => batcher.stepBoundary(), serving: () => batcher.serving(), betweenSteps: (task) => batcher.betweenSteps(task), prefillChunk: batcher.prefillChunk };
   const ready = opts.load(telemetry, serving).then(
     (m) => {
       if (draining) {
