@@ -42,10 +42,7 @@ export interface ServedControlOptions {
 
 export class ApiConflict extends Error {}
 
-/**
- * While requests are being served, each canary forward is followed by this many times its own
- * duration of serving before the next one: the canaries take at most a quarter of the time.
- */
+/** Each canary forward is followed by this many times its own duration before the next: the canaries take at most a quarter of the time. */
 const CANARY_SERVING_RATIO = 3;
 
 /** What the canaries may hold decoded, per engine: cache and one forward's experts each stay about this size. */
@@ -119,13 +116,17 @@ export class ServedControl {
       // Under continuous load the server is never idle, so a canary item cannot wait for that:
       // yieldToServing waits for the next step boundary, and the item runs between steps one
       // forward step at a time (a prompt chunk of the server's size, or one greedy token), the
-      // next serving step waiting for each — admissions are held back for about one step. Under
-      // load a canary forward then owes serving CANARY_SERVING_RATIO times its duration before
-      // the next one: at OLMoE's size on 2 cores a 64-token canary chunk takes seconds, and
-      // after a serving step each one left clients 0.13 tokens/s (idle, the canaries run at once).
+      // next serving step waiting for each — admissions are held back for about one step. A
+      // canary forward then owes CANARY_SERVING_RATIO times its duration before the next one,
+      // served or idle: at OLMoE's size on 2 cores a 64-token canary chunk takes seconds, and
+      // one after every serving step left clients 0.13 tokens/s; running them at once whenever
+      // the server was idle — between one client's requests — still left it 1 token/s.
       target: canaryTarget(o.model, async (task) => {
         const until = performance.now() + owedMs;
-        while (o.serving.serving?.() && performance.now() < until) await o.serving.stepBoundary();
+        while (performance.now() < until) {
+          if (o.serving.serving?.()) await o.serving.stepBoundary();
+          else await new Promise((resolve) => setTimeout(resolve, Math.min(50, until - performance.now())));
+        }
         const start = performance.now();
         try {
           return await o.serving.betweenSteps(task);
