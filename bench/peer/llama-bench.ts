@@ -45,21 +45,7 @@ export interface LlamaBenchResult {
  */
 export function parseLlamaBenchJsonl(text: string): LlamaBenchResult[] {
   const out: LlamaBenchResult[] = [];
-  for (const [i, raw] of text.split('\n').entries()) {
-    const line = raw.trim();
-    if (!line.startsWith('{')) continue;
-    let o: Record<string, unknown>;
-    try {
-      o = JSON.parse(line) as Record<string, unknown>;
-    } catch (e) {
-      throw new Error(`llama-bench output line ${i + 1} is not JSON: ${(e as Error).message}`);
-    }
-    const num = (k: string): number => {
-      const v = o[k];
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`llama-bench output line ${i + 1}: ${k} is ${JSON.stringify(v)}, not a number`);
-      return v;
-    };
-    const str = (k: string): string => (typeof o[k] === 'string' ? (o[k] as string) : '');
+  for (const { i, o, num, str } of jsonlRecords(text, 'llama-bench', () => true)) {
     const nPrompt = num('n_prompt');
     const nGen = num('n_gen');
     const depth = o.n_depth === undefined ? 0 : num('n_depth');
@@ -135,15 +121,7 @@ export interface BatchedBenchResult {
 /** llama-batched-bench's `--output-format jsonl` output (one JSON object a line; its log lines ignored). */
 export function parseBatchedBenchJsonl(text: string): BatchedBenchResult[] {
   const out: BatchedBenchResult[] = [];
-  for (const [i, raw] of text.split('\n').entries()) {
-    const line = raw.trim();
-    if (!line.startsWith('{') || !line.includes('"speed_tg"')) continue;
-    const o = JSON.parse(line) as Record<string, unknown>;
-    const num = (k: string): number => {
-      const v = o[k];
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`llama-batched-bench output line ${i + 1}: ${k} is ${JSON.stringify(v)}, not a number`);
-      return v;
-    };
+  for (const { num } of jsonlRecords(text, 'llama-batched-bench', (line) => line.includes('"speed_tg"'))) {
     out.push({ prompt: num('pp'), gen: num('tg'), sequences: num('pl'), threads: num('n_threads'), decode_ts: num('speed_tg'), prompt_ts: num('speed_pp') });
   }
   return out;
@@ -252,4 +230,29 @@ export function anchorCheck(results: LlamaBenchResult[], anchors: Anchor[], weig
     });
   }
   return out;
+}
+
+/**
+ * The JSON objects of a tool's JSONL output (lines starting with "{" that `keep` accepts; log lines
+ * ignored), each with readers that name the tool, the line and the key when a value is missing or
+ * not a finite number. A line that is not JSON fails the same way.
+ */
+function* jsonlRecords(text: string, tool: string, keep: (line: string) => boolean) {
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.trim();
+    if (!line.startsWith('{') || !keep(line)) continue;
+    let o: Record<string, unknown>;
+    try {
+      o = JSON.parse(line) as Record<string, unknown>;
+    } catch (e) {
+      throw new Error(`${tool} output line ${i + 1} is not JSON: ${(e as Error).message}`);
+    }
+    const num = (k: string): number => {
+      const v = o[k];
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${tool} output line ${i + 1}: ${k} is ${JSON.stringify(v)}, not a number`);
+      return v;
+    };
+    const str = (k: string): string => (typeof o[k] === 'string' ? (o[k] as string) : '');
+    yield { i, o, num, str };
+  }
 }
