@@ -90,6 +90,12 @@ describe('serving with the experts on disk (--host-budget)', function () {
     const matrices = 2 * V * dm + L * (dm * H * hd * 2 + 2 * dm * KV * hd + c.num_local_experts * dm);
     const vectors = dm + L * 2 * dm + 2 * c.max_position_embeddings * hd;
     assert.equal(m.memory_dense_bytes, 2 * matrices + 4 * vectors);
+    // --engine cpu holds every expert in the addon: the checkpoint's bf16 bits, 2 bytes a value.
+    const cpu = await startEmbedded({ spec: { engine: 'cpu', fixedLevel: undefined } });
+    servers.push(cpu);
+    const k = await details(cpu);
+    assert.equal(k.memory_host_bytes, L * c.num_local_experts * 3 * dm * c.intermediate_size * 2);
+    assert.equal(k.memory_device_bytes, 0);
     const metrics = await (await fetch(`${disk.url}/metrics`)).text();
     assert.match(metrics, /^ebserve_memory_plan_bytes\{part="host"\} 1000000$/m);
     assert.match(metrics, new RegExp(`^ebserve_memory_plan_bytes\\{part="dense"\\} ${m.memory_dense_bytes}$`, 'm'));

@@ -183,6 +183,13 @@ export class CpuExpertEngine implements ExpertEngine {
     return this.experts[l];
   }
 
+  /** Bytes of every expert the engine holds (compressed ones: the bytes their products read). */
+  heldBytes(): number {
+    let n = 0;
+    for (const row of this.experts) for (const x of row) n += matrixBytes(x.gate) + matrixBytes(x.up) + matrixBytes(x.down);
+    return n;
+  }
+
   /** Bytes one token reads per expert it uses (the three matrices of expert 0 of layer 0). */
   expertBytes(): number {
     const x = this.experts[0][0];

@@ -171,7 +171,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     const cpu = m.engine as CpuExpertEngine;
     const cc = m.checkpoint.config;
     details = { experts_resident: cc.numLayers * cc.numExperts, cpu_bound: spec.cpuBound ?? `none (${cpu.describeForm()})` };
-    tiers = { hostBytes: cc.numLayers * cc.numExperts * cpu.expertBytes(), hostHolds: `every expert in the addon, ${cpu.describeForm()}`, deviceBytes: 0 };
+    tiers = { hostBytes: cpu.heldBytes(), hostHolds: `every expert in the addon, ${cpu.describeForm()}`, deviceBytes: 0 };
   }
   const unsupported = nativeForwardUnsupported(m.checkpoint.config);
   details = { ...details, native_forward: Boolean(m.model.nativeForward) };
