@@ -37,7 +37,7 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
   const { openStore, defaultCacheDir } = await import('../offload/store-file.js');
   const { progressBar } = await import('../offload/progress.js');
   const { ladderReport } = await import('../offload/ladder-report.js');
-  const { denseHeldBytes, kvBytesPerToken } = await import('../serve/memory-plan.js');
+  const { tierMemory } = await import('../serve/memory-plan.js');
   const ckpt = openCheckpoint(dir);
   try {
     const source = checkpointExperts(ckpt);
@@ -48,7 +48,7 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
     const check = progressBar('measuring errors');
     const report = ladderReport(opened.store, source, (l) => check(l + 1, opened.store.numLayers, `layer ${l}`));
     check.done();
-    const memory = tierMemory(ckpt, opened.store, denseHeldBytes, kvBytesPerToken);
+    const memory = tierMemory(ckpt, opened.store);
     if (values.json) {
       console.log(JSON.stringify({ model: dir, ladder, store: { from: opened.from, file: opened.file || null, bytes: opened.store.totalBytes() }, memory, layers: report }, null, 2));
       return 0;
@@ -71,26 +71,6 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
   } finally {
     ckpt.close();
   }
-}
-
-/** What each tier would hold (bytes): the memory lines of the report. */
-function tierMemory(
-  ckpt: { config: import('../model/types.js').ModelConfig; tensorInfo(name: string): { dtype: string } },
-  store: { numLayers: number; numExperts: number; levels: number; totalBytes(): number; levelBytes(l: number, e: number, k: number): number },
-  dense: typeof import('../serve/memory-plan.js').denseHeldBytes,
-  kv: typeof import('../serve/memory-plan.js').kvBytesPerToken,
-) {
-  const byLevel = Array.from({ length: store.levels }, (_, k) => {
-    let sum = 0;
-    for (let l = 0; l < store.numLayers; l++) for (let e = 0; e < store.numExperts; e++) sum += store.levelBytes(l, e, k);
-    return sum;
-  });
-  return {
-    dense_bytes: dense(ckpt.config, (name) => ckpt.tensorInfo(name).dtype),
-    host_bytes: store.totalBytes(),
-    tier_a_bytes_by_level: byLevel,
-    kv_bytes_per_token: kv(ckpt.config),
-  };
 }
 
 function parseArgs(argv: string[]) {

@@ -38,7 +38,7 @@ import { ggufChatTemplate, loadChatTemplate } from './chat-template.js';
 import { readGgufHeader } from '../model/gguf/reader.js';
 import { isGgufPath } from '../model/gguf/checkpoint.js';
 import type { EngineName, ServedModel } from './served-model.js';
-import { denseF32Bytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME_ALLOWANCE_BYTES, type MemoryPlan } from './memory-plan.js';
+import { denseHeldBytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME_ALLOWANCE_BYTES, type MemoryPlan } from './memory-plan.js';
 
 export interface ModelSpec {
   dir: string;
@@ -186,7 +186,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     }
   }
   const memory: MemoryPlan = {
-    denseBytes: m.model.nativeForward?.heldBytes ?? denseF32Bytes(m.checkpoint.config),
+    // Without the native forward, TensorFlow.js holds every dense tensor as f32.
+    denseBytes: m.model.nativeForward?.heldBytes ?? denseHeldBytes(m.checkpoint.config, () => 'F32'),
     ...(tiers ?? { hostBytes: 0, hostHolds: 'none', deviceBytes: 0 }),
     canaryBytes: control?.canaryCacheBytes ?? 0,
     kvBytesPerToken: kvBytesPerToken(m.checkpoint.config),

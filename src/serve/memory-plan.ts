@@ -32,12 +32,6 @@ export interface MemoryPlan {
   runtimeBytes: number;
 }
 
-/** Bytes of the dense weights as f32 (how the TensorFlow.js forward holds them). */
-export function denseF32Bytes(c: ModelConfig): number {
-  const all = expectedTensors(c).reduce((n, t) => n + t.shape.reduce((a, b) => a * b, 1), 0);
-  return 4 * (all - c.numLayers * c.numExperts * 3 * c.hiddenSize * c.expertFfnSize);
-}
-
 /**
  * Bytes of the dense weights as the native forward holds them, from the checkpoint's dtypes
  * alone (NativeForward.heldBytes once loaded): a matrix stored as bf16 (rows of whole 32-value
@@ -53,6 +47,28 @@ export function denseHeldBytes(c: ModelConfig, dtypeOf: (name: string) => string
     bytes += n * (t.shape.length === 2 && t.shape[1] % 32 === 0 && dtypeOf(t.name) === 'BF16' ? 2 : 4);
   }
   return bytes;
+}
+
+/**
+ * What each tier would hold for a checkpoint and its store, before serving (inspect-model's
+ * closing lines): the dense weights as held, every level of every expert (the host tier without
+ * a host budget), tier A with every expert at each level, and KV bytes per token.
+ */
+export function tierMemory(
+  ckpt: { config: ModelConfig; tensorInfo(name: string): { dtype: string } },
+  store: { numLayers: number; numExperts: number; levels: number; totalBytes(): number; levelBytes(l: number, e: number, k: number): number },
+) {
+  const byLevel = Array.from({ length: store.levels }, (_, k) => {
+    let sum = 0;
+    for (let l = 0; l < store.numLayers; l++) for (let e = 0; e < store.numExperts; e++) sum += store.levelBytes(l, e, k);
+    return sum;
+  });
+  return {
+    dense_bytes: denseHeldBytes(ckpt.config, (name) => ckpt.tensorInfo(name).dtype),
+    host_bytes: store.totalBytes(),
+    tier_a_bytes_by_level: byLevel,
+    kv_bytes_per_token: kvBytesPerToken(ckpt.config),
+  };
 }
 
 /** KV bytes per token of context: keys and values of every layer, f32. */
