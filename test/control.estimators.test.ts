@@ -18,7 +18,7 @@ import {
 import { latencyInit, latencyStep, p95, quantile, servedTokens, weightedQuantile } from '../src/control/estimators/latency.js';
 import { missInit, missRate, missStep } from '../src/control/estimators/miss-rate.js';
 import { modelErrorInit, modelErrorP95, modelErrorStep } from '../src/control/estimators/model-error.js';
-import { movesInit, movesPerToken, movesStep, movesTransfer } from '../src/control/estimators/moves.js';
+import { lookupsPerStep, movesInit, movesLookup, movesPerToken, movesStep, movesTransfer } from '../src/control/estimators/moves.js';
 import { stepCostAt, stepCostCurve, stepCostInit, stepCostPerToken, stepCostStep, type StepCostState } from '../src/control/estimators/step-cost.js';
 import { Window, windowMax, windowMin } from '../src/control/estimators/window.js';
 import { rng } from './codec/data.js';
@@ -268,6 +268,21 @@ describe('moves estimator', function () {
     assert.equal(movesPerToken(s, 1), before / 2, 'the prefill\'s moves did not carry into the next step');
     assert.equal(movesTransfer(s, 5), s);
     assert.throws(() => movesInit(2, 0), /alpha must be in \(0, 1\]/);
+  });
+
+  it('counts a decode step\'s demand lookups in tier A per layer (not prefetches, not tier B, not prefill steps)', function () {
+    let s = movesInit(2, 0.5);
+    assert.ok(Number.isNaN(lookupsPerStep(s, 0)));
+    const look = (layer: number, tier: 'A' | 'B' = 'A', prefetch = false) => (s = movesLookup(s, { layer, tier, prefetch }));
+    look(0); look(0); look(0); look(1); look(0, 'A', true); look(1, 'B'); look(7);
+    s = movesStep(s, { prefillTokens: 0 });
+    assert.deepEqual([lookupsPerStep(s, 0), lookupsPerStep(s, 1)], [3, 1]);
+    look(0); look(0); look(0); look(0); look(0);
+    s = movesStep(s, { prefillTokens: 16 });
+    assert.deepEqual([lookupsPerStep(s, 0), lookupsPerStep(s, 1)], [3, 1], 'a prefill step\'s lookups are no decode step\'s');
+    look(0);
+    s = movesStep(s, { prefillTokens: 0 });
+    assert.deepEqual([lookupsPerStep(s, 0), lookupsPerStep(s, 1)], [2, 0.5]);
   });
 });
 

@@ -13,7 +13,7 @@ import { missInit } from '../src/control/estimators/miss-rate.js';
 import { modelErrorInit } from '../src/control/estimators/model-error.js';
 import { movesInit } from '../src/control/estimators/moves.js';
 import { stepCostInit } from '../src/control/estimators/step-cost.js';
-import { planLevels, predictLoss, predictSeconds, type PlannerInput } from '../src/control/planner.js';
+import { capacityMissShare, fetchesAt, planLevels, predictLoss, predictSeconds, type PlannerInput } from '../src/control/planner.js';
 import { rng } from './codec/data.js';
 
 /** A random but well-formed input: bytes grow with the level, sensitivity falls to 0 at the top. */
@@ -43,6 +43,15 @@ function randomInput(seed: number): PlannerInput {
     slaSeconds: 0.01 + r() * 0.2,
     // Half the inputs carry a loss budget: the properties below must hold with one too.
     lossBudget: r() < 0.5 ? undefined : r() * L,
+    // And half a tier A too small for some plans (shared or split per layer), measured at a random plan.
+    capacity: r() < 0.5 ? undefined : {
+      bytes: L * 8 * 4e4 * (0.5 + r()),
+      layerBytes: r() < 0.5 ? undefined : Array.from({ length: L }, () => 8 * 4e4 * (0.5 + r())),
+      heldBytes: levelBytes.map((row) => row.map((b) => b * (r() < 0.3 ? 0 : 1) + 1e4)),
+      experts: 8,
+      lookupsPerStep: Array.from({ length: L }, () => r() * 3),
+      measuredAt: floor.map((f, l) => f + Math.floor(r() * (N - f))),
+    },
   };
 }
 
@@ -132,6 +141,58 @@ describe('planner', function () {
     assert.deepEqual(at(one, 0.18), [2, 2]);
     assert.deepEqual(at(eight, 0.18), [2, 1], 'the larger batch leaves the link less of the SLA');
     for (const sla of [0.05, 0.1, 0.15, 0.18, 0.2, 0.3]) assert.ok(tighterOrEqual(at(one, sla), at(eight, sla)), `SLA ${sla}`);
+  });
+
+  it('counts tier A\'s capacity: a plan whose experts do not fit predicts their misses, and is not chosen while one that fits meets the SLA', function () {
+    // 4 experts a layer; tier A holds 1,600 bytes: every expert at level 1 (2 × 4 × 200), half of
+    // them at level 2. Measured at [1, 1]: everything fits, nothing moves.
+    const x: PlannerInput = {
+      ...two, fetchesPerToken: [0, 0], slaSeconds: 0.02,
+      capacity: { bytes: 1600, heldBytes: two.levelBytes, experts: 4, lookupsPerStep: [2, 2], measuredAt: [1, 1] },
+    };
+    assert.deepEqual(capacityMissShare(x, [1, 1]), [0, 0]);
+    assert.deepEqual(capacityMissShare(x, [2, 2]), [0.5, 0.5]);
+    assert.deepEqual(capacityMissShare(x, [2, 1]), [1 - 1600 / 2400, 1 - 1600 / 2400]);
+    assert.deepEqual(fetchesAt(x, [1, 1]), [0, 0], 'the measured plan: as measured');
+    assert.deepEqual(fetchesAt(x, [2, 2]), [1, 1], 'half of 2 lookups a layer miss');
+    // [2, 2]: 10 ms + 2 × 1 fetch × 400 bytes at 10 kB/s = 90 ms. Without the capacity the
+    // planner saw no fetch at any plan and stayed at the ceiling.
+    assert.ok(Math.abs(predictSeconds(x, [2, 2]) - 0.09) < 1e-12);
+    assert.deepEqual(planLevels({ ...x, capacity: undefined }).levels, [2, 2]);
+    const p = planLevels(x);
+    assert.ok(p.meetsTarget);
+    assert.ok(capacityMissShare(x, p.levels).every((m) => m === 0), `[${p.levels}] overflows tier A`);
+    // The tolerant layer goes first (to its floor: each of its moves frees tier A for both
+    // layers), then layer 0 once, and every expert fits.
+    assert.deepEqual(p.moves.map((m) => [m.layer, m.from, m.to]), [[1, 2, 1], [1, 1, 0], [0, 2, 1]]);
+    // Split per layer (800 bytes each), only the layer over its share misses: layer 1's first
+    // move fits it, and its second would save nothing.
+    const split = { ...x, capacity: { ...x.capacity!, layerBytes: [800, 800] } };
+    assert.deepEqual(capacityMissShare(split, [2, 1]), [0.5, 0]);
+    assert.deepEqual(planLevels(split).levels, [1, 1]);
+    // Measured while thrashing at [2, 2] (1 of 2 lookups moved, plus 0.25 the capacity does not
+    // explain): the same plan predicted at [1, 1] keeps only the 0.25.
+    const thrashing = { ...x, fetchesPerToken: [1.25, 1.25], capacity: { ...x.capacity!, measuredAt: [2, 2] } };
+    assert.deepEqual(fetchesAt(thrashing, [1, 1]), [0.25, 0.25]);
+    assert.deepEqual(fetchesAt(thrashing, [2, 2]), [1.25, 1.25]);
+    assert.throws(() => planLevels({ ...x, capacity: { ...x.capacity!, heldBytes: [[1, 2]] } }), /capacity.heldBytes has 1 layers, levelBytes 2/);
+  });
+
+  it('is told tier A\'s capacity by the controller: lookups per step as measured, at the plan served', function () {
+    let st: ControlState = {
+      bandwidth: bandwidthInit({ priorBytesPerSecond: 1e4, priorBytes: 0, minBytes: 0 }), latency: latencyInit(64), misses: missInit(2), moves: movesInit(2),
+      stepCost: stepCostInit(), modelError: modelErrorInit(), lastSampleAt: 0, samples: 0,
+    };
+    const tierA = { bytes: 1600, heldBytes: two.levelBytes, experts: 4 };
+    const ctx = { ...two, lookupsPerToken: 2, tierA, hysteresis: { stable_window_ms: 0, tolerance: 0, dwell_ms: 0, max_layers_per_decision: 2, stale_after_ms: 1, headroom: 1 } };
+    // Before any step: top-k's expected union over the tokens planned at (4 experts, top-2, 1 token: 2).
+    assert.deepEqual(plannerInput(st, ctx, 1, [1, 1]).capacity?.lookupsPerStep, [2, 2]);
+    assert.ok(Math.abs(plannerInput(st, ctx, 2, [1, 1]).capacity!.lookupsPerStep[0] - 4 * (1 - 0.5 ** 2)) < 1e-12);
+    for (const [layer, expert] of [[0, 0], [0, 1], [0, 2], [1, 3]]) st = reduce(st, { kind: 'cache', at: 0, layer, tier: 'A', result: expert % 2 ? 'hit' : 'miss', prefetch: false }, 0);
+    st = reduce(st, { kind: 'token', at: 0, tokens: 1, sequences: 1, prefillTokens: 0, seconds: 0.01, computeSeconds: 0.01, transferWaitSeconds: 0, decompressWaitSeconds: 0 }, 0);
+    const x = plannerInput(st, ctx, 1, [1, 0]);
+    assert.deepEqual(x.capacity, { ...tierA, lookupsPerStep: [3, 1], measuredAt: [1, 0] });
+    assert.equal(plannerInput(st, { ...ctx, tierA: undefined }, 1, [1, 0]).capacity, undefined);
   });
 
   it('refuses inputs that do not fit together, naming what', function () {

@@ -274,6 +274,31 @@ describe('offload engine (embedded model)', function () {
     }
   });
 
+  it('tells the planner what an expert holds in tier A at each level: the entries it makes, fused or f32', async function () {
+    for (const fused of [true, false]) {
+      for (const level of [0, 3, store.exact]) {
+        let engine!: OffloadExpertEngine;
+        const m = await loadModel(EMBEDDED_MODEL_DIR, {
+          engine: () => (engine = new OffloadExpertEngine({ store, link: new CopyLink(), budget: { tierABytes: 64 * decodedBytes, tierBBytes: 0 }, prefetch: false, compute: 'cpu', fused, plan: uniformPlan(8, level) })),
+        });
+        try {
+          await generate(m.model, m.tokenizer, PROMPT, { maxTokens: 4 });
+          const tierA = engine.fetcher.tierA;
+          for (let l = 0; l < 8; l++) {
+            const keys = tierA.keys().filter((k) => Math.floor(k / store.numExperts) === l);
+            assert.ok(keys.length > 0);
+            const held = keys.reduce((a, k) => a + tierA.peek(k)!.bytes, 0) / keys.length;
+            const told = engine.fetcher.heldBytesByLevel(l)[level];
+            if (!fused) assert.equal(told, decodedBytes);
+            assert.ok(Math.abs(held / told - 1) < 0.05, `${fused ? 'fused' : 'f32'} layer ${l} level ${level}: entries hold ${held} bytes, the planner is told ${told}`);
+          }
+        } finally {
+          m.dispose();
+        }
+      }
+    }
+  });
+
   it('refuses a plan that does not fit the ladder or the depth', async function () {
     const { m, engine } = await offloaded({ tierA: 4, tierB: 0 });
     try {

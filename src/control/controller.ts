@@ -25,10 +25,13 @@ import { bandwidthInit, bandwidthStep, type BandwidthOptions } from './estimator
 import { decodeSequences, latencyInit, latencyStep } from './estimators/latency.js';
 import { missInit, missStep } from './estimators/miss-rate.js';
 import { modelErrorInit, modelErrorStep } from './estimators/model-error.js';
-import { movesInit, movesStep, movesTransfer } from './estimators/moves.js';
+import { movesInit, movesLookup, movesStep, movesTransfer } from './estimators/moves.js';
 import { stepCostInit, stepCostStep } from './estimators/step-cost.js';
 import { dropAt, planOf, scaleOf } from './drop.js';
-import { predictSeconds, type DropInput } from './planner.js';
+import { predictSeconds, type DropInput, type TierACapacity } from './planner.js';
+
+/** Tier A as the planner's capacity model sees it (planner.ts TierACapacity, less what is measured). */
+export type TierAOptions = Pick<TierACapacity, 'bytes' | 'layerBytes' | 'heldBytes' | 'experts'>;
 
 /** A canary run's scores of the plan `planVersion` (from the canary runner). */
 export interface CanaryResult {
@@ -49,6 +52,8 @@ export interface ControllerOptions {
   /** [layer][level] bytes per expert (ExpertStore.layerLevelBytes). */
   levelBytes: number[][];
   lookupsPerToken: number;
+  /** Tier A's capacity, for the planner to see that a tighter plan's larger experts miss more (none: not modelled). */
+  tierA?: TierAOptions;
   /** [layer][level] accuracy cost (the profile's measured sensitivity or the policy's prior). */
   sensitivity: number[][];
   /** The most predicted loss (Σ sensitivity) a plan may have (the planner's lossBudget); none: unlimited. */
@@ -222,7 +227,7 @@ export class Controller {
     const floor = this.floors(now);
     const { decision, tighterSince, safestTarget } = decide({
       now, state, levels: scaleOf(this.plan), drop: this.drops(now), lastChange: this.lastChange, tighterSince: this.tighterSince, safestTarget: this.safestTarget, slaSeconds: this.sla,
-      hysteresis: this.o.hysteresis, levelBytes: this.o.levelBytes, lookupsPerToken: this.o.lookupsPerToken,
+      hysteresis: this.o.hysteresis, levelBytes: this.o.levelBytes, lookupsPerToken: this.o.lookupsPerToken, tierA: this.o.tierA,
       sensitivity: this.o.sensitivity, floor, ceiling: this.o.ceiling, lossBudget: this.o.lossBudget, frozen: this.frozen,
     });
     this.tighterSince = tighterSince;
@@ -304,7 +309,7 @@ export function reduce(st: ControlState, s: OffloadSample, now: number, predict?
         modelError: predict ? modelErrorStep(st.modelError, s.seconds, predict(st, s.tokens)) : st.modelError,
       };
     case 'cache':
-      return { ...base, misses: missStep(st.misses, s) };
+      return { ...base, misses: missStep(st.misses, s), moves: movesLookup(st.moves, s) };
     default:
       return base;
   }

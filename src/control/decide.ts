@@ -39,9 +39,10 @@ import { bandwidthEstimate, overheadEstimate, type BandwidthState } from './esti
 import { p95, servedTokens, type LatencyState } from './estimators/latency.js';
 import { missRate, type MissState } from './estimators/miss-rate.js';
 import { modelErrorKnown, modelErrorP95, type ModelErrorState } from './estimators/model-error.js';
-import { movesPerToken, type MovesState } from './estimators/moves.js';
+import { lookupsPerStep, movesPerToken, type MovesState } from './estimators/moves.js';
 import { stepCostAt, type StepCostState } from './estimators/step-cost.js';
 import type { DropState } from '../offload/plan.js';
+import type { TierAOptions } from './controller.js';
 import { layerCost, planLevels, predictSeconds, SKIP_MOE, TRIM, type DropInput, type PlannerInput } from './planner.js';
 
 export interface ControlState {
@@ -126,6 +127,8 @@ export interface DecideContext {
   levelBytes: number[][];
   /** Expert lookups a layer makes per decode token (top-k). */
   lookupsPerToken: number;
+  /** Tier A's capacity (planner.ts TierACapacity); none: not modelled. */
+  tierA?: TierAOptions;
   sensitivity: number[][];
   floor: number[];
   ceiling: number[];
@@ -159,7 +162,7 @@ export function servedStepCompute(state: ControlState): { tokens: number; second
  */
 export function plannerInput(
   state: ControlState,
-  c: Pick<DecideContext, 'levelBytes' | 'lookupsPerToken' | 'slaSeconds' | 'hysteresis' | 'sensitivity' | 'floor' | 'ceiling' | 'lossBudget' | 'drop'>,
+  c: Pick<DecideContext, 'levelBytes' | 'lookupsPerToken' | 'tierA' | 'slaSeconds' | 'hysteresis' | 'sensitivity' | 'floor' | 'ceiling' | 'lossBudget' | 'drop'>,
   tokens: number = plannedTokens(state),
   current?: number[],
 ): PlannerInput {
@@ -187,6 +190,16 @@ export function plannerInput(
     ceiling: c.ceiling,
     lossBudget: c.lossBudget,
     drop: c.drop,
+    // Tier A's capacity misses at other plans than `current`: lookups per step as measured, or,
+    // before a decode step, top-k at the planned tokens' expected union (uniform routing).
+    capacity: c.tierA && {
+      ...c.tierA,
+      lookupsPerStep: c.levelBytes.map((_, l) => {
+        const measured = lookupsPerStep(state.moves, l);
+        return Number.isNaN(measured) ? c.tierA!.experts * (1 - (1 - c.lookupsPerToken / c.tierA!.experts) ** tokens) : measured;
+      }),
+      measuredAt: current ?? c.ceiling,
+    },
   };
 }
 

@@ -123,6 +123,12 @@ export function startControl(o: ControlOptions): Control {
   const controller = new Controller({
     levelBytes: Array.from({ length: L }, (_, l) => o.store.layerLevelBytes(l)),
     lookupsPerToken: o.topK,
+    tierA: {
+      bytes: o.engine.fetcher.tierA.budgetBytes,
+      layerBytes: o.engine.fetcher.tierA.shares?.budgets,
+      heldBytes: Array.from({ length: L }, (_, l) => o.engine.fetcher.heldBytesByLevel(l)),
+      experts: o.store.numExperts,
+    },
     sensitivity: table,
     // A measured profile's sensitivity is in canary units (1 − top-1 agreement), so the floor
     // bounds a plan's predicted loss before any canary runs; a prior's unit is its own.

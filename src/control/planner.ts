@@ -18,10 +18,21 @@
  * target still missed — ranked like the levels (accuracy cost per byte saved) and bounded by the
  * same loss budget: dropping is the last resort, never cheaper than a rung.
  *
- * Why greedy is safe here: the seconds a move saves are (bytes saved) × fetches / bandwidth, so
- * the ranking of moves does not depend on the bandwidth, and a plan is always a prefix of one
- * fixed sequence of moves. Lower bandwidth or a tighter SLA only takes more of the sequence:
- * lower bandwidth never gives a tighter plan, and a looser SLA never a looser one.
+ * Tier A's capacity (PlannerInput.capacity): the fetches measured are those of the plan being
+ * served, and a tighter plan's experts are larger, so fewer of them stay in tier A and more miss.
+ * With the capacity, a layer's fetches at any plan are the ones its capacity does not explain
+ * (measured, less its lookups × the measured plan's capacity miss share) plus its lookups × that
+ * plan's miss share: 1 − C / W, tier A's bytes over the bytes the plan's experts would hold, every
+ * expert of every layer counted (a trained router balances its load, so every expert is used over
+ * time), and 0 while they fit. For uniform independent lookups an LRU cache of C out of W bytes
+ * hits C / W of them. Without it, a controller on the OLMoE shape tightened four layers to exact
+ * (4× a σ/4 rung), tier A thrashed, and one client's tokens/s fell from 6 to 0.13.
+ *
+ * Why greedy is safe here: a move is ranked by the bytes a step would no longer move (the
+ * capacity's effect on every layer included) per accuracy it costs, which does not depend on the
+ * bandwidth, so a plan is always a prefix of one fixed sequence of moves. Lower bandwidth or a
+ * tighter SLA only takes more of the sequence: lower bandwidth never gives a tighter plan, and a
+ * looser SLA never a looser one.
  *
  * @example
  * planLevels({ levelBytes, fetchesPerToken, bandwidth: 8e6, overhead: 0, computeSeconds: 0.01,
@@ -57,6 +68,23 @@ export interface PlannerInput {
   lossBudget?: number;
   /** The drop rungs the planner may take (none: it never drops). */
   drop?: DropInput;
+  /** Tier A's capacity (none: fetches do not depend on the plan). */
+  capacity?: TierACapacity;
+}
+
+/** What the planner needs to know of tier A to predict a plan's capacity misses. */
+export interface TierACapacity {
+  /** Tier A's bytes: one budget every layer shares, or per layer (the profile's experts_by_layer). */
+  bytes: number;
+  layerBytes?: number[];
+  /** [layer][level]: bytes one expert holds in tier A at that level. */
+  heldBytes: number[][];
+  /** Experts per layer. */
+  experts: number;
+  /** [layer]: distinct experts a step looks up in the layer (measured: a step's union over its batch). */
+  lookupsPerStep: number[];
+  /** The plan the fetches were measured at (the planner's scale). */
+  measuredAt: number[];
 }
 
 /** Drop rungs on a layer's scale of levels: below the loosest level. */
@@ -115,12 +143,46 @@ function bytesAt(x: PlannerInput, l: number, level: number): number {
   return level === TRIM ? (x.drop?.trimShare ?? 1) * x.levelBytes[l][x.floor[l]] : 0;
 }
 
+/**
+ * [layer]: the share of its lookups that tier A cannot hold at `levels`: 1 − C / W, C its bytes
+ * (the layer's share of them, when split) and W what the plan's experts would hold (a trimmed
+ * layer's at its floor, a skipped one's nothing); 0 while they fit.
+ */
+export function capacityMissShare(x: PlannerInput, levels: number[]): number[] {
+  const c = x.capacity;
+  if (!c) return levels.map(() => 0);
+  const held = levels.map((lv, l) => (lv === SKIP_MOE ? 0 : c.experts * c.heldBytes[l][lv >= 0 ? lv : x.floor[l]]));
+  const share = (capacity: number, wanted: number) => (wanted > capacity ? 1 - capacity / wanted : 0);
+  if (c.layerBytes) return held.map((w, l) => share(c.layerBytes![l], w));
+  const all = share(c.bytes, held.reduce((a, w) => a + w, 0));
+  return levels.map(() => all);
+}
+
+/**
+ * [layer]: experts a step moves at `levels` (a trimmed layer: before its (k − 1)/k share): the
+ * measured fetches, corrected for the capacity misses `levels` would have instead of the
+ * measured plan's.
+ */
+export function fetchesAt(x: PlannerInput, levels: number[]): number[] {
+  const c = x.capacity;
+  if (!c) return x.fetchesPerToken;
+  const then = capacityMissShare(x, c.measuredAt);
+  const now = capacityMissShare(x, levels);
+  return x.fetchesPerToken.map((f, l) => Math.max(0, f - c.lookupsPerStep[l] * then[l]) + c.lookupsPerStep[l] * now[l]);
+}
+
+/** Bytes a step moves at `levels`. */
+function stepBytes(x: PlannerInput, levels: number[], fetches = fetchesAt(x, levels)): number {
+  return levels.reduce((s, lv, l) => s + fetches[l] * bytesAt(x, l, lv), 0);
+}
+
 /** Predicted decode-step seconds of `levels`. */
 export function predictSeconds(x: PlannerInput, levels: number[]): number {
-  let t = x.computeSeconds;
+  const fetches = fetchesAt(x, levels);
+  let t = x.computeSeconds + stepBytes(x, levels, fetches) / x.bandwidth;
   levels.forEach((lv, l) => {
     const share = lv >= 0 ? 1 : lv === TRIM ? (x.drop?.trimShare ?? 1) : 0;
-    t += share * x.fetchesPerToken[l] * x.overhead + x.fetchesPerToken[l] * bytesAt(x, l, lv) / x.bandwidth;
+    t += share * fetches[l] * x.overhead;
   });
   return t;
 }
@@ -150,6 +212,17 @@ export function checkPlannerInput(x: PlannerInput): void {
   if (!(x.bandwidth > 0)) throw new RangeError(`planner: bandwidth must be > 0, got ${x.bandwidth}`);
   if (!(x.slaSeconds > 0)) throw new RangeError(`planner: the SLA must be > 0 seconds, got ${x.slaSeconds}`);
   if (x.lossBudget !== undefined && !(x.lossBudget >= 0)) throw new RangeError(`planner: the loss budget must be ≥ 0, got ${x.lossBudget}`);
+  const c = x.capacity;
+  if (c) {
+    same('capacity.heldBytes', c.heldBytes);
+    same('capacity.lookupsPerStep', c.lookupsPerStep);
+    same('capacity.measuredAt', c.measuredAt);
+    if (c.layerBytes) same('capacity.layerBytes', c.layerBytes);
+    if (!(c.bytes >= 0) || !(c.experts >= 1)) throw new RangeError(`planner: capacity needs bytes ≥ 0 and experts ≥ 1, got ${c.bytes} and ${c.experts}`);
+    c.heldBytes.forEach((row, l) => {
+      if (row.length !== x.levelBytes[l].length) throw new RangeError(`planner: layer ${l} has ${x.levelBytes[l].length} levels of bytes but ${row.length} of held bytes`);
+    });
+  }
   for (let l = 0; l < L; l++) {
     const n = x.levelBytes[l].length;
     if (x.sensitivity[l].length !== n) throw new RangeError(`planner: layer ${l} has ${n} levels of bytes but ${x.sensitivity[l].length} of sensitivity`);
@@ -165,6 +238,7 @@ export function planLevels(x: PlannerInput): PlannerOutput {
   const levels = [...x.ceiling];
   const moves: PlanMove[] = [];
   let t = predictSeconds(x, levels);
+  let bytes = stepBytes(x, levels);
   let loss = predictLoss(x.sensitivity, levels);
   let stoppedByBudget = false;
   const cost = (l: number, lv: number) => layerCost(x.sensitivity, l, lv, x.floor, x.drop);
@@ -179,7 +253,9 @@ export function planLevels(x: PlannerInput): PlannerOutput {
       const isDrop = from <= x.floor[l];
       const to = isDrop ? nextDrop(x, l, from) : from - 1;
       if (to === undefined) continue;
-      const bytesSaved = x.fetchesPerToken[l] * (bytesAt(x, l, from) - bytesAt(x, l, to));
+      levels[l] = to;
+      const bytesSaved = bytes - stepBytes(x, levels);
+      levels[l] = from;
       if (!(bytesSaved > 0)) continue;
       const c = Math.max(0, cost(l, to) - cost(l, from));
       // Ranked per byte, not per second: the same number whatever the bandwidth (see above).
@@ -206,6 +282,7 @@ export function planLevels(x: PlannerInput): PlannerOutput {
     moves.push(best);
     loss = after;
     t = predictSeconds(x, levels);
+    bytes = stepBytes(x, levels);
   }
   return { levels, predictedSeconds: t, targetSeconds: target, meetsTarget: t <= target, predictedLoss: loss, stoppedByBudget, moves };
 }

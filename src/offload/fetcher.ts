@@ -209,6 +209,28 @@ export class ExpertFetcher {
     if (this.form === 'fused' && (this.d % 32 || this.ff % 32)) throw new RangeError(`the fused form needs rows of whole 32-value blocks; this model's experts are ${this.ff}×${this.d}`);
   }
 
+  /**
+   * [level]: the bytes one expert of `layer` holds in tier A at each level (its mean over the
+   * layer's experts): what the bytes that crossed hold in the fused form — codec rungs, and the
+   * exact bf16 bytes where they are multiplied in place — and a decoded f32 expert otherwise.
+   */
+  heldBytesByLevel(layer: number): number[] {
+    const moved = this.store.layerLevelBytes(layer);
+    if (this.form !== 'fused') return moved.map(() => this.decodedBytes);
+    const inPlace = this.exactInPlace(layer, 0);
+    return moved.map((b, k) => (k === this.store.exact && !inPlace ? this.decodedBytes : b));
+  }
+
+  /**
+   * Whether an expert's exact level is multiplied in place, as the bytes that crossed: bf16 exact
+   * bytes (the bf16 product widens them in registers, bit for bit as their f32 would be), at half
+   * the bytes of f32 and no decode.
+   */
+  private exactInPlace(layer: number, expert: number): boolean {
+    const stored = this.store.matrixInfo(layer, expert);
+    return this.form === 'fused' && this.store.exactIsOriginal && MATRICES.every((m) => stored[m].dtype === 'BF16' && stored[m].shape[1] % 32 === 0);
+  }
+
   /** Brings expert (layer, expert) to `level` or tighter and pins it until the handle's release. */
   async acquire(layer: number, expert: number, level: number, prefetch = false): Promise<ExpertHandle> {
     if (this.closed) throw new Error('the expert fetcher is closed');
@@ -356,9 +378,7 @@ export class ExpertFetcher {
     if (level === this.store.exact) {
       await landed;
       const t = performance.now();
-      // In place: bf16 exact bytes are multiplied as they crossed (the bf16 product widens them in
-      // registers, bit for bit as their f32 would be), at half the bytes of f32 and no decode.
-      const inPlace = this.form === 'fused' && MATRICES.every((m) => stored[m].dtype === 'BF16' && stored[m].shape[1] % 32 === 0 && this.store.exactIsOriginal);
+      const inPlace = this.exactInPlace(layer, expert);
       const [gate, up, down] = MATRICES.map((m) => (inPlace ? bf16View(p.parts[m].exact!) : this.store.decodeExact(stored[m], p.parts[m].exact!, this.spare.pop())));
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
