@@ -1,6 +1,6 @@
 // The canary runner on the embedded model: the exact plan agrees with the reference everywhere
-// (KL ≈ 0, additions right); the loosest plan agrees less and diverges more; the runner yields to
-// serving before every item, scores exactly the plan it is given (strict levels), and refuses
+// (KL ≈ 0, additions right); the loosest plan agrees less and diverges more; the references come
+// from one batched pass; the runner yields to serving before every item, scores exactly the plan it is given (strict levels), and refuses
 // to run twice at once.
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -102,6 +102,22 @@ describe('canary runner (embedded model)', function () {
     const answer = await chunked.greedy('48+27=', 4, '\n', engine);
     assert.equal(answer, await whole.greedy('48+27=', 4, '\n', engine));
     assert.ok(pieces.length >= 2, `the prompt and each token a piece of its own (${pieces.length})`);
+  });
+
+  it('computes its references in one batched pass over every item, not item by item', async function () {
+    const target = canaryTarget(m);
+    const calls = { logits: 0, logitsBatch: [] as number[] };
+    const counted = {
+      ...target,
+      logits: (tokens: number[], e: Parameters<typeof target.logits>[1]) => (calls.logits++, target.logits(tokens, e)),
+      logitsBatch: (lists: number[][], e: Parameters<typeof target.logits>[1], from?: number[]) => (calls.logitsBatch.push(lists.length), target.logitsBatch(lists, e, from)),
+    };
+    const reference = strict();
+    reference.setPlan(uniformPlan(8, store.exact));
+    const fresh = new CanaryRunner({ target: counted, referenceEngine: reference, items: 6, text: jsonl<TextCanary>('text.jsonl') });
+    const refs = await fresh.references();
+    assert.deepEqual(calls, { logits: 0, logitsBatch: [6] });
+    assert.deepEqual(refs, await runner.references(), 'the same references as the runner above');
   });
 
   it('yields to serving before every item, and refuses a second run at once', async function () {

@@ -93,6 +93,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   const level = spec.fixedLevel ?? finest;
   if (!(Number.isInteger(level) && level >= 0 && level <= finest)) throw new RangeError(`--level must be one of 0..${finest}, got ${level}`);
   const id = path.basename(path.resolve(spec.dir));
+  // The expert store's cache (and the canaries' reference file): beside the model, or beside a GGUF file.
+  const cacheDir = defaultCacheDir(isGgufPath(spec.dir) ? path.dirname(spec.dir) : spec.dir);
   // Before the weights: a template that does not parse fails the load at once. A GGUF file
   // carries its own (metadata tokenizer.chat_template), read from its header alone.
   const chatTemplate = isGgufPath(spec.dir) ? ggufChatTemplate(spec.dir, readGgufHeader(spec.dir).metadata) : await loadChatTemplate(spec.dir);
@@ -140,7 +142,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     const hostBudgetBytes = spec.hostBudgetBytes ?? spec.profile.host?.budget_bytes;
     const offload = await createOffload(checkpointExperts(checkpoint), {
       ladder,
-      cacheDir: defaultCacheDir(isGgufPath(spec.dir) ? path.dirname(spec.dir) : spec.dir),
+      cacheDir,
       budget,
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
@@ -179,7 +181,8 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
   let control: ServedControl | undefined;
   if (offloaded && spec.fixedLevel === undefined) {
     try {
-      control = new ServedControl({ model: m, store: offloaded.store, engine: offloaded.engine, telemetry, policy: spec.policy, profile: spec.profile, dryRun: spec.dryRun ?? false, serving, log });
+      // Reads or computes the canaries' references before anything is served (see ServedControl.open).
+      control = await ServedControl.open({ model: m, store: offloaded.store, engine: offloaded.engine, telemetry, policy: spec.policy, profile: spec.profile, dryRun: spec.dryRun ?? false, serving, cacheDir, log });
     } catch (e) {
       m.dispose();
       throw e;

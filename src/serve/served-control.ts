@@ -1,6 +1,7 @@
 /**
- * The controller as the server runs it: started over the offload engine once the model is loaded,
- * with canaries scored between the batch scheduler's steps (each item waits for a step boundary
+ * The controller as the server runs it: started over the offload engine once the model is loaded
+ * and the canaries' references are in hand (read from their file beside the expert store, or
+ * computed in one batched pass and saved there, before the server serves), with canaries scored between the batch scheduler's steps (each item waits for a step boundary
  * and holds the next step for one item's forward pass), and the operations the admin API and the
  * dashboard need — the plan and why, estimates, SLA, policy switch, freeze, dry run, canaries now.
  * Lives in serve: it knows the model (for canaries) and control, which know nothing of each other.
@@ -8,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { CanaryRunner, type ArithmeticCanary, type TextCanary } from '../control/canaries.js';
+import { CanaryRunner, computeReferences, type ArithmeticCanary, type Reference, type ReferenceInput, type TextCanary } from '../control/canaries.js';
 import { startControl, type CanaryResult, type Control, type Decision } from '../control/index.js';
 import { bandwidthEstimate, bandwidthParts, capacityEstimate, overheadEstimate } from '../control/estimators/bandwidth.js';
 import { servedStepCompute } from '../control/decide.js';
@@ -21,10 +22,11 @@ import type { Profile } from '../control/profile.js';
 import type { LoadedModel } from '../model/load.js';
 import { OffloadExpertEngine } from '../offload/engine.js';
 import { CopyLink } from '../offload/link.js';
-import { uniformPlan, type PrecisionPlan } from '../offload/plan.js';
+import { ladderKey, uniformPlan, type PrecisionPlan } from '../offload/plan.js';
 import type { ExpertStore } from '../offload/store.js';
 import type { TelemetryBus } from '../offload/telemetry.js';
 import type { ServingHooks } from './batcher.js';
+import { readOrComputeReferences, referenceFileName, referenceKey } from './canary-references.js';
 import { canaryTarget } from './canary-target.js';
 
 export interface ServedControlOptions {
@@ -37,6 +39,8 @@ export interface ServedControlOptions {
   dryRun: boolean;
   /** The batch scheduler's step-boundary hooks: the canaries run between its steps. */
   serving: ServingHooks;
+  /** The expert store's cache folder: the canaries' reference file lives there. */
+  cacheDir: string;
   log: (line: string) => void;
 }
 
@@ -58,7 +62,7 @@ export function canaryCacheExperts(topK: number, numLayers: number, expertBytes:
   return Math.min(2 * topK * numLayers, Math.max(2 * topK, Math.floor(CANARY_BYTES / expertBytes)));
 }
 
-/** What one canary forward may hold at once beyond the caches: the experts its chunk routes to, served once. */
+/** What one canary forward may hold at once beyond the caches: the experts its tokens route to, served once. */
 const CANARY_FORWARD_BYTES = 2 ** 30;
 
 /**
@@ -78,19 +82,47 @@ export class ServedControl {
   readonly profile: Profile;
   readonly store: ExpertStore;
   lastCanary: CanaryResult | null = null;
-  /** Bytes the two canary engines' caches hold at most (the memory plan's canaries part). */
+  /** Bytes the canary engines' caches and forwards hold at most (the memory plan's canaries part). */
   readonly canaryCacheBytes: number;
-  private control: Control;
+  /** Set by open(), once the references are in hand. */
+  private control!: Control;
   private readonly runner: CanaryRunner;
+  /** The canary engines not yet disposed: the reference engine goes once the references are in hand. */
   private readonly canaryEngines: OffloadExpertEngine[];
   private readonly listeners = new Set<() => void>();
   private unsubscribe: () => void = () => {};
   private stopped = false;
 
-  constructor(private readonly o: ServedControlOptions) {
+  /**
+   * The controller over `o`, started once the canaries' references are in hand: read from their
+   * file in `o.cacheDir`, or computed now in one batched pass (every item together, a prompt chunk
+   * each per step) and saved there. Awaited before the server serves, so no canary run computes
+   * them while clients wait: at OLMoE's size that pass reads every exact expert once, and item by
+   * item it read nearly all of them once per item, through the same host tier serving uses.
+   */
+  static async open(o: ServedControlOptions): Promise<ServedControl> {
+    const served = new ServedControl(o);
+    try {
+      await served.runner.references();
+    } catch (e) {
+      served.disposeEngines();
+      throw e;
+    }
+    // Scoring never needs the reference engine again: its cache goes.
+    served.canaryEngines.pop()!.dispose();
+    served.control = served.start(o.policy);
+    return served;
+  }
+
+  private constructor(private readonly o: ServedControlOptions) {
     this.policy = o.policy;
     this.profile = o.profile;
     this.store = o.store;
+    // Before any engine exists: a model without canaries leaves nothing to dispose.
+    const dir = path.join(o.model.checkpoint.dir, 'canaries');
+    const jsonl = <T>(f: string): T[] => (fs.existsSync(path.join(dir, f)) ? fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T) : []);
+    const text = jsonl<TextCanary>('text.jsonl');
+    if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
     // The canaries' engines: their own small caches over the same store, exactly the plan's levels,
     // in the served engine's tier-A form: fused, a canary multiplies what it fetched in place as
     // serving does (decoding every expert it uses to f32 took ~10 s per canary token at OLMoE's
@@ -102,15 +134,13 @@ export class ServedControl {
     const heldBytes = fused ? Math.min(expertBytes, o.store.levelBytes(0, 0, o.store.exact)) : expertBytes;
     const budget = { tierABytes: canaryCacheExperts(c.topK, o.store.numLayers, expertBytes) * expertBytes, tierBBytes: 0 };
     const chunk = canaryChunk(o.serving.prefillChunk ?? Infinity, c.topK, c.numExperts, heldBytes);
-    // Both engines' caches, and the experts one forward serves once beyond them.
-    this.canaryCacheBytes = 2 * budget.tierABytes + Math.min(c.numExperts, chunk * c.topK) * heldBytes;
+    // One engine's cache at a time (the reference engine is gone before the scoring one fills), and
+    // the experts one forward serves once beyond it: the reference pass's, every item's chunk
+    // together, route to the most.
+    this.canaryCacheBytes = budget.tierABytes + Math.min(c.numExperts, o.policy.canaries.items * chunk * c.topK) * heldBytes;
     const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused });
     const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
-    this.canaryEngines = [strict, reference];
-    const dir = path.join(o.model.checkpoint.dir, 'canaries');
-    const jsonl = <T>(f: string): T[] => (fs.existsSync(path.join(dir, f)) ? fs.readFileSync(path.join(dir, f), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as T) : []);
-    const text = jsonl<TextCanary>('text.jsonl');
-    if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
+    this.canaryEngines = [strict, reference]; // the reference engine last: open() disposes it
     let owedMs = 0;
     this.runner = new CanaryRunner({
       // Under continuous load the server is never idle, so a canary item cannot wait for that:
@@ -133,10 +163,37 @@ export class ServedControl {
         } finally {
           owedMs = CANARY_SERVING_RATIO * (performance.now() - start);
         }
-      }, chunk), engine: strict, referenceEngine: reference, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      }, chunk), engine: strict, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
+      // Before serving, so not through the gate above (it would make the pass wait three times its length).
+      references: (inputs) => this.readOrComputeReferences(inputs, canaryTarget(o.model, undefined, chunk), reference, fused),
       items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });
-    this.control = this.start(o.policy);
+  }
+
+  /** The references of `inputs`: from their file when it is sound and made for them, else computed on `engine` and saved. */
+  private async readOrComputeReferences(inputs: ReferenceInput[], target: ReturnType<typeof canaryTarget>, engine: OffloadExpertEngine, fused: boolean): Promise<Reference[]> {
+    const m = this.o.model;
+    const store = this.store;
+    const vocabSize = m.checkpoint.config.vocabSize;
+    const key = referenceKey({
+      checkpointHash: store.checkpointHash,
+      forward: m.model.nativeForward ? 'native' : `tfjs:${m.backend.name}`,
+      reference: `${store.exact === store.levels - 1 ? 'exact' : `finest rung of ${ladderKey(store.ladder)}`}, ${fused ? 'fused' : 'f32'}`,
+      vocabSize,
+      inputs,
+    });
+    const got = await readOrComputeReferences({ file: referenceFileName(this.o.cacheDir, key), key, vocabSize, inputs, compute: () => computeReferences(target, engine, inputs) });
+    if (got.rejected) this.o.log(`ebserve serve: canary references: not using ${got.rejected}; computing them again`);
+    this.o.log(
+      got.source === 'file'
+        ? `ebserve serve: canary references: read from ${got.file}`
+        : `ebserve serve: canary references: computed in ${got.seconds.toFixed(1)} s (${inputs.length} items, one batched pass), ${got.notSaved ? `not saved (${got.notSaved})` : `saved to ${got.file}`}`,
+    );
+    return got.references;
+  }
+
+  private disposeEngines(): void {
+    for (const e of this.canaryEngines.splice(0)) e.dispose();
   }
 
   private start(policy: Policy): Control {
@@ -291,6 +348,6 @@ export class ServedControl {
     this.stopped = true;
     this.unsubscribe();
     this.control.stop();
-    for (const e of this.canaryEngines) e.dispose();
+    this.disposeEngines();
   }
 }
