@@ -148,10 +148,12 @@ describe('policies and profiles', function () {
       const f = write('bad.yaml', policyWith((p) => {
         p.groups[0].floor = 0.3;
         p.control.headroom = 2;
+        p.canaries.max_share = 1;
       }));
       const r = await ebserve('check-config', '--policy', f);
       assert.equal(r.code, 1);
       assert.ok(r.stderr.includes(`${f}: control.headroom: expected a number in (0, 1]`), r.stderr);
+      assert.ok(r.stderr.includes(`${f}: canaries.max_share: expected a number in (0, 1)`), r.stderr);
       assert.doesNotMatch(r.stderr, /\n\s+at /);
     });
   });

@@ -17,7 +17,7 @@ import { p95 } from '../control/estimators/latency.js';
 import { missRate } from '../control/estimators/miss-rate.js';
 import { modelErrorP95 } from '../control/estimators/model-error.js';
 import { movesPerToken } from '../control/estimators/moves.js';
-import { loadPolicy, type Policy } from '../control/policy.js';
+import { CANARY_MAX_SHARE, loadPolicy, type Policy } from '../control/policy.js';
 import type { Profile } from '../control/profile.js';
 import type { LoadedModel } from '../model/load.js';
 import { OffloadExpertEngine } from '../offload/engine.js';
@@ -45,9 +45,6 @@ export interface ServedControlOptions {
 }
 
 export class ApiConflict extends Error {}
-
-/** Each canary forward is followed by this many times its own duration before the next: the canaries take at most a quarter of the time. */
-const CANARY_SERVING_RATIO = 3;
 
 /** What the canaries may hold decoded, per engine: cache and one forward's experts each stay about this size. */
 const CANARY_BYTES = 256 * 2 ** 20;
@@ -147,10 +144,11 @@ export class ServedControl {
       // yieldToServing waits for the next step boundary, and the item runs between steps one
       // forward step at a time (a prompt chunk of the server's size, or one greedy token), the
       // next serving step waiting for each — admissions are held back for about one step. A
-      // canary forward then owes CANARY_SERVING_RATIO times its duration before the next one,
-      // served or idle: at OLMoE's size on 2 cores a 64-token canary chunk takes seconds, and
-      // one after every serving step left clients 0.13 tokens/s; running them at once whenever
-      // the server was idle — between one client's requests — still left it 1 token/s.
+      // canary forward then owes (1 − s) / s times its duration before the next one, served or
+      // idle, s the policy's canaries.max_share: at OLMoE's size on 2 cores a 64-token canary
+      // chunk takes seconds, and one after every serving step left clients 0.13 tokens/s;
+      // running them at once whenever the server was idle — between one client's requests —
+      // still left it 1 token/s.
       target: canaryTarget(o.model, async (task) => {
         const until = performance.now() + owedMs;
         while (performance.now() < until) {
@@ -161,10 +159,11 @@ export class ServedControl {
         try {
           return await o.serving.betweenSteps(task);
         } finally {
-          owedMs = CANARY_SERVING_RATIO * (performance.now() - start);
+          const share = this.policy.canaries.max_share ?? CANARY_MAX_SHARE;
+          owedMs = ((1 - share) / share) * (performance.now() - start);
         }
       }, chunk), engine: strict, text, arithmetic: jsonl<ArithmeticCanary>('arithmetic.jsonl'),
-      // Before serving, so not through the gate above (it would make the pass wait three times its length).
+      // Before serving, so not through the gate above (it would make the pass wait for its owed time).
       references: (inputs) => this.readOrComputeReferences(inputs, canaryTarget(o.model, undefined, chunk), reference, fused),
       items: o.policy.canaries.items, yieldToServing: () => o.serving.stepBoundary(),
     });
