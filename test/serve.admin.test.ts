@@ -57,10 +57,13 @@ describe('admin API', function () {
     const d = (await (await get(url, '/admin/decisions?limit=5')).json()) as { decisions: { action: string; reason: string }[] };
     assert.ok(d.decisions.length >= 1 && d.decisions.length <= 5);
     assert.ok(d.decisions.every((x) => typeof x.reason === 'string' && x.reason.length > 0));
-    const e = (await (await get(url, '/admin/estimates')).json()) as { bandwidth_bytes_per_second: { estimate: number }; samples: number; moves_per_token_per_layer: (number | null)[]; model_error_p95: number };
+    const e = (await (await get(url, '/admin/estimates')).json()) as { bandwidth_bytes_per_second: { estimate: number }; samples: number; moves_per_token_per_layer: (number | null)[]; lookups_per_step_per_layer: (number | null)[]; model_error_p95: number };
     assert.ok(e.bandwidth_bytes_per_second.estimate > 0);
     assert.equal(e.moves_per_token_per_layer.length, 8);
     assert.ok(e.moves_per_token_per_layer.some((x) => x !== null && x > 0), 'the decode steps moved experts');
+    // One client: a decode step asks each layer for its top-2, at most, never more.
+    assert.equal(e.lookups_per_step_per_layer.length, 8);
+    assert.ok(e.lookups_per_step_per_layer.every((x) => x !== null && x > 0 && x <= 2 + 1e-9), `${e.lookups_per_step_per_layer}`);
     assert.ok(e.model_error_p95 >= 0.25 && e.model_error_p95 <= 4);
     assert.ok(e.samples > 0, 'telemetry reached the controller');
     assert.equal((await get(url, '/admin/decisions?limit=0')).status, 400);

@@ -16,7 +16,7 @@ import { servedStepCompute } from '../control/decide.js';
 import { p95 } from '../control/estimators/latency.js';
 import { missRate } from '../control/estimators/miss-rate.js';
 import { modelErrorP95 } from '../control/estimators/model-error.js';
-import { movesPerToken } from '../control/estimators/moves.js';
+import { lookupsPerStep, movesPerToken } from '../control/estimators/moves.js';
 import { CANARY_MAX_SHARE, loadPolicy, type Policy } from '../control/policy.js';
 import type { Profile } from '../control/profile.js';
 import type { LoadedModel } from '../model/load.js';
@@ -263,6 +263,8 @@ export class ServedControl {
       tokens_per_step: Number.isNaN(cm.seconds) ? null : cm.tokens,
       miss_rate_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => missRate(s.misses, l, NaN)).map((x) => (Number.isNaN(x) ? null : x)),
       moves_per_token_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => movesPerToken(s.moves, l)).map((x) => (Number.isNaN(x) ? null : x)),
+      // Distinct experts a decode step asks each layer for (its batch's union): what tier A's capacity model multiplies by a plan's miss share.
+      lookups_per_step_per_layer: Array.from({ length: this.store.numLayers }, (_, l) => lookupsPerStep(s.moves, l)).map((x) => (Number.isNaN(x) ? null : x)),
       // p95 of measured over predicted step time: what the planner divides the SLA by.
       model_error_p95: modelErrorP95(s.modelError),
       samples: s.samples,
