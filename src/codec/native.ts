@@ -118,6 +118,8 @@ export interface RawFusedMatrix {
   readonly rows: number;
   readonly cols: number;
   readonly k: number;
+  /** Bytes it holds in memory: the stream buffers it keeps alive and its row index (set by offload's fusedMatrix). */
+  readonly heldBytes?: number;
 }
 
 /** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), or a fused one. */

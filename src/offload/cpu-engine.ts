@@ -91,9 +91,20 @@ export function bf16IfExact(m: Float32Array, cols: number): Float32Array | Uint1
   return out;
 }
 
+/**
+ * Bytes a fused matrix's row index takes beside its stream: for every row, where each of rungs
+ * 0..k's words start and its first escape, 8 bytes each. At the embedded model's 128-value rows
+ * that is as much again as a loose rung's own bytes, so memory figures count it.
+ */
+export function fusedIndexBytes(rows: number, k: number): number {
+  return 8 * rows * (k + 2);
+}
+
 /** A compressed matrix (a codec stream of rows × cols values, or its head and rungs) for the fused path at rung k (default: the last). */
 export function fusedMatrix(stream: Uint8Array, rows: number, cols: number, opts: { rungs?: Uint8Array[]; k?: number; verify?: boolean } = {}): RawFusedMatrix {
-  return codecCall(() => native.fusedMatrix(stream, opts.rungs ?? null, opts.k ?? -1, rows, cols, opts.verify ?? true));
+  const m = codecCall(() => native.fusedMatrix(stream, opts.rungs ?? null, opts.k ?? -1, rows, cols, opts.verify ?? true));
+  const buffers = stream.byteLength + (opts.rungs ?? []).reduce((n, r) => n + r.byteLength, 0);
+  return Object.assign(m, { heldBytes: buffers + fusedIndexBytes(rows, m.k) });
 }
 
 /** The weights the fused product multiplies with (f32, checkpoint layout). */
@@ -104,6 +115,11 @@ export function fusedMatrixValues(m: RawFusedMatrix): Float32Array {
 /** Bytes one product with the matrix reads. */
 export function matrixBytes(m: RawMatrix): number {
   return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : m.bytes;
+}
+
+/** Bytes the matrix holds in memory: its array, or a fused one's stream buffers and row index. */
+export function matrixHeldBytes(m: RawMatrix): number {
+  return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : (m.heldBytes ?? m.bytes);
 }
 
 /** An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the fused path. */
@@ -183,10 +199,10 @@ export class CpuExpertEngine implements ExpertEngine {
     return this.experts[l];
   }
 
-  /** Bytes of every expert the engine holds (compressed ones: the bytes their products read). */
+  /** Bytes of every expert the engine holds (compressed ones: their streams and row indexes). */
   heldBytes(): number {
     let n = 0;
-    for (const row of this.experts) for (const x of row) n += matrixBytes(x.gate) + matrixBytes(x.up) + matrixBytes(x.down);
+    for (const row of this.experts) for (const x of row) n += matrixHeldBytes(x.gate) + matrixHeldBytes(x.up) + matrixHeldBytes(x.down);
     return n;
   }
 

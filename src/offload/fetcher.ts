@@ -17,7 +17,7 @@
  * evicted the request is served by a transient copy that is freed on release (counted).
  */
 import { decodeOnStream } from '../codec/index.js';
-import { fusedMatrix, matrixBytes, type NativeExpert } from './cpu-engine.js';
+import { fusedIndexBytes, fusedMatrix, matrixHeldBytes, type NativeExpert } from './cpu-engine.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
 import type { DeviceMemory } from './device-memory.js';
@@ -211,14 +211,16 @@ export class ExpertFetcher {
 
   /**
    * [level]: the bytes one expert of `layer` holds in tier A at each level (its mean over the
-   * layer's experts): what the bytes that crossed hold in the fused form — codec rungs, and the
-   * exact bf16 bytes where they are multiplied in place — and a decoded f32 expert otherwise.
+   * layer's experts): what the bytes that crossed hold in the fused form — codec rungs with their
+   * row indexes, and the exact bf16 bytes where they are multiplied in place — and a decoded f32
+   * expert otherwise.
    */
   heldBytesByLevel(layer: number): number[] {
     const moved = this.store.layerLevelBytes(layer);
     if (this.form !== 'fused') return moved.map(() => this.decodedBytes);
     const inPlace = this.exactInPlace(layer, 0);
-    return moved.map((b, k) => (k === this.store.exact && !inPlace ? this.decodedBytes : b));
+    const rows = 2 * this.ff + this.d; // gate and up [ff, d], down [d, ff]
+    return moved.map((b, k) => (k !== this.store.exact ? b + fusedIndexBytes(rows, k) : inPlace ? b : this.decodedBytes));
   }
 
   /**
@@ -353,7 +355,7 @@ export class ExpertFetcher {
       bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
       values: this.decodedBytes / 4, seconds,
     });
-    const bytes = device ? MATRICES.reduce((n, m) => n + matrixBytes(values[m]), 0) : this.decodedBytes;
+    const bytes = device ? MATRICES.reduce((n, m) => n + matrixHeldBytes(values[m]), 0) : this.decodedBytes;
     const weights = this.form === 'tfjs' ? swigluTensors(values as ExpertMatrices, this.d, this.ff) : values;
     const decoded: Decoded = { level, weights, bytes, device, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
