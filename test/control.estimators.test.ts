@@ -67,13 +67,21 @@ describe('bandwidth estimator', function () {
     assert.ok(Math.abs(bandwidthEstimate(s) - 4e7) / 4e7 < 0.01, `recovered: ${bandwidthEstimate(s)}`);
   });
 
-  it('discounts the harmonic window by its recent worst error', function () {
+  it('discounts the harmonic window by its recent errors, forgiving one move alone', function () {
     const r = rng(5);
     const noisy = Array.from({ length: 60 }, () => ({ bytes: 64e3, seconds: 64e3 / (2e7 * (0.5 + r())) }));
     const s = fold(bandwidthInit({ priorBytesPerSecond: 1e9 }), noisy);
     const p = bandwidthParts(s);
     assert.ok(p.robust < p.harmonic, `${p.robust} < ${p.harmonic}`);
     assert.ok(bandwidthEstimate(s) <= p.robust);
+    // A steady link, then one move 10× slow: the robust part keeps most of the rate (its error
+    // of 9 forgiven; the harmonic window itself takes the slow move in) ...
+    const base = fold(bandwidthInit({ priorBytesPerSecond: 1e9 }), steady(40, 64e3, 4e7));
+    const one = bandwidthParts(fold(base, [{ bytes: 64e3, seconds: 64e3 / 4e6 }]));
+    assert.ok(one.robust > 0.5 * 4e7, `one slow move: robust ${one.robust}`);
+    // ... and two such moves among the last five discount it by their error, tenfold.
+    const two = bandwidthParts(fold(base, [{ bytes: 64e3, seconds: 64e3 / 4e6 }, { bytes: 64e3, seconds: 64e3 / 4e6 }]));
+    assert.ok(two.robust < 0.15 * two.harmonic, `two slow moves: robust ${two.robust}, harmonic ${two.harmonic}`);
   });
 
   it('never estimates above the fastest recent move, which it publishes as capacity', function () {

@@ -3,13 +3,16 @@
  * array). A move costs about α + bytes / B, and contention only ever slows a sample, so the
  * estimate leans low, the way adaptive video players and RobustMPC do:
  *
- *   estimate = min(fast EWMA, slow EWMA, harmonic window / (1 + max recent error))
+ *   estimate = min(fast EWMA, slow EWMA, harmonic window / (1 + second largest recent error))
  *
  * - EWMAs of per-move throughput, weighted by each move's duration (a long move says more than
  *   a short one), with half-lives in seconds of transfer time, bias-corrected while young;
  * - the harmonic window: Σ bytes / Σ seconds over the last `window` moves (byte-weighted
- *   harmonic mean of their rates), discounted by the largest relative error the estimate made on
- *   the last `errorWindow` moves (robustness to a link that just changed);
+ *   harmonic mean of their rates), discounted by the second largest relative error the estimate
+ *   made on the last `errorWindow` moves (robustness to a link that just changed; one move alone
+ *   is forgiven: on the disk tier one move in a hundred took 7–10× the median, and discounting
+ *   by it alone cut the estimate tenfold for five moves, so the controller degraded and
+ *   upgraded several times a minute with nothing wrong — a link that changed slows them all);
  * - moves under `minBytes` do not update the rate (their time is mostly fixed overhead) but do
  *   feed the fixed-overhead estimate α: the windowed minimum of move durations;
  * - until `priorBytes` have been seen, the profile's prior is the estimate;
@@ -20,7 +23,7 @@
  * for (const t of transfers) s = bandwidthStep(s, t);
  * bandwidthEstimate(s);   // bytes per second
  */
-import { Window, windowMax, windowMin } from './window.js';
+import { Window, windowMax, windowMin, windowSecondMax } from './window.js';
 
 export interface BandwidthOptions {
   /** The profile's prior, used until priorBytes have been sampled. */
@@ -118,12 +121,12 @@ export function bandwidthParts(s: BandwidthState): { fast: number; slow: number;
     seconds += sec;
   }
   const harmonic = bytes / seconds;
-  const maxErr = windowMax(s.errors, 0);
+  const err = windowSecondMax(s.errors, 0);
   return {
     fast: ewmaValue(s.fast, o.fastHalfLifeSeconds),
     slow: ewmaValue(s.slow, o.slowHalfLifeSeconds),
     harmonic,
-    robust: harmonic / (1 + maxErr),
+    robust: harmonic / (1 + err),
     usingPrior: false,
   };
 }

@@ -77,3 +77,15 @@ export function windowMax(w: Window<number>, empty = NaN): number {
   for (const x of w) m = Math.max(m, x);
   return m;
 }
+
+/** The second largest value of a window of numbers (its largest forgiven); `empty` when it has fewer than two. */
+export function windowSecondMax(w: Window<number>, empty = NaN): number {
+  if (w.length < 2) return empty;
+  let first = -Infinity;
+  let second = -Infinity;
+  for (const x of w) {
+    if (x > first) [first, second] = [x, first];
+    else if (x > second) second = x;
+  }
+  return second;
+}
