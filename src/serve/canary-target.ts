@@ -23,46 +23,40 @@ export type CanaryGate = <T>(work: () => Promise<T>) => Promise<T>;
 export function canaryTarget(m: LoadedModel, gate: CanaryGate = (work) => work(), chunk = Infinity): CanaryTarget {
   const c = m.checkpoint.config;
   const V = c.vocabSize;
+  const logitsBatch: CanaryTarget['logitsBatch'] = async (lists, engine: ExpertEngine, from = lists.map(() => 0)) => {
+    if (from.length !== lists.length) throw new RangeError(`logitsBatch: ${from.length} first rows for ${lists.length} token lists`);
+    lists.forEach((tokens, i) => {
+      if (!(Number.isInteger(from[i]) && from[i] >= 0 && from[i] < tokens.length)) throw new RangeError(`logitsBatch: list ${i} has ${tokens.length} tokens; its first row ${from[i]} is not one of them`);
+    });
+    const caches = lists.map(() => KvCache.forModel(c));
+    const out = lists.map((tokens, i) => new Float32Array((tokens.length - from[i]) * V));
+    const longest = Math.max(0, ...lists.map((t) => t.length));
+    const step = Number.isFinite(chunk) ? chunk : longest;
+    for (let at = 0; at < longest; at += step) {
+      // Every list not yet through, its next chunk: one sequence each of one forward step.
+      const active = lists.flatMap((tokens, i) => (at < tokens.length ? [i] : []));
+      const steps: SequenceStep[] = active.map((i) => ({
+        tokens: lists[i].slice(at, at + step),
+        cache: caches[i],
+        // A chunk wholly before the first row wanted needs no logits (only its last row comes back).
+        allLogits: at + step > from[i],
+        prefill: true,
+      }));
+      const logits = await gate(() => m.model.forwardBatch(steps, engine));
+      active.forEach((i, j) => {
+        const end = at + steps[j].tokens.length;
+        const first = Math.max(at, from[i]);
+        if (first < end) out[i].set(logits[j].subarray((first - at) * V, (end - at) * V), (first - from[i]) * V);
+      });
+    }
+    return out;
+  };
   return {
     vocabSize: V,
     encode: (text) => m.tokenizer.encode(text),
-    logits: async (tokens, engine: ExpertEngine) => {
-      const cache = KvCache.forModel(c);
-      const out = new Float32Array(tokens.length * V);
-      for (let at = 0; at < tokens.length; at += chunk) {
-        const part = tokens.slice(at, at + chunk);
-        out.set(await gate(() => m.model.forward(part, cache, true, engine)), at * V);
-      }
-      return out;
-    },
-    logitsBatch: async (lists, engine: ExpertEngine, from = lists.map(() => 0)) => {
-      if (from.length !== lists.length) throw new RangeError(`logitsBatch: ${from.length} first rows for ${lists.length} token lists`);
-      lists.forEach((tokens, i) => {
-        if (!(Number.isInteger(from[i]) && from[i] >= 0 && from[i] < tokens.length)) throw new RangeError(`logitsBatch: list ${i} has ${tokens.length} tokens; its first row ${from[i]} is not one of them`);
-      });
-      const caches = lists.map(() => KvCache.forModel(c));
-      const out = lists.map((tokens, i) => new Float32Array((tokens.length - from[i]) * V));
-      const longest = Math.max(0, ...lists.map((t) => t.length));
-      const step = Number.isFinite(chunk) ? chunk : longest;
-      for (let at = 0; at < longest; at += step) {
-        // Every list not yet through, its next chunk: one sequence each of one forward step.
-        const active = lists.flatMap((tokens, i) => (at < tokens.length ? [i] : []));
-        const steps: SequenceStep[] = active.map((i) => ({
-          tokens: lists[i].slice(at, at + step),
-          cache: caches[i],
-          // A chunk wholly before the first row wanted needs no logits (only its last row comes back).
-          allLogits: at + step > from[i],
-          prefill: true,
-        }));
-        const logits = await gate(() => m.model.forwardBatch(steps, engine));
-        active.forEach((i, j) => {
-          const end = at + steps[j].tokens.length;
-          const first = Math.max(at, from[i]);
-          if (first < end) out[i].set(logits[j].subarray((first - at) * V, (end - at) * V), (first - from[i]) * V);
-        });
-      }
-      return out;
-    },
+    // One list's logits: the batched pass with a batch of one.
+    logits: async (tokens, engine: ExpertEngine) => (await logitsBatch([tokens], engine))[0],
+    logitsBatch,
     greedy: async (prompt, maxTokens, stop, engine: ExpertEngine) => {
       const seq = new GenerationSequence(c, m.tokenizer, prompt, { maxTokens, stop: [stop], prefillChunk: Number.isFinite(chunk) ? chunk : undefined });
       while (!seq.done) {
