@@ -8,6 +8,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "clones.h"
+#include "expert_kernels.h"
+
 namespace eb {
 namespace {
 
@@ -28,14 +31,77 @@ void linear(const MatrixRef& w, const float* bias, int rows, int cols, const flo
       for (int r = 0; r < rows; r++) y[(size_t)t * rows + r] += bias[r];
 }
 
+// The sum of a[i]·b[i] for i < n: 16 lanes in two accumulators (even and odd chunks), ek_hsum's
+// fixed tree, then the last n % 16 terms one by one. A fixed order whatever the batch, so a
+// token's results do not depend on the tokens beside it; a scalar sum's chain of dependent adds
+// cost ~4 cycles a term, and attention's scores are most of a long context's step.
+EB_AI float dot(const float* a, const float* b, int n) {
+  v16f s0 = {}, s1 = {};
+  int i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = ek_fma(ek_loadf(a + i), ek_loadf(b + i), s0);
+    s1 = ek_fma(ek_loadf(a + i + 16), ek_loadf(b + i + 16), s1);
+  }
+  if (i + 16 <= n) {
+    s0 = ek_fma(ek_loadf(a + i), ek_loadf(b + i), s0);
+    i += 16;
+  }
+  float s = ek_hsum(s0, s1);
+  for (; i < n; i++) s = __builtin_fmaf(a[i], b[i], s);
+  return s;
+}
+
 // x · rsqrt(mean(x²) + ε) · w, per row of n values (the model's rmsNorm).
-void rms_norm(const float* x, const float* w, int T, int n, float eps, float* y) {
+EB_CLONES void rms_norm(const float* x, const float* w, int T, int n, float eps, float* y) {
   for (int t = 0; t < T; t++) {
     const float* a = x + (size_t)t * n;
-    float ss = 0;
-    for (int i = 0; i < n; i++) ss += a[i] * a[i];
-    float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const float inv = 1.0f / sqrtf(dot(a, a, n) / (float)n + eps);
     for (int i = 0; i < n; i++) y[(size_t)t * n + i] = a[i] * inv * w[i];
+  }
+}
+
+// One query head's attention over `seen` cached positions: out[hd] = softmax(q·K^T · scale) · V,
+// K and V rows `stride` floats apart. `p` holds seen rounded up to 16 floats. The scores' maximum
+// is subtracted before e^x (ek_exp, 16 lanes), the exponentials summed in lanes and by a fixed
+// tree; the weighted sum of V rows runs over the head's values in 16-lane chunks.
+EB_CLONES void attend(const float* q, const float* keys, const float* vals, int stride, int hd, int seen, float scale, float* p,
+                      float* out) {
+  float mx = -INFINITY;
+  for (int j = 0; j < seen; j++) {
+    p[j] = dot(q, keys + (size_t)j * stride, hd) * scale;
+    mx = p[j] > mx ? p[j] : mx;
+  }
+  v16f z = {};
+  for (int j = 0; j < seen; j += 16) {
+    v16f e = ek_exp(ek_loadf(p + j) - mx);
+    for (int i = seen - j; i < 16; i++) e[i] = 0;  // the last chunk's lanes past `seen`
+    memcpy(p + j, &e, sizeof e);
+    z += e;
+  }
+  const float inv = 1.0f / ek_hsum(z, v16f{});
+  // The weighted sum in four accumulators (positions j mod 4, added pairwise at the end): one
+  // accumulator's chain of dependent FMAs would cost ~4 cycles a position.
+  int c = 0;
+  for (; c + 16 <= hd; c += 16) {
+    const float* v = vals + c;
+    v16f a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    int j = 0;
+    for (; j + 4 <= seen; j += 4) {
+      a0 = ek_fma(v16f{} + p[j], ek_loadf(v + (size_t)j * stride), a0);
+      a1 = ek_fma(v16f{} + p[j + 1], ek_loadf(v + (size_t)(j + 1) * stride), a1);
+      a2 = ek_fma(v16f{} + p[j + 2], ek_loadf(v + (size_t)(j + 2) * stride), a2);
+      a3 = ek_fma(v16f{} + p[j + 3], ek_loadf(v + (size_t)(j + 3) * stride), a3);
+    }
+    if (j < seen) a0 = ek_fma(v16f{} + p[j], ek_loadf(v + (size_t)j * stride), a0);
+    if (j + 1 < seen) a1 = ek_fma(v16f{} + p[j + 1], ek_loadf(v + (size_t)(j + 1) * stride), a1);
+    if (j + 2 < seen) a2 = ek_fma(v16f{} + p[j + 2], ek_loadf(v + (size_t)(j + 2) * stride), a2);
+    v16f o = ((a0 + a1) + (a2 + a3)) * inv;
+    memcpy(out + c, &o, sizeof o);
+  }
+  for (; c < hd; c++) {  // a head size that is not a multiple of 16: its last values one by one
+    float a = 0;
+    for (int j = 0; j < seen; j++) a = __builtin_fmaf(p[j], vals[(size_t)j * stride + c], a);
+    out[c] = a * inv;
   }
 }
 
@@ -165,29 +231,13 @@ void step_layer(const DecoderModel& m, Step& s, int l, const float* moe) {
     memcpy(g.values[l] + (size_t)g.pos0 * kw, &v[(size_t)g.first * kw], sizeof(float) * g.count * kw);
     const float* keys = g.keys[l];
     const float* vals = g.values[l];
-    std::vector<float> p(g.pos0 + g.count);
+    std::vector<float> p((g.pos0 + g.count + 15) / 16 * 16);
     // Causal attention over this sequence's own cache: position pos0 + t sees 0 .. pos0 + t;
     // query head h reads KV head h / G.
-    for (int t = 0; t < g.count; t++) {
-      const int seen = g.pos0 + t + 1;
-      for (int hh = 0; hh < H; hh++) {
-        const float* qv = &qg[((size_t)t * H + hh) * hd];
-        const int kvh = hh / G;
-        for (int j = 0; j < seen; j++) {
-          const float* kv = keys + (size_t)j * kw + kvh * hd;
-          float dot = 0;
-          for (int i = 0; i < hd; i++) dot += qv[i] * kv[i];
-          p[j] = dot * scale;
-        }
-        softmax(p.data(), seen);
-        float* out = &ctx[((size_t)(g.first + t) * H + hh) * hd];
-        for (int i = 0; i < hd; i++) out[i] = 0;
-        for (int j = 0; j < seen; j++) {
-          const float* vv = vals + (size_t)j * kw + kvh * hd;
-          for (int i = 0; i < hd; i++) out[i] += p[j] * vv[i];
-        }
-      }
-    }
+    for (int t = 0; t < g.count; t++)
+      for (int hh = 0; hh < H; hh++)
+        attend(&qg[((size_t)t * H + hh) * hd], keys + (hh / G) * hd, vals + (hh / G) * hd, kw, hd, g.pos0 + t + 1, scale, p.data(),
+               &ctx[((size_t)(g.first + t) * H + hh) * hd]);
   }
   linear(L.wo, nullptr, d, H * hd, ctx.data(), T, o.data(), s.threads);
   add(s.x.data(), o.data(), s.x.size());
