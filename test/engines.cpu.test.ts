@@ -154,7 +154,7 @@ describe('the CPU engine on bad input', function () {
     const h = gaussian(d, 1, 1);
     await assert.rejects(nativeExpertLayer(() => ({ ...m, up: m.up.subarray(1) }), d, ff, h, ids, w, 1), /expert 0 up has 6143 values, expected 96×64/);
     await assert.rejects(nativeExpertLayer(() => m, d, ff, h.subarray(1), ids, w, 1), /hidden has 63 values, expected 64/);
-    await assert.rejects(nativeExpertLayer(() => ({ ...m, down: 'x' as never }), d, ff, h, ids, w, 1), /expert 0 down must be a Float32Array \(f32\), a Uint16Array \(bf16 bits\) or a fusedMatrix/);
+    await assert.rejects(nativeExpertLayer(() => ({ ...m, down: 'x' as never }), d, ff, h, ids, w, 1), /expert 0 down must be a Float32Array \(f32\), a Uint16Array \(bf16 bits\), a fusedMatrix or a symbolMatrix/);
     const ok = await nativeExpertLayer(() => m, d, ff, h, ids, w, 1);
     assert.equal(ok.length, d);
   });

@@ -25,6 +25,10 @@ export interface NativeCodec {
   fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
   /** The weights the fused product multiplies with, as f32 (checkpoint layout). */
   fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
+  /** A fused matrix's rung as int8 symbols; null when more than maxPatchShare of its values do not fit 8 bits. */
+  symbolMatrix(m: RawFusedMatrix, maxPatchShare: number): RawSymbolMatrix | null;
+  /** The weights a symbol matrix's product multiplies with, as f32 (checkpoint layout). */
+  symbolMatrixDecode(m: RawSymbolMatrix): Float32Array;
   /** The native forward pass (src/native/decoder_cpu.h); src/model/native-forward.ts builds the spec. */
   decoderNew(spec: object): unknown;
   decoderBegin(decoder: unknown, tokens: Int32Array, segments: { count: number; pos0: number; allLogits: boolean; keys: Float32Array[]; values: Float32Array[] }[], out: { hidden: Float32Array; ids: Int32Array; weights: Float32Array; predicted: Int32Array }, threads: number): unknown;
@@ -122,8 +126,21 @@ export interface RawFusedMatrix {
   readonly heldBytes?: number;
 }
 
-/** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), or a fused one. */
-export type RawMatrix = Float32Array | Uint16Array | RawFusedMatrix;
+/**
+ * A rung held as int8 symbols: every weight f32(n)·eb with |n| ≤ 127, as the codec reconstructs it,
+ * or a patch kept aside with its f32 value. Owns its arrays (native memory).
+ */
+export interface RawSymbolMatrix {
+  readonly symbols: unknown;
+  /** Bytes it holds, and one product reads: a byte a value, the row index and the patches. */
+  readonly bytes: number;
+  readonly rows: number;
+  readonly cols: number;
+  readonly patches: number;
+}
+
+/** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), int8 symbols, or a fused one. */
+export type RawMatrix = Float32Array | Uint16Array | RawFusedMatrix | RawSymbolMatrix;
 
 export interface CudaProbe {
   built: boolean;

@@ -1,4 +1,4 @@
-// expert_addon: the Node face of the CPU expert engine (expert_cpu.h). Three functions:
+// expert_addon: the Node face of the CPU expert engine (expert_cpu.h). Its functions:
 //   fusedMatrix(head, rungs | null, k, rows, cols, verify) → { handle, bytes, rows, cols, k }
 //     validates a compressed matrix once and indexes its rows for the fused path; the result keeps
 //     the stream's buffers alive for as long as it lives;
@@ -8,6 +8,10 @@
 //     Uint16Array (dense bf16 bits) or a fusedMatrix result; expertLayerSync does the same on the
 //     calling thread;
 //   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with;
+//   symbolMatrix(fused, maxPatchShare) → { symbols, bytes, rows, cols, patches } | null: the fused
+//     matrix's rung as int8 symbols (expert_cpu.h SymbolMatrix), null when more than maxPatchShare
+//     of its values do not fit 8 bits; it owns its arrays (the fused matrix may go);
+//   symbolMatrixDecode(symbols) → Float32Array, the weights its product multiplies with;
 //   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both).
 // Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
 #include <napi.h>
@@ -65,6 +69,13 @@ const FusedMatrix* fused_of(const Napi::Value& v) {
   return &h.As<Napi::External<FusedHolder>>().Data()->m;
 }
 
+const SymbolMatrix* symbols_arg(const Napi::Value& v) {
+  if (!v.IsObject()) return nullptr;
+  Napi::Value h = v.As<Napi::Object>().Get("symbols");
+  if (!h.IsExternal()) return nullptr;
+  return h.As<Napi::External<SymbolMatrix>>().Data();
+}
+
 // A matrix argument: a Float32Array of rows·cols values, or a fusedMatrix of that shape.
 MatrixRef matrix_of(Napi::Env env, const Napi::Value& v, int rows, int cols, const std::string& what) {
   MatrixRef m;
@@ -86,8 +97,13 @@ MatrixRef matrix_of(Napi::Env env, const Napi::Value& v, int rows, int cols, con
       throw Napi::RangeError::New(env, what + " is " + std::to_string(f->rows) + "×" + std::to_string(f->cols) +
                                            ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
     m.fused = f;
+  } else if (const SymbolMatrix* q = symbols_arg(v)) {
+    if (q->rows != rows || q->cols != cols)
+      throw Napi::RangeError::New(env, what + " is " + std::to_string(q->rows) + "×" + std::to_string(q->cols) +
+                                           ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
+    m.symbols = q;
   } else {
-    throw Napi::TypeError::New(env, what + " must be a Float32Array (f32), a Uint16Array (bf16 bits) or a fusedMatrix");
+    throw Napi::TypeError::New(env, what + " must be a Float32Array (f32), a Uint16Array (bf16 bits), a fusedMatrix or a symbolMatrix");
   }
   return m;
 }
@@ -188,6 +204,39 @@ Napi::Value FusedMatrixDecode(const Napi::CallbackInfo& info) {
   return out;
 }
 
+Napi::Value SymbolMatrixNew(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const FusedMatrix* f = fused_of(info[0]);
+  if (!f) throw Napi::TypeError::New(env, "expected a fusedMatrix");
+  const double share = info[1].As<Napi::Number>().DoubleValue();
+  if (!(share >= 0 && share <= 1)) throw Napi::RangeError::New(env, "maxPatchShare must be in 0..1, got " + std::to_string(share));
+  auto m = std::make_unique<SymbolMatrix>();
+  if (!symbols_of(*f, share, *m)) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("bytes", (double)m->bytes());
+  o.Set("rows", m->rows);
+  o.Set("cols", m->cols);
+  o.Set("patches", (double)m->patch_col.size());
+  // The arrays are native memory: V8 is told of them, so that a tier A turning over symbol
+  // matrices collects the dropped ones as soon as their bytes count.
+  const int64_t held = (int64_t)m->bytes();
+  Napi::MemoryManagement::AdjustExternalMemory(env, held);
+  o.Set("symbols", Napi::External<SymbolMatrix>::New(env, m.release(), [held](Napi::Env e, SymbolMatrix* p) {
+    Napi::MemoryManagement::AdjustExternalMemory(e, -held);
+    delete p;
+  }));
+  return o;
+}
+
+Napi::Value SymbolMatrixDecode(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const SymbolMatrix* m = symbols_arg(info[0]);
+  if (!m) throw Napi::TypeError::New(env, "expected a symbolMatrix");
+  auto out = Napi::Float32Array::New(env, (size_t)m->rows * m->cols);
+  for (int r = 0; r < m->rows; r++) decode_symbol_row(*m, r, out.Data() + (size_t)r * m->cols);
+  return out;
+}
+
 // setFusedDecoder("gfni" | "plane loop") → whether the CPU can use it (it is then used).
 Napi::Value SetFusedDecoder(const Napi::CallbackInfo& info) {
   std::string name = info[0].As<Napi::String>().Utf8Value();
@@ -207,6 +256,8 @@ ExpertWeights expert_weights_of(Napi::Env env, const Napi::Value& v, int d, int 
 void register_expert_engine(Napi::Env env, Napi::Object exports) {
   exports.Set("fusedMatrix", Napi::Function::New(env, FusedMatrixNew));
   exports.Set("fusedMatrixDecode", Napi::Function::New(env, FusedMatrixDecode));
+  exports.Set("symbolMatrix", Napi::Function::New(env, SymbolMatrixNew));
+  exports.Set("symbolMatrixDecode", Napi::Function::New(env, SymbolMatrixDecode));
   exports.Set("expertLayerSync", Napi::Function::New(env, ExpertLayerSync));
   exports.Set("expertLayerAsync", Napi::Function::New(env, ExpertLayerAsync));
   exports.Set("setFusedDecoder", Napi::Function::New(env, SetFusedDecoder));

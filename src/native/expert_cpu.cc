@@ -39,6 +39,10 @@ EB_CLONES void bf16_rows(const uint16_t* m, int cols, int r0, int r1, const floa
   ek_bf16_rows(m, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
+EB_CLONES void symbol_rows(const SymbolMatrix& m, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+  ek_symbol_rows(m.src(), r0, r1, x, ldx, n, y, ldy);
+}
+
 EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                                  float* scratch) {
   ek_fused_rows<PlaneLoop, 1>(f, r0, r1, x, ldx, n, y, ldy, scratch);
@@ -152,6 +156,62 @@ void decode_fused_row(const FusedMatrix& f, int r, float* row) {
   fused_decode_row_planes(f.v, r, row);
 }
 
+bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out) {
+  const uint64_t n = (uint64_t)f.rows * f.cols, max_patches = (uint64_t)(max_patch_share * (double)n);
+  out.rows = f.rows;
+  out.cols = f.cols;
+  out.p = f.v.cut[f.k];
+  out.ebf = f.v.ebf;
+  out.q.assign(n, 0);
+  out.row_patch.assign((size_t)f.rows + 1, 0);
+  out.patch_col.clear();
+  out.patch_value.clear();
+  const SymbolSrc src = out.src();
+  std::vector<float> row(f.cols);
+  for (int r = 0; r < f.rows; r++) {
+    out.row_patch[r] = (uint32_t)out.patch_col.size();
+    decode_fused_row(f, r, row.data());
+    int8_t* q = &out.q[(size_t)r * f.cols];
+    for (int c = 0; c < f.cols; c++) {
+      // The symbol whose weight has w's bits (-0 included), if any: for n the nearest integer to
+      // |w| / eb, ±n at p = 0, else ±(n + 1) / 2^p when that is odd; checked below by the
+      // kernel's own arithmetic.
+      const float w = row[c];
+      int8_t t = 0;
+      const float nf = rintf(fabsf(w) / out.ebf);
+      if (nf >= 0 && nf < 65536) {
+        const int64_t n = (int64_t)nf, u = out.p == 0 ? n : (n + 1) >> out.p;
+        const bool exact = out.p == 0 || (u << out.p) == n + 1;
+        if (exact && (out.p == 0 || (u & 1)) && u <= 127) t = (int8_t)(signbit(w) ? -u : u);
+      }
+      int8_t lanes[32] = {t};
+      v16f back16, unused;
+      src.weights32(lanes, back16, unused);
+      const float back = back16[0];
+      if (memcmp(&back, &w, sizeof w) == 0) {
+        q[c] = t;
+        continue;
+      }
+      if (out.patch_col.size() >= max_patches) return false;
+      out.patch_col.push_back((uint32_t)c);
+      out.patch_value.push_back(w);
+    }
+  }
+  out.row_patch[f.rows] = (uint32_t)out.patch_col.size();
+  return true;
+}
+
+void decode_symbol_row(const SymbolMatrix& m, int r, float* row) {
+  SymbolSrc src = m.src();
+  src.begin_row(r);
+  for (int b = 0; b < m.cols / 32; b++) {
+    v16f w0, w1;
+    src.block(b, w0, w1);
+    memcpy(row + 32 * b, &w0, sizeof w0);
+    memcpy(row + 32 * b + 16, &w1, sizeof w1);
+  }
+}
+
 const char* fused_decoder() { return use_gfni() ? "gfni" : "plane loop"; }
 
 bool set_fused_decoder(bool gfni) {
@@ -162,6 +222,7 @@ bool set_fused_decoder(bool gfni) {
 
 void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   if (m.fused) fused_rows(*m.fused, r0, r1, x, ldx, n, y, ldy);
+  else if (m.symbols) symbol_rows(*m.symbols, r0, r1, x, ldx, n, y, ldy);
   else if (m.bf16) bf16_rows(m.bf16, cols, r0, r1, x, ldx, n, y, ldy);
   else dense_rows(m.dense, cols, r0, r1, x, ldx, n, y, ldy);
 }
@@ -176,7 +237,7 @@ void expert_layer(const LayerCall& c) {
   const int E = c.num_experts, S = c.T * c.k;
   for (int e = 0; e < E; e++)
     for (const MatrixRef* m : {&c.experts[e].gate, &c.experts[e].up, &c.experts[e].down})
-      if (!m->dense && !m->fused && !m->bf16) throw std::invalid_argument("an expert matrix is missing");
+      if (!m->dense && !m->fused && !m->bf16 && !m->symbols) throw std::invalid_argument("an expert matrix is missing");
   // Tokens each expert serves, in slot order.
   std::vector<std::vector<int>> slots(E);
   for (int s = 0; s < S; s++) {

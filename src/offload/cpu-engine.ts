@@ -12,7 +12,7 @@
  */
 import { compress } from '../codec/index.js';
 import { codecCall } from '../codec/errors.js';
-import { native, type RawFusedMatrix, type RawMatrix } from '../codec/native.js';
+import { native, type RawFusedMatrix, type RawMatrix, type RawSymbolMatrix } from '../codec/native.js';
 import { distinctExperts, type ExpertEngine, type ExpertMatrices, type StepShape } from './expert-engine.js';
 import type { TelemetrySink } from './telemetry.js';
 
@@ -112,14 +112,35 @@ export function fusedMatrixValues(m: RawFusedMatrix): Float32Array {
   return native.fusedMatrixDecode(m);
 }
 
+/**
+ * Patches (values that do not fit 8 bits) a symbol matrix may hold, as a share of its values: past
+ * it a rung is too tight for int8 symbols and stays fused. A patch costs 8 bytes and a branch in
+ * its block; 1/64 keeps them under 13 % of the matrix's bytes.
+ */
+export const MAX_PATCH_SHARE = 1 / 64;
+
+/**
+ * The fused matrix's weights as int8 symbols (RawSymbolMatrix), or null where its rung is too tight
+ * for them. The same weights bit for bit, so the same products; a byte a value, decoded once here
+ * instead of in every product.
+ */
+export function symbolMatrix(m: RawFusedMatrix): RawSymbolMatrix | null {
+  return native.symbolMatrix(m, MAX_PATCH_SHARE);
+}
+
+/** The weights a symbol matrix's product multiplies with (f32, checkpoint layout). */
+export function symbolMatrixValues(m: RawSymbolMatrix): Float32Array {
+  return native.symbolMatrixDecode(m);
+}
+
 /** Bytes one product with the matrix reads. */
 export function matrixBytes(m: RawMatrix): number {
   return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : m.bytes;
 }
 
-/** Bytes the matrix holds in memory: its array, or a fused one's stream buffers and row index. */
+/** Bytes the matrix holds in memory: its array, a symbol matrix's arrays, or a fused one's stream buffers and row index. */
 export function matrixHeldBytes(m: RawMatrix): number {
-  return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : (m.heldBytes ?? m.bytes);
+  return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : 'heldBytes' in m ? (m.heldBytes ?? m.bytes) : m.bytes;
 }
 
 /** An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the fused path. */

@@ -3,7 +3,7 @@ import { compress, compressLadder, decompressRungs, ladderBounds, splitRungs } f
 import { bf16ToF32, f32ToBf16 } from '../../src/codec/halfs-array.js';
 import { native } from '../../src/codec/native.js';
 import { ResidentExpertEngine } from '../../src/model/engine.js';
-import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, type NativeExpert } from '../../src/offload/cpu-engine.js';
+import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, symbolMatrix, type NativeExpert } from '../../src/offload/cpu-engine.js';
 import { CudaExpertEngine } from '../../src/offload/cuda-engine.js';
 import { OffloadExpertEngine } from '../../src/offload/engine.js';
 import { CopyLink } from '../../src/offload/link.js';
@@ -99,6 +99,38 @@ export function cpuFused(decoder: 'gfni' | 'plane loop', bound: number, ladder?:
         },
       };
       return { engine, used: (l, e) => values[l][e] };
+    },
+  };
+}
+
+/** The CPU engine on int8 symbols: streams within `bound` (with `rungs`, ladders read at rung `k`) held as symbols. */
+export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number }): EngineImpl {
+  return {
+    name: `CPU int8 symbols at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}`,
+    unavailable: () => null,
+    shapes: SHAPES,
+    offThread: true,
+    async make(experts, d, ff) {
+      const values: ExpertMatrices[][] = [];
+      const one = (v: Float32Array, rows: number, cols: number) => {
+        const f = ladder
+          ? (() => {
+              const s = splitRungs(compressLadder(v, { bounds: ladderBounds(bound, ladder.rungs) }));
+              return fusedMatrix(s.head, rows, cols, { rungs: s.rungs.slice(0, ladder.k + 1), k: ladder.k });
+            })()
+          : fusedMatrix(compress(v, { bound }), rows, cols);
+        const q = symbolMatrix(f);
+        if (!q) throw new Error(`a ${rows}×${cols} matrix at ${bound} does not fit int8 symbols`);
+        return { q, values: fusedMatrixValues(f) };
+      };
+      const mats: NativeExpert[][] = experts.map((row, l) =>
+        row.map((m, e) => {
+          const [g, u, dn] = [one(m.gate, ff, d), one(m.up, ff, d), one(m.down, d, ff)];
+          (values[l] ??= [])[e] = { gate: g.values, up: u.values, down: dn.values };
+          return { gate: g.q, up: u.q, down: dn.q };
+        }),
+      );
+      return { engine: new CpuExpertEngine(d, ff, mats), used: (l, e) => values[l][e] };
     },
   };
 }
