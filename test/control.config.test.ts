@@ -69,6 +69,11 @@ describe('policies and profiles', function () {
     fails(loadProfile, write('b.yaml', { ...PROFILE, sla: { p95_inter_token_seconds: -1 } }), 'sla.p95_inter_token_seconds', /expected a number > 0/);
   });
 
+  it('takes tier A as f32, fused or symbols, and names any other form', function () {
+    for (const form of ['f32', 'fused', 'symbols']) assert.equal(loadProfile(write(`t-${form}.yaml`, { ...PROFILE, device: { ...PROFILE.device, tier_a_form: form } })).device.tier_a_form, form);
+    fails(loadProfile, write('t-int4.yaml', { ...PROFILE, device: { ...PROFILE.device, tier_a_form: 'int4' } }), 'device.tier_a_form', /expected f32, fused or symbols/);
+  });
+
   it('names an unknown field (a typo)', function () {
     fails(loadPolicy, write('c.yaml', policyWith((p) => (p.control.dwel_ms = 5))), 'control', /unknown field dwel_ms/);
     fails(loadProfile, write('d.yaml', { ...PROFILE, slaa: {} }), '', /unknown field slaa/);

@@ -20,10 +20,10 @@ runEngineConformance(cpuFused('gfni', 1.25e-4, { rungs: 4, k: 2 }));
 runEngineConformance(cpuFused('plane loop', 1.25e-4, { rungs: 4, k: 1 }));
 runEngineConformance(offloadEngine('tfjs'));
 runEngineConformance(offloadEngine('cpu'));
-runEngineConformance(offloadEngine('cpu', { level: 2, fused: false }));
-runEngineConformance(offloadEngine('cpu', { level: 2, fused: true }));
+runEngineConformance(offloadEngine('cpu', { level: 2, form: 'f32' }));
+runEngineConformance(offloadEngine('cpu', { level: 2, form: 'fused' }));
 runEngineConformance(offloadEngine('cpu', null, true));
-runEngineConformance(offloadEngine('cpu', { level: 2, fused: true }, false, true));
+runEngineConformance(offloadEngine('cpu', { level: 2, form: 'fused' }, false, true));
 runEngineConformance(offloadEngine('cpu', null, true, true));
 runEngineConformance(cpuBf16);
 

@@ -9,10 +9,12 @@ import { fusedMatrix, fusedMatrixValues, MAX_PATCH_SHARE, nativeExpertLayer, sym
 import { native } from '../src/codec/native.js';
 import { distribution, gaussian } from './codec/data.js';
 import { randomExperts, runEngineConformance } from './engines/conformance.js';
-import { cpuSymbols } from './engines/impls.js';
+import { cpuSymbols, offloadEngine } from './engines/impls.js';
 
 runEngineConformance(cpuSymbols(1e-3));
 runEngineConformance(cpuSymbols(1e-4, { rungs: 8, k: 3 }));
+runEngineConformance(offloadEngine('cpu', { level: 2, form: 'symbols' }));
+runEngineConformance(offloadEngine('cpu', { level: 4, form: 'symbols' }, false, true));
 
 const bits = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 

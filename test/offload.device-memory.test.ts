@@ -48,17 +48,17 @@ describe('offload: device memory', function () {
     const want = await generate(reference.model, reference.tokenizer, 'Call me Ishmael. Some years ago', { maxTokens: 24 });
     const store = await buildStore(checkpointExperts(reference.checkpoint), DEFAULT_LADDER);
     reference.dispose();
-    for (const fused of [false, true]) {
+    for (const form of ['f32', 'fused', 'symbols'] as const) {
       const link = new EmulatedLink({ bytesPerSecond: 2e9 });
       const m = await loadModel(EMBEDDED_MODEL_DIR, {
-        engine: () => new OffloadExpertEngine({ store, link, fused, budget: { tierABytes: 3 * store.expertValues(0, 0) * 4, tierBBytes: 200_000 } }),
+        engine: () => new OffloadExpertEngine({ store, link, tierAForm: form, budget: { tierABytes: 3 * store.expertValues(0, 0) * 4, tierBBytes: 200_000 } }),
       });
       try {
         for (let i = 0; i < 2; i++) {
           const got = await generate(m.model, m.tokenizer, 'Call me Ishmael. Some years ago', { maxTokens: 24 });
-          assert.equal(got.text, want.text, `fused ${fused}, run ${i}`);
+          assert.equal(got.text, want.text, `${form}, run ${i}`);
         }
-        assert.ok(link.memory.reused > 0, `fused ${fused}: no buffer was reused`);
+        assert.ok(link.memory.reused > 0, `${form}: no buffer was reused`);
       } finally {
         m.dispose();
       }

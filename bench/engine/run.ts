@@ -3,8 +3,9 @@
  *   embedded — the embedded model's greedy decode (8-token prompt, then DECODE_TOKENS tokens one
  *     forward each), best of REPS: (a) the TensorFlow.js model with its resident tfjs engine,
  *     (b) the CPU engine on the dense weights (the checkpoint's bf16 bits, widened in registers) (the whole forward in the addon), (c) the same,
- *     fused on compressed experts at eb 1e-3 and (d) 1e-2; with the time per token split into the
- *     routed experts' FFN and everything else.
+ *     fused on compressed experts at eb 1e-3 and (d) 1e-2, (e) the 1e-3 streams held as int8
+ *     symbols (a byte a value, the same weights, no decode in the product); with the time per token
+ *     split into the routed experts' FFN and everything else.
  *   mixtral-expert — one decode token through the two active experts of a Mixtral-8x7B layer
  *     (2 × three 4096×14336 matrices, N(0, 0.02) bf16 weights: 704 MB, larger than any cache
  *     here, so memory bandwidth is what it measures), engines as above (tfjs: tf.matMul on the
@@ -31,9 +32,10 @@ const RESULTS = path.join(ROOT, 'bench', 'results', 'engine.json');
 const DECODE_TOKENS = 192;
 const REPS = 5;
 const MIXTRAL = { d: 4096, ff: 14336, experts: 2 };
-const ENGINES = ['tfjs', 'cpu', 'cpu-fused-1e-3', 'cpu-fused-1e-2'] as const;
+const ENGINES = ['tfjs', 'cpu', 'cpu-fused-1e-3', 'cpu-fused-1e-2', 'cpu-symbols-1e-3'] as const;
 type EngineName = (typeof ENGINES)[number];
-const boundOf = (e: EngineName) => (e === 'cpu-fused-1e-3' ? 1e-3 : e === 'cpu-fused-1e-2' ? 1e-2 : undefined);
+const boundOf = (e: EngineName) => (e === 'cpu-fused-1e-3' || e === 'cpu-symbols-1e-3' ? 1e-3 : e === 'cpu-fused-1e-2' ? 1e-2 : undefined);
+const symbolsOf = (e: EngineName) => e === 'cpu-symbols-1e-3';
 
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
@@ -80,7 +82,7 @@ class TimedEngine implements ExpertEngine {
 
 async function embedded(engine: EngineName, memcpy: number): Promise<Row> {
   const bound = boundOf(engine);
-  const m: LoadedModel = await loadModel(EMBEDDED_MODEL_DIR, engine === 'tfjs' ? { nativeForward: false } : { cpu: { bound } });
+  const m: LoadedModel = await loadModel(EMBEDDED_MODEL_DIR, engine === 'tfjs' ? { nativeForward: false } : { cpu: { bound, symbols: symbolsOf(engine) } });
   try {
     const c = m.checkpoint.config;
     const timed = engine === 'tfjs' ? new TimedEngine(m.engine) : undefined;
@@ -187,7 +189,7 @@ async function mixtral(memcpy: number): Promise<Row[]> {
       }
     } else {
       const bound = boundOf(engine);
-      const experts: NativeExpert[] = f32.map((m) => (bound === undefined ? m : compressedExpert(m, d, ff, bound)));
+      const experts: NativeExpert[] = f32.map((m) => (bound === undefined ? m : compressedExpert(m, d, ff, bound, symbolsOf(engine))));
       const eng = new CpuExpertEngine(d, ff, [experts]);
       const s = await time(() => eng.compute(0, x, ids, weights, 1));
       row = { workload: 'mixtral-expert', engine, tokens_per_s: 1 / s, bytes_per_token: E * eng.expertBytes(), memcpy_fraction: 0 };

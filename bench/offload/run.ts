@@ -13,6 +13,8 @@
  *   u-shape-fused  the same plan, tier A holding the compressed rungs, multiplied by the fused
  *             product (no decode; an entry costs its compressed bytes, so the same tier-A budget
  *             holds more experts)
+ *   u-shape-symbols  the same plan, tier A holding each level as int8 symbols where it fits 8 bits
+ *             (the same weights at a byte a value, no decode in the product), rungs where not
  * Every run is the product's path: the native forward (src/model/native-forward.ts), experts
  * through the offload engine, multiplied by the CPU engine's kernels.
  * for device caches (tier A) of 1×, 2× and 4× the active experts per layer; tier B is off so every
@@ -37,6 +39,7 @@ import { KvCache } from '../../src/model/kv-cache.js';
 import { checkpointExperts, EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../../src/model/load.js';
 import { ladderReport } from '../../src/offload/ladder-report.js';
 import { OffloadExpertEngine } from '../../src/offload/engine.js';
+import type { TierAForm } from '../../src/offload/fetcher.js';
 import { CopyLink, EmulatedLink, type Link } from '../../src/offload/link.js';
 import { DEFAULT_LADDER, uniformPlan, type PrecisionPlan } from '../../src/offload/plan.js';
 import { MATRICES } from '../../src/offload/source.js';
@@ -67,13 +70,13 @@ function median(xs: number[]): number {
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
 
-type SchemeName = 'bf16' | 'int8' | 'int4g64' | 'uniform' | 'u-shape' | 'u-shape-fused';
+type SchemeName = 'bf16' | 'int8' | 'int4g64' | 'uniform' | 'u-shape' | 'u-shape-fused' | 'u-shape-symbols';
 interface Scheme {
   name: SchemeName;
   store: ExpertStore;
   plan: PrecisionPlan;
-  /** Tier A keeps codec levels compressed for the fused product. */
-  fused?: boolean;
+  /** How tier A holds codec levels (default f32). */
+  tierAForm?: TierAForm;
 }
 
 interface Row {
@@ -159,7 +162,7 @@ async function run(scheme: Scheme, tierAExperts: number, link: Link, prefetch: b
   const m = await loadModel(EMBEDDED_MODEL_DIR, {
     engine: () =>
       (engine = new OffloadExpertEngine({
-        store: scheme.store, link, budget: { tierABytes: tierAExperts * decodedBytes, tierBBytes: 0 }, telemetry: bus, plan: scheme.plan, prefetch, strictLevels, compute: COMPUTE, fused: scheme.fused,
+        store: scheme.store, link, budget: { tierABytes: tierAExperts * decodedBytes, tierBBytes: 0 }, telemetry: bus, plan: scheme.plan, prefetch, strictLevels, compute: COMPUTE, tierAForm: scheme.tierAForm,
       })),
   });
   try {
@@ -285,7 +288,12 @@ async function main(): Promise<void> {
     }),
     { name: 'uniform', store, plan: uniformPlan(L, uniformLevel) },
     { name: 'u-shape', store, plan: { version: 0, levels: uShape } },
-    ...(COMPUTE === 'cpu' ? [{ name: 'u-shape-fused' as const, store, plan: { version: 0, levels: uShape }, fused: true }] : []),
+    ...(COMPUTE === 'cpu'
+      ? ([
+          { name: 'u-shape-fused', store, plan: { version: 0, levels: uShape }, tierAForm: 'fused' },
+          { name: 'u-shape-symbols', store, plan: { version: 0, levels: uShape }, tierAForm: 'symbols' },
+        ] as Scheme[])
+      : []),
   ];
   const known = new Map(prefixScan.map((x) => [x.levels.join(), x.agreement]));
   const quality = new Map<SchemeName, { agreement: number; maxError: number }>();
@@ -348,7 +356,7 @@ async function main(): Promise<void> {
     ladder: DEFAULT_LADDER,
     link_emulated: true,
     forward: 'native',
-    tier_a_forms: { 'u-shape-fused': 'compressed rungs, fused product', others: COMPUTE === 'cpu' ? 'f32' : 'tfjs tensors' },
+    tier_a_forms: { 'u-shape-fused': 'compressed rungs, fused product', 'u-shape-symbols': 'int8 symbols where a level fits 8 bits, else compressed rungs', others: COMPUTE === 'cpu' ? 'f32' : 'tfjs tensors' },
     compute_seconds_per_token: computeSeconds,
     expert_compute: COMPUTE,
     resident_tokens_per_s: 1 / computeSeconds,

@@ -43,7 +43,7 @@ export const profileSchema = z.strictObject({
      * rungs themselves, multiplied by the CPU engine's fused product (no decode on a miss, and an
      * entry costs its compressed bytes, so the budget holds more experts; the product is slower).
      */
-    tier_a_form: z.enum(['f32', 'fused'], { error: 'expected f32 or fused' }).optional(),
+    tier_a_form: z.enum(['f32', 'fused', 'symbols'], { error: 'expected f32, fused or symbols' }).optional(),
   }),
   /**
    * The disk tier: keep the experts in the store file and at most budget_bytes of them in host

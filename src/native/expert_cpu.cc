@@ -156,6 +156,44 @@ void decode_fused_row(const FusedMatrix& f, int r, float* row) {
   fused_decode_row_planes(f.v, r, row);
 }
 
+// One row's symbols, 16 values at a time: the symbol whose weight has w's bits (-0 included), if
+// any — for n the nearest integer to |w| / eb, ±n at p = 0, else ±(n + 1) / 2^p when that is odd
+// and within 127 — checked by the kernel's own arithmetic; bad[c / 16] gets bit c % 16 set where
+// none does (its symbol is left 0).
+static EB_CLONES void symbols_row(const float* w, int cols, SymbolSrc src, int8_t* q, uint16_t* bad) {
+  typedef int16_t v16s __attribute__((vector_size(32)));
+  typedef int8_t v16c __attribute__((vector_size(16)));
+  const int p = src.p;
+  const float inv_eb = 1.0f / src.ebf;
+  for (int c = 0; c < cols; c += 16) {
+    const v16f x = ek_loadf(w + c);
+    v16i bits;
+    memcpy(&bits, &x, sizeof bits);
+    v16f a;
+    const v16i abs_bits = bits & 0x7fffffff;
+    memcpy(&a, &abs_bits, sizeof a);
+    // |w| · (1 / eb), rounded to nearest by the 2^23 trick (exact under 2^22, the only ones
+    // kept): a weight is within an ulp or so of n·eb, so this is n; the check below catches any
+    // value it is not.
+    const v16f quotient = a * inv_eb;
+    const v16i in_range = quotient < 65536.0f;  // false for NaN, ±Inf and the huge
+    const v16f nf = (quotient + 8388608.0f) - 8388608.0f;
+    const v16i n = __builtin_convertvector(in_range ? nf : v16f{}, v16i);
+    const v16i m = p == 0 ? n : n + 1, u = m >> p;
+    const v16i ok = in_range & (u <= 127) & (p == 0 ? v16i{} - 1 : ((u << p) == m) & ((u & 1) == 1));
+    const v16i t = ok ? (bits < 0 ? -u : u) : v16i{};
+    const v16f back = src.weights(t);
+    v16i back_bits;
+    memcpy(&back_bits, &back, sizeof back_bits);
+    const v16i same = back_bits == bits;
+    const v16c t8 = __builtin_convertvector(__builtin_convertvector(same ? t : v16i{}, v16s), v16c);
+    memcpy(q + c, &t8, sizeof t8);
+    uint16_t mask = 0;
+    for (int i = 0; i < 16; i++) mask |= (uint16_t)(same[i] ? 0 : 1u << i);
+    bad[c / 16] = mask;
+  }
+}
+
 bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out) {
   const uint64_t n = (uint64_t)f.rows * f.cols, max_patches = (uint64_t)(max_patch_share * (double)n);
   out.rows = f.rows;
@@ -166,36 +204,19 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out)
   out.row_patch.assign((size_t)f.rows + 1, 0);
   out.patch_col.clear();
   out.patch_value.clear();
-  const SymbolSrc src = out.src();
   std::vector<float> row(f.cols);
+  std::vector<uint16_t> bad(f.cols / 16);
   for (int r = 0; r < f.rows; r++) {
     out.row_patch[r] = (uint32_t)out.patch_col.size();
     decode_fused_row(f, r, row.data());
-    int8_t* q = &out.q[(size_t)r * f.cols];
-    for (int c = 0; c < f.cols; c++) {
-      // The symbol whose weight has w's bits (-0 included), if any: for n the nearest integer to
-      // |w| / eb, ±n at p = 0, else ±(n + 1) / 2^p when that is odd; checked below by the
-      // kernel's own arithmetic.
-      const float w = row[c];
-      int8_t t = 0;
-      const float nf = rintf(fabsf(w) / out.ebf);
-      if (nf >= 0 && nf < 65536) {
-        const int64_t n = (int64_t)nf, u = out.p == 0 ? n : (n + 1) >> out.p;
-        const bool exact = out.p == 0 || (u << out.p) == n + 1;
-        if (exact && (out.p == 0 || (u & 1)) && u <= 127) t = (int8_t)(signbit(w) ? -u : u);
+    symbols_row(row.data(), f.cols, out.src(), &out.q[(size_t)r * f.cols], bad.data());
+    for (int g = 0; g < f.cols / 16; g++)
+      for (uint32_t b = bad[g]; b; b &= b - 1) {
+        if (out.patch_col.size() >= max_patches) return false;
+        const int c = 16 * g + __builtin_ctz(b);
+        out.patch_col.push_back((uint32_t)c);
+        out.patch_value.push_back(row[c]);
       }
-      int8_t lanes[32] = {t};
-      v16f back16, unused;
-      src.weights32(lanes, back16, unused);
-      const float back = back16[0];
-      if (memcmp(&back, &w, sizeof w) == 0) {
-        q[c] = t;
-        continue;
-      }
-      if (out.patch_col.size() >= max_patches) return false;
-      out.patch_col.push_back((uint32_t)c);
-      out.patch_value.push_back(w);
-    }
   }
   out.row_patch[f.rows] = (uint32_t)out.patch_col.size();
   return true;

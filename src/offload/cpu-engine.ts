@@ -143,9 +143,15 @@ export function matrixHeldBytes(m: RawMatrix): number {
   return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : 'heldBytes' in m ? (m.heldBytes ?? m.bytes) : m.bytes;
 }
 
-/** An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the fused path. */
-export function compressedExpert(m: ExpertMatrices, d: number, ff: number, bound: number): NativeExpert {
-  const one = (v: Float32Array, rows: number, cols: number) => fusedMatrix(compress(v, { bound, threads: 0 }), rows, cols);
+/**
+ * An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the
+ * fused path, or with `symbols` its weights as int8 symbols where they fit 8 bits.
+ */
+export function compressedExpert(m: ExpertMatrices, d: number, ff: number, bound: number, symbols = false): NativeExpert {
+  const one = (v: Float32Array, rows: number, cols: number) => {
+    const fused = fusedMatrix(compress(v, { bound, threads: 0 }), rows, cols);
+    return symbols ? (symbolMatrix(fused) ?? fused) : fused;
+  };
   return { gate: one(m.gate, ff, d), up: one(m.up, ff, d), down: one(m.down, d, ff) };
 }
 
@@ -160,6 +166,8 @@ export interface CpuEngineStats {
 export interface CpuEngineOptions extends NativeLayerOptions {
   /** Keep experts compressed within this absolute bound and use the fused path; dense when absent. */
   bound?: number;
+  /** With a bound: hold each matrix as int8 symbols where it fits 8 bits (fused where not). */
+  symbols?: boolean;
   /** Where each forward step's TokenSample goes (all compute: every expert is resident, nothing waits). */
   telemetry?: TelemetrySink;
 }
@@ -202,17 +210,17 @@ export class CpuExpertEngine implements ExpertEngine {
     const experts = Array.from({ length: c.numLayers }, (_, l) =>
       Array.from({ length: c.numExperts }, (_, e) => {
         const m = read(l, e);
-        if (opts.bound !== undefined) return compressedExpert(m, d, ff, opts.bound);
+        if (opts.bound !== undefined) return compressedExpert(m, d, ff, opts.bound, opts.symbols);
         return { gate: bf16IfExact(m.gate, d), up: bf16IfExact(m.up, d), down: bf16IfExact(m.down, ff) };
       }),
     );
     return new CpuExpertEngine(d, ff, experts, opts);
   }
 
-  /** How the experts are held, for logs: 'dense f32', 'dense bf16' or 'compressed (fused)'. */
+  /** How the experts are held, for logs: 'dense f32', 'dense bf16', 'compressed (fused)' or 'compressed (int8 symbols)'. */
   describeForm(): string {
     const g = this.experts[0]?.[0]?.gate;
-    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : 'compressed (fused)';
+    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : 'symbols' in g ? 'compressed (int8 symbols)' : 'compressed (fused)';
   }
 
   /** Layer `l`'s experts, as the native forward takes them. */

@@ -16,7 +16,7 @@
  */
 import { combineExperts, distinctExperts, type ExpertEngine, type StepShape } from './expert-engine.js';
 import { nativeExpertLayer } from './cpu-engine.js';
-import { ExpertFetcher, nativeMatricesOf, tensorsOf, type ExpertHandle, type FetcherOptions } from './fetcher.js';
+import { ExpertFetcher, nativeMatricesOf, tensorsOf, type ExpertHandle, type FetcherOptions, type TierAForm } from './fetcher.js';
 import { checkPlan, dropOf, uniformPlan, type PrecisionPlan } from './plan.js';
 import { NO_TELEMETRY, type TelemetrySink } from './telemetry.js';
 
@@ -24,11 +24,13 @@ export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
   /** Who multiplies: the CPU engine's kernels in the addon (default) or TensorFlow.js. */
   compute?: 'tfjs' | 'cpu';
   /**
-   * With the CPU engine: keep a codec level's rungs compressed in tier A and multiply them with
-   * the fused product (decoding each block inside the dot product) instead of decoding them to
-   * f32 first. The exact level is always f32.
+   * With the CPU engine, how tier A holds a codec level: 'f32' (default), its rungs decoded;
+   * 'fused', the rungs as they crossed, multiplied by the fused product (each block decoded inside
+   * the dot product); 'symbols', the rungs' weights as int8 symbols, a byte a value with no decode
+   * in the product, where the level fits 8 bits (fused where it does not). In 'fused' and
+   * 'symbols' an exact level of bf16 bytes is multiplied in place; otherwise it is f32.
    */
-  fused?: boolean;
+  tierAForm?: TierAForm;
   /** The first plan (default: every layer at the finest level). */
   plan?: PrecisionPlan;
   /** Act on the model's prefetch hints (default true). */
@@ -67,8 +69,9 @@ export class OffloadExpertEngine implements ExpertEngine {
 
   constructor(opts: OffloadEngineOptions) {
     this.compute_ = opts.compute ?? 'cpu';
-    if (opts.fused && this.compute_ !== 'cpu') throw new RangeError('the fused form is multiplied by the CPU engine: compute must be cpu');
-    this.fetcher = new ExpertFetcher({ ...opts, form: this.compute_ === 'tfjs' ? 'tfjs' : opts.fused ? 'fused' : 'f32' });
+    const form = opts.tierAForm ?? 'f32';
+    if (form !== 'f32' && this.compute_ !== 'cpu') throw new RangeError(`the ${form} form is multiplied by the CPU engine: compute must be cpu`);
+    this.fetcher = new ExpertFetcher({ ...opts, form: this.compute_ === 'tfjs' ? 'tfjs' : form });
     const s = opts.store;
     this.plan = opts.plan ?? uniformPlan(s.numLayers, s.levels - 1);
     checkPlan(this.plan, s.ladder, s.numLayers);

@@ -17,7 +17,7 @@
  * evicted the request is served by a transient copy that is freed on release (counted).
  */
 import { decodeOnStream } from '../codec/index.js';
-import { fusedIndexBytes, fusedMatrix, matrixHeldBytes, type NativeExpert } from './cpu-engine.js';
+import { fusedIndexBytes, fusedMatrix, matrixHeldBytes, symbolMatrix, type NativeExpert } from './cpu-engine.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
 import type { DeviceMemory } from './device-memory.js';
@@ -87,9 +87,13 @@ export function deviceBudget(
  * What tier A holds for an expert: tfjs tensors (the tfjs engine), its f32 matrices as they were
  * decoded (the CPU engine reads them in place, nothing is copied into tfjs), or what crossed the
  * link, multiplied in place: compressed rungs prepared for the CPU engine's fused product, and at
- * the exact level a bf16 checkpoint's own bits (other dtypes decode to f32).
+ * the exact level a bf16 checkpoint's own bits (other dtypes decode to f32). 'symbols' is the
+ * fused form with each codec level's matrices held as int8 symbols where they fit 8 bits (the
+ * same weights, a byte a value, no decode in the product), the rungs kept where they do not.
  */
-export type DecodedForm = 'tfjs' | 'f32' | 'fused';
+export type DecodedForm = 'tfjs' | 'f32' | 'fused' | 'symbols';
+/** The forms a CPU-engine tier A can take (OffloadEngineOptions.tierAForm). */
+export type TierAForm = Exclude<DecodedForm, 'tfjs'>;
 export type DecodedWeights = SwigluTensors | ExpertMatrices | NativeExpert;
 
 /** The tensors of a tfjs-form expert (throws for an f32-form one: a wiring mistake). */
@@ -189,6 +193,8 @@ export class ExpertFetcher {
   private closed = false;
   private readonly strict: boolean;
   readonly form: DecodedForm;
+  /** [level]: whether the last expert decoded at that level fit int8 symbols (the symbol form). */
+  private readonly symbolsFit: boolean[] = [];
 
   constructor(opts: FetcherOptions) {
     this.store = opts.store;
@@ -206,7 +212,7 @@ export class ExpertFetcher {
     this.tierB = new Tier('B', opts.budget.tierBBytes, evictionPolicy<number>(policy), (_k, v) => this.memory?.release(partsBuffers(v)));
     [this.ff, this.d] = this.store.matrixInfo(0, 0).gate.shape;
     this.decodedBytes = this.store.expertValues(0, 0) * 4;
-    if (this.form === 'fused' && (this.d % 32 || this.ff % 32)) throw new RangeError(`the fused form needs rows of whole 32-value blocks; this model's experts are ${this.ff}×${this.d}`);
+    if (this.inPlace && (this.d % 32 || this.ff % 32)) throw new RangeError(`the ${this.form} form needs rows of whole 32-value blocks; this model's experts are ${this.ff}×${this.d}`);
   }
 
   /**
@@ -217,10 +223,19 @@ export class ExpertFetcher {
    */
   heldBytesByLevel(layer: number): number[] {
     const moved = this.store.layerLevelBytes(layer);
-    if (this.form !== 'fused') return moved.map(() => this.decodedBytes);
+    if (!this.inPlace) return moved.map(() => this.decodedBytes);
     const inPlace = this.exactInPlace(layer, 0);
     const rows = 2 * this.ff + this.d; // gate and up [ff, d], down [d, ff]
-    return moved.map((b, k) => (k !== this.store.exact ? b + fusedIndexBytes(rows, k) : inPlace ? b : this.decodedBytes));
+    // A level held as symbols: a byte a value and each matrix's row index (patches not counted).
+    const symbols = this.decodedBytes / 4 + 4 * (rows + 3);
+    return moved.map((b, k) =>
+      k === this.store.exact ? (inPlace ? b : this.decodedBytes) : this.form === 'symbols' && this.symbolsFit[k] !== false ? symbols : b + fusedIndexBytes(rows, k),
+    );
+  }
+
+  /** Whether tier A multiplies what crossed in place (the fused and symbol forms). */
+  private get inPlace(): boolean {
+    return this.form === 'fused' || this.form === 'symbols';
   }
 
   /**
@@ -230,7 +245,7 @@ export class ExpertFetcher {
    */
   private exactInPlace(layer: number, expert: number): boolean {
     const stored = this.store.matrixInfo(layer, expert);
-    return this.form === 'fused' && this.store.exactIsOriginal && MATRICES.every((m) => stored[m].dtype === 'BF16' && stored[m].shape[1] % 32 === 0);
+    return this.inPlace && this.store.exactIsOriginal && MATRICES.every((m) => stored[m].dtype === 'BF16' && stored[m].shape[1] % 32 === 0);
   }
 
   /** Brings expert (layer, expert) to `level` or tighter and pins it until the handle's release. */
@@ -339,9 +354,11 @@ export class ExpertFetcher {
     let device: Uint8Array[] | undefined;
     try {
       [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, matrixLandsAt), landed]);
-      // Multiplied in place, the entry holds the device bytes it reads (taken before the load lets go).
-      if (!(values.gate instanceof Float32Array)) {
-        device = MATRICES.flatMap((m) => (exact ? [parts.parts[m].exact!] : [parts.parts[m].head!, ...parts.parts[m].rungs.slice(0, level + 1)]));
+      // Multiplied in place, the entry holds the device bytes it reads (taken before the load lets
+      // go); f32 and symbol matrices hold their own copies.
+      const inPlace = MATRICES.filter((m) => !(values[m] instanceof Float32Array) && !('symbols' in values[m]));
+      if (inPlace.length) {
+        device = inPlace.flatMap((m) => (exact ? [parts.parts[m].exact!] : [parts.parts[m].head!, ...parts.parts[m].rungs.slice(0, level + 1)]));
         this.memory?.retain(device);
       }
     } finally {
@@ -355,7 +372,7 @@ export class ExpertFetcher {
       bytes: exact ? MATRICES.reduce((s, m) => s + parts.parts[m].exact!.byteLength, 0) : partsBytes(parts, level),
       values: this.decodedBytes / 4, seconds,
     });
-    const bytes = device ? MATRICES.reduce((n, m) => n + matrixHeldBytes(values[m]), 0) : this.decodedBytes;
+    const bytes = this.form === 'tfjs' ? this.decodedBytes : MATRICES.reduce((n, m) => n + matrixHeldBytes(values[m]), 0);
     const weights = this.form === 'tfjs' ? swigluTensors(values as ExpertMatrices, this.d, this.ff) : values;
     const decoded: Decoded = { level, weights, bytes, device, users: 0, transient: false, transferDoneAt, decodedAt };
     const old = this.tierA.peek(key);
@@ -384,10 +401,15 @@ export class ExpertFetcher {
       const [gate, up, down] = MATRICES.map((m) => (inPlace ? bf16View(p.parts[m].exact!) : this.store.decodeExact(stored[m], p.parts[m].exact!, this.spare.pop())));
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
-    if (this.form === 'fused') {
+    if (this.inPlace) {
       await landed;
       const t = performance.now();
-      const [gate, up, down] = MATRICES.map((m) => fusedMatrix(p.parts[m].head!, stored[m].shape[0], stored[m].shape[1], { rungs: p.parts[m].rungs.slice(0, level + 1), k: level }));
+      const [gate, up, down] = MATRICES.map((m) => {
+        const fused = fusedMatrix(p.parts[m].head!, stored[m].shape[0], stored[m].shape[1], { rungs: p.parts[m].rungs.slice(0, level + 1), k: level });
+        return this.form === 'symbols' ? (symbolMatrix(fused) ?? fused) : fused;
+      });
+      // Whether this level fits symbols: what heldBytesByLevel says of it from now on.
+      if (this.form === 'symbols') this.symbolsFit[level] = [gate, up, down].every((m) => 'symbols' in m);
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     const count = stored.gate.shape[0] * stored.gate.shape[1];

@@ -7,7 +7,7 @@
  */
 import { OffloadExpertEngine } from './engine.js';
 import type { EvictionPolicyName } from './eviction.js';
-import type { DeviceBudget } from './fetcher.js';
+import type { DeviceBudget, TierAForm } from './fetcher.js';
 import { CopyLink, EmulatedLink, type Link } from './link.js';
 import { DEFAULT_LADDER, type Ladder, type PrecisionPlan } from './plan.js';
 import { progressBar } from './progress.js';
@@ -21,7 +21,7 @@ export * from './plan.js';
 export * from './telemetry.js';
 export { OffloadExpertEngine } from './engine.js';
 export { CopyLink, EmulatedLink, type Link } from './link.js';
-export { deviceBudget, type DeviceBudget } from './fetcher.js';
+export { deviceBudget, type DeviceBudget, type TierAForm } from './fetcher.js';
 export type { ExpertSource, RawTensor } from './source.js';
 export { ExpertStore } from './store.js';
 export { openStore } from './store-file.js';
@@ -39,8 +39,8 @@ export interface OffloadOptions {
   prefetch?: boolean;
   /** Who multiplies the fetched experts: the CPU engine in the addon (default) or TensorFlow.js. */
   compute?: 'tfjs' | 'cpu';
-  /** With the CPU engine: tier A keeps codec levels compressed for the fused product (OffloadEngineOptions.fused). */
-  fused?: boolean;
+  /** With the CPU engine: how tier A holds a codec level (OffloadEngineOptions.tierAForm). */
+  tierAForm?: TierAForm;
   telemetry?: TelemetrySink;
   /**
    * Keep the store on disk (the disk tier): host memory holds at most `bytes` of experts' levels,
@@ -86,7 +86,7 @@ export async function createOffload(source: ExpertSource, opts: OffloadOptions):
   else if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
   const link = opts.emulatedLink ? new EmulatedLink(opts.emulatedLink) : new CopyLink();
   log(`offload: link ${link.describe()}`);
-  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, fused: opts.fused });
+  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, tierAForm: opts.tierAForm });
   return { opened, link, engine };
 }
 

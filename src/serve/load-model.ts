@@ -40,6 +40,13 @@ import { isGgufPath } from '../model/gguf/checkpoint.js';
 import type { EngineName, ServedModel } from './served-model.js';
 import { denseHeldBytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME_ALLOWANCE_BYTES, type MemoryPlan } from './memory-plan.js';
 
+
+/** The startup log's words for each tier-A form (the profile's device.tier_a_form). */
+const TIER_A_FORMS = {
+  f32: 'decoded f32 experts (tier A)',
+  fused: 'experts as they crossed, multiplied in place (tier A: rungs by the fused product, exact bf16 by the bf16 one)',
+  symbols: 'experts as int8 symbols where their level fits 8 bits, else as they crossed (tier A: symbols and rungs multiplied in place, exact bf16 by the bf16 product)',
+} as const;
 export interface ModelSpec {
   dir: string;
   engine: EngineName;
@@ -134,7 +141,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     );
     const fixed = spec.fixedLevel !== undefined;
     log(
-      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB ${d.tier_a_form === 'fused' ? 'experts as they crossed, multiplied in place (tier A: rungs by the fused product, exact bf16 by the bf16 one)' : 'decoded f32 experts (tier A)'} + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
+      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB ${TIER_A_FORMS[d.tier_a_form ?? 'f32']} + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
         `ladder of policy ${spec.policy.name}: ${ladder.bounds.join(', ')} (${ladder.boundMode})${ladder.exact ? ' + exact' : ''}; ` +
         (fixed ? `every layer fixed at level ${level} (${describeLevel(ladder, level)}), no controller` : 'levels chosen live by the controller'),
     );
@@ -146,7 +153,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       budget,
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
-      fused: d.tier_a_form === 'fused',
+      tierAForm: d.tier_a_form ?? 'f32',
       hostBudget: hostBudgetBytes === undefined ? undefined : { bytes: hostBudgetBytes, minExperts: c.topK },
       telemetry,
       log,

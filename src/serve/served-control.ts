@@ -121,11 +121,12 @@ export class ServedControl {
     const text = jsonl<TextCanary>('text.jsonl');
     if (!text.length) throw new Error(`${dir}/text.jsonl: the controller needs text canaries beside the model`);
     // The canaries' engines: their own small caches over the same store, exactly the plan's levels,
-    // in the served engine's tier-A form: fused, a canary multiplies what it fetched in place as
-    // serving does (decoding every expert it uses to f32 took ~10 s per canary token at OLMoE's
-    // size, and serving waits a step for each canary forward). An expert is held as its exact
-    // bytes at most (fused) or as f32.
-    const fused = o.engine.fetcher.form === 'fused';
+    // in the served engine's tier-A form: fused or symbols, a canary multiplies what it fetched in
+    // place as serving does (decoding every expert it uses to f32 took ~10 s per canary token at
+    // OLMoE's size, and serving waits a step for each canary forward). An expert is held as its
+    // exact bytes at most (fused, symbols) or as f32.
+    const form = o.engine.fetcher.form === 'tfjs' ? 'f32' : o.engine.fetcher.form;
+    const fused = form !== 'f32';
     const c = o.model.checkpoint.config;
     const expertBytes = o.store.expertValues(0, 0) * 4;
     const heldBytes = fused ? Math.min(expertBytes, o.store.levelBytes(0, 0, o.store.exact)) : expertBytes;
@@ -135,8 +136,8 @@ export class ServedControl {
     // the experts one forward serves once beyond it: the reference pass's, every item's chunk
     // together, route to the most.
     this.canaryCacheBytes = budget.tierABytes + Math.min(c.numExperts, o.policy.canaries.items * chunk * c.topK) * heldBytes;
-    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused });
-    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, fused, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
+    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, tierAForm: form });
+    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, tierAForm: form, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
     this.canaryEngines = [strict, reference]; // the reference engine last: open() disposes it
     let owedMs = 0;
     this.runner = new CanaryRunner({
@@ -177,6 +178,7 @@ export class ServedControl {
     const key = referenceKey({
       checkpointHash: store.checkpointHash,
       forward: m.model.nativeForward ? 'native' : `tfjs:${m.backend.name}`,
+      // Symbols multiply the fused form's weights bit for bit: one reference serves both.
       reference: `${store.exact === store.levels - 1 ? 'exact' : `finest rung of ${ladderKey(store.ladder)}`}, ${fused ? 'fused' : 'f32'}`,
       vocabSize,
       inputs,

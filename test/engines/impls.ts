@@ -6,6 +6,7 @@ import { ResidentExpertEngine } from '../../src/model/engine.js';
 import { CpuExpertEngine, fusedMatrix, fusedMatrixValues, symbolMatrix, type NativeExpert } from '../../src/offload/cpu-engine.js';
 import { CudaExpertEngine } from '../../src/offload/cuda-engine.js';
 import { OffloadExpertEngine } from '../../src/offload/engine.js';
+import type { TierAForm } from '../../src/offload/fetcher.js';
 import { CopyLink } from '../../src/offload/link.js';
 import { DEFAULT_LADDER, uniformPlan } from '../../src/offload/plan.js';
 import type { ExpertSource, RawTensor } from '../../src/offload/source.js';
@@ -167,15 +168,17 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
 
 /**
  * The offload engine (store of ladder rungs, link, device cache) at its exact level, computing
- * with tfjs or the CPU engine; or, with `level`, at that codec level of the default ladder, its
- * rungs decoded to f32 or (`fused`) multiplied compressed by the fused product.
+ * with tfjs or the CPU engine; or, with `level`, at that codec level of the default ladder in
+ * tier A's `form`: its rungs decoded to f32, multiplied compressed by the fused product, or held as
+ * int8 symbols.
  */
 /** onDisk: the store held on disk (the disk tier), its host budget about three experts at the level read. */
-export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fused: boolean } | null = null, bf16Exact = false, onDisk = false): EngineImpl {
+export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; form: TierAForm } | null = null, bf16Exact = false, onDisk = false): EngineImpl {
+  const forms = { f32: 'rungs decoded to f32', fused: 'fused on the compressed rungs', symbols: 'rungs held as int8 symbols' };
   return {
     name: (bf16Exact
       ? 'offload engine at the exact level of a bf16 checkpoint, its bits multiplied in place (fused form)'
-      : `offload engine at ${at ? `level ${at.level}, ${at.fused ? 'fused on the compressed rungs' : 'rungs decoded to f32'}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`) +
+      : `offload engine at ${at ? `level ${at.level}, ${forms[at.form]}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`) +
       (onDisk ? ', the store on disk read through a host tier of three experts' : ''),
     unavailable: () => null,
     shapes: at || bf16Exact ? SHAPES : [[64, 96], ODD],
@@ -205,7 +208,7 @@ export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; fuse
         closeDisk = () => (disk.close(), fs.rmSync(dir, { recursive: true, force: true }));
       }
       const engine = new OffloadExpertEngine({
-        store: served, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, fused: at?.fused || bf16Exact, plan: uniformPlan(experts.length, level),
+        store: served, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, tierAForm: at?.form ?? (bf16Exact ? 'fused' : 'f32'), plan: uniformPlan(experts.length, level),
       });
       const dispose = engine.dispose.bind(engine);
       engine.dispose = () => (dispose(), closeDisk());
