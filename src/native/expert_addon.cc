@@ -195,13 +195,17 @@ Napi::Value ExpertLayerAsync(const Napi::CallbackInfo& info) {
   return p;
 }
 
-Napi::Value FusedMatrixDecode(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const FusedMatrix* f = fused_of(info[0]);
-  if (!f) throw Napi::TypeError::New(env, "expected a fusedMatrix");
-  auto out = Napi::Float32Array::New(env, (size_t)f->rows * f->cols);
-  for (int r = 0; r < f->rows; r++) decode_fused_row(*f, r, out.Data() + (size_t)r * f->cols);
+// A matrix's weights as its product multiplies with them, row by row into a Float32Array.
+template <class M>
+Napi::Value weights_of(Napi::Env env, const M* m, const char* expected, void (*row)(const M&, int, float*)) {
+  if (!m) throw Napi::TypeError::New(env, expected);
+  auto out = Napi::Float32Array::New(env, (size_t)m->rows * m->cols);
+  for (int r = 0; r < m->rows; r++) row(*m, r, out.Data() + (size_t)r * m->cols);
   return out;
+}
+
+Napi::Value FusedMatrixDecode(const Napi::CallbackInfo& info) {
+  return weights_of(info.Env(), fused_of(info[0]), "expected a fusedMatrix", decode_fused_row);
 }
 
 Napi::Value SymbolMatrixNew(const Napi::CallbackInfo& info) {
@@ -229,12 +233,7 @@ Napi::Value SymbolMatrixNew(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value SymbolMatrixDecode(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const SymbolMatrix* m = symbols_arg(info[0]);
-  if (!m) throw Napi::TypeError::New(env, "expected a symbolMatrix");
-  auto out = Napi::Float32Array::New(env, (size_t)m->rows * m->cols);
-  for (int r = 0; r < m->rows; r++) decode_symbol_row(*m, r, out.Data() + (size_t)r * m->cols);
-  return out;
+  return weights_of(info.Env(), symbols_arg(info[0]), "expected a symbolMatrix", decode_symbol_row);
 }
 
 // setFusedDecoder("gfni" | "plane loop") → whether the CPU can use it (it is then used).

@@ -218,8 +218,9 @@ export class ExpertFetcher {
   /**
    * [level]: the bytes one expert of `layer` holds in tier A at each level (its mean over the
    * layer's experts): what the bytes that crossed hold in the fused form — codec rungs with their
-   * row indexes, and the exact bf16 bytes where they are multiplied in place — and a decoded f32
-   * expert otherwise.
+   * row indexes, and the exact bf16 bytes where they are multiplied in place — in the symbol form
+   * a byte a value where the level fitted the last time one was made (rungs where it did not, and
+   * until one is made), and a decoded f32 expert otherwise.
    */
   heldBytesByLevel(layer: number): number[] {
     const moved = this.store.layerLevelBytes(layer);

@@ -40,13 +40,13 @@ import { isGgufPath } from '../model/gguf/checkpoint.js';
 import type { EngineName, ServedModel } from './served-model.js';
 import { denseHeldBytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME_ALLOWANCE_BYTES, type MemoryPlan } from './memory-plan.js';
 
-
 /** The startup log's words for each tier-A form (the profile's device.tier_a_form). */
 const TIER_A_FORMS = {
   f32: 'decoded f32 experts (tier A)',
   fused: 'experts as they crossed, multiplied in place (tier A: rungs by the fused product, exact bf16 by the bf16 one)',
   symbols: 'experts as int8 symbols where their level fits 8 bits, else as they crossed (tier A: symbols and rungs multiplied in place, exact bf16 by the bf16 product)',
 } as const;
+
 export interface ModelSpec {
   dir: string;
   engine: EngineName;
