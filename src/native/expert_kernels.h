@@ -2,6 +2,7 @@
 // translation units: expert_cpu.cc (for AVX-512, AVX2 and the baseline, picked at load time) and
 // expert_cpu_gfni.cc (for CPUs with GFNI and AVX-512 VBMI, whose bit-matrix instructions turn a
 // block's bit-planes into its magnitudes in a few instructions instead of a loop over planes).
+// decoder_cpu.cc takes its vector helpers (e^x, the fixed-order lane sum) for attention.
 //
 // Everything here has internal linkage and uses no C++ library templates: the GFNI unit is built
 // under `#pragma GCC target`, and a library function instantiated there could be the copy the
