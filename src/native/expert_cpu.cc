@@ -224,13 +224,7 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out)
 
 void decode_symbol_row(const SymbolMatrix& m, int r, float* row) {
   SymbolSrc src = m.src();
-  src.begin_row(r);
-  for (int b = 0; b < m.cols / 32; b++) {
-    v16f w0, w1;
-    src.block(b, w0, w1);
-    memcpy(row + 32 * b, &w0, sizeof w0);
-    memcpy(row + 32 * b + 16, &w1, sizeof w1);
-  }
+  ek_decode_row(src, m.cols, r, row);
 }
 
 const char* fused_decoder() { return use_gfni() ? "gfni" : "plane loop"; }

@@ -425,9 +425,9 @@ EB_AI void ek_symbol_rows(SymbolSrc src, int r0, int r1, const float* x, int ldx
 }
 
 template <class Src>
-EB_AI void ek_decode_row(Src& src, int r, float* row) {
+EB_AI void ek_decode_row(Src& src, int cols, int r, float* row) {
   src.begin_row(r);
-  for (int b = 0; b < src.f.cols / 32; b++) {
+  for (int b = 0; b < cols / 32; b++) {
     v16f w0, w1;
     src.block(b, w0, w1);
     memcpy(row + 32 * b, &w0, 64);
@@ -446,7 +446,7 @@ EB_AI void ek_fused_src_rows(Src& src, int r0, int r1, const float* x, int ldx, 
   }
   for (int r = r0; r < r1; r += EK_SCRATCH_ROWS) {
     const int rows = r1 - r < EK_SCRATCH_ROWS ? r1 - r : EK_SCRATCH_ROWS;
-    for (int i = 0; i < rows; i++) ek_decode_row(src, r + i, scratch + (uint64_t)i * f.cols);
+    for (int i = 0; i < rows; i++) ek_decode_row(src, f.cols, r + i, scratch + (uint64_t)i * f.cols);
     ek_dense_rows(scratch, f.cols, 0, rows, x, ldx, n, y + r, ldy);
   }
 }
@@ -480,7 +480,7 @@ EB_AI void ek_fused_rows(const FusedView& f, int r0, int r1, const float* x, int
 // Row r of the matrix into `row` (cols floats): the weights the fused product multiplies with.
 template <class Planes, int MaxK>
 EB_AI void ek_fused_decode_row(const FusedView& f, int r, float* row) {
-  ek_with_fused_src<Planes, MaxK>(f, [&](auto src) __attribute__((always_inline)) { ek_decode_row(src, r, row); });
+  ek_with_fused_src<Planes, MaxK>(f, [&](auto src) __attribute__((always_inline)) { ek_decode_row(src, f.cols, r, row); });
 }
 
 }  // namespace

@@ -128,6 +128,11 @@ export function symbolMatrix(m: RawFusedMatrix): RawSymbolMatrix | null {
   return native.symbolMatrix(m, MAX_PATCH_SHARE);
 }
 
+/** Whether a matrix is held as int8 symbols. */
+export function isSymbolMatrix(m: RawMatrix): m is RawSymbolMatrix {
+  return 'symbols' in m;
+}
+
 /** The weights a symbol matrix's product multiplies with (f32, checkpoint layout). */
 export function symbolMatrixValues(m: RawSymbolMatrix): Float32Array {
   return native.symbolMatrixDecode(m);
@@ -140,7 +145,7 @@ export function matrixBytes(m: RawMatrix): number {
 
 /** Bytes the matrix holds in memory: its array, a symbol matrix's arrays, or a fused one's stream buffers and row index. */
 export function matrixHeldBytes(m: RawMatrix): number {
-  return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : 'heldBytes' in m ? (m.heldBytes ?? m.bytes) : m.bytes;
+  return m instanceof Float32Array || m instanceof Uint16Array ? m.byteLength : isSymbolMatrix(m) ? m.bytes : (m.heldBytes ?? m.bytes);
 }
 
 /**
@@ -220,7 +225,7 @@ export class CpuExpertEngine implements ExpertEngine {
   /** How the experts are held, for logs: 'dense f32', 'dense bf16', 'compressed (fused)' or 'compressed (int8 symbols)'. */
   describeForm(): string {
     const g = this.experts[0]?.[0]?.gate;
-    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : 'symbols' in g ? 'compressed (int8 symbols)' : 'compressed (fused)';
+    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : isSymbolMatrix(g) ? 'compressed (int8 symbols)' : 'compressed (fused)';
   }
 
   /** Layer `l`'s experts, as the native forward takes them. */

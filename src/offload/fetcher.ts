@@ -17,7 +17,7 @@
  * evicted the request is served by a transient copy that is freed on release (counted).
  */
 import { decodeOnStream } from '../codec/index.js';
-import { fusedIndexBytes, fusedMatrix, matrixHeldBytes, symbolMatrix, type NativeExpert } from './cpu-engine.js';
+import { fusedIndexBytes, fusedMatrix, isSymbolMatrix, matrixHeldBytes, symbolMatrix, type NativeExpert } from './cpu-engine.js';
 import { disposeSwiglu, swigluTensors, type ExpertMatrices, type SwigluTensors } from './expert-engine.js';
 import { evictionPolicy, type EvictionPolicyName } from './eviction.js';
 import type { DeviceMemory } from './device-memory.js';
@@ -357,7 +357,7 @@ export class ExpertFetcher {
       [{ values, seconds }] = await Promise.all([this.decode(parts, layer, expert, level, landed, matrixLandsAt), landed]);
       // Multiplied in place, the entry holds the device bytes it reads (taken before the load lets
       // go); f32 and symbol matrices hold their own copies.
-      const inPlace = MATRICES.filter((m) => !(values[m] instanceof Float32Array) && !('symbols' in values[m]));
+      const inPlace = MATRICES.filter((m) => !(values[m] instanceof Float32Array) && !isSymbolMatrix(values[m]));
       if (inPlace.length) {
         device = inPlace.flatMap((m) => (exact ? [parts.parts[m].exact!] : [parts.parts[m].head!, ...parts.parts[m].rungs.slice(0, level + 1)]));
         this.memory?.retain(device);
@@ -410,7 +410,7 @@ export class ExpertFetcher {
         return this.form === 'symbols' ? (symbolMatrix(fused) ?? fused) : fused;
       });
       // Whether this level fits symbols: what heldBytesByLevel says of it from now on.
-      if (this.form === 'symbols') this.symbolsFit[level] = [gate, up, down].every((m) => 'symbols' in m);
+      if (this.form === 'symbols') this.symbolsFit[level] = [gate, up, down].every(isSymbolMatrix);
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     const count = stored.gate.shape[0] * stored.gate.shape[1];
