@@ -3,8 +3,9 @@
  *   embedded — the embedded model's greedy decode (8-token prompt, then DECODE_TOKENS tokens one
  *     forward each), best of REPS: (a) the TensorFlow.js model with its resident tfjs engine,
  *     (b) the CPU engine on the dense weights (the checkpoint's bf16 bits, widened in registers) (the whole forward in the addon), (c) the same,
- *     fused on compressed experts at eb 1e-3 and (d) 1e-2, (e) the 1e-3 streams held as int8
- *     symbols (a byte a value, the same weights, no decode in the product); with the time per token
+ *     fused on compressed experts at eb 1e-3 and (d) 1e-2, (e) the 1e-3 streams held as symbols
+ *     (8 bits a value there, the same weights, no decode in the product) and (f) the 1e-2 ones (4
+ *     bits a value); with the time per token
  *     split into the routed experts' FFN and everything else.
  *   mixtral-expert — one decode token through the two active experts of a Mixtral-8x7B layer
  *     (2 × three 4096×14336 matrices, N(0, 0.02) bf16 weights: 704 MB, larger than any cache
@@ -32,10 +33,10 @@ const RESULTS = path.join(ROOT, 'bench', 'results', 'engine.json');
 const DECODE_TOKENS = 192;
 const REPS = 5;
 const MIXTRAL = { d: 4096, ff: 14336, experts: 2 };
-const ENGINES = ['tfjs', 'cpu', 'cpu-fused-1e-3', 'cpu-fused-1e-2', 'cpu-symbols-1e-3'] as const;
+const ENGINES = ['tfjs', 'cpu', 'cpu-fused-1e-3', 'cpu-fused-1e-2', 'cpu-symbols-1e-3', 'cpu-symbols-1e-2'] as const;
 type EngineName = (typeof ENGINES)[number];
-const boundOf = (e: EngineName) => (e === 'cpu-fused-1e-3' || e === 'cpu-symbols-1e-3' ? 1e-3 : e === 'cpu-fused-1e-2' ? 1e-2 : undefined);
-const symbolsOf = (e: EngineName) => e === 'cpu-symbols-1e-3';
+const boundOf = (e: EngineName) => (e.endsWith('-1e-3') ? 1e-3 : e.endsWith('-1e-2') ? 1e-2 : undefined);
+const symbolsOf = (e: EngineName) => e.startsWith('cpu-symbols');
 
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);

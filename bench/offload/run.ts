@@ -13,7 +13,7 @@
  *   u-shape-fused  the same plan, tier A holding the compressed rungs, multiplied by the fused
  *             product (no decode; an entry costs its compressed bytes, so the same tier-A budget
  *             holds more experts)
- *   u-shape-symbols  the same plan, tier A holding each level as int8 symbols where it fits 8 bits
+ *   u-shape-symbols  the same plan, tier A holding each level as symbols where it fits 4 or 8 bits
  *             (the same weights at a byte a value, no decode in the product), rungs where not
  * Every run is the product's path: the native forward (src/model/native-forward.ts), experts
  * through the offload engine, multiplied by the CPU engine's kernels.
@@ -356,7 +356,7 @@ async function main(): Promise<void> {
     ladder: DEFAULT_LADDER,
     link_emulated: true,
     forward: 'native',
-    tier_a_forms: { 'u-shape-fused': 'compressed rungs, fused product', 'u-shape-symbols': 'int8 symbols where a level fits 8 bits, else compressed rungs', others: COMPUTE === 'cpu' ? 'f32' : 'tfjs tensors' },
+    tier_a_forms: { 'u-shape-fused': 'compressed rungs, fused product', 'u-shape-symbols': 'symbols where a level fits 4 or 8 bits, else compressed rungs', others: COMPUTE === 'cpu' ? 'f32' : 'tfjs tensors' },
     compute_seconds_per_token: computeSeconds,
     expert_compute: COMPUTE,
     resident_tokens_per_s: 1 / computeSeconds,

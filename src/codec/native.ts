@@ -25,8 +25,8 @@ export interface NativeCodec {
   fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
   /** The weights the fused product multiplies with, as f32 (checkpoint layout). */
   fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
-  /** A fused matrix's rung as int8 symbols; null when more than maxPatchShare of its values do not fit 8 bits. */
-  symbolMatrix(m: RawFusedMatrix, maxPatchShare: number): RawSymbolMatrix | null;
+  /** A fused matrix's rung as 8- or 4-bit symbols (default 8); null when more than maxPatchShare of its values do not fit. */
+  symbolMatrix(m: RawFusedMatrix, maxPatchShare: number, bits?: 4 | 8): RawSymbolMatrix | null;
   /** The weights a symbol matrix's product multiplies with, as f32 (checkpoint layout). */
   symbolMatrixDecode(m: RawSymbolMatrix): Float32Array;
   /** The native forward pass (src/native/decoder_cpu.h); src/model/native-forward.ts builds the spec. */
@@ -127,16 +127,19 @@ export interface RawFusedMatrix {
 }
 
 /**
- * A rung held as int8 symbols: every weight f32(n)·eb with |n| ≤ 127, as the codec reconstructs it,
- * or a patch kept aside with its f32 value. Owns its arrays (native memory).
+ * A rung held as symbols of 8 or 4 bits: every weight ±f32(n)·eb as the codec reconstructs it, from
+ * the symbol and the rung's dropped planes, or a patch kept aside with its f32 value. Owns its
+ * arrays (native memory).
  */
 export interface RawSymbolMatrix {
   readonly symbols: unknown;
-  /** Bytes it holds, and one product reads: a byte a value, the row index and the patches. */
+  /** Bytes it holds, and one product reads: the symbols, the row index and the patches. */
   readonly bytes: number;
   readonly rows: number;
   readonly cols: number;
   readonly patches: number;
+  /** Bits a symbol: 8, or 4 where the rung is coarse enough. */
+  readonly bits: 4 | 8;
 }
 
 /** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), int8 symbols, or a fused one. */

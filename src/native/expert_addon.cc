@@ -8,9 +8,9 @@
 //     Uint16Array (dense bf16 bits) or a fusedMatrix result; expertLayerSync does the same on the
 //     calling thread;
 //   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with;
-//   symbolMatrix(fused, maxPatchShare) → { symbols, bytes, rows, cols, patches } | null: the fused
-//     matrix's rung as int8 symbols (expert_cpu.h SymbolMatrix), null when more than maxPatchShare
-//     of its values do not fit 8 bits; it owns its arrays (the fused matrix may go);
+//   symbolMatrix(fused, maxPatchShare, bits = 8) → { symbols, bytes, rows, cols, patches, bits } | null:
+//     the fused matrix's rung as 8- or 4-bit symbols (expert_cpu.h SymbolMatrix), null when more
+//     than maxPatchShare of its values do not fit; it owns its arrays (the fused matrix may go);
 //   symbolMatrixDecode(symbols) → Float32Array, the weights its product multiplies with;
 //   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both).
 // Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
@@ -214,13 +214,16 @@ Napi::Value SymbolMatrixNew(const Napi::CallbackInfo& info) {
   if (!f) throw Napi::TypeError::New(env, "expected a fusedMatrix");
   const double share = info[1].As<Napi::Number>().DoubleValue();
   if (!(share >= 0 && share <= 1)) throw Napi::RangeError::New(env, "maxPatchShare must be in 0..1, got " + std::to_string(share));
+  const int bits = info[2].IsUndefined() ? 8 : info[2].As<Napi::Number>().Int32Value();
+  if (bits != 8 && bits != 4) throw Napi::RangeError::New(env, "bits must be 8 or 4, got " + info[2].ToString().Utf8Value());
   auto m = std::make_unique<SymbolMatrix>();
-  if (!symbols_of(*f, share, *m)) return env.Null();
+  if (!symbols_of(*f, share, bits, *m)) return env.Null();
   Napi::Object o = Napi::Object::New(env);
   o.Set("bytes", (double)m->bytes());
   o.Set("rows", m->rows);
   o.Set("cols", m->cols);
   o.Set("patches", (double)m->patch_col.size());
+  o.Set("bits", bits);
   // The arrays are native memory: V8 is told of them, so that a tier A turning over symbol
   // matrices collects the dropped ones as soon as their bytes count.
   const int64_t held = (int64_t)m->bytes();

@@ -40,7 +40,8 @@ EB_CLONES void bf16_rows(const uint16_t* m, int cols, int r0, int r1, const floa
 }
 
 EB_CLONES void symbol_rows(const SymbolMatrix& m, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  ek_symbol_rows(m.src(), r0, r1, x, ldx, n, y, ldy);
+  if (m.bits == 4) ek_symbol_rows(m.src4(), r0, r1, x, ldx, n, y, ldy);
+  else ek_symbol_rows(m.src(), r0, r1, x, ldx, n, y, ldy);
 }
 
 EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
@@ -194,22 +195,42 @@ static EB_CLONES void symbols_row(const float* w, int cols, SymbolSrc src, int8_
   }
 }
 
-bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out) {
+// Row c..: a row's int8 symbols t (symbols_row's, bad where none) as nibbles u, with t = 2(u − 8)
+// at p = 0 and 2(u − 8) + 1 above (Symbol4Src), byte i of a block holding values i and 16 + i;
+// the t no nibble gives are marked bad too.
+static void nibbles_row(const int8_t* t, int cols, int p, uint8_t* q, uint16_t* bad) {
+  for (int c = 0; c < cols; c++) {
+    const int v = t[c] - (p == 0 ? 0 : 1);  // 2(u − 8) when a nibble gives t
+    const bool ok = (v & 1) == 0 && v >= -16 && v <= 14;
+    const uint8_t u = ok ? (uint8_t)(v / 2 + 8) : 0;
+    if (!ok) bad[c / 16] |= (uint16_t)(1u << (c % 16));
+    const int b = c / 32, i = c % 32;
+    uint8_t& byte = q[16 * b + i % 16];
+    byte = i < 16 ? (uint8_t)((byte & 0xf0) | u) : (uint8_t)((byte & 0x0f) | (u << 4));
+  }
+}
+
+bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, SymbolMatrix& out) {
+  if (bits != 8 && bits != 4) throw std::invalid_argument("symbols are 8 or 4 bits, got " + std::to_string(bits));
   const uint64_t n = (uint64_t)f.rows * f.cols, max_patches = (uint64_t)(max_patch_share * (double)n);
   out.rows = f.rows;
   out.cols = f.cols;
   out.p = f.v.cut[f.k];
   out.ebf = f.v.ebf;
-  out.q.assign(n, 0);
+  out.bits = bits;
+  out.q.assign(bits == 8 ? n : n / 2, 0);
   out.row_patch.assign((size_t)f.rows + 1, 0);
   out.patch_col.clear();
   out.patch_value.clear();
   std::vector<float> row(f.cols);
+  std::vector<int8_t> t(bits == 8 ? 0 : f.cols);
   std::vector<uint16_t> bad(f.cols / 16);
   for (int r = 0; r < f.rows; r++) {
     out.row_patch[r] = (uint32_t)out.patch_col.size();
     decode_fused_row(f, r, row.data());
-    symbols_row(row.data(), f.cols, out.src(), &out.q[(size_t)r * f.cols], bad.data());
+    int8_t* q = &out.q[(size_t)r * f.cols * bits / 8];
+    symbols_row(row.data(), f.cols, out.src(), bits == 8 ? q : t.data(), bad.data());
+    if (bits == 4) nibbles_row(t.data(), f.cols, out.p, (uint8_t*)q, bad.data());
     for (int g = 0; g < f.cols / 16; g++)
       for (uint32_t b = bad[g]; b; b &= b - 1) {
         if (out.patch_col.size() >= max_patches) return false;
@@ -223,8 +244,13 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out)
 }
 
 void decode_symbol_row(const SymbolMatrix& m, int r, float* row) {
-  SymbolSrc src = m.src();
-  ek_decode_row(src, m.cols, r, row);
+  if (m.bits == 4) {
+    Symbol4Src src = m.src4();
+    ek_decode_row(src, m.cols, r, row);
+  } else {
+    SymbolSrc src = m.src();
+    ek_decode_row(src, m.cols, r, row);
+  }
 }
 
 const char* fused_decoder() { return use_gfni() ? "gfni" : "plane loop"; }

@@ -40,31 +40,35 @@ struct FusedMatrix {
 // Throws CodecError: BAD_RUNGS (k not available), BAD_SHAPE (rows · cols ≠ count, cols % 32 ≠ 0).
 FusedMatrix prepare_fused(const StreamView& s, int k, int rows, int cols);
 
-// A rung held as int8 symbols (SymbolSrc in expert_kernels.h): a fused matrix's weights, each from
-// its symbol t and the rung's dropped planes p and bound, or a patch (its f32 value, kept aside per
-// row). 1 byte a value and no decode in the product, against the fused path's fewer bytes and a
-// decode per block.
+// A rung held as symbols, 8 or 4 bits a value (SymbolSrc and Symbol4Src in expert_kernels.h): a
+// fused matrix's weights, each from its symbol and the rung's dropped planes p and bound, or a
+// patch (its f32 value, kept aside per row). No decode in the product, against the fused path's
+// fewer bytes and a decode per block; 4 bits where the rung is coarse enough, a byte where not.
 struct SymbolMatrix {
-  int rows = 0, cols = 0, p = 0;
+  int rows = 0, cols = 0, p = 0, bits = 8;
   float ebf = 0;
-  std::vector<int8_t> q;             // [rows * cols], 0 where a patch is
+  std::vector<int8_t> q;             // [rows * cols] at 8 bits, [rows * cols / 2] nibbles at 4; 0 where a patch is
   std::vector<uint32_t> row_patch;   // [rows + 1]: each row's first patch
   std::vector<uint32_t> patch_col;   // a patch's column
   std::vector<float> patch_value;    // a patch's weight
   size_t bytes() const { return q.size() + 4 * row_patch.size() + 8 * patch_col.size(); }
   SymbolSrc src() const { return SymbolSrc{q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, p, ebf}; }
+  Symbol4Src src4() const {
+    return Symbol4Src{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, Symbol4Src::weights_table(p, ebf)};
+  }
 };
 
-// The symbols of a fused matrix's weights (its rung's p, its stream's bound), checked bit for bit
-// against them, with patches for the values no symbol gives. Returns false, and leaves `out`
-// unspecified, when patches would exceed max_patch_share of the values (a rung too fine for 8 bits).
-bool symbols_of(const FusedMatrix& f, double max_patch_share, SymbolMatrix& out);
+// The symbols of a fused matrix's weights (its rung's p, its stream's bound), `bits` 8 or 4 a
+// value, checked bit for bit against them, with patches for the values no symbol gives. Returns
+// false, and leaves `out` unspecified, when patches would exceed max_patch_share of the values (a
+// rung too fine for that many bits).
+bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, SymbolMatrix& out);
 
 // Row r of a symbol matrix into `row` (cols floats): the weights its product multiplies with.
 void decode_symbol_row(const SymbolMatrix& m, int r, float* row);
 
 // One matrix of an expert: dense f32 weights, dense bf16 weights (widened in registers; rows of
-// whole 32-value blocks), int8 symbols, or a prepared compressed one.
+// whole 32-value blocks), symbols, or a prepared compressed one.
 struct MatrixRef {
   const float* dense = nullptr;
   const FusedMatrix* fused = nullptr;

@@ -245,6 +245,56 @@ struct SymbolSrc {
   }
 };
 
+// Weights held as 4-bit symbols, two a byte: a block's 32 values in 16 bytes, value i in byte i's
+// low nibble and value 16 + i in its high nibble (llama.cpp's Q4_0 order: one mask and one shift
+// give each half's 16 lanes). Nibble u is t = 2(u − 8) at p = 0 (n = |t|, so |m'| ≤ 8) and the
+// odd t = 2(u − 8) + 1 above it (|t| ≤ 15), and its weight is table[u], made by SymbolSrc's own
+// arithmetic: a block's weights are one permute a half, whatever p, bit for bit the rung's.
+// Values no nibble gives (+0 above p = 0, -0, escapes, magnitudes past 4 bits) are patches, as in
+// SymbolSrc. Rows of whole 32-value blocks only.
+struct Symbol4Src {
+  const uint8_t* q;  // [rows * cols / 2]
+  const uint32_t* row_patch;
+  const uint32_t* patch_col;
+  const float* patch_value;
+  int cols;
+  v16f table;
+  const uint8_t* row = nullptr;
+  uint32_t e = 0, e_end = 0;
+  // Nibble u's t (SymbolSrc's symbol), for the table and the packer.
+  static EB_AI v16i symbols(int p) {
+    v16i t;
+    for (int u = 0; u < 16; u++) t[u] = 2 * (u - 8) + (p == 0 ? 0 : 1);
+    return t;
+  }
+  static EB_AI v16f weights_table(int p, float ebf) {
+    SymbolSrc s{};
+    s.p = p;
+    s.ebf = ebf;
+    return s.weights(symbols(p));
+  }
+  EB_AI void begin_row(int r) {
+    row = q + (uint64_t)r * (cols / 2);
+    e = row_patch[r];
+    e_end = row_patch[r + 1];
+  }
+  EB_AI void block(int b, v16f& w0, v16f& w1) {
+    typedef uint8_t v16b __attribute__((vector_size(16)));
+    typedef uint16_t v16h __attribute__((vector_size(32)));
+    __builtin_prefetch(row + 16 * b + 4096);
+    v16b c;
+    memcpy(&c, row + 16 * b, sizeof c);
+    const v16i u = __builtin_convertvector(__builtin_convertvector(c, v16h), v16i);  // via 16 bits, as SymbolSrc
+    w0 = __builtin_shuffle(table, u & 15);
+    w1 = __builtin_shuffle(table, u >> 4);
+    for (const uint32_t end = 32u * (uint32_t)(b + 1); e < e_end && patch_col[e] < end; e++) {
+      const uint32_t lane = patch_col[e] - 32u * (uint32_t)b;
+      if (lane < 16) w0[lane] = patch_value[e];
+      else w1[lane - 16] = patch_value[e];
+    }
+  }
+};
+
 // A block's 32 weights from its words, the generic way: the magnitude bits one plane at a time
 // (m = (m << 1) | bit), then eb_reconstruct's arithmetic on 32 lanes. Constructed once per
 // matrix (the ladder's constants), called per block of rate r > 0 with the block's K rungs (K = 0:
@@ -420,7 +470,8 @@ EB_AI void ek_bf16_rows(const uint16_t* m, int cols, int r0, int r1, const float
   ek_rows_tiled_grouped(src, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
-EB_AI void ek_symbol_rows(SymbolSrc src, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+template <class Src>
+EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   ek_rows_tiled_grouped(src, src.cols, r0, r1, x, ldx, n, y, ldy);
 }
 

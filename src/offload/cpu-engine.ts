@@ -113,22 +113,26 @@ export function fusedMatrixValues(m: RawFusedMatrix): Float32Array {
 }
 
 /**
- * Patches (values that do not fit 8 bits) a symbol matrix may hold, as a share of its values: past
- * it a rung is too tight for int8 symbols and stays fused. A patch costs 8 bytes and a branch in
- * its block; 1/64 keeps them under 13 % of the matrix's bytes.
+ * Patches (values that do not fit the symbols' bits) a symbol matrix may hold, as a share of its
+ * values: past it a rung is too tight for that width. A patch costs 8 bytes and a branch in its
+ * block; 1/64 keeps them under 13 % of an int8 matrix's bytes (a quarter of a 4-bit one's).
  */
 export const MAX_PATCH_SHARE = 1 / 64;
 
 /**
- * The fused matrix's weights as int8 symbols (RawSymbolMatrix), or null where its rung is too tight
- * for them. The same weights bit for bit, so the same products; a byte a value, decoded once here
- * instead of in every product.
+ * The fused matrix's weights as symbols (RawSymbolMatrix): 4 bits a value where its rung is coarse
+ * enough, else 8, else null (too tight for either). The same weights bit for bit, so the same
+ * products; decoded once here instead of in every product.
  */
-export function symbolMatrix(m: RawFusedMatrix): RawSymbolMatrix | null {
-  return native.symbolMatrix(m, MAX_PATCH_SHARE);
+export function symbolMatrix(m: RawFusedMatrix, widths: readonly (4 | 8)[] = [4, 8]): RawSymbolMatrix | null {
+  for (const bits of widths) {
+    const s = native.symbolMatrix(m, MAX_PATCH_SHARE, bits);
+    if (s) return s;
+  }
+  return null;
 }
 
-/** Whether a matrix is held as int8 symbols. */
+/** Whether a matrix is held as symbols. */
 export function isSymbolMatrix(m: RawMatrix): m is RawSymbolMatrix {
   return 'symbols' in m;
 }
@@ -150,7 +154,7 @@ export function matrixHeldBytes(m: RawMatrix): number {
 
 /**
  * An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the
- * fused path, or with `symbols` its weights as int8 symbols where they fit 8 bits.
+ * fused path, or with `symbols` its weights as symbols where they fit 4 or 8 bits.
  */
 export function compressedExpert(m: ExpertMatrices, d: number, ff: number, bound: number, symbols = false): NativeExpert {
   const one = (v: Float32Array, rows: number, cols: number) => {
@@ -171,7 +175,7 @@ export interface CpuEngineStats {
 export interface CpuEngineOptions extends NativeLayerOptions {
   /** Keep experts compressed within this absolute bound and use the fused path; dense when absent. */
   bound?: number;
-  /** With a bound: hold each matrix as int8 symbols where it fits 8 bits (fused where not). */
+  /** With a bound: hold each matrix as symbols where it fits 4 or 8 bits (fused where not). */
   symbols?: boolean;
   /** Where each forward step's TokenSample goes (all compute: every expert is resident, nothing waits). */
   telemetry?: TelemetrySink;
@@ -222,10 +226,10 @@ export class CpuExpertEngine implements ExpertEngine {
     return new CpuExpertEngine(d, ff, experts, opts);
   }
 
-  /** How the experts are held, for logs: 'dense f32', 'dense bf16', 'compressed (fused)' or 'compressed (int8 symbols)'. */
+  /** How the experts are held, for logs: 'dense f32', 'dense bf16', 'compressed (fused)' or 'compressed (N-bit symbols)'. */
   describeForm(): string {
     const g = this.experts[0]?.[0]?.gate;
-    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : isSymbolMatrix(g) ? 'compressed (int8 symbols)' : 'compressed (fused)';
+    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : isSymbolMatrix(g) ? `compressed (${g.bits}-bit symbols)` : 'compressed (fused)';
   }
 
   /** Layer `l`'s experts, as the native forward takes them. */

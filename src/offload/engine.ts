@@ -26,8 +26,8 @@ export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
   /**
    * With the CPU engine, how tier A holds a codec level: 'f32' (default), its rungs decoded;
    * 'fused', the rungs as they crossed, multiplied by the fused product (each block decoded inside
-   * the dot product); 'symbols', the rungs' weights as int8 symbols, a byte a value with no decode
-   * in the product, where the level fits 8 bits (fused where it does not). In 'fused' and
+   * the dot product); 'symbols', the rungs' weights as symbols with no decode in the product, 4
+   * bits a value where the level fits them, 8 where it fits that, fused where neither. In 'fused' and
    * 'symbols' an exact level of bf16 bytes is multiplied in place; otherwise it is f32.
    */
   tierAForm?: TierAForm;

@@ -88,8 +88,8 @@ export function deviceBudget(
  * decoded (the CPU engine reads them in place, nothing is copied into tfjs), or what crossed the
  * link, multiplied in place: compressed rungs prepared for the CPU engine's fused product, and at
  * the exact level a bf16 checkpoint's own bits (other dtypes decode to f32). 'symbols' is the
- * fused form with each codec level's matrices held as int8 symbols where they fit 8 bits (the
- * same weights, a byte a value, no decode in the product), the rungs kept where they do not.
+ * fused form with each codec level's matrices held as symbols, 4 bits a value where they fit and
+ * 8 where they fit that (the same weights, no decode in the product), the rungs kept where neither does.
  */
 export type DecodedForm = 'tfjs' | 'f32' | 'fused' | 'symbols';
 /** The forms a CPU-engine tier A can take (OffloadEngineOptions.tierAForm). */
@@ -193,8 +193,8 @@ export class ExpertFetcher {
   private closed = false;
   private readonly strict: boolean;
   readonly form: DecodedForm;
-  /** [level]: whether the last expert decoded at that level fit int8 symbols (the symbol form). */
-  private readonly symbolsFit: boolean[] = [];
+  /** [level]: the bytes the last expert made at that level held (the symbol form: 4 or 8 bits a value, or rungs). */
+  private readonly symbolsHeld: number[] = [];
 
   constructor(opts: FetcherOptions) {
     this.store = opts.store;
@@ -219,18 +219,18 @@ export class ExpertFetcher {
    * [level]: the bytes one expert of `layer` holds in tier A at each level (its mean over the
    * layer's experts): what the bytes that crossed hold in the fused form — codec rungs with their
    * row indexes, and the exact bf16 bytes where they are multiplied in place — in the symbol form
-   * a byte a value where the level fitted the last time one was made (rungs where it did not, and
-   * until one is made), and a decoded f32 expert otherwise.
+   * what the last expert made at that level held (4 or 8 bits a value, or its rungs where neither
+   * fitted; a byte a value until one is made), and a decoded f32 expert otherwise.
    */
   heldBytesByLevel(layer: number): number[] {
     const moved = this.store.layerLevelBytes(layer);
     if (!this.inPlace) return moved.map(() => this.decodedBytes);
     const inPlace = this.exactInPlace(layer, 0);
     const rows = 2 * this.ff + this.d; // gate and up [ff, d], down [d, ff]
-    // A level held as symbols: a byte a value and each matrix's row index (patches not counted).
+    // A level not yet made as symbols: a byte a value and each matrix's row index.
     const symbols = this.decodedBytes / 4 + 4 * (rows + 3);
     return moved.map((b, k) =>
-      k === this.store.exact ? (inPlace ? b : this.decodedBytes) : this.form === 'symbols' && this.symbolsFit[k] !== false ? symbols : b + fusedIndexBytes(rows, k),
+      k === this.store.exact ? (inPlace ? b : this.decodedBytes) : this.form === 'symbols' ? (this.symbolsHeld[k] ?? symbols) : b + fusedIndexBytes(rows, k),
     );
   }
 
@@ -409,8 +409,8 @@ export class ExpertFetcher {
         const fused = fusedMatrix(p.parts[m].head!, stored[m].shape[0], stored[m].shape[1], { rungs: p.parts[m].rungs.slice(0, level + 1), k: level });
         return this.form === 'symbols' ? (symbolMatrix(fused) ?? fused) : fused;
       });
-      // Whether this level fits symbols: what heldBytesByLevel says of it from now on.
-      if (this.form === 'symbols') this.symbolsFit[level] = [gate, up, down].every(isSymbolMatrix);
+      // What this level holds: what heldBytesByLevel says of it from now on.
+      if (this.form === 'symbols') this.symbolsHeld[level] = matrixHeldBytes(gate) + matrixHeldBytes(up) + matrixHeldBytes(down);
       return { values: { gate, up, down }, seconds: (performance.now() - t) / 1000 };
     }
     const count = stored.gate.shape[0] * stored.gate.shape[1];

@@ -44,7 +44,7 @@ import { denseHeldBytes, describeMemory, kvBytesPerToken, memoryDetails, RUNTIME
 const TIER_A_FORMS = {
   f32: 'decoded f32 experts (tier A)',
   fused: 'experts as they crossed, multiplied in place (tier A: rungs by the fused product, exact bf16 by the bf16 one)',
-  symbols: 'experts as int8 symbols where their level fits 8 bits, else as they crossed (tier A: symbols and rungs multiplied in place, exact bf16 by the bf16 product)',
+  symbols: 'experts as symbols where their level fits 4 or 8 bits, else as they crossed (tier A: symbols and rungs multiplied in place, exact bf16 by the bf16 product)',
 } as const;
 
 export interface ModelSpec {

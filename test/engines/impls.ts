@@ -104,10 +104,10 @@ export function cpuFused(decoder: 'gfni' | 'plane loop', bound: number, ladder?:
   };
 }
 
-/** The CPU engine on int8 symbols: streams within `bound` (with `rungs`, ladders read at rung `k`) held as symbols. */
-export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number }): EngineImpl {
+/** The CPU engine on `bits`-bit symbols: streams within `bound` (with `rungs`, ladders read at rung `k`) held as symbols. */
+export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number }, bits: 4 | 8 = 8): EngineImpl {
   return {
-    name: `CPU int8 symbols at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}`,
+    name: `CPU ${bits}-bit symbols at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}`,
     unavailable: () => null,
     shapes: SHAPES,
     offThread: true,
@@ -120,8 +120,8 @@ export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number })
               return fusedMatrix(s.head, rows, cols, { rungs: s.rungs.slice(0, ladder.k + 1), k: ladder.k });
             })()
           : fusedMatrix(compress(v, { bound }), rows, cols);
-        const q = symbolMatrix(f);
-        if (!q) throw new Error(`a ${rows}×${cols} matrix at ${bound} does not fit int8 symbols`);
+        const q = symbolMatrix(f, [bits]);
+        if (!q) throw new Error(`a ${rows}×${cols} matrix at ${bound} does not fit ${bits}-bit symbols`);
         return { q, values: fusedMatrixValues(f) };
       };
       const mats: NativeExpert[][] = experts.map((row, l) =>
@@ -170,11 +170,11 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
  * The offload engine (store of ladder rungs, link, device cache) at its exact level, computing
  * with tfjs or the CPU engine; or, with `level`, at that codec level of the default ladder in
  * tier A's `form`: its rungs decoded to f32, multiplied compressed by the fused product, or held as
- * int8 symbols.
+ * symbols.
  */
 /** onDisk: the store held on disk (the disk tier), its host budget about three experts at the level read. */
 export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; form: TierAForm } | null = null, bf16Exact = false, onDisk = false): EngineImpl {
-  const forms = { f32: 'rungs decoded to f32', fused: 'fused on the compressed rungs', symbols: 'rungs held as int8 symbols' };
+  const forms = { f32: 'rungs decoded to f32', fused: 'fused on the compressed rungs', symbols: 'rungs held as symbols' };
   return {
     name: (bf16Exact
       ? 'offload engine at the exact level of a bf16 checkpoint, its bits multiplied in place (fused form)'
