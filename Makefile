@@ -130,7 +130,7 @@ fuzz: $(FUZZ_BIN)
 # GPU_CHECK_ARGS, e.g. GPU_CHECK_ARGS="--small" or "--mib 64 --json out.json" (--help lists them).
 GPU_CHECK_ARGS ?=
 GPU_CHECK_CXXFLAGS := -std=c++17 -O2 -ffp-contract=off -fno-math-errno -Wall -Wno-psabi -Wno-unknown-pragmas
-GPU_CHECK_REFS := $(addprefix src/native/,codec_cpu.cc codec_entropy.cc stream_format.cc crc32c.cc expert_cpu.cc expert_cpu_gfni.cc decoder_cpu.cc)
+GPU_CHECK_REFS := $(addprefix src/native/,codec_cpu.cc codec_entropy.cc stream_format.cc crc32c.cc expert_cpu.cc expert_cpu_gfni.cc expert_cpu_vnni.cc decoder_cpu.cc)
 GPU_CHECK_COMMON := $(filter-out gpu-check/target_%.cc,$(wildcard gpu-check/*.cc)) $(GPU_CHECK_REFS)
 GPU_CHECK_HEADERS := $(wildcard gpu-check/*.h src/native/*.h) $(CUDA_HEADERS)
 GPU_CHECK_EMU_OBJS := $(patsubst %.cc,build/gpu-check-emulated.obj/%.o,$(GPU_CHECK_COMMON) gpu-check/target_emulated.cc src/native/emulated_expert.cc)

@@ -24,6 +24,7 @@
         "src/native/expert_addon.cc",
         "src/native/expert_cpu.cc",
         "src/native/expert_cpu_gfni.cc",
+        "src/native/expert_cpu_vnni.cc",
         "src/native/stream_format.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

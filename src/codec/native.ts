@@ -20,13 +20,13 @@ export interface NativeCodec {
   crc32c(data: Bytes, threads?: number): number;
   /** Stored f32 / f16 / bf16 values (dtype 0 / 1 / 2) into `out`, which must hold exactly as many; returns out. */
   widen(input: Bytes, dtype: number, out: Float32Array): Float32Array;
-  info(): { simd: string; fusedDecoder: string; threads: number; cuda: CudaProbe };
+  info(): { simd: string; fusedDecoder: string; intDot: string; threads: number; cuda: CudaProbe };
   /** The CPU expert engine (src/native/expert_cpu.h): a compressed matrix indexed for the fused product. */
   fusedMatrix(head: Bytes, rungs: Bytes[] | null, k: number, rows: number, cols: number, verify: boolean): RawFusedMatrix;
   /** The weights the fused product multiplies with, as f32 (checkpoint layout). */
   fusedMatrixDecode(m: RawFusedMatrix): Float32Array;
   /** A fused matrix's rung as 8- or 4-bit symbols (default 8); null when more than maxPatchShare of its values do not fit. */
-  symbolMatrix(m: RawFusedMatrix, maxPatchShare: number, bits?: 4 | 8): RawSymbolMatrix | null;
+  symbolMatrix(m: RawFusedMatrix, maxPatchShare: number, bits?: 4 | 8, int8Activations?: boolean): RawSymbolMatrix | null;
   /** The weights a symbol matrix's product multiplies with, as f32 (checkpoint layout). */
   symbolMatrixDecode(m: RawSymbolMatrix): Float32Array;
   /** The native forward pass (src/native/decoder_cpu.h); src/model/native-forward.ts builds the spec. */
@@ -41,6 +41,10 @@ export interface NativeCodec {
   directClose(handle: unknown): void;
   /** Picks the fused path's block decoder; false when the CPU cannot run the one asked for. */
   setFusedDecoder(name: 'gfni' | 'plane loop'): boolean;
+  /** The integer product's dot: VNNI where the CPU has it, or the generic int16 one; false when the CPU cannot. */
+  setIntDot(name: 'vnni' | 'generic'): boolean;
+  /** One product as the engine runs it: y [n, rows] = x [n, cols] · Mᵀ (for the tests). */
+  matrixProduct(m: RawMatrix, rows: number, cols: number, x: Float32Array, n: number): Float32Array;
   /** One layer's routed SwiGLU experts: experts[i] = [gate, up, down]; returns [T, d]. */
   expertLayerSync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Float32Array;
   expertLayerAsync(experts: RawMatrix[][], slotExpert: Int32Array, slotWeight: Float32Array, hidden: Float32Array, T: number, k: number, d: number, ff: number, threads: number): Promise<Float32Array>;
@@ -140,6 +144,8 @@ export interface RawSymbolMatrix {
   readonly patches: number;
   /** Bits a symbol: 8, or 4 where the rung is coarse enough. */
   readonly bits: 4 | 8;
+  /** Whether its products quantize the activations to 8 bits (the integer product). */
+  readonly int8Activations: boolean;
 }
 
 /** A matrix the CPU engine multiplies: dense f32, dense bf16 bits (rows of whole 32-value blocks), int8 symbols, or a fused one. */

@@ -321,6 +321,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("simd", eb::simd_level());
   o.Set("fusedDecoder", eb::fused_decoder());
+  o.Set("intDot", eb::int_dot());
   o.Set("threads", eb::hardware_threads());
   o.Set("cuda", eb::cuda_probe(env));
   return o;

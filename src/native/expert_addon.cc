@@ -8,11 +8,15 @@
 //     Uint16Array (dense bf16 bits) or a fusedMatrix result; expertLayerSync does the same on the
 //     calling thread;
 //   fusedMatrixDecode(fused) → Float32Array, the weights exactly as the fused path computes with;
-//   symbolMatrix(fused, maxPatchShare, bits = 8) → { symbols, bytes, rows, cols, patches, bits } | null:
-//     the fused matrix's rung as 8- or 4-bit symbols (expert_cpu.h SymbolMatrix), null when more
-//     than maxPatchShare of its values do not fit; it owns its arrays (the fused matrix may go);
+//   symbolMatrix(fused, maxPatchShare, bits = 8, int8Activations = false) → { symbols, bytes, rows,
+//     cols, patches, bits, int8Activations } | null: the fused matrix's rung as 8- or 4-bit symbols
+//     (expert_cpu.h SymbolMatrix), null when more than maxPatchShare of its values do not fit; it
+//     owns its arrays (the fused matrix may go); int8Activations: its products quantize the
+//     activations (the integer product), where its form allows;
 //   symbolMatrixDecode(symbols) → Float32Array, the weights its product multiplies with;
-//   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both).
+//   setFusedDecoder("gfni" | "plane loop") → whether the CPU can (the tests run both);
+//   setIntDot("vnni" | "generic") → the same for the integer product's dot;
+//   matrixProduct(matrix, rows, cols, x, n) → Float32Array [n, rows]: one product, for the tests.
 // Argument errors are TypeError / RangeError naming the argument; stream errors are CodecErrors.
 #include <napi.h>
 
@@ -216,14 +220,16 @@ Napi::Value SymbolMatrixNew(const Napi::CallbackInfo& info) {
   if (!(share >= 0 && share <= 1)) throw Napi::RangeError::New(env, "maxPatchShare must be in 0..1, got " + std::to_string(share));
   const int bits = info[2].IsUndefined() ? 8 : info[2].As<Napi::Number>().Int32Value();
   if (bits != 8 && bits != 4) throw Napi::RangeError::New(env, "bits must be 8 or 4, got " + info[2].ToString().Utf8Value());
+  const bool int8_x = info.Length() > 3 && info[3].ToBoolean().Value();
   auto m = std::make_unique<SymbolMatrix>();
-  if (!symbols_of(*f, share, bits, *m)) return env.Null();
+  if (!symbols_of(*f, share, bits, int8_x, *m)) return env.Null();
   Napi::Object o = Napi::Object::New(env);
   o.Set("bytes", (double)m->bytes());
   o.Set("rows", m->rows);
   o.Set("cols", m->cols);
   o.Set("patches", (double)m->patch_col.size());
   o.Set("bits", bits);
+  o.Set("int8Activations", m->int8_x);
   // The arrays are native memory: V8 is told of them, so that a tier A turning over symbol
   // matrices collects the dropped ones as soon as their bytes count.
   const int64_t held = (int64_t)m->bytes();
@@ -246,6 +252,29 @@ Napi::Value SetFusedDecoder(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), set_fused_decoder(name == "gfni"));
 }
 
+// matrixProduct(matrix, rows, cols, x, n) → Float32Array [n, rows]: y[t, r] = Σ_c M[r, c]·x[t, c],
+// one product as the engine runs it (for the tests: a layer's nonlinearity hides a product's bits).
+Napi::Value MatrixProduct(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int rows = info[1].As<Napi::Number>().Int32Value(), cols = info[2].As<Napi::Number>().Int32Value();
+  const int n = info[4].As<Napi::Number>().Int32Value();
+  if (rows <= 0 || cols <= 0 || n <= 0) throw Napi::RangeError::New(env, "rows, cols and n must be positive");
+  const MatrixRef m = matrix_of(env, info[0], rows, cols, "matrix");
+  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+      info[3].As<Napi::Float32Array>().ElementLength() != (size_t)n * cols)
+    throw Napi::TypeError::New(env, "x must be a Float32Array of n × cols values");
+  auto y = Napi::Float32Array::New(env, (size_t)n * rows);
+  matrix_rows(m, cols, 0, rows, info[3].As<Napi::Float32Array>().Data(), cols, n, y.Data(), rows);
+  return y;
+}
+
+// setIntDot("vnni" | "generic") → whether the CPU can use it (it is then used).
+Napi::Value SetIntDot(const Napi::CallbackInfo& info) {
+  std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name != "vnni" && name != "generic") throw Napi::RangeError::New(info.Env(), "integer dot is \"vnni\" or \"generic\", got " + name);
+  return Napi::Boolean::New(info.Env(), set_int_dot(name == "vnni"));
+}
+
 }  // namespace
 
 ExpertWeights expert_weights_of(Napi::Env env, const Napi::Value& v, int d, int ff, const std::string& what) {
@@ -263,6 +292,8 @@ void register_expert_engine(Napi::Env env, Napi::Object exports) {
   exports.Set("expertLayerSync", Napi::Function::New(env, ExpertLayerSync));
   exports.Set("expertLayerAsync", Napi::Function::New(env, ExpertLayerAsync));
   exports.Set("setFusedDecoder", Napi::Function::New(env, SetFusedDecoder));
+  exports.Set("setIntDot", Napi::Function::New(env, SetIntDot));
+  exports.Set("matrixProduct", Napi::Function::New(env, MatrixProduct));
 }
 
 }  // namespace eb

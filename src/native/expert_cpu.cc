@@ -27,6 +27,7 @@ namespace eb {
 #if EB_HAVE_GFNI_UNIT
 void fused_rows_gfni(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy, float* scratch);
 void fused_decode_row_gfni(const FusedView& f, int r, float* row);
+void int_rows_vnni(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy);
 #endif
 
 namespace {
@@ -39,10 +40,16 @@ EB_CLONES void bf16_rows(const uint16_t* m, int cols, int r0, int r1, const floa
   ek_bf16_rows(m, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
-EB_CLONES void symbol_rows(const SymbolMatrix& m, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+EB_CLONES void symbol_rows_f32(const SymbolMatrix& m, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   if (m.bits == 4) ek_symbol_rows(m.src4(), r0, r1, x, ldx, n, y, ldy);
   else ek_symbol_rows(m.src(), r0, r1, x, ldx, n, y, ldy);
 }
+
+EB_CLONES void int_rows_generic(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
+  ek_int_rows<GenericDot>(m, r0, r1, x, ldx, xs, n, y, ldy);
+}
+
+EB_CLONES float quantize_x(const float* x, int cols, int8_t* q, float* d, float* d16) { return ek_quantize_x(x, cols, q, d, d16); }
 
 EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                                  float* scratch) {
@@ -71,6 +78,62 @@ bool use_gfni() {
     gfni_state.store(s);
   }
   return s == 1;
+}
+
+bool cpu_has_vnni() {
+#if EB_HAVE_GFNI_UNIT
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+#else
+  return false;
+#endif
+}
+
+// EBSERVE_NO_VNNI=1 takes the generic integer dot even where VNNI exists; so does set_int_dot.
+std::atomic<int> vnni_state{-1};
+bool use_vnni() {
+  int s = vnni_state.load(std::memory_order_relaxed);
+  if (s < 0) {
+    s = cpu_has_vnni() && !getenv("EBSERVE_NO_VNNI");
+    vnni_state.store(s);
+  }
+  return s == 1;
+}
+
+// n tokens' activations quantized for the integer product (ek_quantize_x), held for the calls
+// that share them: a matrix's row ranges, gate and up.
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> d, d16;
+  std::vector<QuantX> xs;
+  const QuantX* make(const float* x, int ldx, int n, int cols) {
+    const int blocks = cols / 32, pairs = (blocks + 1) / 2;
+    q.resize((size_t)n * cols);
+    d.resize((size_t)n * blocks);
+    d16.resize((size_t)n * pairs * 16);
+    xs.resize(n);
+    for (int t = 0; t < n; t++) {
+      int8_t* qt = q.data() + (size_t)t * cols;
+      float* dt = d.data() + (size_t)t * blocks;
+      float* d16t = d16.data() + (size_t)t * pairs * 16;
+      xs[t] = QuantX{qt, dt, d16t, quantize_x(x + (size_t)t * ldx, cols, qt, dt, d16t)};
+    }
+    return xs.data();
+  }
+};
+
+bool takes_int8_x(const MatrixRef& m) { return m.symbols && m.symbols->int8_x; }
+
+// xq: the tokens already quantized (the caller's, shared by its calls), or null to quantize here.
+void symbol_rows(const SymbolMatrix& m, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy, const QuantX* xq) {
+  if (!m.int8_x) return symbol_rows_f32(m, r0, r1, x, ldx, n, y, ldy);
+  thread_local QuantizedRows own;
+  if (!xq) xq = own.make(x, ldx, n, m.cols);
+  const IntSymbols ints = m.ints();
+#if EB_HAVE_GFNI_UNIT
+  if (use_vnni()) return int_rows_vnni(ints, r0, r1, x, ldx, xq, n, y, ldy);
+#endif
+  int_rows_generic(ints, r0, r1, x, ldx, xq, n, y, ldy);
 }
 
 void fused_rows(const FusedMatrix& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
@@ -202,7 +265,7 @@ static void nibbles_row(const int8_t* t, int cols, int p, uint8_t* q, uint16_t* 
   for (int c = 0; c < cols; c++) {
     const int v = t[c] - (p == 0 ? 0 : 1);  // 2(u − 8) when a nibble gives t
     const bool ok = (v & 1) == 0 && v >= -16 && v <= 14;
-    const uint8_t u = ok ? (uint8_t)(v / 2 + 8) : 0;
+    const uint8_t u = ok ? (uint8_t)(v / 2 + 8) : 8;  // a patch's nibble: 8, the smallest weight (0 at p = 0)
     if (!ok) bad[c / 16] |= (uint16_t)(1u << (c % 16));
     const int b = c / 32, i = c % 32;
     uint8_t& byte = q[16 * b + i % 16];
@@ -210,7 +273,7 @@ static void nibbles_row(const int8_t* t, int cols, int p, uint8_t* q, uint16_t* 
   }
 }
 
-bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, SymbolMatrix& out) {
+bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int8_x, SymbolMatrix& out) {
   if (bits != 8 && bits != 4) throw std::invalid_argument("symbols are 8 or 4 bits, got " + std::to_string(bits));
   const uint64_t n = (uint64_t)f.rows * f.cols, max_patches = (uint64_t)(max_patch_share * (double)n);
   out.rows = f.rows;
@@ -240,6 +303,7 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, SymbolMa
       }
   }
   out.row_patch[f.rows] = (uint32_t)out.patch_col.size();
+  out.int8_x = int8_x && out.int8_x_possible();
   return true;
 }
 
@@ -255,15 +319,23 @@ void decode_symbol_row(const SymbolMatrix& m, int r, float* row) {
 
 const char* fused_decoder() { return use_gfni() ? "gfni" : "plane loop"; }
 
+const char* int_dot() { return use_vnni() ? "vnni" : "generic"; }
+
+bool set_int_dot(bool vnni) {
+  if (vnni && !cpu_has_vnni()) return false;
+  vnni_state.store(vnni ? 1 : 0);
+  return true;
+}
+
 bool set_fused_decoder(bool gfni) {
   if (gfni && !cpu_has_gfni()) return false;
   gfni_state.store(gfni ? 1 : 0);
   return true;
 }
 
-void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
+void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy, const QuantX* xq) {
   if (m.fused) fused_rows(*m.fused, r0, r1, x, ldx, n, y, ldy);
-  else if (m.symbols) symbol_rows(*m.symbols, r0, r1, x, ldx, n, y, ldy);
+  else if (m.symbols) symbol_rows(*m.symbols, r0, r1, x, ldx, n, y, ldy, xq);
   else if (m.bf16) bf16_rows(m.bf16, cols, r0, r1, x, ldx, n, y, ldy);
   else dense_rows(m.dense, cols, r0, r1, x, ldx, n, y, ldy);
 }
@@ -271,7 +343,9 @@ void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, i
 void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x, int ldx, int n, float* y, int ldy, int threads) {
   if ((double)rows * cols * n < kParallelMacs || threads <= 1) return matrix_rows(m, cols, 0, rows, x, ldx, n, y, ldy);
   const int rb = std::max(1, rows / (4 * threads));
-  pool().run((rows + rb - 1) / rb, threads, [&](int i) { matrix_rows(m, cols, i * rb, std::min(rows, (i + 1) * rb), x, ldx, n, y, ldy); });
+  QuantizedRows quantized;  // the tokens quantized once for every row range
+  const QuantX* xq = takes_int8_x(m) ? quantized.make(x, ldx, n, cols) : nullptr;
+  pool().run((rows + rb - 1) / rb, threads, [&](int i) { matrix_rows(m, cols, i * rb, std::min(rows, (i + 1) * rb), x, ldx, n, y, ldy, xq); });
 }
 
 void expert_layer(const LayerCall& c) {
@@ -290,6 +364,9 @@ void expert_layer(const LayerCall& c) {
   struct Work {
     int n = 0;
     std::vector<float> x, h, u, y;  // [n, d], [n, ff] (gate, then silu(gate)·up), [n, ff] up, [n, d]
+    QuantizedRows xq, hq;           // x and h for the integer product, quantized once for all its row ranges
+    const QuantX* x8 = nullptr;
+    const QuantX* h8 = nullptr;
   };
   std::vector<Work> work(E);
   double macs = 0;
@@ -303,17 +380,23 @@ void expert_layer(const LayerCall& c) {
     w.u.resize((size_t)w.n * ff);
     w.y.resize((size_t)w.n * d);
     macs += 3.0 * w.n * d * ff;
+    if (takes_int8_x(c.experts[e].gate) || takes_int8_x(c.experts[e].up)) w.x8 = w.xq.make(w.x.data(), d, w.n, d);
   }
   auto gate_up = [&](int e, int r0, int r1) {
     Work& w = work[e];
     const ExpertWeights& m = c.experts[e];
-    matrix_rows(m.gate, d, r0, r1, w.x.data(), d, w.n, w.h.data(), ff);
-    matrix_rows(m.up, d, r0, r1, w.x.data(), d, w.n, w.u.data(), ff);
+    matrix_rows(m.gate, d, r0, r1, w.x.data(), d, w.n, w.h.data(), ff, w.x8);
+    matrix_rows(m.up, d, r0, r1, w.x.data(), d, w.n, w.u.data(), ff, w.x8);
     for (int n = 0; n < w.n; n++) silu_times(&w.h[(size_t)n * ff + r0], &w.u[(size_t)n * ff + r0], r1 - r0);
   };
   auto down = [&](int e, int r0, int r1) {
     Work& w = work[e];
-    matrix_rows(c.experts[e].down, ff, r0, r1, w.h.data(), ff, w.n, w.y.data(), d);
+    matrix_rows(c.experts[e].down, ff, r0, r1, w.h.data(), ff, w.n, w.y.data(), d, w.h8);
+  };
+  // h quantized for the integer product once gate and up have made all of it.
+  auto quantize_h = [&](int e) {
+    Work& w = work[e];
+    if (w.n && takes_int8_x(c.experts[e].down)) w.h8 = w.hq.make(w.h.data(), ff, w.n, ff);
   };
   if (macs < kParallelMacs || c.threads <= 1) {
     // Small calls (a decode step of a small model): the whole FFN of each expert in turn, on the
@@ -324,6 +407,7 @@ void expert_layer(const LayerCall& c) {
     for (int e = 0; e < E; e++)
       if (work[e].n) {
         gate_up(e, 0, ff);
+        quantize_h(e);
         down(e, 0, d);
       }
   } else {
@@ -346,6 +430,7 @@ void expert_layer(const LayerCall& c) {
       for (int r = 0; r < ff; r += rb) tasks.push_back({e, r, std::min(ff, r + rb)});
     }
     pool().run((int)tasks.size(), threads, [&](int i) { gate_up(tasks[i].e, tasks[i].r0, tasks[i].r1); });
+    for (int e = 0; e < E; e++) quantize_h(e);
     tasks.clear();
     for (int e = 0; e < E; e++) {
       if (!work[e].n) continue;

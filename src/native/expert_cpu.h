@@ -46,6 +46,7 @@ FusedMatrix prepare_fused(const StreamView& s, int k, int rows, int cols);
 // fewer bytes and a decode per block; 4 bits where the rung is coarse enough, a byte where not.
 struct SymbolMatrix {
   int rows = 0, cols = 0, p = 0, bits = 8;
+  bool int8_x = false;               // products quantize the activations to 8 bits (IntSymbols)
   float ebf = 0;
   std::vector<int8_t> q;             // [rows * cols] at 8 bits, [rows * cols / 2] nibbles at 4; 0 where a patch is
   std::vector<uint32_t> row_patch;   // [rows + 1]: each row's first patch
@@ -56,13 +57,29 @@ struct SymbolMatrix {
   Symbol4Src src4() const {
     return Symbol4Src{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, Symbol4Src::weights_table(p, ebf)};
   }
+  IntSymbols ints() const {
+    const bool two = bits == 4 && p > 0;
+    IntSymbols m{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, bits, p, ebf,
+                 bits == 8 ? 1.0f : two ? 1.0f : 2.0f, bits == 8 ? -128.0f : two ? 1.0f - 15.0f * (float)(1 << p) : -16.0f, {}};
+    const v16f table = Symbol4Src::weights_table(p, ebf);
+    if (bits == 4) memcpy(m.table, &table, sizeof m.table);
+    return m;
+  }
+  // Whether the integer product can take this form: 8 bits at p = 0, 4 bits up to p = 14.
+  bool int8_x_possible() const { return bits == 8 ? p == 0 : p <= 14; }
 };
 
 // The symbols of a fused matrix's weights (its rung's p, its stream's bound), `bits` 8 or 4 a
 // value, checked bit for bit against them, with patches for the values no symbol gives. Returns
 // false, and leaves `out` unspecified, when patches would exceed max_patch_share of the values (a
-// rung too fine for that many bits).
-bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, SymbolMatrix& out);
+// rung too fine for that many bits). With int8_x its products take the integer path where the
+// form allows (out.int8_x says whether it does).
+bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int8_x, SymbolMatrix& out);
+
+// Which integer dot product the int8-activation path uses on this CPU: "vnni" or "generic".
+const char* int_dot();
+// Picks it (false: generic); false when VNNI was asked for and the CPU lacks it.
+bool set_int_dot(bool vnni);
 
 // Row r of a symbol matrix into `row` (cols floats): the weights its product multiplies with.
 void decode_symbol_row(const SymbolMatrix& m, int r, float* row);
@@ -106,7 +123,9 @@ bool set_fused_decoder(bool gfni);
 
 // y[t·ldy + r] = Σ_c M[r, c] · x[t·ldx + c] for rows [r0, r1) and tokens t < n: the product every
 // path shares, exposed for the engine's tests and benchmark.
-void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy);
+// xq: the tokens quantized for the integer product (an int8-activation symbol matrix), when the
+// caller has them for several calls; null quantizes them here.
+void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy, const QuantX* xq = nullptr);
 
 // All `rows` rows, split over the engine's pool when the product is big enough to pay for it.
 void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x, int ldx, int n, float* y, int ldy, int threads);

@@ -37,6 +37,26 @@ struct FusedView {
   float ebf;
 };
 
+// A token's activations as the integer product takes them (ek_quantize_x).
+struct QuantX {
+  const int8_t* q;    // [cols]
+  const float* d;     // [cols / 32]
+  const float* d16;   // [ceil(cols / 64) · 16]: per pair of blocks, d_b ×8 then d_b+1 ×8 (0 past the last)
+  float sd;
+};
+
+// A symbol matrix as the integer product reads it (SymbolMatrix::ints in expert_cpu.h; the
+// arithmetic under "The integer product" below).
+struct IntSymbols {
+  const uint8_t* q;
+  const uint32_t* row_patch;
+  const uint32_t* patch_col;
+  const float* patch_value;
+  int cols, bits, p;
+  float ebf, k1, k0;
+  float table[16];  // 4 bits: nibble u's weight (Symbol4Src's table)
+};
+
 // words[r][j] for rungs 0..k of a ladder `cut`.
 inline void ek_block_words(const uint8_t* cut, int k, uint32_t (*words)[EB_MAX_RUNGS]) {
   for (int r = 0; r <= EB_MAX_RATE; r++)
@@ -473,6 +493,181 @@ EB_AI void ek_bf16_rows(const uint16_t* m, int cols, int r0, int r1, const float
 template <class Src>
 EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
   ek_rows_tiled_grouped(src, src.cols, r0, r1, x, ldx, n, y, ldy);
+}
+
+// ---- The integer product: symbols times activations quantized to 8 bits ----
+//
+// A symbol matrix's weights are integers times eb, so a row's dot product can run on integers the
+// way llama.cpp's Q4_0 · Q8_0 does: each token's activations quantized per 32-value block (d_b =
+// max |x_b| / 127, xq = x / d_b rounded to nearest, |xq| ≤ 127: llama.cpp's Q8_0), a block's 32
+// products summed in int32 lanes four at a time (u8 × s8: one VNNI instruction, or the generic
+// path's int16 products: the same integers), each block's lanes scaled by d_b into f32. The
+// weights stay the rung's exactly; the activations' rounding is the approximation (at most
+// d_b / 2 a value), which is why this is a choice (`int8 activations`) and not the default product.
+//
+// Per symbol form, with u the unsigned byte each weight's integer part comes from:
+//   8 bits at p = 0:   u = t + 128,  w = eb·(u − 128)                 I_b = Σ u·xq, k1 = 1, k0 = −128
+//   4 bits at p = 0:   u = nibble,   w = eb·2(u − 8)                  I_b = Σ u·xq, k1 = 2, k0 = −16
+//   4 bits at p > 0:   u = nibble,   w = eb·(2^(p+1)·u − 2h − 15·2^p + 1), h = u >> 3 (t's sign)
+//                                       I_b = 2^(p+1)·Σ u·xq − 2·Σ h·xq,  k1 = 1, k0 = 1 − 15·2^p
+// and a row's product is eb·(k1·Σ_b d_b·I_b + k0·sd), sd = Σ_b d_b·Σ xq_b (the same for every
+// row: computed once per token). Patched lanes hold a symbol like any other; each patch adds
+// value·x − w(symbol)·xq·d_b. 8 bits above p = 0 (its weights need a second, signed term) and
+// 4 bits past p = 14 (I_b would overflow int32) keep the f32 product.
+
+typedef uint8_t v32b __attribute__((vector_size(32)));
+
+// x's cols values quantized into q and d (above); returns sd. A block holding a NaN or ±Inf gets
+// d_b = NaN and xq = 0: the products it enters are NaN (the f32 product's would not be finite).
+EB_AI float ek_quantize_x(const float* x, int cols, int8_t* q, float* d, float* d16) {
+  typedef int16_t v16s __attribute__((vector_size(32)));
+  typedef int8_t v16c __attribute__((vector_size(16)));
+  float sd = 0;
+  for (int b = 0; b < cols / 32; b++) {
+    const v16f a = ek_loadf(x + 32 * b), c = ek_loadf(x + 32 * b + 16);
+    v16f m = (a < 0 ? -a : a);
+    const v16f mc = (c < 0 ? -c : c);
+    m = m > mc ? m : mc;
+    m = (m != m) ? v16f{} + __builtin_inff() : m;  // a NaN lane counts as infinite
+    float mx = 0;
+    for (int i = 0; i < 16; i++) mx = m[i] > mx ? m[i] : mx;
+    const bool finite = mx < __builtin_inff();
+    d[b] = finite ? mx / 127.0f : __builtin_nanf("");
+    const float inv = finite && mx > 0 ? 127.0f / mx : 0.0f;
+    // Nearest integer (ties to even) by the 1.5·2^23 trick: |x·inv| ≤ 127 (or a hair above, which
+    // rounds to 127).
+    const v16f ra = (a * inv + 12582912.0f) - 12582912.0f, rc = (c * inv + 12582912.0f) - 12582912.0f;
+    const v16i ia = __builtin_convertvector(ra, v16i), ic = __builtin_convertvector(rc, v16i);
+    const v16c qa = __builtin_convertvector(__builtin_convertvector(ia, v16s), v16c);
+    const v16c qc = __builtin_convertvector(__builtin_convertvector(ic, v16s), v16c);
+    memcpy(q + 32 * b, &qa, 16);
+    memcpy(q + 32 * b + 16, &qc, 16);
+    const v16i s16 = ia + ic;
+    int s = 0;
+    for (int i = 0; i < 16; i++) s += s16[i];
+    sd += d[b] * (float)s;
+    for (int i = 0; i < 8; i++) d16[16 * (b / 2) + 8 * (b % 2) + i] = d[b];
+  }
+  if (cols / 32 % 2)
+    for (int i = 0; i < 8; i++) d16[16 * (cols / 64) + 8 + i] = 0;
+  return sd;
+}
+
+typedef uint8_t v64b __attribute__((vector_size(64)));
+typedef int8_t v64c __attribute__((vector_size(64)));
+
+// Lane j of the result: Σ_{i<4} u[4j + i]·x[4j + i], exact in int32. The generic way: int16
+// products (|u·x| ≤ 255·128), summed in pairs, then pairs of pairs. The VNNI unit's vpdpbusd gives
+// the same integers.
+struct GenericDot {
+  static EB_AI v16i dot(v64b u, v64c x) {
+    typedef int16_t v64s __attribute__((vector_size(128)));
+    typedef int16_t v32s __attribute__((vector_size(64)));
+    typedef int32_t v32i __attribute__((vector_size(128)));
+    const v64s p = __builtin_convertvector(u, v64s) * __builtin_convertvector(x, v64s);
+    const v32s e = __builtin_shufflevector(p, p, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38, 40, 42, 44,
+                                           46, 48, 50, 52, 54, 56, 58, 60, 62);
+    const v32s o = __builtin_shufflevector(p, p, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43, 45,
+                                           47, 49, 51, 53, 55, 57, 59, 61, 63);
+    const v32i pairs = __builtin_convertvector(e, v32i) + __builtin_convertvector(o, v32i);
+    return __builtin_shufflevector(pairs, pairs, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(pairs, pairs, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  }
+};
+
+// The weight a stored symbol gives (what a patch's lane added to the integer sums).
+EB_AI float ek_int_stored_weight(const IntSymbols& m, int r, uint32_t c) {
+  if (m.bits == 8) return (float)(int8_t)m.q[(uint64_t)r * m.cols + c] * m.ebf;
+  const uint8_t byte = m.q[(uint64_t)r * (m.cols / 2) + 16 * (c / 32) + c % 16];
+  return m.table[c % 32 < 16 ? byte & 15 : byte >> 4];
+}
+
+// Blocks b and b + 1 of a row's bytes as 64 u in value order (with one = true, block b alone and
+// 32 zeros after it).
+template <int BITS>
+EB_AI v64b ek_int_unpack(const uint8_t* row, int b, bool one) {
+  if (BITS == 8) {
+    v64b u = {};
+    memcpy(&u, row + 32 * b, one ? 32 : 64);
+    return one ? __builtin_shufflevector(u ^ 0x80, v64b{}, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                         22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77,
+                                         78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90, 91, 92, 93, 94, 95)
+               : u ^ 0x80;  // t + 128
+  }
+  v32b c = {};
+  memcpy(&c, row + 16 * b, one ? 16 : 32);
+  const v32b lo = c & 15, hi = c >> 4;
+  return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41,
+                                 42, 43, 44, 45, 46, 47, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 48, 49, 50,
+                                 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63);
+}
+
+// Rows [r0, r1) for NT tokens: y[t·ldy + r] = row r · token t, x the tokens' f32 activations (for
+// the patches) and xs their quantized ones. Two blocks a step: 64 products into 16 int32 lanes
+// (lanes 0–7 block b, 8–15 block b + 1), scaled by [d_b ×8, d_b+1 ×8]; each pair of blocks is
+// unpacked once for the tile, and a token's steps alternate between two accumulators (one FMA
+// chain would wait on its latency).
+template <class Dot, int BITS, bool TWO, int NT>
+EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, float* y, int ldy) {
+  const int blocks = m.cols / 32;
+  const uint64_t row_bytes = (uint64_t)m.cols * BITS / 8;
+  for (int r = r0; r < r1; r++) {
+    const uint8_t* row = m.q + r * row_bytes;
+    v16f even[NT] = {}, odd[NT] = {};
+    // Blocks b, b + 1 (or b alone) into acc[t] (a constant index in each call: registers).
+    auto step = [&](int b, bool one, v16f* acc) __attribute__((always_inline)) {
+      __builtin_prefetch(row + 4 * BITS * b + 4096);
+      const v64b u = ek_int_unpack<BITS>(row, b, one);
+      const v64b h = u >> 3;
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; t++) {
+        v64c xq = {};
+        memcpy(&xq, xs[t].q + 32 * b, one ? 32 : 64);
+        v16i I = Dot::dot(u, xq);
+        if (TWO) I = (I << (m.p + 1)) - (Dot::dot(h, xq) << 1);
+        acc[t] = ek_fma(__builtin_convertvector(I, v16f), ek_loadf(xs[t].d16 + 8 * b), acc[t]);
+      }
+    };
+    int b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+      step(b, false, even);
+      step(b + 2, false, odd);
+    }
+    if (b + 2 <= blocks) step(b, false, even), b += 2;
+    if (b < blocks) step(b, true, odd);
+    float sums[NT];
+    ek_hsum8<NT>(even, odd, sums);
+    for (int t = 0; t < NT; t++) {
+      float out = m.ebf * (m.k1 * sums[t] + m.k0 * xs[t].sd);
+      for (uint32_t e = m.row_patch[r]; e < m.row_patch[r + 1]; e++) {
+        const uint32_t c = m.patch_col[e];
+        out += m.patch_value[e] * x[(uint64_t)t * ldx + c] - ek_int_stored_weight(m, r, c) * ((float)xs[t].q[c] * xs[t].d[c / 32]);
+      }
+      y[(uint64_t)t * ldy + r] = out;
+    }
+  }
+}
+
+// The integer product for n tokens (xs: their quantized activations, made by ek_quantize_x).
+template <class Dot, int BITS, bool TWO>
+EB_AI void ek_int_rows_form(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
+  for (int t = 0; t < n; t += 4) {
+    const float* xt = x + (uint64_t)t * ldx;
+    float* yt = y + (uint64_t)t * ldy;
+    switch (n - t >= 4 ? 4 : n - t) {
+      case 4: ek_int_rows_tile<Dot, BITS, TWO, 4>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
+      case 3: ek_int_rows_tile<Dot, BITS, TWO, 3>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
+      case 2: ek_int_rows_tile<Dot, BITS, TWO, 2>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
+      default: ek_int_rows_tile<Dot, BITS, TWO, 1>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
+    }
+  }
+}
+
+template <class Dot>
+EB_AI void ek_int_rows(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
+  if (m.bits == 8) ek_int_rows_form<Dot, 8, false>(m, r0, r1, x, ldx, xs, n, y, ldy);
+  else if (m.p == 0) ek_int_rows_form<Dot, 4, false>(m, r0, r1, x, ldx, xs, n, y, ldy);
+  else ek_int_rows_form<Dot, 4, true>(m, r0, r1, x, ldx, xs, n, y, ldy);
 }
 
 template <class Src>

@@ -122,11 +122,13 @@ export const MAX_PATCH_SHARE = 1 / 64;
 /**
  * The fused matrix's weights as symbols (RawSymbolMatrix): 4 bits a value where its rung is coarse
  * enough, else 8, else null (too tight for either). The same weights bit for bit, so the same
- * products; decoded once here instead of in every product.
+ * products; decoded once here instead of in every product. With int8Activations its products
+ * quantize the activations to 8 bits and run on integers where the form allows (the result's
+ * int8Activations says): faster, no longer the dense product's bits.
  */
-export function symbolMatrix(m: RawFusedMatrix, widths: readonly (4 | 8)[] = [4, 8]): RawSymbolMatrix | null {
+export function symbolMatrix(m: RawFusedMatrix, widths: readonly (4 | 8)[] = [4, 8], int8Activations = false): RawSymbolMatrix | null {
   for (const bits of widths) {
-    const s = native.symbolMatrix(m, MAX_PATCH_SHARE, bits);
+    const s = native.symbolMatrix(m, MAX_PATCH_SHARE, bits, int8Activations);
     if (s) return s;
   }
   return null;

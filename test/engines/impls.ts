@@ -104,10 +104,16 @@ export function cpuFused(decoder: 'gfni' | 'plane loop', bound: number, ladder?:
   };
 }
 
-/** The CPU engine on `bits`-bit symbols: streams within `bound` (with `rungs`, ladders read at rung `k`) held as symbols. */
-export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number }, bits: 4 | 8 = 8): EngineImpl {
+/**
+ * The CPU engine on `bits`-bit symbols: streams within `bound` (with `rungs`, ladders read at rung
+ * `k`) held as symbols; with int8Activations, multiplied by the integer product.
+ */
+export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number }, bits: 4 | 8 = 8, int8Activations = false): EngineImpl {
   return {
-    name: `CPU ${bits}-bit symbols at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}`,
+    name: `CPU ${bits}-bit symbols at ${bound}${ladder ? `, rung ${ladder.k} of a ${ladder.rungs}-rung ladder` : ''}${int8Activations ? ', activations in 8 bits' : ''}`,
+    // Each value of x within d_b / 2 = max |x_b| / 254 of its own: at most ~1 % of a product's
+    // absolute terms on Gaussian activations, through gate, up and down.
+    tolerance: int8Activations ? { share: 2e-2, what: "the activations' 8-bit rounding" } : undefined,
     unavailable: () => null,
     shapes: SHAPES,
     offThread: true,
@@ -120,8 +126,9 @@ export function cpuSymbols(bound: number, ladder?: { rungs: number; k: number },
               return fusedMatrix(s.head, rows, cols, { rungs: s.rungs.slice(0, ladder.k + 1), k: ladder.k });
             })()
           : fusedMatrix(compress(v, { bound }), rows, cols);
-        const q = symbolMatrix(f, [bits]);
+        const q = symbolMatrix(f, [bits], int8Activations);
         if (!q) throw new Error(`a ${rows}×${cols} matrix at ${bound} does not fit ${bits}-bit symbols`);
+        if (q.int8Activations !== int8Activations) throw new Error(`a ${rows}×${cols} matrix at ${bound}: its form takes no integer product`);
         return { q, values: fusedMatrixValues(f) };
       };
       const mats: NativeExpert[][] = experts.map((row, l) =>

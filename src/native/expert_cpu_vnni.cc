@@ -1,0 +1,24 @@
+// The integer product (expert_kernels.h, "The integer product") for CPUs with AVX-512 VNNI: a
+// block's 32 u8 × s8 products summed four to an int32 lane by one vpdpbusd, the same integers as
+// the generic path's int16 products, so both give the same bits. See expert_kernels.h for why this
+// unit includes no C++ library header.
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "expert_kernels.h"
+
+namespace eb {
+namespace {
+
+struct VnniDot {
+  static EB_AI v16i dot(v64b u, v64c x) { return (v16i)_mm512_dpbusd_epi32(_mm512_setzero_si512(), (__m512i)u, (__m512i)x); }
+};
+
+}  // namespace
+
+void int_rows_vnni(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
+  ek_int_rows<VnniDot>(m, r0, r1, x, ldx, xs, n, y, ldy);
+}
+
+}  // namespace eb
