@@ -69,9 +69,12 @@ describe('policies and profiles', function () {
     fails(loadProfile, write('b.yaml', { ...PROFILE, sla: { p95_inter_token_seconds: -1 } }), 'sla.p95_inter_token_seconds', /expected a number > 0/);
   });
 
-  it('takes tier A as f32, fused or symbols, and names any other form', function () {
+  it('takes tier A as f32, fused or symbols (8-bit activations with symbols only), and names any other form', function () {
     for (const form of ['f32', 'fused', 'symbols']) assert.equal(loadProfile(write(`t-${form}.yaml`, { ...PROFILE, device: { ...PROFILE.device, tier_a_form: form } })).device.tier_a_form, form);
     fails(loadProfile, write('t-int4.yaml', { ...PROFILE, device: { ...PROFILE.device, tier_a_form: 'int4' } }), 'device.tier_a_form', /expected f32, fused or symbols/);
+    assert.equal(loadProfile(write('t-int8.yaml', { ...PROFILE, device: { ...PROFILE.device, tier_a_form: 'symbols', int8_activations: true } })).device.int8_activations, true);
+    fails(loadProfile, write('t-int8-fused.yaml', { ...PROFILE, device: { ...PROFILE.device, tier_a_form: 'fused', int8_activations: true } }), 'device.int8_activations', /expected only with tier_a_form: symbols .*not fused/);
+    fails(loadProfile, write('t-int8-yes.yaml', { ...PROFILE, device: { ...PROFILE.device, tier_a_form: 'symbols', int8_activations: 'yes' } }), 'device.int8_activations', /expected true or false/);
   });
 
   it('names an unknown field (a typo)', function () {

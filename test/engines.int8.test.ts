@@ -10,11 +10,12 @@ import { native } from '../src/codec/native.js';
 import { fusedMatrix, symbolMatrix, symbolMatrixValues } from '../src/offload/cpu-engine.js';
 import { gaussian } from './codec/data.js';
 import { runEngineConformance } from './engines/conformance.js';
-import { cpuSymbols } from './engines/impls.js';
+import { cpuSymbols, offloadEngine } from './engines/impls.js';
 
 runEngineConformance(cpuSymbols(1e-3, undefined, 8, true));
 runEngineConformance(cpuSymbols(1e-2, undefined, 4, true));
 runEngineConformance(cpuSymbols(1e-4, { rungs: 8, k: 1 }, 4, true));
+runEngineConformance(offloadEngine('cpu', { level: 0, form: 'symbols', int8Activations: true }));
 
 const f = Math.fround;
 

@@ -5,7 +5,8 @@
  *     (b) the CPU engine on the dense weights (the checkpoint's bf16 bits, widened in registers) (the whole forward in the addon), (c) the same,
  *     fused on compressed experts at eb 1e-3 and (d) 1e-2, (e) the 1e-3 streams held as symbols
  *     (8 bits a value there, the same weights, no decode in the product) and (f) the 1e-2 ones (4
- *     bits a value); with the time per token
+ *     bits a value), (g) both multiplied by the integer product (activations quantized to 8 bits
+ *     per 32 values, llama.cpp's Q8_0; int8 rows); with the time per token
  *     split into the routed experts' FFN and everything else.
  *   mixtral-expert — one decode token through the two active experts of a Mixtral-8x7B layer
  *     (2 × three 4096×14336 matrices, N(0, 0.02) bf16 weights: 704 MB, larger than any cache
@@ -33,10 +34,11 @@ const RESULTS = path.join(ROOT, 'bench', 'results', 'engine.json');
 const DECODE_TOKENS = 192;
 const REPS = 5;
 const MIXTRAL = { d: 4096, ff: 14336, experts: 2 };
-const ENGINES = ['tfjs', 'cpu', 'cpu-fused-1e-3', 'cpu-fused-1e-2', 'cpu-symbols-1e-3', 'cpu-symbols-1e-2'] as const;
+const ENGINES = ['tfjs', 'cpu', 'cpu-fused-1e-3', 'cpu-fused-1e-2', 'cpu-symbols-1e-3', 'cpu-symbols-1e-2', 'cpu-symbols-int8-1e-3', 'cpu-symbols-int8-1e-2'] as const;
 type EngineName = (typeof ENGINES)[number];
 const boundOf = (e: EngineName) => (e.endsWith('-1e-3') ? 1e-3 : e.endsWith('-1e-2') ? 1e-2 : undefined);
 const symbolsOf = (e: EngineName) => e.startsWith('cpu-symbols');
+const int8Of = (e: EngineName) => e.startsWith('cpu-symbols-int8');
 
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
@@ -83,7 +85,7 @@ class TimedEngine implements ExpertEngine {
 
 async function embedded(engine: EngineName, memcpy: number): Promise<Row> {
   const bound = boundOf(engine);
-  const m: LoadedModel = await loadModel(EMBEDDED_MODEL_DIR, engine === 'tfjs' ? { nativeForward: false } : { cpu: { bound, symbols: symbolsOf(engine) } });
+  const m: LoadedModel = await loadModel(EMBEDDED_MODEL_DIR, engine === 'tfjs' ? { nativeForward: false } : { cpu: { bound, symbols: symbolsOf(engine), int8Activations: int8Of(engine) } });
   try {
     const c = m.checkpoint.config;
     const timed = engine === 'tfjs' ? new TimedEngine(m.engine) : undefined;
@@ -190,7 +192,7 @@ async function mixtral(memcpy: number): Promise<Row[]> {
       }
     } else {
       const bound = boundOf(engine);
-      const experts: NativeExpert[] = f32.map((m) => (bound === undefined ? m : compressedExpert(m, d, ff, bound, symbolsOf(engine))));
+      const experts: NativeExpert[] = f32.map((m) => (bound === undefined ? m : compressedExpert(m, d, ff, bound, symbolsOf(engine), int8Of(engine))));
       const eng = new CpuExpertEngine(d, ff, [experts]);
       const s = await time(() => eng.compute(0, x, ids, weights, 1));
       row = { workload: 'mixtral-expert', engine, tokens_per_s: 1 / s, bytes_per_token: E * eng.expertBytes(), memcpy_fraction: 0 };
@@ -211,14 +213,14 @@ async function main() {
   const cpus = os.cpus();
   const result = {
     memcpy_gbps: memcpy,
-    machine: { cpus: cpus.length, model: cpus[0]?.model ?? 'unknown', simd: native.info().simd, fused_decoder: native.info().fusedDecoder },
+    machine: { cpus: cpus.length, model: cpus[0]?.model ?? 'unknown', simd: native.info().simd, fused_decoder: native.info().fusedDecoder, int_dot: native.info().intDot },
     decode_tokens: DECODE_TOKENS,
     reps: REPS,
     rows,
   };
   fs.mkdirSync(path.dirname(RESULTS), { recursive: true });
   fs.writeFileSync(RESULTS, JSON.stringify(result, null, 2) + '\n');
-  console.log(`\n${cpus.length} × ${result.machine.model}, ${result.machine.simd}, fused decoder ${result.machine.fused_decoder}; memcpy ${memcpy.toFixed(1)} GB/s`);
+  console.log(`\n${cpus.length} × ${result.machine.model}, ${result.machine.simd}, fused decoder ${result.machine.fused_decoder}, integer dot ${result.machine.int_dot}; memcpy ${memcpy.toFixed(1)} GB/s`);
   console.log('| workload | engine | tokens/s | weight MB/token | × fewer bytes than f32 | share of memcpy | expert FFN ms/token | rest ms/token |');
   console.log('|---|---|---|---|---|---|---|---|');
   for (const r of rows) {

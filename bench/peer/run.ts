@@ -9,7 +9,9 @@
  * f32, q8_0, q4_0, written to build/peer/, never committed). ebserve runs its native forward
  * (what `--engine cpu` serves) on the checkpoint's bf16 experts, and on experts compressed at the
  * two codec bounds whose bytes are closest to q8_0's and q4_0's (1e-3 ≈ 0.9 and 1e-2 ≈ 0.5 bytes a
- * value, against 1.06 and 0.56), multiplied by the fused path without decoding.
+ * value, against 1.06 and 0.56), multiplied by the fused path without decoding; and the same two
+ * bounds held as symbols (8 and 4 bits a value) multiplied by the integer product, the activations
+ * quantized to 8 bits as llama.cpp's Q8_0 does (the "-int8" rows: llama.cpp's own arithmetic).
  *
  * Per row:
  *   top1_agreement  the share of canary positions (every position of every text canary, prompt +
@@ -66,7 +68,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const RESULTS = path.join(ROOT, 'bench', 'results', 'peer.json');
 const GGUF_DIR = path.join(ROOT, 'build', 'peer');
 const LLAMA_TYPES: ExportType[] = ['f32', 'q8_0', 'q4_0'];
-const EBSERVE_BOUNDS = [undefined, 1e-3, 1e-2];
+const EBSERVE_CASES: { bound?: number; int8?: boolean }[] = [{}, { bound: 1e-3 }, { bound: 1e-2 }, { bound: 1e-3, int8: true }, { bound: 1e-2, int8: true }];
 /**
  * Decode threads. llama.cpp's are timed at 1 and 2: its ggml thread pool spins at every barrier,
  * so on this 2-core box 2 threads collapse (tens of times slower) whenever anything else runs,
@@ -95,7 +97,7 @@ function envInt(name: string, dflt: number): number {
 interface Row {
   system: 'llama.cpp' | 'ebserve';
   model: 'embedded';
-  /** f32 | q8_0 | q4_0 (llama.cpp's GGUF), or ebserve's: bf16 (as stored) | eb1e-3 | eb1e-2 (codec bound). */
+  /** f32 | q8_0 | q4_0 (llama.cpp's GGUF), or ebserve's: bf16 (as stored) | eb1e-3 | eb1e-2 (codec bound, fused) | eb1e-3-int8 | eb1e-2-int8 (symbols, integer product). */
   weights: string;
   bytes_per_token: number;
   /** null: a native row whose prebuilt counterpart could not load. */
@@ -207,9 +209,9 @@ async function main() {
   const f32File = gguf('f32');
   const rows: Row[] = [];
 
-  for (const bound of EBSERVE_BOUNDS) {
-    const m = bound === undefined ? ebserveRef : await loadModel(EMBEDDED_MODEL_DIR, { cpu: { bound } });
-    const weights = bound === undefined ? 'bf16' : `eb${bound.toExponential()}`;
+  for (const { bound, int8 } of EBSERVE_CASES) {
+    const m = bound === undefined ? ebserveRef : await loadModel(EMBEDDED_MODEL_DIR, { cpu: { bound, symbols: int8, int8Activations: int8 } });
+    const weights = bound === undefined ? 'bf16' : `eb${bound.toExponential()}${int8 ? '-int8' : ''}`;
     const top1 = bound === undefined ? 1 : agreement(reference, await ebserveGreedy(m, lists));
     const bytes = ebserveBytesPerToken(m, f32File);
     for (const n of CONCURRENCIES) {

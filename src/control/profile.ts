@@ -44,6 +44,12 @@ export const profileSchema = z.strictObject({
      * entry costs its compressed bytes, so the budget holds more experts; the product is slower).
      */
     tier_a_form: z.enum(['f32', 'fused', 'symbols'], { error: 'expected f32, fused or symbols' }).optional(),
+    /**
+     * With tier_a_form symbols: multiply them by the integer product, each token's activations
+     * quantized to 8 bits per 32 values as llama.cpp's Q8_0 (faster; the activations' rounding
+     * then shows in the canaries' agreement like the levels' own).
+     */
+    int8_activations: z.boolean({ error: 'expected true or false' }).optional(),
   }),
   /**
    * The disk tier: keep the experts in the store file and at most budget_bytes of them in host
@@ -106,6 +112,7 @@ export function loadProfile(file: string): Profile {
     problems.push({ field: 'device', message: 'expected exactly one of experts_per_layer and memory_budget_bytes (or experts_by_layer, alone or with memory_budget_bytes)' });
   }
   if (d.tier_b_fraction !== undefined && d.memory_budget_bytes === undefined) problems.push({ field: 'device.tier_b_fraction', message: 'expected only with memory_budget_bytes (use tier_b_bytes with experts_per_layer)' });
+  if (d.int8_activations && d.tier_a_form !== 'symbols') problems.push({ field: 'device.int8_activations', message: `expected only with tier_a_form: symbols (the integer product multiplies symbols), not ${d.tier_a_form ?? 'f32'}` });
   if (d.tier_b_bytes !== undefined && d.memory_budget_bytes !== undefined) problems.push({ field: 'device.tier_b_bytes', message: 'expected only with experts_per_layer or experts_by_layer (use tier_b_fraction with memory_budget_bytes)' });
   const s = p.sensitivity;
   if (s) {

@@ -158,10 +158,10 @@ export function matrixHeldBytes(m: RawMatrix): number {
  * An expert compressed within an absolute bound, each matrix as a one-rung stream ready for the
  * fused path, or with `symbols` its weights as symbols where they fit 4 or 8 bits.
  */
-export function compressedExpert(m: ExpertMatrices, d: number, ff: number, bound: number, symbols = false): NativeExpert {
+export function compressedExpert(m: ExpertMatrices, d: number, ff: number, bound: number, symbols = false, int8Activations = false): NativeExpert {
   const one = (v: Float32Array, rows: number, cols: number) => {
     const fused = fusedMatrix(compress(v, { bound, threads: 0 }), rows, cols);
-    return symbols ? (symbolMatrix(fused) ?? fused) : fused;
+    return symbols ? (symbolMatrix(fused, undefined, int8Activations) ?? fused) : fused;
   };
   return { gate: one(m.gate, ff, d), up: one(m.up, ff, d), down: one(m.down, d, ff) };
 }
@@ -179,6 +179,8 @@ export interface CpuEngineOptions extends NativeLayerOptions {
   bound?: number;
   /** With a bound: hold each matrix as symbols where it fits 4 or 8 bits (fused where not). */
   symbols?: boolean;
+  /** With symbols: multiply them by the integer product, the activations quantized to 8 bits (symbolMatrix). */
+  int8Activations?: boolean;
   /** Where each forward step's TokenSample goes (all compute: every expert is resident, nothing waits). */
   telemetry?: TelemetrySink;
 }
@@ -221,7 +223,7 @@ export class CpuExpertEngine implements ExpertEngine {
     const experts = Array.from({ length: c.numLayers }, (_, l) =>
       Array.from({ length: c.numExperts }, (_, e) => {
         const m = read(l, e);
-        if (opts.bound !== undefined) return compressedExpert(m, d, ff, opts.bound, opts.symbols);
+        if (opts.bound !== undefined) return compressedExpert(m, d, ff, opts.bound, opts.symbols, opts.int8Activations);
         return { gate: bf16IfExact(m.gate, d), up: bf16IfExact(m.up, d), down: bf16IfExact(m.down, ff) };
       }),
     );
@@ -231,7 +233,7 @@ export class CpuExpertEngine implements ExpertEngine {
   /** How the experts are held, for logs: 'dense f32', 'dense bf16', 'compressed (fused)' or 'compressed (N-bit symbols)'. */
   describeForm(): string {
     const g = this.experts[0]?.[0]?.gate;
-    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : isSymbolMatrix(g) ? `compressed (${g.bits}-bit symbols)` : 'compressed (fused)';
+    return g instanceof Float32Array ? 'dense f32' : g instanceof Uint16Array ? 'dense bf16 (the checkpoint\'s own values)' : isSymbolMatrix(g) ? `compressed (${g.bits}-bit symbols${g.int8Activations ? ', activations in 8 bits' : ''})` : 'compressed (fused)';
   }
 
   /** Layer `l`'s experts, as the native forward takes them. */

@@ -31,6 +31,8 @@ export interface OffloadEngineOptions extends Omit<FetcherOptions, 'form'> {
    * 'symbols' an exact level of bf16 bytes is multiplied in place; otherwise it is f32.
    */
   tierAForm?: TierAForm;
+  /** With tierAForm 'symbols': multiply them by the integer product, the activations quantized to 8 bits (symbolMatrix). */
+  int8Activations?: boolean;
   /** The first plan (default: every layer at the finest level). */
   plan?: PrecisionPlan;
   /** Act on the model's prefetch hints (default true). */

@@ -172,6 +172,8 @@ export interface FetcherOptions {
   strictLevels?: boolean;
   /** What tier A holds (default tfjs tensors). */
   form?: DecodedForm;
+  /** With the symbol form: its products quantize the activations to 8 bits (the integer product). */
+  int8Activations?: boolean;
 }
 
 export class ExpertFetcher {
@@ -193,6 +195,7 @@ export class ExpertFetcher {
   private closed = false;
   private readonly strict: boolean;
   readonly form: DecodedForm;
+  readonly int8Activations: boolean;
   /** [level]: the bytes the last expert made at that level held (the symbol form: 4 or 8 bits a value, or rungs). */
   private readonly symbolsHeld: number[] = [];
 
@@ -203,6 +206,8 @@ export class ExpertFetcher {
     this.telemetry = opts.telemetry ?? NO_TELEMETRY;
     this.strict = opts.strictLevels ?? false;
     this.form = opts.form ?? 'tfjs';
+    this.int8Activations = opts.int8Activations ?? false;
+    if (this.int8Activations && this.form !== 'symbols') throw new RangeError(`8-bit activations are the symbol form's integer product; tier A's form is ${this.form}`);
     const policy = opts.policy ?? 'lru';
     // Per-layer shares of tier A, when the budget has them: keys are layer · experts + expert.
     const layerBytes = opts.budget.tierALayerBytes;
@@ -407,7 +412,7 @@ export class ExpertFetcher {
       const t = performance.now();
       const [gate, up, down] = MATRICES.map((m) => {
         const fused = fusedMatrix(p.parts[m].head!, stored[m].shape[0], stored[m].shape[1], { rungs: p.parts[m].rungs.slice(0, level + 1), k: level });
-        return this.form === 'symbols' ? (symbolMatrix(fused) ?? fused) : fused;
+        return this.form === 'symbols' ? (symbolMatrix(fused, undefined, this.int8Activations) ?? fused) : fused;
       });
       // What this level holds: what heldBytesByLevel says of it from now on.
       if (this.form === 'symbols') this.symbolsHeld[level] = matrixHeldBytes(gate) + matrixHeldBytes(up) + matrixHeldBytes(down);

@@ -41,6 +41,8 @@ export interface OffloadOptions {
   compute?: 'tfjs' | 'cpu';
   /** With the CPU engine: how tier A holds a codec level (OffloadEngineOptions.tierAForm). */
   tierAForm?: TierAForm;
+  /** With tierAForm 'symbols': the integer product (OffloadEngineOptions.int8Activations). */
+  int8Activations?: boolean;
   telemetry?: TelemetrySink;
   /**
    * Keep the store on disk (the disk tier): host memory holds at most `bytes` of experts' levels,
@@ -86,7 +88,7 @@ export async function createOffload(source: ExpertSource, opts: OffloadOptions):
   else if (opened.from === 'cache') log(`offload: experts loaded from ${opened.file}`);
   const link = opts.emulatedLink ? new EmulatedLink(opts.emulatedLink) : new CopyLink();
   log(`offload: link ${link.describe()}`);
-  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, tierAForm: opts.tierAForm });
+  const engine = new OffloadExpertEngine({ store: opened.store, link, budget: opts.budget, policy: opts.policy, telemetry: opts.telemetry, plan: opts.plan, prefetch: opts.prefetch, compute: opts.compute, tierAForm: opts.tierAForm, int8Activations: opts.int8Activations });
   return { opened, link, engine };
 }
 

@@ -141,7 +141,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     );
     const fixed = spec.fixedLevel !== undefined;
     log(
-      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB ${TIER_A_FORMS[d.tier_a_form ?? 'f32']} + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
+      `ebserve serve: engine offload: device cache of ${(budget.tierABytes / 1e6).toFixed(1)} MB ${TIER_A_FORMS[d.tier_a_form ?? 'f32']}${d.int8_activations ? ` (activations in 8 bits, ${native.info().intDot} integer dot)` : ''} + ${(budget.tierBBytes / 1e6).toFixed(1)} MB compressed rungs (tier B); ` +
         `ladder of policy ${spec.policy.name}: ${ladder.bounds.join(', ')} (${ladder.boundMode})${ladder.exact ? ' + exact' : ''}; ` +
         (fixed ? `every layer fixed at level ${level} (${describeLevel(ladder, level)}), no controller` : 'levels chosen live by the controller'),
     );
@@ -154,6 +154,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
       plan: uniformPlan(c.numLayers, level),
       emulatedLink: em ? { bytesPerSecond: em.bytes_per_second, latencySeconds: em.latency_seconds } : undefined,
       tierAForm: d.tier_a_form ?? 'f32',
+      int8Activations: d.int8_activations,
       hostBudget: hostBudgetBytes === undefined ? undefined : { bytes: hostBudgetBytes, minExperts: c.topK },
       telemetry,
       log,
@@ -166,6 +167,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     details = {
       experts_per_layer: expertsPerLayer ?? (expertsByLayer && d.memory_budget_bytes === undefined ? 'by layer' : 'from memory budget'), tier_a_bytes: budget.tierABytes,
       ...(expertsByLayer ? { experts_by_layer: expertsByLayer.join(',') } : {}), tier_b_bytes: budget.tierBBytes, tier_a_form: d.tier_a_form ?? 'f32',
+      ...(d.int8_activations ? { int8_activations: true } : {}),
       policy: spec.policy.name, profile: spec.profile.name, controller: fixed ? 'off' : spec.dryRun ? 'dry-run' : 'on',
       ...(fixed ? { level, level_meaning: describeLevel(ladder, level), level_fixed: true } : {}),
       link: offload.link.name, link_emulated: offload.link.emulated,

@@ -136,8 +136,9 @@ export class ServedControl {
     // the experts one forward serves once beyond it: the reference pass's, every item's chunk
     // together, route to the most.
     this.canaryCacheBytes = budget.tierABytes + Math.min(c.numExperts, o.policy.canaries.items * chunk * c.topK) * heldBytes;
-    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, tierAForm: form });
-    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, tierAForm: form, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
+    const int8Activations = o.engine.fetcher.int8Activations;
+    const strict = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, tierAForm: form, int8Activations });
+    const reference = new OffloadExpertEngine({ store: o.store, link: new CopyLink(), budget, prefetch: false, strictLevels: true, tierAForm: form, int8Activations, plan: uniformPlan(o.store.numLayers, o.store.levels - 1) });
     this.canaryEngines = [strict, reference]; // the reference engine last: open() disposes it
     let owedMs = 0;
     this.runner = new CanaryRunner({
@@ -178,8 +179,9 @@ export class ServedControl {
     const key = referenceKey({
       checkpointHash: store.checkpointHash,
       forward: m.model.nativeForward ? 'native' : `tfjs:${m.backend.name}`,
-      // Symbols multiply the fused form's weights bit for bit: one reference serves both.
-      reference: `${store.exact === store.levels - 1 ? 'exact' : `finest rung of ${ladderKey(store.ladder)}`}, ${fused ? 'fused' : 'f32'}`,
+      // Symbols multiply the fused form's weights bit for bit: one reference serves both, unless
+      // the integer product rounds the activations.
+      reference: `${store.exact === store.levels - 1 ? 'exact' : `finest rung of ${ladderKey(store.ladder)}`}, ${fused ? 'fused' : 'f32'}${this.o.engine.fetcher.int8Activations ? ', int8 activations' : ''}`,
       vocabSize,
       inputs,
     });

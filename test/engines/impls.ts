@@ -180,14 +180,15 @@ export function cudaEngine(where: 'emulated' | 'gpu', bound: number, ladder?: { 
  * symbols.
  */
 /** onDisk: the store held on disk (the disk tier), its host budget about three experts at the level read. */
-export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; form: TierAForm } | null = null, bf16Exact = false, onDisk = false): EngineImpl {
+export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; form: TierAForm; int8Activations?: boolean } | null = null, bf16Exact = false, onDisk = false): EngineImpl {
   const forms = { f32: 'rungs decoded to f32', fused: 'fused on the compressed rungs', symbols: 'rungs held as symbols' };
   return {
     name: (bf16Exact
       ? 'offload engine at the exact level of a bf16 checkpoint, its bits multiplied in place (fused form)'
-      : `offload engine at ${at ? `level ${at.level}, ${forms[at.form]}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`) +
+      : `offload engine at ${at ? `level ${at.level}, ${forms[at.form]}${at.int8Activations ? ' with 8-bit activations' : ''}` : 'the exact level'}, computing with ${compute === 'cpu' ? 'the CPU engine on the cache\'s buffers' : 'TensorFlow.js'}`) +
       (onDisk ? ', the store on disk read through a host tier of three experts' : ''),
     unavailable: () => null,
+    tolerance: at?.int8Activations ? { share: 2e-2, what: "the activations' 8-bit rounding" } : undefined,
     shapes: at || bf16Exact ? SHAPES : [[64, 96], ODD],
     offThread: compute === 'cpu',
     async make(experts, d, ff) {
@@ -215,7 +216,7 @@ export function offloadEngine(compute: 'tfjs' | 'cpu', at: { level: number; form
         closeDisk = () => (disk.close(), fs.rmSync(dir, { recursive: true, force: true }));
       }
       const engine = new OffloadExpertEngine({
-        store: served, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, tierAForm: at?.form ?? (bf16Exact ? 'fused' : 'f32'), plan: uniformPlan(experts.length, level),
+        store: served, link: new CopyLink(), budget: { tierABytes: 2 * store.expertValues(0, 0) * 4, tierBBytes: 0 }, compute, tierAForm: at?.form ?? (bf16Exact ? 'fused' : 'f32'), int8Activations: at?.int8Activations, plan: uniformPlan(experts.length, level),
       });
       const dispose = engine.dispose.bind(engine);
       engine.dispose = () => (dispose(), closeDisk());
