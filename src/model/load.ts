@@ -22,7 +22,7 @@ import { ggufTokenizer } from './gguf/vocab.js';
 import { ResidentExpertEngine, type ExpertEngine, type ExpertMatrices } from './engine.js';
 import { denseTensorNames, expertName } from './names.js';
 import { loadTokenizer, type Tokenizer } from './tokenizer.js';
-import { nativeForwardUnsupported, NativeForward } from './native-forward.js';
+import { nativeForwardUnsupported, NativeForward, type DenseSymbols } from './native-forward.js';
 import { MoeTransformer, rotaryTables } from './transformer.js';
 import { CpuExpertEngine, type CpuEngineOptions } from '../offload/cpu-engine.js';
 import type { ExpertSource } from '../offload/source.js';
@@ -39,6 +39,8 @@ export interface LoadOptions {
    * with `bound`, compressed and multiplied by the fused path.
    */
   cpu?: CpuEngineOptions;
+  /** The native forward's attention projections as 8-bit symbols (NativeForward's DenseSymbols). */
+  denseSymbols?: DenseSymbols;
   /**
    * Run the forward pass in the addon (src/model/native-forward.ts) for the architectures it
    * covers, whatever the engine (default true); false keeps the TensorFlow.js reference.
@@ -99,7 +101,7 @@ export async function loadModel(dir: string, opts: LoadOptions = {}): Promise<Lo
     const names = denseTensorNames(c);
     const model = new MoeTransformer(c, readDense, names, engine);
     if (opts.nativeForward !== false && !nativeForwardUnsupported(c)) {
-      model.useNativeForward(new NativeForward(c, readDense, names, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), opts.cpu?.threads));
+      model.useNativeForward(new NativeForward(c, readDense, names, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), opts.cpu?.threads, opts.denseSymbols));
     }
     const used = engine;
     return {

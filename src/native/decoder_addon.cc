@@ -20,6 +20,7 @@
 #include <string>
 
 #include "decoder_cpu.h"
+#include "expert_addon.h"
 #include "napi_util.h"
 
 namespace eb {
@@ -47,21 +48,10 @@ const float* f32_of(const Napi::Object& o, const char* k, size_t n, bool optiona
   return a.Data();
 }
 
-// A [rows, cols] weight: a Float32Array, or a Uint16Array of bf16 bits (rows of whole 32-value blocks).
-MatrixRef matrix_of(const Napi::Object& o, const char* k, size_t rows, size_t cols) {
-  Napi::Value v = o.Get(k);
-  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
-    auto a = v.As<Napi::Uint16Array>();
-    if (a.ElementLength() != rows * cols)
-      throw Napi::RangeError::New(o.Env(), std::string("decoder spec: ") + k + " has " + std::to_string(a.ElementLength()) + " bf16 values, expected " + std::to_string(rows * cols));
-    if (cols % 32) throw Napi::RangeError::New(o.Env(), std::string("decoder spec: ") + k + ": bf16 weights need rows of whole 32-value blocks, got " + std::to_string(cols));
-    MatrixRef m;
-    m.bf16 = a.Data();
-    return m;
-  }
-  MatrixRef m;
-  m.dense = f32_of(o, k, rows * cols);
-  return m;
+// A [rows, cols] weight: a Float32Array, a Uint16Array of bf16 bits (rows of whole 32-value
+// blocks), or a symbolMatrix (the dense weights held as symbols).
+MatrixRef spec_matrix_of(const Napi::Object& o, const char* k, size_t rows, size_t cols) {
+  return matrix_of(o.Env(), o.Get(k), (int)rows, (int)cols, std::string("decoder spec: ") + k);
 }
 
 Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
@@ -86,9 +76,10 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
   else if (qk != "none") throw Napi::RangeError::New(env, "decoder spec: qkNorm is none, full or head, got " + qk);
   if (m.d < 1 || m.H < 1 || m.KV < 1 || m.H % m.KV || m.hd < 2 || m.hd % 2 || m.E < 1 || m.top_k < 1 || m.top_k > m.E)
     throw Napi::RangeError::New(env, "decoder spec: the shapes do not form a model");
-  m.embed = matrix_of(s, "embed", m.V, m.d);
+  m.embed = spec_matrix_of(s, "embed", m.V, m.d);
+  if (m.embed.fused || m.embed.symbols) throw Napi::TypeError::New(env, "decoder spec: embed must be a Float32Array or a Uint16Array of bf16 bits (its rows are looked up)");
   m.norm = f32_of(s, "norm", m.d);
-  m.lm_head = matrix_of(s, "lmHead", m.V, m.d);
+  m.lm_head = spec_matrix_of(s, "lmHead", m.V, m.d);
   m.cos = f32_of(s, "cos", (size_t)m.max_pos * m.hd);
   m.sin = f32_of(s, "sin", (size_t)m.max_pos * m.hd);
   Napi::Value lv = s.Get("layers");
@@ -100,10 +91,10 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
     DecoderLayer L;
     L.input_norm = f32_of(o, "inputNorm", m.d);
     L.post_norm = f32_of(o, "postNorm", m.d);
-    L.wq = matrix_of(o, "q", qw, m.d);
-    L.wk = matrix_of(o, "k", kw, m.d);
-    L.wv = matrix_of(o, "v", kw, m.d);
-    L.wo = matrix_of(o, "o", m.d, qw);
+    L.wq = spec_matrix_of(o, "q", qw, m.d);
+    L.wk = spec_matrix_of(o, "k", kw, m.d);
+    L.wv = spec_matrix_of(o, "v", kw, m.d);
+    L.wo = spec_matrix_of(o, "o", m.d, qw);
     L.bq = f32_of(o, "qBias", qw, true);
     L.bk = f32_of(o, "kBias", kw, true);
     L.bv = f32_of(o, "vBias", kw, true);
@@ -112,7 +103,7 @@ Napi::Value DecoderNew(const Napi::CallbackInfo& info) {
       L.q_norm = f32_of(o, "qNorm", head ? m.hd : qw);
       L.k_norm = f32_of(o, "kNorm", head ? m.hd : kw);
     }
-    L.router = matrix_of(o, "router", m.E, m.d);
+    L.router = spec_matrix_of(o, "router", m.E, m.d);
     m.layers.push_back(L);
   }
   if (m.layers.empty()) throw Napi::RangeError::New(env, "decoder spec: the model has no layers");

@@ -29,8 +29,9 @@
 
 namespace eb {
 
-// The projections, routers and LM head are MatrixRefs: f32, or a bf16 checkpoint's own bits
-// (read by the bf16 product: the same results at half the bytes).
+// The projections, routers and LM head are MatrixRefs: f32, a bf16 checkpoint's own bits (read by
+// the bf16 product: the same results at half the bytes), or symbols at a tight per-tensor bound
+// (src/model/native-forward.ts: a byte a value, and the integer product where asked).
 struct DecoderLayer {
   const float *input_norm, *post_norm;
   MatrixRef wq, wk, wv, wo;

@@ -80,37 +80,6 @@ const SymbolMatrix* symbols_arg(const Napi::Value& v) {
   return h.As<Napi::External<SymbolMatrix>>().Data();
 }
 
-// A matrix argument: a Float32Array of rows·cols values, or a fusedMatrix of that shape.
-MatrixRef matrix_of(Napi::Env env, const Napi::Value& v, int rows, int cols, const std::string& what) {
-  MatrixRef m;
-  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
-    auto a = v.As<Napi::Float32Array>();
-    if (a.ElementLength() != (size_t)rows * cols)
-      throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " values, expected " +
-                                           std::to_string(rows) + "×" + std::to_string(cols));
-    m.dense = a.Data();
-  } else if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
-    auto a = v.As<Napi::Uint16Array>();
-    if (a.ElementLength() != (size_t)rows * cols)
-      throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " bf16 values, expected " +
-                                           std::to_string(rows) + "×" + std::to_string(cols));
-    if (cols % 32) throw Napi::RangeError::New(env, what + ": bf16 weights need rows of whole 32-value blocks, got " + std::to_string(cols));
-    m.bf16 = a.Data();
-  } else if (const FusedMatrix* f = fused_of(v)) {
-    if (f->rows != rows || f->cols != cols)
-      throw Napi::RangeError::New(env, what + " is " + std::to_string(f->rows) + "×" + std::to_string(f->cols) +
-                                           ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
-    m.fused = f;
-  } else if (const SymbolMatrix* q = symbols_arg(v)) {
-    if (q->rows != rows || q->cols != cols)
-      throw Napi::RangeError::New(env, what + " is " + std::to_string(q->rows) + "×" + std::to_string(q->cols) +
-                                           ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
-    m.symbols = q;
-  } else {
-    throw Napi::TypeError::New(env, what + " must be a Float32Array (f32), a Uint16Array (bf16 bits), a fusedMatrix or a symbolMatrix");
-  }
-  return m;
-}
 
 template <typename A>
 A typed_of(Napi::Env env, const Napi::Value& v, napi_typedarray_type t, size_t n, const char* what) {
@@ -276,6 +245,39 @@ Napi::Value SetIntDot(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+// A matrix argument: a Float32Array (f32), a Uint16Array (bf16 bits), a fusedMatrix or a
+// symbolMatrix of rows × cols.
+MatrixRef matrix_of(Napi::Env env, const Napi::Value& v, int rows, int cols, const std::string& what) {
+  MatrixRef m;
+  if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array) {
+    auto a = v.As<Napi::Float32Array>();
+    if (a.ElementLength() != (size_t)rows * cols)
+      throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " values, expected " +
+                                           std::to_string(rows) + "×" + std::to_string(cols));
+    m.dense = a.Data();
+  } else if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint16_array) {
+    auto a = v.As<Napi::Uint16Array>();
+    if (a.ElementLength() != (size_t)rows * cols)
+      throw Napi::RangeError::New(env, what + " has " + std::to_string(a.ElementLength()) + " bf16 values, expected " +
+                                           std::to_string(rows) + "×" + std::to_string(cols));
+    if (cols % 32) throw Napi::RangeError::New(env, what + ": bf16 weights need rows of whole 32-value blocks, got " + std::to_string(cols));
+    m.bf16 = a.Data();
+  } else if (const FusedMatrix* f = fused_of(v)) {
+    if (f->rows != rows || f->cols != cols)
+      throw Napi::RangeError::New(env, what + " is " + std::to_string(f->rows) + "×" + std::to_string(f->cols) +
+                                           ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
+    m.fused = f;
+  } else if (const SymbolMatrix* q = symbols_arg(v)) {
+    if (q->rows != rows || q->cols != cols)
+      throw Napi::RangeError::New(env, what + " is " + std::to_string(q->rows) + "×" + std::to_string(q->cols) +
+                                           ", expected " + std::to_string(rows) + "×" + std::to_string(cols));
+    m.symbols = q;
+  } else {
+    throw Napi::TypeError::New(env, what + " must be a Float32Array (f32), a Uint16Array (bf16 bits), a fusedMatrix or a symbolMatrix");
+  }
+  return m;
+}
 
 ExpertWeights expert_weights_of(Napi::Env env, const Napi::Value& v, int d, int ff, const std::string& what) {
   if (!v.IsArray() || v.As<Napi::Array>().Length() != 3) throw Napi::TypeError::New(env, what + " must be [gate, up, down]");

@@ -221,8 +221,8 @@ void decode_fused_row(const FusedMatrix& f, int r, float* row) {
 }
 
 // One row's symbols, 16 values at a time: the symbol whose weight has w's bits (-0 included), if
-// any — for n the nearest integer to |w| / eb, ±n at p = 0, else ±(n + 1) / 2^p when that is odd
-// and within 127 — checked by the kernel's own arithmetic; bad[c / 16] gets bit c % 16 set where
+// any — for n the nearest integer to |w| / eb, ±n / 2 at p = 0 when n is even, else ±(n + 1) / 2^p
+// when that is odd; within 127 either way — checked by the kernel's own arithmetic; bad[c / 16] gets bit c % 16 set where
 // none does (its symbol is left 0).
 static EB_CLONES void symbols_row(const float* w, int cols, SymbolSrc src, int8_t* q, uint16_t* bad) {
   typedef int16_t v16s __attribute__((vector_size(32)));
@@ -243,8 +243,10 @@ static EB_CLONES void symbols_row(const float* w, int cols, SymbolSrc src, int8_
     const v16i in_range = quotient < 65536.0f;  // false for NaN, ±Inf and the huge
     const v16f nf = (quotient + 8388608.0f) - 8388608.0f;
     const v16i n = __builtin_convertvector(in_range ? nf : v16f{}, v16i);
-    const v16i m = p == 0 ? n : n + 1, u = m >> p;
-    const v16i ok = in_range & (u <= 127) & (p == 0 ? v16i{} - 1 : ((u << p) == m) & ((u & 1) == 1));
+    // At p = 0 the symbol is n / 2 (n even), above it (n + 1) / 2^p (odd).
+    const int shift = p == 0 ? 1 : p;
+    const v16i m = p == 0 ? n : n + 1, u = m >> shift;
+    const v16i ok = in_range & (u <= 127) & ((u << shift) == m) & (p == 0 ? v16i{} - 1 : (u & 1) == 1);
     const v16i t = ok ? (bits < 0 ? -u : u) : v16i{};
     const v16f back = src.weights(t);
     v16i back_bits;
@@ -258,12 +260,12 @@ static EB_CLONES void symbols_row(const float* w, int cols, SymbolSrc src, int8_
   }
 }
 
-// Row c..: a row's int8 symbols t (symbols_row's, bad where none) as nibbles u, with t = 2(u − 8)
-// at p = 0 and 2(u − 8) + 1 above (Symbol4Src), byte i of a block holding values i and 16 + i;
+// A row's int8 symbols t (symbols_row's, bad where none) as nibbles u, with t = u − 8 at p = 0
+// and 2(u − 8) + 1 above (Symbol4Src), byte i of a block holding values i and 16 + i;
 // the t no nibble gives are marked bad too.
 static void nibbles_row(const int8_t* t, int cols, int p, uint8_t* q, uint16_t* bad) {
   for (int c = 0; c < cols; c++) {
-    const int v = t[c] - (p == 0 ? 0 : 1);  // 2(u − 8) when a nibble gives t
+    const int v = p == 0 ? 2 * t[c] : t[c] - 1;  // 2(u − 8) when a nibble gives t
     const bool ok = (v & 1) == 0 && v >= -16 && v <= 14;
     const uint8_t u = ok ? (uint8_t)(v / 2 + 8) : 8;  // a patch's nibble: 8, the smallest weight (0 at p = 0)
     if (!ok) bad[c / 16] |= (uint16_t)(1u << (c % 16));

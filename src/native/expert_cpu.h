@@ -60,7 +60,7 @@ struct SymbolMatrix {
   IntSymbols ints() const {
     const bool two = bits == 4 && p > 0;
     IntSymbols m{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, bits, p, ebf,
-                 bits == 8 ? 1.0f : two ? 1.0f : 2.0f, bits == 8 ? -128.0f : two ? 1.0f - 15.0f * (float)(1 << p) : -16.0f, {}};
+                 two ? 1.0f : 2.0f, bits == 8 ? -256.0f : two ? 1.0f - 15.0f * (float)(1 << p) : -16.0f, {}};
     const v16f table = Symbol4Src::weights_table(p, ebf);
     if (bits == 4) memcpy(m.table, &table, sizeof m.table);
     return m;

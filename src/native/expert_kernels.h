@@ -212,8 +212,10 @@ struct Bf16Src {
 };
 
 // Weights held as int8 symbols. A rung's value with p dropped planes is x̂ = ±f32(n)·f32(eb), n =
-// 2^p·(2m' + 1) − 1 (src/codec/FORMAT.md). At p = 0 (a stream's finest rung) the symbol is n
-// itself, signed: f32(n)·eb is the value, sign included. Above it the symbol is t = ±(2m' + 1),
+// 2^p·(2m' + 1) − 1 (src/codec/FORMAT.md). At p = 0 (a stream's finest rung) n = 2m' is even and
+// the symbol is t = ±m': f32(t)·(2·eb) is the value, sign included, with the bits of f32(n)·eb
+// (doubling eb is exact, so both round the same real product), and 8 bits reach |n| = 254.
+// Above it the symbol is t = ±(2m' + 1),
 // odd, and n = |t|·2^p − 1; t = 0 stands for +0 (a rate-0 block's values). Either way a block's
 // weights are its rung's bit for bit, from 1 byte a value. Values that no symbol gives (escapes,
 // and magnitudes past 8 bits) are patches: per row, in column order, written over their lanes as
@@ -235,7 +237,7 @@ struct SymbolSrc {
   // Sixteen symbols' weights. Above p = 0: n = max(|t|·2^p − 1, 0) in integers (exact, as the
   // decoder's n), f32(n)·eb, then t's sign bit (t = 0 gives +0).
   EB_AI v16f weights(v16i t) const {
-    if (p == 0) return __builtin_convertvector(t, v16f) * ebf;
+    if (p == 0) return __builtin_convertvector(t, v16f) * (ebf + ebf);
     v16i n = ((t < 0 ? -t : t) << p) - 1;
     n = n < 0 ? v16i{} : n;
     return (v16f)((v16i)(__builtin_convertvector(n, v16f) * ebf) | (t & (int32_t)0x80000000));
@@ -267,8 +269,8 @@ struct SymbolSrc {
 
 // Weights held as 4-bit symbols, two a byte: a block's 32 values in 16 bytes, value i in byte i's
 // low nibble and value 16 + i in its high nibble (llama.cpp's Q4_0 order: one mask and one shift
-// give each half's 16 lanes). Nibble u is t = 2(u − 8) at p = 0 (n = |t|, so |m'| ≤ 8) and the
-// odd t = 2(u − 8) + 1 above it (|t| ≤ 15), and its weight is table[u], made by SymbolSrc's own
+// give each half's 16 lanes). Nibble u is t = u − 8 at p = 0 (t = ±m', so |n| ≤ 16) and the odd
+// t = 2(u − 8) + 1 above it (|t| ≤ 15), and its weight is table[u], made by SymbolSrc's own
 // arithmetic: a block's weights are one permute a half, whatever p, bit for bit the rung's.
 // Values no nibble gives (+0 above p = 0, -0, escapes, magnitudes past 4 bits) are patches, as in
 // SymbolSrc. Rows of whole 32-value blocks only.
@@ -284,7 +286,7 @@ struct Symbol4Src {
   // Nibble u's t (SymbolSrc's symbol), for the table and the packer.
   static EB_AI v16i symbols(int p) {
     v16i t;
-    for (int u = 0; u < 16; u++) t[u] = 2 * (u - 8) + (p == 0 ? 0 : 1);
+    for (int u = 0; u < 16; u++) t[u] = p == 0 ? u - 8 : 2 * (u - 8) + 1;
     return t;
   }
   static EB_AI v16f weights_table(int p, float ebf) {
@@ -506,7 +508,7 @@ EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int 
 // d_b / 2 a value), which is why this is a choice (`int8 activations`) and not the default product.
 //
 // Per symbol form, with u the unsigned byte each weight's integer part comes from:
-//   8 bits at p = 0:   u = t + 128,  w = eb·(u − 128)                 I_b = Σ u·xq, k1 = 1, k0 = −128
+//   8 bits at p = 0:   u = t + 128,  w = eb·2(u − 128)                I_b = Σ u·xq, k1 = 2, k0 = −256
 //   4 bits at p = 0:   u = nibble,   w = eb·2(u − 8)                  I_b = Σ u·xq, k1 = 2, k0 = −16
 //   4 bits at p > 0:   u = nibble,   w = eb·(2^(p+1)·u − 2h − 15·2^p + 1), h = u >> 3 (t's sign)
 //                                       I_b = 2^(p+1)·Σ u·xq − 2·Σ h·xq,  k1 = 1, k0 = 1 − 15·2^p
@@ -577,7 +579,7 @@ struct GenericDot {
 
 // The weight a stored symbol gives (what a patch's lane added to the integer sums).
 EB_AI float ek_int_stored_weight(const IntSymbols& m, int r, uint32_t c) {
-  if (m.bits == 8) return (float)(int8_t)m.q[(uint64_t)r * m.cols + c] * m.ebf;
+  if (m.bits == 8) return (float)(int8_t)m.q[(uint64_t)r * m.cols + c] * (m.ebf + m.ebf);
   const uint8_t byte = m.q[(uint64_t)r * (m.cols / 2) + 16 * (c / 32) + c % 16];
   return m.table[c % 32 < 16 ? byte & 15 : byte >> 4];
 }

@@ -1,0 +1,100 @@
+// The native forward with its attention projections held as 8-bit symbols
+// (src/model/native-forward.ts DenseSymbols): each tensor at its own tight bound (denseBound). The
+// symbol product multiplies the decoded weights exactly, so the forward's logits are bit for bit
+// those of a forward given the decoded tensors; with 8-bit activations they stay close, and a
+// token's results still do not depend on its batch.
+import assert from 'node:assert/strict';
+
+import { compress, decompress } from '../src/codec/index.js';
+import { KvCache } from '../src/model/kv-cache.js';
+import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
+import { denseTensorNames } from '../src/model/names.js';
+import { denseBound, NativeForward } from '../src/model/native-forward.js';
+import { rotaryTables } from '../src/model/transformer.js';
+import { gaussian } from './codec/data.js';
+
+const PROMPT = 'It is a truth universally acknowledged, that a single';
+
+describe('the native forward with dense weights as symbols', function () {
+  this.timeout(120_000);
+  let plain: LoadedModel;
+  before(async () => {
+    plain = await loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: {} });
+  });
+  after(() => plain?.dispose());
+
+  const logitsOf = async (forward: NativeForward, tokens: number[]) =>
+    (await forward.step([{ tokens, cache: KvCache.forModel(plain.checkpoint.config), allLogits: true }], plain.engine))[0];
+
+  const forwardWith = (read: (name: string) => Float32Array, dense?: { int8Activations?: boolean }) => {
+    const c = plain.checkpoint.config;
+    return new NativeForward(c, read, denseTensorNames(c), rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), 0, dense);
+  };
+
+  it('gives bit for bit the logits of a forward given the decoded tensors, in fewer bytes', async function () {
+    const c = plain.checkpoint.config;
+    const names = denseTensorNames(c);
+    const projections = new Set(names.layers.flatMap((n) => [n.q, n.k, n.v, n.o]));
+    const read = (name: string) => plain.checkpoint.readTensor(name);
+    // What the symbols hold: each projection compressed within its bound and decoded.
+    const decoded = (name: string) => {
+      const m = read(name);
+      return projections.has(name) ? (decompress(compress(m, { bound: denseBound(m) })) as Float32Array) : m;
+    };
+    const symbols = forwardWith(read, {});
+    const reference = forwardWith(decoded);
+    const tokens = plain.tokenizer.encode(PROMPT);
+    const a = await logitsOf(symbols, tokens);
+    const b = await logitsOf(reference, tokens);
+    assert.ok(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength)), 'the logits differ');
+    const stored = forwardWith(read);
+    assert.ok(symbols.heldBytes < stored.heldBytes, `symbols hold ${symbols.heldBytes} bytes, bf16 ${stored.heldBytes}`);
+    assert.match(symbols.denseForm, /8-bit symbols/);
+    // Against the stored weights: close, and the greedy tokens of every position mostly the same.
+    const s = await logitsOf(stored, tokens);
+    const V = c.vocabSize;
+    let same = 0;
+    for (let t = 0; t < tokens.length; t++) {
+      const arg = (l: Float32Array) => l.subarray(t * V, (t + 1) * V).reduce((best, v, i, row) => (v > row[best] ? i : best), 0);
+      if (arg(a) === arg(s)) same++;
+    }
+    assert.ok(same >= tokens.length - 1, `${same} of ${tokens.length} positions keep their greedy token`);
+    assert.match(symbols.denseForm, /LM head as stored/);
+  });
+
+  it('with 8-bit activations: close to the f32 product, and each sequence the same alone as in a batch', async function () {
+    const c = plain.checkpoint.config;
+    const read = (name: string) => plain.checkpoint.readTensor(name);
+    const int8 = forwardWith(read, { int8Activations: true });
+    const f32 = forwardWith(read, {});
+    const tokens = plain.tokenizer.encode(PROMPT);
+    const a = await logitsOf(int8, tokens);
+    const b = await logitsOf(f32, tokens);
+    let err = 0;
+    let norm = 0;
+    for (let i = 0; i < a.length; i++) {
+      err += (a[i] - b[i]) ** 2;
+      norm += b[i] ** 2;
+    }
+    assert.ok(Math.sqrt(err / norm) < 2e-2, `relative error ${Math.sqrt(err / norm)}`);
+    // Alone and beside another sequence at another position.
+    const other = plain.tokenizer.encode('Call me Ishmael.');
+    const alone = await logitsOf(int8, tokens);
+    const [together] = await int8.step(
+      [
+        { tokens, cache: KvCache.forModel(c), allLogits: true },
+        { tokens: other, cache: KvCache.forModel(c), allLogits: true },
+      ],
+      plain.engine,
+    );
+    assert.deepEqual(together, alone);
+  });
+
+  it('takes the bound of a tensor\'s 1 − 1/256 quantile of |w| over 254', function () {
+    const m = gaussian(1 << 18, 0.02, 5);
+    const eb = denseBound(m);
+    // N(0, σ): |w| passes 2.89σ with probability 1/256.
+    assert.ok(Math.abs(eb / ((2.89 * 0.02) / 254) - 1) < 0.05, `eb ${eb}`);
+    assert.ok(denseBound(new Float32Array(64)) > 0, 'an all-zero tensor gets a bound above 0');
+  });
+});
