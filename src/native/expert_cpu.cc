@@ -413,12 +413,14 @@ void expert_layer(const LayerCall& c) {
         down(e, 0, d);
       }
   } else {
-    // Rows per task: enough work (~64 Ki multiply-adds) that handing it out is cheap, and several
+    // Rows per task: enough work (~64 Ki multiply-adds, 256 Ki for the integer product, which
+    // does them ~4× faster: measured on OLMoE-sized 4-bit experts, 8 a token, 34–43 G weights/s
+    // in 64 Ki tasks against 47–51 in 256 Ki ones) that handing it out is cheap, and several
     // tasks per thread so that the last one does not leave a core idle. Gate and up of every
     // expert, then (after the barrier the run's end is) every down.
     const int threads = c.threads;
-    auto split = [&](int rows, int cols, int n) {
-      int rb = (int)std::max<double>(1, 65536.0 / ((double)cols * n));
+    auto split = [&](int rows, int cols, int n, const MatrixRef& m) {
+      int rb = (int)std::max<double>(1, (takes_int8_x(m) ? 262144.0 : 65536.0) / ((double)cols * n));
       rb = std::min(rb, std::max(1, rows / (4 * threads)));
       return std::max(1, std::min(rb, rows));
     };
@@ -428,7 +430,7 @@ void expert_layer(const LayerCall& c) {
     std::vector<Task> tasks;
     for (int e = 0; e < E; e++) {
       if (!work[e].n) continue;
-      int rb = split(ff, d, work[e].n);
+      int rb = split(ff, d, work[e].n, c.experts[e].gate);
       for (int r = 0; r < ff; r += rb) tasks.push_back({e, r, std::min(ff, r + rb)});
     }
     pool().run((int)tasks.size(), threads, [&](int i) { gate_up(tasks[i].e, tasks[i].r0, tasks[i].r1); });
@@ -436,7 +438,7 @@ void expert_layer(const LayerCall& c) {
     tasks.clear();
     for (int e = 0; e < E; e++) {
       if (!work[e].n) continue;
-      int rb = split(d, ff, work[e].n);
+      int rb = split(d, ff, work[e].n, c.experts[e].down);
       for (int r = 0; r < d; r += rb) tasks.push_back({e, r, std::min(d, r + rb)});
     }
     pool().run((int)tasks.size(), threads, [&](int i) { down(tasks[i].e, tasks[i].r0, tasks[i].r1); });

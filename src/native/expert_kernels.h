@@ -1,7 +1,8 @@
-// expert_kernels.h — the inner products of the CPU expert engine, written once and compiled in two
-// translation units: expert_cpu.cc (for AVX-512, AVX2 and the baseline, picked at load time) and
+// expert_kernels.h — the inner products of the CPU expert engine, written once and compiled in three
+// translation units: expert_cpu.cc (for AVX-512, AVX2 and the baseline, picked at load time),
 // expert_cpu_gfni.cc (for CPUs with GFNI and AVX-512 VBMI, whose bit-matrix instructions turn a
-// block's bit-planes into its magnitudes in a few instructions instead of a loop over planes).
+// block's bit-planes into its magnitudes in a few instructions instead of a loop over planes) and
+// expert_cpu_vnni.cc (the integer product's dot for CPUs with AVX-512 VNNI).
 // decoder_cpu.cc takes its vector helpers (e^x, the fixed-order lane sum) for attention.
 //
 // Everything here has internal linkage and uses no C++ library templates: the GFNI unit is built
@@ -434,17 +435,17 @@ struct EkTokens {
 };
 
 // Tokens in tiles of up to 4, each block loaded (or decoded) once per tile: tile(EkTokens<NT>{},
-// x of the tile's first token, y of it) for every tile.
+// x of the tile's first token, y of it, its index) for every tile.
 template <class Tile>
 EB_AI void ek_token_tiles(const float* x, int ldx, int n, float* y, int ldy, Tile tile) {
   for (int t = 0; t < n; t += 4) {
     const float* xt = x + (uint64_t)t * ldx;
     float* yt = y + (uint64_t)t * ldy;
     switch (n - t >= 4 ? 4 : n - t) {
-      case 4: tile(EkTokens<4>{}, xt, yt); break;
-      case 3: tile(EkTokens<3>{}, xt, yt); break;
-      case 2: tile(EkTokens<2>{}, xt, yt); break;
-      default: tile(EkTokens<1>{}, xt, yt); break;
+      case 4: tile(EkTokens<4>{}, xt, yt, t); break;
+      case 3: tile(EkTokens<3>{}, xt, yt, t); break;
+      case 2: tile(EkTokens<2>{}, xt, yt, t); break;
+      default: tile(EkTokens<1>{}, xt, yt, t); break;
     }
   }
 }
@@ -477,7 +478,7 @@ EB_AI void ek_rows_grouped(Src& src, int cols, int r0, int r1, const float* x, i
 
 template <class Src>
 EB_AI void ek_rows_tiled_grouped(Src& src, int cols, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy) {
-  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt) __attribute__((always_inline)) {
+  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt, int) __attribute__((always_inline)) {
     ek_rows_grouped<decltype(tokens)::n>(src, cols, r0, r1, xt, ldx, yt, ldy);
   });
 }
@@ -501,7 +502,7 @@ EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int 
 //
 // A symbol matrix's weights are integers times eb, so a row's dot product can run on integers the
 // way llama.cpp's Q4_0 · Q8_0 does: each token's activations quantized per 32-value block (d_b =
-// max |x_b| / 127, xq = x / d_b rounded to nearest, |xq| ≤ 127: llama.cpp's Q8_0), a block's 32
+// max |x_b| / 127, xq = x · (127 / max |x_b|) rounded to nearest, |xq| ≤ 127: llama.cpp's Q8_0), a block's 32
 // products summed in int32 lanes four at a time (u8 × s8: one VNNI instruction, or the generic
 // path's int16 products: the same integers), each block's lanes scaled by d_b into f32. The
 // weights stay the rung's exactly; the activations' rounding is the approximation (at most
@@ -653,16 +654,9 @@ EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x,
 // The integer product for n tokens (xs: their quantized activations, made by ek_quantize_x).
 template <class Dot, int BITS, bool TWO>
 EB_AI void ek_int_rows_form(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
-  for (int t = 0; t < n; t += 4) {
-    const float* xt = x + (uint64_t)t * ldx;
-    float* yt = y + (uint64_t)t * ldy;
-    switch (n - t >= 4 ? 4 : n - t) {
-      case 4: ek_int_rows_tile<Dot, BITS, TWO, 4>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
-      case 3: ek_int_rows_tile<Dot, BITS, TWO, 3>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
-      case 2: ek_int_rows_tile<Dot, BITS, TWO, 2>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
-      default: ek_int_rows_tile<Dot, BITS, TWO, 1>(m, r0, r1, xt, ldx, xs + t, yt, ldy); break;
-    }
-  }
+  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt, int t) __attribute__((always_inline)) {
+    ek_int_rows_tile<Dot, BITS, TWO, decltype(tokens)::n>(m, r0, r1, xt, ldx, xs + t, yt, ldy);
+  });
 }
 
 template <class Dot>
