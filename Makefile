@@ -21,7 +21,7 @@ TS_SOURCES := $(shell find src bin -name '*.ts' 2>/dev/null) tsconfig.json
 CUDA_LIB := $(if $(NVCC),build/cuda/libebcuda.a,)
 ADDON := build/Release/ebserve_native.node
 
-.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-scale bench-control bench-engine bench-peer fuzz cuda clean check-cuda
+.PHONY: build deps test serve bench-codec bench-model bench-offload bench-serve bench-scale bench-scale-forward bench-control bench-engine bench-peer fuzz cuda clean check-cuda
 
 deps: node_modules/.installed
 node_modules/.installed: package.json package-lock.json
@@ -88,6 +88,11 @@ bench-serve: build
 # EBSERVE_BENCH_CACHE) served from the disk tier: cases a/b/c at concurrency 1 and 8 (bench/scale).
 bench-scale: build
 	npx tsx bench/scale/run.ts
+
+# The same cached shape in process, no server: one sequence's decode per form of the weights
+# (fused experts; 4-bit symbol experts and 8-bit symbol attention with the integer product).
+bench-scale-forward: build
+	npx tsx bench/scale/forward.ts
 
 # The controller against static plans on a bandwidth trace over an emulated link (bench/control).
 bench-control: build

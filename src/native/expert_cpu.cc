@@ -221,9 +221,9 @@ void decode_fused_row(const FusedMatrix& f, int r, float* row) {
 }
 
 // One row's symbols, 16 values at a time: the symbol whose weight has w's bits (-0 included), if
-// any — for n the nearest integer to |w| / eb, ±n / 2 at p = 0 when n is even, else ±(n + 1) / 2^p
-// when that is odd; within 127 either way — checked by the kernel's own arithmetic; bad[c / 16] gets bit c % 16 set where
-// none does (its symbol is left 0).
+// any — for n the nearest integer to |w| / eb, ±n / 2 at p = 0 when n is even, else
+// ±(n + 1) / 2^p when that is odd; within 127 either way — checked by the kernel's own
+// arithmetic; bad[c / 16] gets bit c % 16 set where none does (its symbol is left 0).
 static EB_CLONES void symbols_row(const float* w, int cols, SymbolSrc src, int8_t* q, uint16_t* bad) {
   typedef int16_t v16s __attribute__((vector_size(32)));
   typedef int8_t v16c __attribute__((vector_size(16)));
