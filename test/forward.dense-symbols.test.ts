@@ -95,6 +95,9 @@ describe('the native forward with dense weights as symbols', function () {
     const eb = denseBound(m);
     // N(0, σ): |w| passes 2.89σ with probability 1/256.
     assert.ok(Math.abs(eb / ((2.89 * 0.02) / 254) - 1) < 0.05, `eb ${eb}`);
-    assert.ok(denseBound(new Float32Array(64)) > 0, 'an all-zero tensor gets a bound above 0');
+    assert.equal(denseBound(new Float32Array(64)), 1, 'a tensor of zeros: any bound holds it');
+    const sparse = new Float32Array(1 << 12);
+    sparse[5] = -0.3;
+    assert.equal(denseBound(sparse), Math.fround(0.3) / 254, 'nearly all zeros: the largest |w| over 254');
   });
 });

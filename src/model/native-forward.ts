@@ -54,13 +54,17 @@ export interface DenseSymbols {
  * A dense tensor's bound for 8-bit symbols: its values' |w| at the 1 − 1/256 quantile (of a
  * strided sample) over 254, the largest |n| a symbol holds at a stream's finest rung (x̂ = n·eb),
  * so about 1/256 of the values are patches. On N(0, σ) weights eb ≈ σ/88: each weight within
- * 1.1 % of σ.
+ * 1.1 % of σ. Where that quantile is 0 (nearly all zeros), the largest finite |w| over 254; 1 for
+ * a tensor of zeros (any bound holds them exactly).
  */
 export function denseBound(m: Float32Array): number {
   const step = Math.max(1, Math.floor(m.length / 65536));
   const sample = Float32Array.from({ length: Math.floor(m.length / step) }, (_, i) => Math.abs(m[i * step])).sort();
   const q = sample[Math.min(sample.length - 1, Math.floor(sample.length * (1 - 1 / 256)))];
-  return q > 0 && Number.isFinite(q) ? q / 254 : Number.MIN_VALUE;
+  if (q > 0 && Number.isFinite(q)) return q / 254;
+  let max = 0;
+  for (const v of m) if (Number.isFinite(v)) max = Math.max(max, Math.abs(v));
+  return max > 0 ? max / 254 : 1;
 }
 
 export class NativeForward {

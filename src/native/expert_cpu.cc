@@ -68,17 +68,21 @@ bool cpu_has_gfni() {
 #endif
 }
 
-// EBSERVE_NO_GFNI=1 takes the plane loop even where GFNI exists; so does set_fused_decoder (the
-// tests run both decoders).
-std::atomic<int> gfni_state{-1};  // -1 not decided yet, 0 off, 1 on
-bool use_gfni() {
-  int s = gfni_state.load(std::memory_order_relaxed);
+// A CPU feature's unit, on when the CPU has it and the environment variable `off` is not set,
+// decided the first time it is asked; set_fused_decoder and set_int_dot override it (the tests
+// run both ways). state: -1 not decided yet, 0 off, 1 on.
+bool unit_on(std::atomic<int>& state, bool (*cpu_has)(), const char* off) {
+  int s = state.load(std::memory_order_relaxed);
   if (s < 0) {
-    s = cpu_has_gfni() && !getenv("EBSERVE_NO_GFNI");
-    gfni_state.store(s);
+    s = cpu_has() && !getenv(off);
+    state.store(s);
   }
   return s == 1;
 }
+
+// EBSERVE_NO_GFNI=1 takes the plane loop even where GFNI exists.
+std::atomic<int> gfni_state{-1};
+bool use_gfni() { return unit_on(gfni_state, cpu_has_gfni, "EBSERVE_NO_GFNI"); }
 
 bool cpu_has_vnni() {
 #if EB_HAVE_GFNI_UNIT
@@ -89,16 +93,9 @@ bool cpu_has_vnni() {
 #endif
 }
 
-// EBSERVE_NO_VNNI=1 takes the generic integer dot even where VNNI exists; so does set_int_dot.
+// EBSERVE_NO_VNNI=1 takes the generic integer dot even where VNNI exists.
 std::atomic<int> vnni_state{-1};
-bool use_vnni() {
-  int s = vnni_state.load(std::memory_order_relaxed);
-  if (s < 0) {
-    s = cpu_has_vnni() && !getenv("EBSERVE_NO_VNNI");
-    vnni_state.store(s);
-  }
-  return s == 1;
-}
+bool use_vnni() { return unit_on(vnni_state, cpu_has_vnni, "EBSERVE_NO_VNNI"); }
 
 // n tokens' activations quantized for the integer product (ek_quantize_x), held for the calls
 // that share them: a matrix's row ranges, gate and up.
