@@ -72,7 +72,8 @@ describe('the integer product (symbols × 8-bit activations)', function () {
   const forms = [
     { name: '8 bits at eb 1e-3', bound: 1e-3, ladder: null, bits: 8, negativeZero: true },
     { name: '4 bits at eb 1e-2', bound: 1e-2, ladder: null, bits: 4, negativeZero: true },
-    { name: '4 bits at rung 1 of an 8-rung ladder (p = 6)', bound: 1e-4, ladder: { rungs: 8, k: 1 }, bits: 4, negativeZero: false },
+    { name: '4 bits at rung 1 of an 8-rung ladder (p = 6: two dots)', bound: 1e-4, ladder: { rungs: 8, k: 1 }, bits: 4, negativeZero: false },
+    { name: '4 bits at rung 0 of a 4-rung ladder (p = 3: one dot through the byte table)', bound: 1e-3, ladder: { rungs: 4, k: 0 }, bits: 4, negativeZero: false },
   ] as const;
 
   const make = (form: (typeof forms)[number], seed: number) => {

@@ -284,6 +284,7 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int
   out.row_patch.assign((size_t)f.rows + 1, 0);
   out.patch_col.clear();
   out.patch_value.clear();
+  out.patch_row.clear();
   std::vector<float> row(f.cols);
   std::vector<int8_t> t(bits == 8 ? 0 : f.cols);
   std::vector<uint16_t> bad(f.cols / 16);
@@ -299,6 +300,7 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int
         const int c = 16 * g + __builtin_ctz(b);
         out.patch_col.push_back((uint32_t)c);
         out.patch_value.push_back(row[c]);
+        out.patch_row.push_back((uint32_t)r);
       }
   }
   out.row_patch[f.rows] = (uint32_t)out.patch_col.size();

@@ -12,6 +12,11 @@ namespace eb {
 namespace {
 
 struct VnniDot {
+  static constexpr bool kTable = true;
+  // u's bytes (each < 16) looked up in the 16-byte table, one vpshufb over the four 128-bit lanes.
+  static EB_AI v64b table(const uint8_t* t, v64b u) {
+    return (v64b)_mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)t)), (__m512i)u);
+  }
   static EB_AI v16i dot(v64b u, v64c x) { return (v16i)_mm512_dpbusd_epi32(_mm512_setzero_si512(), (__m512i)u, (__m512i)x); }
 };
 

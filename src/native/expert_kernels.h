@@ -53,9 +53,11 @@ struct IntSymbols {
   const uint32_t* row_patch;
   const uint32_t* patch_col;
   const float* patch_value;
+  const uint32_t* patch_row;
   int cols, bits, p;
   float ebf, k1, k0;
   float table[16];  // 4 bits: nibble u's weight (Symbol4Src's table)
+  uint8_t ints[16];  // 4 bits at 0 < p ≤ 3: nibble u's integer 2^(p+1)·u − 2·(u >> 3) (a one-dot form)
 };
 
 // words[r][j] for rungs 0..k of a ladder `cut`.
@@ -513,9 +515,12 @@ EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int 
 //   4 bits at p = 0:   u = nibble,   w = eb·2(u − 8)                  I_b = Σ u·xq, k1 = 2, k0 = −16
 //   4 bits at p > 0:   u = nibble,   w = eb·(2^(p+1)·u − 2h − 15·2^p + 1), h = u >> 3 (t's sign)
 //                                       I_b = 2^(p+1)·Σ u·xq − 2·Σ h·xq,  k1 = 1, k0 = 1 − 15·2^p
+//                      up to p = 3 that integer, 2^(p+1)·u − 2h ≤ 238, is itself a u8: one byte-table
+//                      lookup (vpshufb) per 64 nibbles and one dot instead of two, where the dot
+//                      unit has the lookup (Dot::kTable); the same integers either way
 // and a row's product is eb·(k1·Σ_b d_b·I_b + k0·sd), sd = Σ_b d_b·Σ xq_b (the same for every
 // row: computed once per token). Patched lanes hold a symbol like any other; each patch adds
-// value·x − w(symbol)·xq·d_b. 8 bits above p = 0 (its weights need a second, signed term) and
+// value·x − w(symbol)·xq·d_b (value·x at p = 0, where a patch's symbol is 0). 8 bits above p = 0 (its weights need a second, signed term) and
 // 4 bits past p = 14 (I_b would overflow int32) keep the f32 product.
 
 typedef uint8_t v32b __attribute__((vector_size(32)));
@@ -563,6 +568,8 @@ typedef int8_t v64c __attribute__((vector_size(64)));
 // products (|u·x| ≤ 255·128), summed in pairs, then pairs of pairs. The VNNI unit's vpdpbusd gives
 // the same integers.
 struct GenericDot {
+  static constexpr bool kTable = false;  // no byte-table lookup: 4 bits above p = 0 take two dots
+  static EB_AI v64b table(const uint8_t*, v64b u) { return u; }
   static EB_AI v16i dot(v64b u, v64c x) {
     typedef int16_t v64s __attribute__((vector_size(128)));
     typedef int16_t v32s __attribute__((vector_size(64)));
@@ -610,7 +617,10 @@ EB_AI v64b ek_int_unpack(const uint8_t* row, int b, bool one) {
 // (lanes 0–7 block b, 8–15 block b + 1), scaled by [d_b ×8, d_b+1 ×8]; each pair of blocks is
 // unpacked once for the tile, and a token's steps alternate between two accumulators (one FMA
 // chain would wait on its latency).
-template <class Dot, int BITS, bool TWO, int NT>
+// FORM: how a symbol's integer comes from its byte or nibble u (the table above).
+enum IntForm { kIntPlain, kIntTable, kIntTwoDots };
+
+template <class Dot, int BITS, int FORM, int NT>
 EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, float* y, int ldy) {
   const int blocks = m.cols / 32;
   const uint64_t row_bytes = (uint64_t)m.cols * BITS / 8;
@@ -620,14 +630,15 @@ EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x,
     // Blocks b, b + 1 (or b alone) into acc[t] (a constant index in each call: registers).
     auto step = [&](int b, bool one, v16f* acc) __attribute__((always_inline)) {
       __builtin_prefetch(row + 4 * BITS * b + 4096);
-      const v64b u = ek_int_unpack<BITS>(row, b, one);
-      const v64b h = u >> 3;
+      const v64b nib = ek_int_unpack<BITS>(row, b, one);
+      const v64b u = FORM == kIntTable ? Dot::table(m.ints, nib) : nib;
+      const v64b h = nib >> 3;
 #pragma GCC unroll 4
       for (int t = 0; t < NT; t++) {
         v64c xq = {};
         memcpy(&xq, xs[t].q + 32 * b, one ? 32 : 64);
         v16i I = Dot::dot(u, xq);
-        if (TWO) I = (I << (m.p + 1)) - (Dot::dot(h, xq) << 1);
+        if (FORM == kIntTwoDots) I = (I << (m.p + 1)) - (Dot::dot(h, xq) << 1);
         acc[t] = ek_fma(__builtin_convertvector(I, v16f), ek_loadf(xs[t].d16 + 8 * b), acc[t]);
       }
     };
@@ -640,30 +651,36 @@ EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x,
     if (b < blocks) step(b, true, odd);
     float sums[NT];
     ek_hsum8<NT>(even, odd, sums);
+    for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r] = m.ebf * (m.k1 * sums[t] + m.k0 * xs[t].sd);
+  }
+  // The patches of rows [r0, r1) in one flat loop (a loop per row mispredicts its exit nearly every
+  // row: at ~3 patches a row it cost a fifth of the product), each added in the row's order, so
+  // the sums round as they would row by row.
+  for (uint32_t e = m.row_patch[r0]; e < m.row_patch[r1]; e++) {
+    const uint32_t r = m.patch_row[e], c = m.patch_col[e];
+    const float value = m.patch_value[e], stored = m.p == 0 ? 0.0f : ek_int_stored_weight(m, (int)r, c);
     for (int t = 0; t < NT; t++) {
-      float out = m.ebf * (m.k1 * sums[t] + m.k0 * xs[t].sd);
-      for (uint32_t e = m.row_patch[r]; e < m.row_patch[r + 1]; e++) {
-        const uint32_t c = m.patch_col[e];
-        out += m.patch_value[e] * x[(uint64_t)t * ldx + c] - ek_int_stored_weight(m, r, c) * ((float)xs[t].q[c] * xs[t].d[c / 32]);
-      }
-      y[(uint64_t)t * ldy + r] = out;
+      const float fix = m.p == 0 ? value * x[(uint64_t)t * ldx + c]  // a patched lane's symbol is 0 (weight 0)
+                                 : value * x[(uint64_t)t * ldx + c] - stored * ((float)xs[t].q[c] * xs[t].d[c / 32]);
+      y[(uint64_t)t * ldy + r] += fix;
     }
   }
 }
 
 // The integer product for n tokens (xs: their quantized activations, made by ek_quantize_x).
-template <class Dot, int BITS, bool TWO>
+template <class Dot, int BITS, int FORM>
 EB_AI void ek_int_rows_form(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
   ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt, int t) __attribute__((always_inline)) {
-    ek_int_rows_tile<Dot, BITS, TWO, decltype(tokens)::n>(m, r0, r1, xt, ldx, xs + t, yt, ldy);
+    ek_int_rows_tile<Dot, BITS, FORM, decltype(tokens)::n>(m, r0, r1, xt, ldx, xs + t, yt, ldy);
   });
 }
 
 template <class Dot>
 EB_AI void ek_int_rows(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
-  if (m.bits == 8) ek_int_rows_form<Dot, 8, false>(m, r0, r1, x, ldx, xs, n, y, ldy);
-  else if (m.p == 0) ek_int_rows_form<Dot, 4, false>(m, r0, r1, x, ldx, xs, n, y, ldy);
-  else ek_int_rows_form<Dot, 4, true>(m, r0, r1, x, ldx, xs, n, y, ldy);
+  if (m.bits == 8) ek_int_rows_form<Dot, 8, kIntPlain>(m, r0, r1, x, ldx, xs, n, y, ldy);
+  else if (m.p == 0) ek_int_rows_form<Dot, 4, kIntPlain>(m, r0, r1, x, ldx, xs, n, y, ldy);
+  else if (Dot::kTable && m.p <= 3) ek_int_rows_form<Dot, 4, kIntTable>(m, r0, r1, x, ldx, xs, n, y, ldy);
+  else ek_int_rows_form<Dot, 4, kIntTwoDots>(m, r0, r1, x, ldx, xs, n, y, ldy);
 }
 
 template <class Src>
