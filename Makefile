@@ -103,12 +103,14 @@ bench-control: build
 # twice: built natively here (bench/peer/build-llama-cpp.sh: the source node-llama-cpp ships, cloned
 # into build/llama.cpp and built once with GGML_NATIVE, 10-15 min on 2 cores, cached by commit; timed
 # with llama-bench and llama-batched-bench) and node-llama-cpp's prebuilt CPU binaries (top-1 and
-# its own timings). Skips a llama.cpp's rows, saying why, where its binary cannot load.
+# its own timings). Skips a llama.cpp's rows, saying why, where its binary cannot load. Then the
+# OLMoE-1B-7B shape where bench-scale's checkpoint is cached (bench/peer/olmoe.ts: its llama.cpp
+# files made once by llama-quantize, ~15 min; then ~30 min a run).
 bench-peer: build
 	$(call apt_need,git)
 	$(call apt_need,cmake)
 	bash bench/peer/build-llama-cpp.sh
-	npx tsx bench/peer/run.ts
+	node --expose-gc --import tsx bench/peer/run.ts
 
 # A long fuzz run of the stream decoder, outside mocha: the C++ validator and decoder built with
 # AddressSanitizer and UBSan, fed >= 100,000 damaged and forged streams (test/fuzz/fuzz_decode.cc):

@@ -14,7 +14,7 @@ describe('ebserve inspect-model', function () {
     assert.equal(r.code, 0, r.stderr);
     const j = JSON.parse(r.stdout) as {
       store: { bytes: number };
-      memory: { dense_bytes: number; host_bytes: number; tier_a_bytes_by_level: number[]; kv_bytes_per_token: number };
+      memory: { dense_bytes: number; dense_by_role: Record<string, number>; host_bytes: number; tier_a_bytes_by_level: number[]; kv_bytes_per_token: number };
       layers: { levels: { bytesPerExpert: number }[] }[];
     };
     const server = await startEmbedded({ spec: { fixedLevel: 2 } });
@@ -27,6 +27,13 @@ describe('ebserve inspect-model', function () {
       await server.shutdown({ drainTimeoutSeconds: 0 });
     }
     assert.equal(j.memory.host_bytes, j.store.bytes);
+    // The dense bytes by role add up to them (with the rotary tables); the embedded model's bf16
+    // attention projections as 8-bit symbols: a byte a value, and 12 for each of ~1/256 patches.
+    const roles = j.memory.dense_by_role;
+    const rotary = 2 * 256 * 32 * 4;
+    assert.equal(roles.attention + roles.router + roles.norm + roles.embeddings + roles.lm_head + roles.shared_experts + rotary, j.memory.dense_bytes);
+    assert.ok(roles.attention > 0 && roles.lm_head > 0 && roles.embeddings > 0 && roles.router > 0 && roles.norm > 0, JSON.stringify(roles));
+    assert.equal(roles.attention_symbols, (roles.attention / 2) * (1 + 12 / 256));
     // Tier A at each level: every expert at that level's bytes, growing with the level; the
     // exact level (the checkpoint's bf16) at 2 bytes a value.
     const levels = j.memory.tier_a_bytes_by_level;

@@ -26,7 +26,7 @@ describe('the native forward with dense weights as symbols', function () {
   const logitsOf = async (forward: NativeForward, tokens: number[]) =>
     (await forward.step([{ tokens, cache: KvCache.forModel(plain.checkpoint.config), allLogits: true }], plain.engine))[0];
 
-  const forwardWith = (read: (name: string) => Float32Array, dense?: { int8Activations?: boolean }) => {
+  const forwardWith = (read: (name: string) => Float32Array, dense?: { int8Activations?: boolean; lmHead?: boolean }) => {
     const c = plain.checkpoint.config;
     return new NativeForward(c, read, denseTensorNames(c), rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), 0, dense);
   };
@@ -60,6 +60,33 @@ describe('the native forward with dense weights as symbols', function () {
     }
     assert.ok(same >= tokens.length - 1, `${same} of ${tokens.length} positions keep their greedy token`);
     assert.match(symbols.denseForm, /LM head as stored/);
+  });
+
+  it('holds the LM head as symbols too with lmHead, bit for bit the decoded head\'s logits, and records every tensor', async function () {
+    const c = plain.checkpoint.config;
+    const names = denseTensorNames(c);
+    const symbolic = new Set([...names.layers.flatMap((n) => [n.q, n.k, n.v, n.o]), names.lmHead]);
+    const read = (name: string) => plain.checkpoint.readTensor(name);
+    const decoded = (name: string) => {
+      const m = read(name);
+      return symbolic.has(name) ? (decompress(compress(m, { bound: denseBound(m) })) as Float32Array) : m;
+    };
+    const withHead = forwardWith(read, { lmHead: true });
+    const tokens = plain.tokenizer.encode(PROMPT);
+    const a = await logitsOf(withHead, tokens);
+    const b = await logitsOf(forwardWith(decoded), tokens);
+    assert.ok(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength)), 'the logits differ');
+    assert.match(withHead.denseForm, /attention projections and LM head as 8-bit symbols/);
+    // Every tensor once, with its role, form and (for symbols) its bound; bytes add up to heldBytes.
+    const head = withHead.tensors.find((t) => t.name === names.lmHead)!;
+    assert.equal(head.role, 'lm_head');
+    assert.equal(head.form, 'symbols');
+    assert.equal(head.bound, denseBound(read(names.lmHead)));
+    assert.equal(withHead.tensors.filter((t) => t.role === 'attention' && t.form === 'symbols').length, 4 * c.numLayers);
+    assert.deepEqual(new Set(withHead.tensors.filter((t) => t.form !== 'symbols').map((t) => t.role)), new Set(['embeddings', 'norm', 'router']));
+    const rotary = 2 * c.maxPositions * c.headDim * 4;
+    assert.equal(withHead.tensors.reduce((n, t) => n + t.bytes, rotary), withHead.heldBytes);
+    assert.ok(withHead.heldBytes < forwardWith(read, {}).heldBytes);
   });
 
   it('with 8-bit activations: close to the f32 product, and each sequence the same alone as in a batch', async function () {

@@ -73,6 +73,29 @@ describe('MoE forward pass', function () {
     });
   }
 
+  it('attends over a cache of 2 MiB or more on both cores, as on one (a long context, native forward)', async function () {
+    // 8 KV heads of 128: 1,024 floats a position, so from position 256 on the keys and values a
+    // position attends over hold ≥ 2 MiB and the step's (position, head) tasks go to the pool.
+    const c = config({ hiddenSize: 32, numHeads: 8, numKvHeads: 8, headDim: 128, numLayers: 1, maxPositions: 300 });
+    const m = randomModel(c, 7);
+    const engine = new ResidentExpertEngine(c.hiddenSize, c.expertFfnSize, c.numLayers, c.numExperts, m.experts);
+    const forward = new NativeForward(c, m.read, m.names, rotaryTables(c.headDim, c.maxPositions, c.ropeTheta));
+    const r = rng(11);
+    const tokens = Array.from({ length: 300 }, () => Math.floor(r() * c.vocabSize));
+    const width = c.numKvHeads * c.headDim;
+    const ref = referenceLogits(c, m.read, m.names, m.experts, tokens);
+    // The whole prompt in one step (every position's attention on the pool), then one token a step
+    // (on the calling thread alone below position 256, on the pool from it): both the reference's.
+    const [whole] = await forward.step([{ tokens, cache: new KvCache(c.numLayers, width, c.maxPositions), allLogits: true }], engine);
+    const cache = new KvCache(c.numLayers, width, c.maxPositions);
+    for (let t = 0; t < tokens.length; t++) {
+      const [one] = await forward.step([{ tokens: [tokens[t]], cache }], engine);
+      assert.ok(relError(whole.subarray(t * c.vocabSize, (t + 1) * c.vocabSize), ref[t]) <= 1e-4, `whole prompt, position ${t}`);
+      assert.ok(relError(one, ref[t]) <= 1e-4, `one token a step, position ${t}`);
+    }
+    engine.dispose();
+  });
+
   it('refuses tokens outside the vocabulary and positions past the context', async function () {
     const c = config({ maxPositions: 6 });
     const m = randomModel(c, 1);

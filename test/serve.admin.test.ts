@@ -43,8 +43,11 @@ describe('admin API', function () {
   it('shows the plan, each layer\'s level and bound, and why', async function () {
     const res = await get(url, '/admin/plan');
     assert.equal(res.status, 200);
-    const p = (await res.json()) as { levels: number[]; labels: string[]; bounds: number[]; why: { reason: string }; policy: string; frozen: boolean };
+    const p = (await res.json()) as { levels: number[]; labels: string[]; bounds: number[]; why: { reason: string }; policy: string; frozen: boolean; dense: { name: string; role: string; form: string; bytes: number }[] };
     assert.equal(p.levels.length, 8);
+    // The dense weights beside the experts', as the profile (as stored here) left them: 8 layers' q, k, v, o.
+    assert.equal(p.dense.filter((t) => t.role === 'attention' && /_proj\.weight$/.test(t.name)).length, 32);
+    assert.ok(p.dense.every((t) => (t.form === 'f32' || t.form === 'bf16') && t.bytes > 0), JSON.stringify(p.dense.slice(0, 3)));
     assert.deepEqual(p.labels, p.levels.map((k) => ['0.5σ', '0.25σ', '0.125σ', '0.0625σ', '0.03125σ', 'exact'][k]));
     assert.equal(p.policy, 'u-shape');
     assert.equal(typeof p.why.reason, 'string');

@@ -58,6 +58,7 @@ describe('the OpenAI-compatible API (embedded model, offload engine)', function 
       const { memory_dense_bytes: dense, memory_host_bytes: host, ...details } = h.engine_details as Record<string, unknown>;
       assert.deepEqual(details, {
         experts_per_layer: 'from memory budget', tier_a_bytes: 0.75 * 6.3e6, tier_b_bytes: 0.25 * 6.3e6, tier_a_form: 'fused', native_forward: true, policy: 'u-shape', profile: 'cpu', controller: 'off',
+        dense_form: 'as stored (bf16 bits where exact, else f32)',
         level: 5, level_meaning: 'the exact bytes', level_fixed: true, link: 'copy', link_emulated: false, experts_on: 'host memory',
         // What each tier holds (serve.disk-tier.test.ts checks the dense and host figures): no
         // canary caches with the controller off; 2 × 2 kv heads × 32 × 4 bytes a layer per token.

@@ -3,8 +3,9 @@
 # (node_modules/node-llama-cpp/llama/gitRelease.bundle, the llama.cpp its prebuilt binaries come
 # from) cloned into build/llama.cpp/src, built in Release the way llama.cpp's docs/build.md
 # recommends for a CPU build on the machine that runs it: GGML_NATIVE=ON (-march=native), OpenMP,
-# no CUDA, no curl. Only llama-bench (decode and prompt tokens/s, one sequence) and
-# llama-batched-bench (decode tokens/s of 8 sequences together) are built.
+# no CUDA, no curl. Only llama-bench (decode and prompt tokens/s, one sequence),
+# llama-batched-bench (decode tokens/s of 8 sequences together) and llama-quantize (the OLMoE
+# shape's Q4_0, Q4_K_M and Q8_0 files made from its f16 export, as a user would) are built.
 #
 # Cached: skipped when build/llama.cpp/bin/llama-bench exists and build/llama.cpp/build.json
 # records the bundle's commit, these flags and these targets. The build time (and the first full
@@ -23,7 +24,7 @@ CMAKE_BUILD="$OUT/cmake"
 BIN="$OUT/bin"
 STAMP="$OUT/build.json"
 JOBS="${LLAMA_CPP_JOBS:-2}"
-TARGETS=(llama-bench llama-batched-bench)
+TARGETS=(llama-bench llama-batched-bench llama-quantize)
 FLAGS=(
   -DCMAKE_BUILD_TYPE=Release
   -DGGML_NATIVE=ON

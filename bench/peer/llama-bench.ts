@@ -170,9 +170,10 @@ export interface NativeBuild {
   compiler?: string;
 }
 
-export type NativeLlamaCpp = { ok: true; bench: string; batchedBench: string; build: NativeBuild } | { ok: false; reason: string };
+/** quantize: llama-quantize, null where the build predates it (a build of llama-bench and llama-batched-bench only). */
+export type NativeLlamaCpp = { ok: true; bench: string; batchedBench: string; quantize: string | null; build: NativeBuild } | { ok: false; reason: string };
 
-/** The native llama-bench and llama-batched-bench build-llama-cpp.sh left under `root`/build/llama.cpp, or why there are none. */
+/** The native llama-bench, llama-batched-bench and llama-quantize build-llama-cpp.sh left under `root`/build/llama.cpp, or why there are none. */
 export function nativeLlamaCpp(root: string): NativeLlamaCpp {
   const dir = path.join(root, 'build', 'llama.cpp');
   const bench = path.join(dir, 'bin', 'llama-bench');
@@ -182,7 +183,8 @@ export function nativeLlamaCpp(root: string): NativeLlamaCpp {
     if (!fs.existsSync(f)) return { ok: false, reason: `no native build: ${path.relative(root, f)} is missing (run bench/peer/build-llama-cpp.sh, as make bench-peer does)` };
   }
   const build = JSON.parse(fs.readFileSync(stamp, 'utf8')) as NativeBuild;
-  return { ok: true, bench, batchedBench, build };
+  const quantize = path.join(dir, 'bin', 'llama-quantize');
+  return { ok: true, bench, batchedBench, quantize: fs.existsSync(quantize) ? quantize : null, build };
 }
 
 /** A figure measured independently on this machine kind: decode (tg) and prompt (pp) tokens/s. */

@@ -58,9 +58,10 @@ import { fileURLToPath } from 'node:url';
 
 import { native } from '../../src/codec/native.js';
 import { exportGguf, readGgufHeader, type ExportType } from '../../src/model/gguf/index.js';
-import { KvCache } from '../../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../../src/model/load.js';
 import type { CpuExpertEngine } from '../../src/offload/cpu-engine.js';
+import { agreement, ebserveDecode, ebserveGreedy, type Row } from './ebserve.js';
+import { scaleRows } from './olmoe.js';
 import { decodeTokensPerSecond, greedyAtEveryPosition, loadLlamaCpp, weightBytesPerToken, type LlamaCppInfo } from './llama-cpp.js';
 import { ANCHORS_EMBEDDED, anchorCheck, nativeLlamaCpp, runBatchedBench, runLlamaBench, type AnchorCheck, type BatchedBenchResult, type LlamaBenchResult, type NativeBuild } from './llama-bench.js';
 
@@ -82,6 +83,8 @@ const NATIVE_BENCH = { prompt: 512, gen: 128, reps: 5, threads: LLAMA_THREADS };
 const REPS = 3;
 const CANARIES = envInt('BENCH_PEER_CANARIES', Infinity);
 const DECODE_TOKENS = envInt('BENCH_PEER_TOKENS', 96);
+/** Decode steps per sequence on the OLMoE shape (tens of tokens a second, not thousands). */
+const SCALE_DECODE_TOKENS = envInt('BENCH_PEER_SCALE_TOKENS', 32);
 
 const t0 = performance.now();
 const log = (msg: string) => process.stderr.write(`[${((performance.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${msg}\n`);
@@ -94,68 +97,11 @@ function envInt(name: string, dflt: number): number {
   return n;
 }
 
-interface Row {
-  system: 'llama.cpp' | 'ebserve';
-  model: 'embedded';
-  /** f32 | q8_0 | q4_0 (llama.cpp's GGUF), or ebserve's: bf16 (as stored) | eb1e-3 | eb1e-2 (codec bound, fused) | eb1e-3-int8 | eb1e-2-int8 (symbols, integer product). */
-  weights: string;
-  bytes_per_token: number;
-  /** null: a native row whose prebuilt counterpart could not load. */
-  top1_agreement: number | null;
-  tokens_per_s: number;
-  concurrency: number;
-  /** llama.cpp: its decode threads; ebserve: omitted (its default, the machine's cores). */
-  threads?: number;
-  /** llama.cpp: built natively here (llama-bench) or node-llama-cpp's prebuilt binary; ebserve: omitted. */
-  build?: 'native' | 'prebuilt';
-  /** Native rows (×1): llama-bench's prompt-processing tokens/s (pp512) and decode tokens/s from an empty context (tg128). */
-  prompt_tokens_per_s?: number;
-  empty_context_tokens_per_s?: number;
-}
-
 /** The weights of an exported GGUF by its name (build/peer/ebserve-moe-8x.TYPE.gguf). */
 const weightsOfFile = (file: string) => path.basename(file).replace(/^ebserve-moe-8x\./, '').replace(/\.gguf$/, '');
 
 const textCanaries = fs.readFileSync(path.join(EMBEDDED_MODEL_DIR, 'canaries', 'text.jsonl'), 'utf8').split('\n').filter(Boolean)
   .map((l) => JSON.parse(l) as { prompt: string; continuation: string });
-
-/** ebserve's greedy next token at every position of each id list (lists concatenated). */
-async function ebserveGreedy(m: LoadedModel, lists: number[][]): Promise<Int32Array> {
-  const V = m.checkpoint.config.vocabSize;
-  const out: number[] = [];
-  for (const ids of lists) {
-    const logits = await m.model.forward(ids, KvCache.forModel(m.checkpoint.config), true);
-    for (let j = 0; j < ids.length; j++) {
-      let best = 0;
-      for (let v = 1; v < V; v++) if (logits[j * V + v] > logits[j * V + best]) best = v;
-      out.push(best);
-    }
-  }
-  return Int32Array.from(out);
-}
-
-/** ebserve's greedy decode tokens/s for the prompts decoding together (forwardBatch), as decodeTokensPerSecond measures llama.cpp. */
-async function ebserveDecode(m: LoadedModel, prompts: number[][]): Promise<number> {
-  const c = m.checkpoint.config;
-  const argmax = (l: Float32Array) => {
-    let best = 0;
-    for (let v = 1; v < l.length; v++) if (l[v] > l[best]) best = v;
-    return best;
-  };
-  let best = Infinity;
-  for (let r = 0; r < REPS; r++) {
-    const caches = prompts.map(() => KvCache.forModel(c));
-    await m.model.forwardBatch(prompts.map((p, i) => ({ tokens: p.slice(0, -1), cache: caches[i], allLogits: false })));
-    let next = prompts.map((p) => p[p.length - 1]);
-    const start = performance.now();
-    for (let s = 0; s < DECODE_TOKENS; s++) {
-      const logits = await m.model.forwardBatch(next.map((t, i) => ({ tokens: [t], cache: caches[i], allLogits: false })));
-      next = logits.map(argmax);
-    }
-    best = Math.min(best, (performance.now() - start) / 1000);
-  }
-  return (DECODE_TOKENS * prompts.length) / best;
-}
 
 /**
  * ebserve's weight bytes per decode token: its experts as the engine holds them (top-k per layer)
@@ -173,13 +119,6 @@ function ebserveBytesPerToken(m: LoadedModel, f32Gguf: string): number {
     else bytes += t.byteLength;
   }
   return bytes;
-}
-
-function agreement(a: Int32Array, b: Int32Array): number {
-  if (a.length !== b.length) throw new Error(`agreement of ${a.length} against ${b.length} positions`);
-  let same = 0;
-  for (let i = 0; i < a.length; i++) if (a[i] === b[i]) same++;
-  return same / a.length;
 }
 
 /** The GGUF of `type`, exported again when missing or older than the checkpoint. */
@@ -215,7 +154,7 @@ async function main() {
     const top1 = bound === undefined ? 1 : agreement(reference, await ebserveGreedy(m, lists));
     const bytes = ebserveBytesPerToken(m, f32File);
     for (const n of CONCURRENCIES) {
-      const tps = await ebserveDecode(m, prompts.slice(0, n));
+      const tps = await ebserveDecode(m, prompts.slice(0, n), DECODE_TOKENS, REPS);
       rows.push({ system: 'ebserve', model: 'embedded', weights, bytes_per_token: bytes, top1_agreement: top1, tokens_per_s: tps, concurrency: n });
       log(`ebserve ${weights} ×${n}: ${tps.toFixed(1)} tokens/s, ${(bytes / 1e6).toFixed(3)} MB/token, top-1 ${(100 * top1).toFixed(2)} %`);
     }
@@ -336,6 +275,12 @@ async function main() {
     }
   }
 
+  // The bench-scale shape (bench/peer/olmoe.ts), last: its llama.cpp rows need the cores alone too.
+  log('olmoe-1b-7b: ebserve and llama.cpp on bench-scale\'s cached checkpoint');
+  const scale = await scaleRows({ root: ROOT, nat, decodeTokens: SCALE_DECODE_TOKENS, reps: 2, concurrencies: CONCURRENCIES, log });
+  if ('skipped' in scale) log(`olmoe-1b-7b skipped: ${scale.skipped}`);
+  else rows.push(...scale.rows);
+
   const cpus = os.cpus();
   const result = {
     machine: { cpus: cpus.length, model: cpus[0]?.model ?? 'unknown', simd: native.info().simd, fused_decoder: native.info().fusedDecoder, node: process.version, platform: `${os.platform()} ${os.arch()}` },
@@ -351,6 +296,8 @@ async function main() {
     /** 1-minute load average of the machine before and after the run (others' work shares these cores). */
     load_average: [loadBefore[0], os.loadavg()[0]],
     reps: REPS,
+    /** The bench-scale shape's run: its positions, the llama.cpp files; its rows are in `rows` (model olmoe-1b-7b). */
+    scale: 'skipped' in scale ? scale : { ...scale, rows: undefined, decode_tokens: SCALE_DECODE_TOKENS },
     rows,
   };
   fs.mkdirSync(path.dirname(RESULTS), { recursive: true });
@@ -362,10 +309,11 @@ async function main() {
   console.log(`| system | build | weights | threads | weight kB/token | top-1 agree | decode tokens/s ×1 | decode tokens/s ×8 | decode tg${NATIVE_BENCH.gen}, empty context | prompt tokens/s pp${NATIVE_BENCH.prompt} |`);
   console.log('|---|---|---|---|---|---|---|---|---|---|');
   const order = (r: Row) => (r.system === 'ebserve' ? 0 : r.build === 'native' ? 1 : 2);
-  for (const r of rows.filter((x) => x.concurrency === 1).sort((a, b) => order(a) - order(b))) {
-    const at8 = rows.find((x) => x.system === r.system && x.build === r.build && x.weights === r.weights && x.threads === r.threads && x.concurrency === 8);
+  const at8 = (r: Row) => rows.find((x) => x.model === r.model && x.system === r.system && x.build === r.build && x.weights === r.weights && x.threads === r.threads && x.concurrency === 8);
+  for (const r of rows.filter((x) => x.model === 'embedded' && x.concurrency === 1).sort((a, b) => order(a) - order(b))) {
+    const many = at8(r);
     const top1 = r.top1_agreement === null ? '—' : `${(100 * r.top1_agreement).toFixed(2)} %`;
-    console.log(`| ${r.system} | ${r.build ?? '—'} | ${r.weights} | ${r.threads ?? 'default'} | ${(r.bytes_per_token / 1e3).toFixed(1)} | ${top1} | ${r.tokens_per_s.toFixed(0)} | ${at8 ? at8.tokens_per_s.toFixed(0) : '—'} | ${r.empty_context_tokens_per_s?.toFixed(0) ?? '—'} | ${r.prompt_tokens_per_s?.toFixed(0) ?? '—'} |`);
+    console.log(`| ${r.system} | ${r.build ?? '—'} | ${r.weights} | ${r.threads ?? 'default'} | ${(r.bytes_per_token / 1e3).toFixed(1)} | ${top1} | ${r.tokens_per_s.toFixed(0)} | ${many ? many.tokens_per_s.toFixed(0) : '—'} | ${r.empty_context_tokens_per_s?.toFixed(0) ?? '—'} | ${r.prompt_tokens_per_s?.toFixed(0) ?? '—'} |`);
   }
   if (anchors.length > 0) {
     console.log(`\nllama.cpp native against ../shared/ANCHORS.md (same peer, measured independently on this machine kind; llama-bench defaults: tg${NATIVE_BENCH.gen}, pp${NATIVE_BENCH.prompt}):`);
@@ -373,6 +321,16 @@ async function main() {
     console.log('|---|---|---|---|---|---|---|---|');
     for (const a of anchors) {
       console.log(`| ${a.weights} | ${a.threads} | ${a.decode.native.toFixed(0)} | ${a.decode.anchor} | ${a.decode.ratio.toFixed(2)} | ${a.prompt.native.toFixed(0)} | ${a.prompt.anchor} | ${a.prompt.ratio.toFixed(2)} |`);
+    }
+  }
+  if ('skipped' in scale) console.log(`\nolmoe-1b-7b skipped: ${scale.skipped}`);
+  else {
+    console.log(`\nolmoe-1b-7b (bench-scale's synthetic checkpoint): top-1 agreement with ebserve's forward on its bf16 weights over ${scale.positions} positions of ${scale.texts} canaries; decode ${SCALE_DECODE_TOKENS} tokens/sequence after a ${scale.depth}-token prompt${scale.llama_cpp_skipped ? `; llama.cpp skipped: ${scale.llama_cpp_skipped}` : ''}`);
+    console.log('| system | weights | threads | weight MB/token | top-1 agree | decode tokens/s ×1 | decode tokens/s ×8 |');
+    console.log('|---|---|---|---|---|---|---|');
+    for (const r of rows.filter((x) => x.model !== 'embedded' && x.concurrency === 1).sort((a, b) => order(a) - order(b))) {
+      const top1 = r.top1_agreement === null ? '—' : `${(100 * r.top1_agreement).toFixed(2)} %`;
+      console.log(`| ${r.system} | ${r.weights} | ${r.threads ?? 'default'} | ${(r.bytes_per_token / 1e6).toFixed(0)} | ${top1} | ${r.tokens_per_s.toFixed(2)} | ${at8(r)?.tokens_per_s.toFixed(2) ?? '—'} |`);
     }
   }
   console.log(`wrote ${path.relative(ROOT, RESULTS)} in ${((performance.now() - t0) / 1000).toFixed(0)} s`);

@@ -63,7 +63,9 @@ export async function inspectModelCommand(argv: string[]): Promise<number> {
     }
     const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
     console.log('what each tier holds when served:');
-    console.log(`  dense weights      ${mb(memory.dense_bytes)} (as the native forward holds them: bf16 matrices where stored as bf16)`);
+    const r = memory.dense_by_role;
+    console.log(`  dense weights      ${mb(memory.dense_bytes)} (as the native forward holds them: bf16 matrices where stored as bf16): attention ${mb(r.attention)}, LM head ${mb(r.lm_head)}, embeddings ${mb(r.embeddings)}, routers ${mb(r.router)}, norms ${mb(r.norm)}${r.shared_experts ? `, shared experts ${mb(r.shared_experts)}` : ''}`);
+    console.log(`                     with a profile's dense.form symbols: attention about ${mb(r.attention_symbols)} (8-bit symbols at per-tensor bounds); with dense.lm_head the LM head about ${mb(r.lm_head_symbols)}`);
     console.log(`  host tier          ${mb(memory.host_bytes)}: every level of every expert (serve --host-budget BYTES keeps them in the store file and at most BYTES in memory)`);
     console.log(`  device tier A      every expert, fused form (the bytes that crossed): ${memory.tier_a_bytes_by_level.map((b, k) => `level ${k} ${mb(b)}`).join(', ')}`);
     console.log(`  KV cache           ${(memory.kv_bytes_per_token / 1e3).toFixed(1)} kB a token of context, per sequence`);

@@ -48,6 +48,11 @@ type NativeDecoder = { readonly __decoder: unique symbol };
  */
 export interface DenseSymbols {
   int8Activations?: boolean;
+  /**
+   * The LM head as symbols too (half its bf16 bytes: on OLMoE's shape 103 of 206 MB a token).
+   * Off by default for the reason above; a tied head is the embedding's array and stays as stored.
+   */
+  lmHead?: boolean;
 }
 
 /**
@@ -67,8 +72,49 @@ export function denseBound(m: Float32Array): number {
   return max > 0 ? max / 254 : 1;
 }
 
+/** What a dense tensor is for: the logs and inspect-model give the bytes of each. */
+export type DenseRole = 'attention' | 'router' | 'norm' | 'embeddings' | 'lm_head';
+
+/** Each dense tensor's role, by the model's tensor names (a tied LM head is the embedding: embeddings). */
+export function denseRoles(names: DenseTensorNames): Map<string, DenseRole> {
+  const roles = new Map<string, DenseRole>([[names.embed, 'embeddings'], [names.norm, 'norm']]);
+  if (!roles.has(names.lmHead)) roles.set(names.lmHead, 'lm_head');
+  for (const n of names.layers) {
+    for (const a of [n.q, n.k, n.v, n.o, n.qBias, n.kBias, n.vBias, n.qNorm, n.kNorm]) if (a) roles.set(a, 'attention');
+    roles.set(n.inputNorm, 'norm').set(n.postNorm, 'norm').set(n.router, 'router');
+  }
+  return roles;
+}
+
+/** One dense tensor as the native forward holds it (the plan report and the logs show them). */
+export interface DenseTensor {
+  name: string;
+  role: DenseRole;
+  /** symbols: 8-bit symbols within `bound` (abs), with `patches` values kept aside exactly; bf16 / f32: as stored. */
+  form: 'symbols' | 'bf16' | 'f32';
+  bytes: number;
+  bound?: number;
+  patches?: number;
+}
+
+/** Bytes by role, in words: "attention 268.4 MB (symbols), LM head 206.0 MB (bf16), …". */
+export function describeDenseBytes(tensors: readonly DenseTensor[]): string {
+  const words: Record<DenseRole, string> = { attention: 'attention', router: 'routers', norm: 'norms', embeddings: 'embeddings', lm_head: 'LM head' };
+  return (Object.keys(words) as DenseRole[])
+    .map((role) => {
+      const of = tensors.filter((t) => t.role === role);
+      if (of.length === 0) return '';
+      const forms = [...new Set(of.map((t) => t.form))].join(' + ');
+      return `${words[role]} ${(of.reduce((n, t) => n + t.bytes, 0) / 1e6).toFixed(1)} MB (${forms})`;
+    })
+    .filter(Boolean)
+    .join(', ');
+}
+
 export class NativeForward {
   readonly stats: NativeForwardStats = { steps: 0, tokens: 0, nativeSeconds: 0, expertSeconds: 0, otherSeconds: 0 };
+  /** Every dense tensor it holds, once each (a tied LM head is the embedding). */
+  readonly tensors: DenseTensor[];
   /** Bytes of the dense weights this forward holds (as held: bf16 bits where exact), rotary tables included. */
   readonly heldBytes: number;
   /** How the dense weights are held, for logs. */
@@ -89,6 +135,7 @@ export class NativeForward {
     // Each tensor read once and held once (a tied LM head is the embedding's array, not a second
     // copy); a matrix whose values are all bf16 is held as its bf16 bits.
     const held = new Map<string, Float32Array | Uint16Array | RawSymbolMatrix>();
+    const bounds = new Map<string, number>();
     const once = (name: string, toHeld: (m: Float32Array) => Float32Array | Uint16Array | RawSymbolMatrix) => {
       let m = held.get(name);
       if (!m) held.set(name, (m = toHeld(read(name))));
@@ -100,13 +147,16 @@ export class NativeForward {
     const projection = (name: string, cols: number) =>
       once(name, (m) => {
         if (!dense || cols % 32) return bf16IfExact(m, cols);
-        const stream = compress(m, { bound: denseBound(m), threads: 0 });
-        return symbolMatrix(fusedMatrix(stream, m.length / cols, cols), [8], dense.int8Activations) ?? bf16IfExact(m, cols);
+        const bound = denseBound(m);
+        const s = symbolMatrix(fusedMatrix(compress(m, { bound, threads: 0 }), m.length / cols, cols), [8], dense.int8Activations);
+        if (s) bounds.set(name, bound);
+        return s ?? bf16IfExact(m, cols);
       });
     const spec = Object.freeze({
       d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, experts: c.numExperts, topK: c.topK, maxPositions: c.maxPositions, eps: c.rmsNormEps,
-      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: matrix(names.embed, c.hiddenSize), norm: f32(names.norm), lmHead: matrix(names.lmHead, c.hiddenSize),
+      normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: matrix(names.embed, c.hiddenSize), norm: f32(names.norm),
+      lmHead: dense?.lmHead ? projection(names.lmHead, c.hiddenSize) : matrix(names.lmHead, c.hiddenSize),
       cos: rotary[0], sin: rotary[1],
       layers: names.layers.map((n) => ({
         inputNorm: f32(n.inputNorm), postNorm: f32(n.postNorm),
@@ -117,8 +167,18 @@ export class NativeForward {
         router: matrix(n.router, c.hiddenSize),
       })),
     });
-    this.heldBytes = [...held.values()].reduce((n, m) => n + (isSymbolMatrix(m) ? m.bytes : m.byteLength), rotary[0].byteLength + rotary[1].byteLength);
-    this.denseForm = !dense ? 'as stored (bf16 bits where exact, else f32)' : `attention projections as 8-bit symbols at per-tensor bounds${dense.int8Activations ? ', activations in 8 bits' : ''}; routers, embeddings and LM head as stored`;
+    const roles = denseRoles(names);
+    this.tensors = [...held].map(([name, m]) => {
+      const role = roles.get(name) ?? 'attention';
+      return isSymbolMatrix(m)
+        ? { name, role, form: 'symbols', bytes: m.bytes, bound: bounds.get(name), patches: m.patches }
+        : { name, role, form: m instanceof Uint16Array ? 'bf16' : 'f32', bytes: m.byteLength };
+    });
+    this.heldBytes = this.tensors.reduce((n, t) => n + t.bytes, rotary[0].byteLength + rotary[1].byteLength);
+    const lmHeadSymbols = isSymbolMatrix(spec.lmHead);
+    this.denseForm = !dense
+      ? 'as stored (bf16 bits where exact, else f32)'
+      : `attention projections${lmHeadSymbols ? ' and LM head' : ''} as 8-bit symbols at per-tensor bounds${dense.int8Activations ? ', activations in 8 bits' : ''}; routers, embeddings${lmHeadSymbols ? '' : ' and LM head'} as stored`;
     this.handle = native.decoderNew(spec) as NativeDecoder;
   }
 

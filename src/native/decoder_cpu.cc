@@ -231,13 +231,18 @@ void step_layer(const DecoderModel& m, Step& s, int l, const float* moe) {
     memcpy(g.values[l] + (size_t)g.pos0 * kw, &v[(size_t)g.first * kw], sizeof(float) * g.count * kw);
     const float* keys = g.keys[l];
     const float* vals = g.values[l];
-    std::vector<float> p((g.pos0 + g.count + 15) / 16 * 16);
+    const int seen = g.pos0 + g.count;
     // Causal attention over this sequence's own cache: position pos0 + t sees 0 .. pos0 + t;
-    // query head h reads KV head h / G.
-    for (int t = 0; t < g.count; t++)
-      for (int hh = 0; hh < H; hh++)
-        attend(&qg[((size_t)t * H + hh) * hd], keys + (hh / G) * hd, vals + (hh / G) * hd, kw, hd, g.pos0 + t + 1, scale, p.data(),
-               &ctx[((size_t)(g.first + t) * H + hh) * hd]);
+    // query head h reads KV head h / G. One task a (position, head); on the pool once the cache
+    // read is large (a long context: each position's keys and values, every layer).
+    const size_t cache_bytes = (size_t)seen * kw * 2 * sizeof(float);
+    run_tasks(g.count * H, cache_bytes >= kParallelBytes ? s.threads : 1, [&](int task) {
+      const int t = task / H, hh = task % H;
+      thread_local std::vector<float> p;
+      p.resize((size_t)(seen + 15) / 16 * 16);
+      attend(&qg[((size_t)t * H + hh) * hd], keys + (hh / G) * hd, vals + (hh / G) * hd, kw, hd, g.pos0 + t + 1, scale, p.data(),
+             &ctx[((size_t)(g.first + t) * H + hh) * hd]);
+    });
   }
   linear(L.wo, nullptr, d, H * hd, ctx.data(), T, o.data(), s.threads);
   add(s.x.data(), o.data(), s.x.size());

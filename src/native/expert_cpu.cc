@@ -153,6 +153,13 @@ WorkerPool& pool() {
 // the machine shared (as a server's is, with its clients, the decode stream and the GC), a 31-token
 // prompt took 4.5 ms best but 11.1 ms on average with a helper, against 5.6 and 7.1 ms without.
 constexpr double kParallelMacs = 1 << 23;
+// ... unless the matrix holds kParallelBytes (expert_cpu.h).
+
+// Bytes a product reads of the matrix.
+size_t held_bytes(const MatrixRef& m, int rows, int cols) {
+  const size_t n = (size_t)rows * cols;
+  return m.symbols ? m.symbols->bytes() : m.fused ? (size_t)m.fused->bytes : m.bf16 ? 2 * n : 4 * n;
+}
 
 EB_CLONES void silu_times(float* h, const float* u, size_t n) { ek_silu_times(h, u, n); }
 
@@ -341,8 +348,11 @@ void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, i
   else dense_rows(m.dense, cols, r0, r1, x, ldx, n, y, ldy);
 }
 
+void run_tasks(int tasks, int threads, const std::function<void(int)>& fn) { pool().run(tasks, threads, fn); }
+
 void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x, int ldx, int n, float* y, int ldy, int threads) {
-  if ((double)rows * cols * n < kParallelMacs || threads <= 1) return matrix_rows(m, cols, 0, rows, x, ldx, n, y, ldy);
+  if (threads <= 1 || ((double)rows * cols * n < kParallelMacs && held_bytes(m, rows, cols) < kParallelBytes))
+    return matrix_rows(m, cols, 0, rows, x, ldx, n, y, ldy);
   const int rb = std::max(1, rows / (4 * threads));
   QuantizedRows quantized;  // the tokens quantized once for every row range
   const QuantX* xq = takes_int8_x(m) ? quantized.make(x, ldx, n, cols) : nullptr;

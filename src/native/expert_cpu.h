@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <functional>
 #include <vector>
 
 #include "expert_kernels.h"
@@ -132,5 +133,15 @@ void matrix_rows(const MatrixRef& m, int cols, int r0, int r1, const float* x, i
 
 // All `rows` rows, split over the engine's pool when the product is big enough to pay for it.
 void matrix_rows_parallel(const MatrixRef& m, int rows, int cols, const float* x, int ldx, int n, float* y, int ldy, int threads);
+
+// Work that reads at least this many bytes is worth a helper even when its arithmetic is small: a
+// memory-bound product of few tokens streams faster from two cores (measured on OLMoE's 2048 × 2048
+// attention projections as 8-bit symbols, 4 MiB each, 64 a token: the native time of a token went
+// from 21.3 to 19.6 ms). Far above the ~50 µs a helper's wake costs.
+constexpr size_t kParallelBytes = 2 << 20;
+
+// fn(task) for task in [0, tasks) on the engine's pool, the caller among up to `threads` threads
+// (1: the caller alone).
+void run_tasks(int tasks, int threads, const std::function<void(int)>& fn);
 
 }  // namespace eb

@@ -31,7 +31,7 @@ import type { CpuExpertEngine } from '../offload/cpu-engine.js';
 import type { ExpertStore } from '../offload/store.js';
 import { ServedControl } from './served-control.js';
 import { native } from '../codec/native.js';
-import { nativeForwardUnsupported } from '../model/native-forward.js';
+import { describeDenseBytes, nativeForwardUnsupported, type DenseSymbols } from '../model/native-forward.js';
 import { defaultCacheDir } from '../offload/store-file.js';
 import type { ServingHooks } from './batcher.js';
 import { ggufChatTemplate, loadChatTemplate } from './chat-template.js';
@@ -76,8 +76,14 @@ export function describeLevel(ladder: Ladder, level: number): string {
   return `error bound ${b[level]}${ladder.boundMode === 'sigma' ? 'σ' : ''} per tensor (${ladder.boundMode})`;
 }
 
+/** The profile's dense section as the native forward takes it (undefined: as stored). */
+export function denseSymbolsOf(profile: Profile): DenseSymbols | undefined {
+  const d = profile.dense;
+  return d?.form === 'symbols' ? { lmHead: d.lm_head ?? false, int8Activations: d.int8_activations ?? false } : undefined;
+}
+
 async function loadCpu(spec: ModelSpec, id: string, telemetry: TelemetryBus, log: (line: string) => void) {
-  const m = await loadModel(spec.dir, { backend: spec.backend, cpu: { bound: spec.cpuBound, telemetry } });
+  const m = await loadModel(spec.dir, { backend: spec.backend, cpu: { bound: spec.cpuBound, telemetry }, denseSymbols: denseSymbolsOf(spec.profile) });
   const c = m.checkpoint.config;
   log(`ebserve serve: model ${id} (${spec.dir}): ${c.arch}, ${c.numLayers} layers × ${c.numExperts} experts (top-${c.topK}), d ${c.hiddenSize}, context ${c.maxPositions} tokens, ${c.tokenizer} tokenizer`);
   log(
@@ -177,7 +183,7 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     return offload.engine;
   };
 
-  const m = spec.engine === 'cpu' ? await loadCpu(spec, id, telemetry, log) : await loadModel(spec.dir, { backend: spec.backend, engine });
+  const m = spec.engine === 'cpu' ? await loadCpu(spec, id, telemetry, log) : await loadModel(spec.dir, { backend: spec.backend, engine, denseSymbols: denseSymbolsOf(spec.profile) });
   if (spec.engine === 'cpu') {
     const cpu = m.engine as CpuExpertEngine;
     const cc = m.checkpoint.config;
@@ -185,8 +191,11 @@ export async function loadServedModel(spec: ModelSpec, telemetry: TelemetryBus, 
     tiers = { hostBytes: cpu.heldBytes(), hostHolds: `every expert in the addon, ${cpu.describeForm()}`, deviceBytes: 0 };
   }
   const unsupported = nativeForwardUnsupported(m.checkpoint.config);
-  details = { ...details, native_forward: Boolean(m.model.nativeForward) };
-  log(`ebserve serve: forward ${m.model.nativeForward ? 'native (the addon, layer by layer; experts through the engine)' : `on TensorFlow.js ${m.backend.name} (${unsupported ?? 'asked for'})`}`);
+  const nf = m.model.nativeForward;
+  details = { ...details, native_forward: Boolean(nf), ...(nf ? { dense_form: nf.denseForm } : {}) };
+  log(`ebserve serve: forward ${nf ? 'native (the addon, layer by layer; experts through the engine)' : `on TensorFlow.js ${m.backend.name} (${unsupported ?? 'asked for'})`}`);
+  if (nf) log(`ebserve serve: dense weights ${(nf.heldBytes / 1e6).toFixed(1)} MB, ${nf.denseForm}: ${describeDenseBytes(nf.tensors)}`);
+  else if (spec.profile.dense?.form === 'symbols') log(`ebserve serve: profile ${spec.profile.name}'s dense symbols not used: the TensorFlow.js forward holds the dense weights as f32`);
   let control: ServedControl | undefined;
   if (offloaded && spec.fixedLevel === undefined) {
     try {

@@ -11,7 +11,8 @@
  * TensorFlow.js's wasm memory, buffers in flight), a stated allowance: 512 MiB, where the embedded
  * model's server measured 172 MB at ready and 396 MB at its peak under 32 clients (bench-serve).
  */
-import { expectedTensors, expertName } from '../model/names.js';
+import { denseTensorNames, expectedTensors, expertName } from '../model/names.js';
+import { denseRoles, type DenseRole } from '../model/native-forward.js';
 import type { ModelConfig } from '../model/types.js';
 
 export const RUNTIME_ALLOWANCE_BYTES = 512 * 2 ** 20;
@@ -38,15 +39,31 @@ export interface MemoryPlan {
  * blocks) as its bf16 bits, everything else f32, and the rotary tables.
  */
 export function denseHeldBytes(c: ModelConfig, dtypeOf: (name: string) => string): number {
+  const r = denseBytesByRole(c, dtypeOf);
+  return r.attention + r.router + r.norm + r.embeddings + r.lm_head + r.shared_experts + 2 * c.maxPositions * c.headDim * 4;
+}
+
+/**
+ * denseHeldBytes by what the tensors are for (the rotary tables left out), and `attention_symbols`:
+ * about what the attention projections hold as 8-bit symbols (a profile's dense.form: symbols), a
+ * byte a value and ~1/256 of them kept aside at 12 bytes each (lm_head_symbols likewise).
+ */
+export function denseBytesByRole(c: ModelConfig, dtypeOf: (name: string) => string): Record<DenseRole | 'shared_experts', number> & { attention_symbols: number; lm_head_symbols: number } {
   const experts = new Set<string>();
   for (let l = 0; l < c.numLayers; l++) for (let e = 0; e < c.numExperts; e++) for (const w of ['gate', 'up', 'down'] as const) experts.add(expertName(c, l, e, w));
-  let bytes = 2 * c.maxPositions * c.headDim * 4;
+  const roles = denseRoles(denseTensorNames(c));
+  const out = { attention: 0, router: 0, norm: 0, embeddings: 0, lm_head: 0, shared_experts: 0, attention_symbols: 0, lm_head_symbols: 0 };
+  const symbolBytes = (n: number) => n * (1 + 12 / 256);
   for (const t of expectedTensors(c)) {
     if (experts.has(t.name)) continue;
     const n = t.shape.reduce((a, b) => a * b, 1);
-    bytes += n * (t.shape.length === 2 && t.shape[1] % 32 === 0 && dtypeOf(t.name) === 'BF16' ? 2 : 4);
+    const role = roles.get(t.name) ?? 'shared_experts';
+    const matrix = t.shape.length === 2 && t.shape[1] % 32 === 0;
+    out[role] += n * (matrix && dtypeOf(t.name) === 'BF16' ? 2 : 4);
+    if (matrix && role === 'attention') out.attention_symbols += symbolBytes(n);
+    if (matrix && role === 'lm_head') out.lm_head_symbols += symbolBytes(n);
   }
-  return bytes;
+  return out;
 }
 
 /**
@@ -65,6 +82,7 @@ export function tierMemory(
   });
   return {
     dense_bytes: denseHeldBytes(ckpt.config, (name) => ckpt.tensorInfo(name).dtype),
+    dense_by_role: denseBytesByRole(ckpt.config, (name) => ckpt.tensorInfo(name).dtype),
     host_bytes: store.totalBytes(),
     tier_a_bytes_by_level: byLevel,
     kv_bytes_per_token: kvBytesPerToken(ckpt.config),

@@ -294,6 +294,8 @@ export class ServedControl {
       policy: this.policy.name,
       sla_seconds: c.slaSeconds,
       quarantined: c.quarantined(),
+      // The dense weights beside the experts: fixed at load (the profile's dense section), never moved by the controller.
+      dense: this.o.model.model.nativeForward?.tensors ?? null,
     };
   }
 
