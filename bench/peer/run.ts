@@ -4,6 +4,8 @@
  * own llama-bench, bench/peer/llama-bench.ts) and through node-llama-cpp's prebuilt CPU binaries
  * (bench/peer/llama-cpp.ts), which also give its top-1 agreement. Both are the same llama.cpp
  * source: the native build clones the git bundle node-llama-cpp ships its binaries' source in.
+ * Then, where bench-scale's checkpoint is cached, the OLMoE-1B-7B shape (bench/peer/olmoe.ts: its
+ * own positions, reference, llama.cpp files and rows, with model "olmoe-1b-7b").
  *
  * llama.cpp runs the embedded model exported to GGUF by ebserve's own exporter (src/model/gguf:
  * f32, q8_0, q4_0, written to build/peer/, never committed). ebserve runs its native forward
