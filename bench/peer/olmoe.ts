@@ -64,7 +64,6 @@ const FORMS: Record<string, LoadOptions> = {
 };
 
 export interface ScaleOptions {
-  root: string;
   nat: NativeLlamaCpp;
   decodeTokens: number;
   reps: number;
@@ -76,12 +75,14 @@ export type ScaleResult =
   | { rows: Row[]; positions: number; texts: number; depth: number; model_dir: string; gguf: Record<string, string>; llama_cpp_skipped?: string }
   | { skipped: string };
 
-/** ebserve's weight bytes per decode token: top-k experts per layer as held, every dense tensor as the native forward holds it, one embedding row. */
+/** ebserve's weight bytes per decode token: top-k experts per layer as held, every dense tensor as the native forward holds it but one embedding row. */
 function ebserveBytesPerToken(m: LoadedModel): number {
   const c = m.checkpoint.config;
-  const forward = m.model.nativeForward!;
-  const embedRow = 2 * c.hiddenSize;
-  return c.numLayers * c.topK * (m.engine as CpuExpertEngine).expertBytes() + forward.heldBytes - c.vocabSize * embedRow + embedRow;
+  const tensors = m.model.nativeForward!.tensors;
+  // A tied LM head is the embedding, read whole every token.
+  const tied = !tensors.some((t) => t.role === 'lm_head');
+  const dense = tensors.reduce((n, t) => n + (t.role === 'embeddings' && !tied ? t.bytes / c.vocabSize : t.bytes), 0);
+  return c.numLayers * c.topK * (m.engine as CpuExpertEngine).expertBytes() + dense;
 }
 
 /** The GGUF files of LLAMA_TYPES, made once (f16 export, then llama-quantize) and cached. */

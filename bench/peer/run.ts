@@ -279,7 +279,7 @@ async function main() {
 
   // The bench-scale shape (bench/peer/olmoe.ts), last: its llama.cpp rows need the cores alone too.
   log('olmoe-1b-7b: ebserve and llama.cpp on bench-scale\'s cached checkpoint');
-  const scale = await scaleRows({ root: ROOT, nat, decodeTokens: SCALE_DECODE_TOKENS, reps: 2, concurrencies: CONCURRENCIES, log });
+  const scale = await scaleRows({ nat, decodeTokens: SCALE_DECODE_TOKENS, reps: 2, concurrencies: CONCURRENCIES, log });
   if ('skipped' in scale) log(`olmoe-1b-7b skipped: ${scale.skipped}`);
   else rows.push(...scale.rows);
 
