@@ -10,6 +10,8 @@ import { generate } from '../src/model/generate.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
 import type { Routing } from '../src/model/transformer.js';
+import type { CpuExpertEngine } from '../src/offload/cpu-engine.js';
+import type { ExpertEngine } from '../src/offload/expert-engine.js';
 import type { OffloadSample as TelemetryEvent } from '../src/offload/telemetry.js';
 import { post, startEmbedded } from './serve/helpers.js';
 
@@ -83,6 +85,38 @@ describe('the native forward pass on the embedded model', function () {
     assert.equal(cache.length, 3);
     const ok = await cpu.model.forward([4], cache);
     assert.equal(ok.length, cpu.checkpoint.config.vocabSize);
+  });
+
+  it('runs a step whole in one native call where every expert is resident: the per-layer path\'s logits bit for bit, its routing, its reads', async function () {
+    // Compressed experts as symbols with the integer product; two sequences a step (their
+    // prompts, then a token each).
+    const m = await loadModel(EMBEDDED_MODEL_DIR, { backend: 'wasm', cpu: { bound: 1e-3, symbols: true, int8Activations: true } });
+    try {
+      const engine = m.engine as CpuExpertEngine;
+      assert.ok(engine.resident, 'the CPU engine holds every expert');
+      const perLayer: ExpertEngine = { compute: (l, h, ids, w, T) => engine.compute(l, h, ids, w, T), dispose: () => {} };
+      const c = m.checkpoint.config;
+      const run = async (e: ExpertEngine) => {
+        const routing: Routing[] = [];
+        m.model.onRouting = (x) => routing.push({ layer: x.layer, ids: Int32Array.from(x.ids), weights: Float32Array.from(x.weights) });
+        const read0 = engine.stats.bytesRead;
+        const [a, b] = [KvCache.forModel(c), KvCache.forModel(c)];
+        const first = await m.model.forwardBatch([{ tokens: m.tokenizer.encode('Call me Ishmael.'), cache: a }, { tokens: m.tokenizer.encode('48+27='), cache: b }], e);
+        const next = await m.model.forwardBatch([{ tokens: [5], cache: a }, { tokens: [7], cache: b }], e);
+        m.model.onRouting = undefined;
+        return { logits: [...first, ...next].map((x) => Float32Array.from(x)), routing, read: engine.stats.bytesRead - read0 };
+      };
+      const whole = await run(engine);
+      const layered = await run(perLayer);
+      assert.equal(whole.logits.length, layered.logits.length);
+      whole.logits.forEach((x, i) => assert.deepEqual(x, layered.logits[i], `sequence ${i % 2}, step ${i >> 1}`));
+      assert.equal(whole.routing.length, 2 * c.numLayers);
+      assert.deepEqual(whole.routing, layered.routing);
+      assert.ok(whole.read > 0);
+      assert.equal(whole.read, layered.read, 'the engine counts the same expert reads either way');
+    } finally {
+      m.dispose();
+    }
   });
 
   it('keeps the event loop running during a long prefill', async function () {

@@ -26,7 +26,7 @@ describe('the native forward with dense weights as symbols', function () {
   const logitsOf = async (forward: NativeForward, tokens: number[]) =>
     (await forward.step([{ tokens, cache: KvCache.forModel(plain.checkpoint.config), allLogits: true }], plain.engine))[0];
 
-  const forwardWith = (read: (name: string) => Float32Array, dense?: { int8Activations?: boolean; lmHead?: boolean }) => {
+  const forwardWith = (read: (name: string) => Float32Array, dense?: { int8Activations?: boolean; lmHead?: boolean; bits?: 4 | 8 }) => {
     const c = plain.checkpoint.config;
     return new NativeForward(c, read, denseTensorNames(c), rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), 0, dense);
   };
@@ -89,6 +89,31 @@ describe('the native forward with dense weights as symbols', function () {
     assert.ok(withHead.heldBytes < forwardWith(read, {}).heldBytes);
   });
 
+  it('holds the attention projections as 4-bit symbols with bits 4 (the LM head at 8): bit for bit the decoded tensors\' logits, in under 0.6 of the 8-bit bytes', async function () {
+    const c = plain.checkpoint.config;
+    const names = denseTensorNames(c);
+    const attention = new Set(names.layers.flatMap((n) => [n.q, n.k, n.v, n.o]));
+    const read = (name: string) => plain.checkpoint.readTensor(name);
+    const decoded = (name: string) => {
+      const m = read(name);
+      const bits = attention.has(name) ? 4 : name === names.lmHead ? 8 : 0;
+      return bits ? (decompress(compress(m, { bound: denseBound(m, bits) })) as Float32Array) : m;
+    };
+    const four = forwardWith(read, { lmHead: true, bits: 4 });
+    const tokens = plain.tokenizer.encode(PROMPT);
+    const a = await logitsOf(four, tokens);
+    const b = await logitsOf(forwardWith(decoded), tokens);
+    assert.ok(Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength)), 'the logits differ');
+    assert.match(four.denseForm, /attention projections as 4-bit symbols and LM head as 8-bit symbols/);
+    const head = four.tensors.find((t) => t.name === names.lmHead)!;
+    assert.deepEqual([head.bits, head.bound], [8, denseBound(read(names.lmHead))]);
+    const q = four.tensors.find((t) => t.name === names.layers[0].q)!;
+    assert.deepEqual([q.bits, q.bound], [4, denseBound(read(names.layers[0].q), 4)]);
+    const bytes = (f: NativeForward) => f.tensors.filter((t) => t.role === 'attention' && t.form === 'symbols').reduce((n, t) => n + t.bytes, 0);
+    const eight = forwardWith(read, { lmHead: true });
+    assert.ok(bytes(four) < 0.6 * bytes(eight), `4-bit attention symbols hold ${bytes(four)} bytes, 8-bit ${bytes(eight)}`);
+  });
+
   it('with 8-bit activations: close to the f32 product, and each sequence the same alone as in a batch', async function () {
     const c = plain.checkpoint.config;
     const read = (name: string) => plain.checkpoint.readTensor(name);
@@ -117,7 +142,7 @@ describe('the native forward with dense weights as symbols', function () {
     assert.deepEqual(together, alone);
   });
 
-  it('takes the bound of a tensor\'s 1 − 1/256 quantile of |w| over 254', function () {
+  it('takes the bound of a tensor\'s 1 − 1/256 quantile of |w| over 254 (14 at 4 bits)', function () {
     const m = gaussian(1 << 18, 0.02, 5);
     const eb = denseBound(m);
     // N(0, σ): |w| passes 2.89σ with probability 1/256.
@@ -126,5 +151,7 @@ describe('the native forward with dense weights as symbols', function () {
     const sparse = new Float32Array(1 << 12);
     sparse[5] = -0.3;
     assert.equal(denseBound(sparse), Math.fround(0.3) / 254, 'nearly all zeros: the largest |w| over 254');
+    // At 4 bits over 14, the largest |n| a nibble holds.
+    assert.ok(Math.abs(denseBound(m, 4) / ((2.89 * 0.02) / 14) - 1) < 0.05, `eb ${denseBound(m, 4)}`);
   });
 });

@@ -31,6 +31,7 @@ describe('serve: the dense weights as the profile says', function () {
 
   for (const [name, dense, want] of [
     ['as 8-bit symbols, the LM head too', { form: 'symbols', lm_head: true, int8_activations: true }, /attention projections and LM head as 8-bit symbols/],
+    ['as 4-bit symbols, the LM head as stored', { form: 'symbols', bits: 4 }, /attention projections as 4-bit symbols at per-tensor bounds; routers, embeddings and LM head as stored/],
     ['as stored', { form: 'stored' }, /as stored/],
   ] as const) {
     it(`holds them ${name}, says so at startup and in /health, and answers`, async function () {
@@ -42,7 +43,7 @@ describe('serve: the dense weights as the profile says', function () {
         assert.ok(line, 'a startup line for the dense weights');
         assert.match(line, want);
         assert.match(line, /attention [\d.]+ MB \((symbols|bf16|f32)\)/);
-        if (dense.form === 'symbols') assert.match(line, /attention [\d.]+ MB \(symbols\), .*LM head [\d.]+ MB \(symbols\)/);
+        if ('lm_head' in dense) assert.match(line, /attention [\d.]+ MB \(symbols\), .*LM head [\d.]+ MB \(symbols\)/);
         const health = (await (await fetch(`${server.url}/health`)).json()) as { engine_details: Record<string, unknown> };
         assert.match(String(health.engine_details.dense_form), want);
         const res = await post(server.url, '/v1/completions', { prompt: 'Call me Ishmael.', max_tokens: 8 });
@@ -54,9 +55,11 @@ describe('serve: the dense weights as the profile says', function () {
     });
   }
 
-  it('refuses lm_head or int8_activations without form symbols, and an unknown form, naming the field', function () {
+  it('refuses lm_head, int8_activations or bits without form symbols, an unknown form and other bits, naming the field', function () {
     assert.throws(() => loadProfile(profileWith({ form: 'stored', lm_head: true })), (e: unknown) => e instanceof ConfigError && /dense\.lm_head.*expected only with form: symbols/.test(e.message));
     assert.throws(() => loadProfile(profileWith({ form: 'stored', int8_activations: true })), (e: unknown) => e instanceof ConfigError && /dense\.int8_activations/.test(e.message));
+    assert.throws(() => loadProfile(profileWith({ form: 'stored', bits: 4 })), (e: unknown) => e instanceof ConfigError && /dense\.bits.*expected only with form: symbols/.test(e.message));
+    assert.throws(() => loadProfile(profileWith({ form: 'symbols', bits: 6 })), (e: unknown) => e instanceof ConfigError && /dense\.bits.*expected 4 or 8/.test(e.message));
     assert.throws(() => loadProfile(profileWith({ form: 'f16' })), (e: unknown) => e instanceof ConfigError && /dense\.form.*expected stored or symbols/.test(e.message));
   });
 });

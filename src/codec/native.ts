@@ -34,6 +34,10 @@ export interface NativeCodec {
   decoderBegin(decoder: unknown, tokens: Int32Array, segments: { count: number; pos0: number; allLogits: boolean; keys: Float32Array[]; values: Float32Array[] }[], out: { hidden: Float32Array; ids: Int32Array; weights: Float32Array; predicted: Int32Array }, threads: number): unknown;
   decoderLayer(step: unknown, layer: number, moe: Float32Array | null): Promise<void>;
   decoderLogits(step: unknown, moe: Float32Array): Promise<{ logits: Float32Array; seconds: number }>;
+  /** Every layer's experts ([gate, up, down] each), read once for decoderRun. */
+  residentExperts(layers: RawMatrix[][][], d: number, ff: number, threads: number): unknown;
+  /** A whole step with the resident experts, each layer's routing written into `routing` at l·T·K. */
+  decoderRun(step: unknown, resident: unknown, routing: { ids: Int32Array; weights: Float32Array }): Promise<{ logits: Float32Array; seconds: number; expertSeconds: number }>;
   /** The disk tier's reads (src/native/direct_file.cc): around the page cache where the file system allows (`direct`). */
   directOpen(path: string): { handle: unknown; direct: boolean };
   /** offset and length in multiples of 4096; bytes: what the file holds there (fewer where it ends first); seconds: the read's own time. */

@@ -55,12 +55,14 @@ export const profileSchema = z.strictObject({
    * How the native forward holds its dense weights: `stored` (default: bf16 bits where the
    * checkpoint's values are bf16, else f32), or `symbols`: the attention projections as 8-bit
    * symbols, each tensor at its own tight bound (about 1/256 of its values kept aside exactly), and
-   * with lm_head the LM head too; int8_activations multiplies them by the integer product. Routers,
-   * norms and embeddings stay as stored.
+   * with lm_head the LM head too; int8_activations multiplies them by the integer product; bits 4
+   * (default 8) holds a quarter of bf16's bytes at a bound 18× coarser. Routers, norms and
+   * embeddings stay as stored.
    */
   dense: z.strictObject({
     form: z.enum(['stored', 'symbols'], { error: 'expected stored or symbols' }),
     lm_head: z.boolean({ error: 'expected true or false' }).optional(),
+    bits: z.union([z.literal(4), z.literal(8)], { error: 'expected 4 or 8' }).optional(),
     int8_activations: z.boolean({ error: 'expected true or false' }).optional(),
   }).optional(),
   /**
@@ -125,8 +127,8 @@ export function loadProfile(file: string): Profile {
   }
   if (d.tier_b_fraction !== undefined && d.memory_budget_bytes === undefined) problems.push({ field: 'device.tier_b_fraction', message: 'expected only with memory_budget_bytes (use tier_b_bytes with experts_per_layer)' });
   if (d.int8_activations && d.tier_a_form !== 'symbols') problems.push({ field: 'device.int8_activations', message: `expected only with tier_a_form: symbols (the integer product multiplies symbols), not ${d.tier_a_form ?? 'f32'}` });
-  for (const k of ['lm_head', 'int8_activations'] as const) {
-    if (p.dense?.[k] && p.dense.form !== 'symbols') problems.push({ field: `dense.${k}`, message: `expected only with form: symbols, not ${p.dense.form}` });
+  for (const k of ['lm_head', 'int8_activations', 'bits'] as const) {
+    if (p.dense?.[k] !== undefined && p.dense?.[k] !== false && p.dense.form !== 'symbols') problems.push({ field: `dense.${k}`, message: `expected only with form: symbols, not ${p.dense.form}` });
   }
   if (d.tier_b_bytes !== undefined && d.memory_budget_bytes !== undefined) problems.push({ field: 'device.tier_b_bytes', message: 'expected only with experts_per_layer or experts_by_layer (use tier_b_fraction with memory_budget_bytes)' });
   const s = p.sensitivity;

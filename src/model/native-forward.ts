@@ -39,7 +39,7 @@ export function nativeForwardUnsupported(c: ModelConfig): string | null {
 type NativeDecoder = { readonly __decoder: unique symbol };
 
 /**
- * The attention projections held as 8-bit symbols, each tensor at its own tight bound
+ * The attention projections held as 8-bit (or 4-bit) symbols, each tensor at its own bound
  * (denseBound), instead of bf16 or f32: half a bf16 tensor's bytes, and with int8Activations the
  * integer product. The routers stay as stored (small, and a routing change moves a token), and so
  * does the LM head: measured on the embedded model's 6,360 canary positions, symbols at its bound
@@ -53,23 +53,32 @@ export interface DenseSymbols {
    * Off by default for the reason above; a tied head is the embedding's array and stays as stored.
    */
   lmHead?: boolean;
+  /**
+   * Bits a symbol of the attention projections (default 8): 4 holds a quarter of bf16's bytes at a
+   * bound 18× coarser (on N(0, σ) weights eb ≈ σ/4.8, the 4-bit experts' own grid), for models
+   * whose agreement allows it. The LM head stays at 8 (on OLMoE's shape with 4-bit experts, a
+   * 4-bit head too kept 16.75 % of the reference's greedy tokens, against Q4_0's 27.69 %; llama.cpp
+   * keeps its Q4_0 files' output tensor at 6 bits for the same reason).
+   */
+  bits?: 4 | 8;
 }
 
 /**
- * A dense tensor's bound for 8-bit symbols: its values' |w| at the 1 − 1/256 quantile (of a
- * strided sample) over 254, the largest |n| a symbol holds at a stream's finest rung (x̂ = n·eb),
- * so about 1/256 of the values are patches. On N(0, σ) weights eb ≈ σ/88: each weight within
- * 1.1 % of σ. Where that quantile is 0 (nearly all zeros), the largest finite |w| over 254; 1 for
- * a tensor of zeros (any bound holds them exactly).
+ * A dense tensor's bound for `bits`-bit symbols: its values' |w| at the 1 − 1/256 quantile (of a
+ * strided sample) over the largest |n| a symbol holds at a stream's finest rung (x̂ = n·eb; 254 at
+ * 8 bits, 14 at 4), so about 1/256 of the values are patches. On N(0, σ) weights eb ≈ σ/88 at 8
+ * bits (each weight within 1.1 % of σ), σ/4.8 at 4. Where that quantile is 0 (nearly all zeros),
+ * the largest finite |w| over that |n|; 1 for a tensor of zeros (any bound holds them exactly).
  */
-export function denseBound(m: Float32Array): number {
+export function denseBound(m: Float32Array, bits: 4 | 8 = 8): number {
+  const top = bits === 8 ? 254 : 14;
   const step = Math.max(1, Math.floor(m.length / 65536));
   const sample = Float32Array.from({ length: Math.floor(m.length / step) }, (_, i) => Math.abs(m[i * step])).sort();
   const q = sample[Math.min(sample.length - 1, Math.floor(sample.length * (1 - 1 / 256)))];
-  if (q > 0 && Number.isFinite(q)) return q / 254;
+  if (q > 0 && Number.isFinite(q)) return q / top;
   let max = 0;
   for (const v of m) if (Number.isFinite(v)) max = Math.max(max, Math.abs(v));
-  return max > 0 ? max / 254 : 1;
+  return max > 0 ? max / top : 1;
 }
 
 /** What a dense tensor is for: the logs and inspect-model give the bytes of each. */
@@ -90,9 +99,10 @@ export function denseRoles(names: DenseTensorNames): Map<string, DenseRole> {
 export interface DenseTensor {
   name: string;
   role: DenseRole;
-  /** symbols: 8-bit symbols within `bound` (abs), with `patches` values kept aside exactly; bf16 / f32: as stored. */
+  /** symbols: `bits`-bit symbols within `bound` (abs), with `patches` values kept aside exactly; bf16 / f32: as stored. */
   form: 'symbols' | 'bf16' | 'f32';
   bytes: number;
+  bits?: 4 | 8;
   bound?: number;
   patches?: number;
 }
@@ -143,12 +153,13 @@ export class NativeForward {
     };
     const f32 = (name: string) => once(name, (m) => m) as Float32Array;
     const matrix = (name: string, cols: number) => once(name, (m) => bf16IfExact(m, cols));
+    const bits = dense?.bits ?? 8;
     // With `dense`: symbols where the tensor's rows are whole 32-value blocks and its values fit.
-    const projection = (name: string, cols: number) =>
+    const projection = (name: string, cols: number, bits: 4 | 8) =>
       once(name, (m) => {
         if (!dense || cols % 32) return bf16IfExact(m, cols);
-        const bound = denseBound(m);
-        const s = symbolMatrix(fusedMatrix(compress(m, { bound, threads: 0 }), m.length / cols, cols), [8], dense.int8Activations);
+        const bound = denseBound(m, bits);
+        const s = symbolMatrix(fusedMatrix(compress(m, { bound, threads: 0 }), m.length / cols, cols), [bits], dense.int8Activations);
         if (s) bounds.set(name, bound);
         return s ?? bf16IfExact(m, cols);
       });
@@ -156,12 +167,12 @@ export class NativeForward {
       d: c.hiddenSize, heads: c.numHeads, kvHeads: c.numKvHeads, headDim: c.headDim,
       vocab: c.vocabSize, experts: c.numExperts, topK: c.topK, maxPositions: c.maxPositions, eps: c.rmsNormEps,
       normTopk: c.normTopkProb, qkNorm: c.qkNorm, embed: matrix(names.embed, c.hiddenSize), norm: f32(names.norm),
-      lmHead: dense?.lmHead ? projection(names.lmHead, c.hiddenSize) : matrix(names.lmHead, c.hiddenSize),
+      lmHead: dense?.lmHead ? projection(names.lmHead, c.hiddenSize, 8) : matrix(names.lmHead, c.hiddenSize),
       cos: rotary[0], sin: rotary[1],
       layers: names.layers.map((n) => ({
         inputNorm: f32(n.inputNorm), postNorm: f32(n.postNorm),
-        q: projection(n.q, c.hiddenSize), k: projection(n.k, c.hiddenSize), v: projection(n.v, c.hiddenSize),
-        o: projection(n.o, c.numHeads * c.headDim),
+        q: projection(n.q, c.hiddenSize, bits), k: projection(n.k, c.hiddenSize, bits), v: projection(n.v, c.hiddenSize, bits),
+        o: projection(n.o, c.numHeads * c.headDim, bits),
         qBias: n.qBias ? f32(n.qBias) : undefined, kBias: n.kBias ? f32(n.kBias) : undefined, vBias: n.vBias ? f32(n.vBias) : undefined,
         qNorm: n.qNorm ? f32(n.qNorm) : undefined, kNorm: n.kNorm ? f32(n.kNorm) : undefined,
         router: matrix(n.router, c.hiddenSize),
@@ -171,14 +182,14 @@ export class NativeForward {
     this.tensors = [...held].map(([name, m]) => {
       const role = roles.get(name) ?? 'attention';
       return isSymbolMatrix(m)
-        ? { name, role, form: 'symbols', bytes: m.bytes, bound: bounds.get(name), patches: m.patches }
+        ? { name, role, form: 'symbols', bytes: m.bytes, bits: m.bits, bound: bounds.get(name), patches: m.patches }
         : { name, role, form: m instanceof Uint16Array ? 'bf16' : 'f32', bytes: m.byteLength };
     });
     this.heldBytes = this.tensors.reduce((n, t) => n + t.bytes, rotary[0].byteLength + rotary[1].byteLength);
     const lmHeadSymbols = isSymbolMatrix(spec.lmHead);
     this.denseForm = !dense
       ? 'as stored (bf16 bits where exact, else f32)'
-      : `attention projections${lmHeadSymbols ? ' and LM head' : ''} as 8-bit symbols at per-tensor bounds${dense.int8Activations ? ', activations in 8 bits' : ''}; routers, embeddings${lmHeadSymbols ? '' : ' and LM head'} as stored`;
+      : `${lmHeadSymbols ? (bits === 8 ? 'attention projections and LM head as 8-bit symbols' : 'attention projections as 4-bit symbols and LM head as 8-bit symbols') : `attention projections as ${bits}-bit symbols`} at per-tensor bounds${dense.int8Activations ? ', activations in 8 bits' : ''}; routers, embeddings${lmHeadSymbols ? '' : ' and LM head'} as stored`;
     this.handle = native.decoderNew(spec) as NativeDecoder;
   }
 
@@ -195,22 +206,37 @@ export class NativeForward {
     const out = { hidden: new Float32Array(T * c.hiddenSize), ids: new Int32Array(T * K), weights: new Float32Array(T * K), predicted: new Int32Array(T * K) };
     const segments = seqs.map((s) => ({ count: s.tokens.length, pos0: s.cache.length, allLogits: s.allLogits ?? false, keys: s.cache.keys, values: s.cache.values }));
     const step = native.decoderBegin(this.handle, Int32Array.from(seqs.flatMap((s) => s.tokens)), segments, out, this.threads);
-    engine.prefetch?.(0, out.predicted);
-    let moe: Float32Array | null = null;
+    const resident = engine.resident?.();
+    let r: { logits: Float32Array; seconds: number };
     let expert = 0;
-    for (let l = 0; l < c.numLayers; l++) {
-      await native.decoderLayer(step, l, moe);
-      if (onRouting) onRouting({ layer: l, ids: out.ids.slice(), weights: out.weights.slice() });
-      const e0 = performance.now();
-      // compute() asks for this layer's experts before it first waits, so the fetches of the ones
-      // the prediction missed go on the link ahead of the next layer's prefetches, which are
-      // issued here, before this layer's experts compute, so that they overlap them.
-      const computed = engine.compute(l, out.hidden, out.ids, out.weights, T);
-      if (l + 1 < c.numLayers) engine.prefetch?.(l + 1, out.predicted);
-      moe = await computed;
-      expert += performance.now() - e0;
+    if (resident) {
+      // Every expert resident: the whole step in one native call (a round trip to JavaScript per
+      // layer cost OLMoE ~3 ms a token), its routing reported afterwards.
+      const L = c.numLayers;
+      const n = T * K;
+      const routing = { ids: new Int32Array(L * n), weights: new Float32Array(L * n) };
+      const run = await native.decoderRun(step, resident.handle, routing);
+      resident.computed(routing.ids, L, run.expertSeconds);
+      if (onRouting) for (let l = 0; l < L; l++) onRouting({ layer: l, ids: routing.ids.slice(l * n, (l + 1) * n), weights: routing.weights.slice(l * n, (l + 1) * n) });
+      r = run;
+      expert = run.expertSeconds * 1000;
+    } else {
+      engine.prefetch?.(0, out.predicted);
+      let moe: Float32Array | null = null;
+      for (let l = 0; l < c.numLayers; l++) {
+        await native.decoderLayer(step, l, moe);
+        if (onRouting) onRouting({ layer: l, ids: out.ids.slice(), weights: out.weights.slice() });
+        const e0 = performance.now();
+        // compute() asks for this layer's experts before it first waits, so the fetches of the ones
+        // the prediction missed go on the link ahead of the next layer's prefetches, which are
+        // issued here, before this layer's experts compute, so that they overlap them.
+        const computed = engine.compute(l, out.hidden, out.ids, out.weights, T);
+        if (l + 1 < c.numLayers) engine.prefetch?.(l + 1, out.predicted);
+        moe = await computed;
+        expert += performance.now() - e0;
+      }
+      r = await native.decoderLogits(step, moe!);
     }
-    const r = await native.decoderLogits(step, moe!);
     for (const s of seqs) s.cache.advance(s.tokens.length);
     const total = (performance.now() - start) / 1000;
     this.stats.steps++;

@@ -11,10 +11,18 @@
 //     thread (a worker hand-off, ~85 µs, would cost more than the work); others on a libuv worker.
 //   decoderLogits(step, moe) → Promise<{ logits, seconds }>: the last layer's experts added, then
 //     each sequence's logits, in order; seconds is the time the step spent in native code.
+//   residentExperts(layers, d, ff, threads) → handle: every layer's experts ([gate, up, down] per
+//     expert, as expertLayerAsync takes them), read once; the handle keeps `layers` alive.
+//   decoderRun(step, resident, routing) → Promise<{ logits, seconds, expertSeconds }>: the whole
+//     step, every layer and its experts then the logits, in one worker call (no return to
+//     JavaScript between layers); routing: { ids, weights } of at least layers·T·K values, each
+//     layer's routing written at l·T·K. seconds: the decoder's own time, expertSeconds the experts'.
 // Argument errors are TypeError / RangeError naming the argument; a bad sequence throws before
 // anything is written.
 #include <napi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -278,6 +286,91 @@ Napi::Value DecoderLogits(const Napi::CallbackInfo& info) {
   });
 }
 
+// Every layer's experts, all resident (the CPU engine's), read once so that a step can run whole.
+struct ResidentHolder {
+  int d = 0, ff = 0, threads = 1;
+  std::vector<std::vector<ExpertWeights>> layers;
+  Napi::ObjectReference keep;
+};
+
+Napi::Value ResidentExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) throw Napi::TypeError::New(env, "residentExperts: layers must be an array of arrays of [gate, up, down]");
+  auto h = std::make_unique<ResidentHolder>();
+  h->d = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+  h->ff = info[2].IsNumber() ? info[2].As<Napi::Number>().Int32Value() : 0;
+  h->threads = threads_of(info[3]);
+  if (h->d < 1 || h->ff < 1) throw Napi::RangeError::New(env, "residentExperts: d and ff must be ≥ 1");
+  auto layers = info[0].As<Napi::Array>();
+  for (uint32_t l = 0; l < layers.Length(); l++) {
+    if (!layers.Get(l).IsArray()) throw Napi::TypeError::New(env, "residentExperts: layer " + std::to_string(l) + " must be an array of experts");
+    auto row = layers.Get(l).As<Napi::Array>();
+    std::vector<ExpertWeights> experts;
+    for (uint32_t e = 0; e < row.Length(); e++)
+      experts.push_back(expert_weights_of(env, row.Get(e), h->d, h->ff, "layer " + std::to_string(l) + " expert " + std::to_string(e)));
+    h->layers.push_back(std::move(experts));
+  }
+  h->keep = Napi::Persistent(info[0].As<Napi::Object>());
+  return Napi::External<ResidentHolder>::New(env, h.release(), [](Napi::Env, ResidentHolder* p) { delete p; });
+}
+
+Napi::Value DecoderRun(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  StepHolder& h = step_of(info[0]);
+  const DecoderModel& m = *h.m;
+  if (!info[1].IsExternal()) throw Napi::TypeError::New(env, "decoderRun: expected residentExperts' handle");
+  const ResidentHolder& r = *info[1].As<Napi::External<ResidentHolder>>().Data();
+  const size_t L = m.layers.size(), T = (size_t)std::max(0, h.s.T), K = (size_t)m.top_k;
+  if (r.layers.size() != L || r.d != m.d) throw Napi::RangeError::New(env, "decoderRun: the resident experts are not this model's (" + std::to_string(r.layers.size()) + " layers, d " + std::to_string(r.d) + ")");
+  for (size_t l = 0; l < L; l++)
+    if (r.layers[l].size() != (size_t)m.E) throw Napi::RangeError::New(env, "decoderRun: layer " + std::to_string(l) + " has " + std::to_string(r.layers[l].size()) + " resident experts, the model " + std::to_string(m.E));
+  if (!info[2].IsObject()) throw Napi::TypeError::New(env, "decoderRun: routing must be { ids, weights }");
+  Napi::Object routing = info[2].As<Napi::Object>();
+  std::vector<Napi::ObjectReference> keep;
+  int32_t* ids = array_of<int32_t>(env, routing, "ids", L * T * K, napi_int32_array, keep);
+  float* weights = array_of<float>(env, routing, "weights", L * T * K, napi_float32_array, keep);
+  auto logits = Napi::Float32Array::New(env, (size_t)step_logit_rows(h.s) * m.V);
+  auto ref = std::make_shared<Napi::ObjectReference>(Napi::Persistent(logits.As<Napi::Object>()));
+  auto expert_seconds = std::make_shared<double>(0);
+  // The resident experts' handle (an External, which the worker does not keep) stays referenced
+  // until the call is done, with the result's closure.
+  auto resident = std::make_shared<Napi::Reference<Napi::Value>>(Napi::Reference<Napi::Value>::New(info[1], 1));
+  float* out = logits.Data();
+  // Small steps (a small model's decode) on the calling thread, as each layer's call would be.
+  const double macs = (step_layer_macs(m, h.s) + 3.0 * r.d * r.ff * (double)(T * K)) * (double)L + (double)step_logit_rows(h.s) * m.V * m.d;
+  return run_step_call(info, h, macs < kSyncMacs, [&m, &h, &r, ids, weights, out, expert_seconds, T, K] {
+    Step& s = h.s;
+    std::vector<float> moe(T * m.d);
+    for (size_t l = 0; l < m.layers.size(); l++) {
+      step_layer(m, s, (int)l, l ? moe.data() : nullptr);
+      std::copy(s.ids, s.ids + T * K, ids + l * T * K);
+      std::copy(s.weights, s.weights + T * K, weights + l * T * K);
+      const auto t0 = std::chrono::steady_clock::now();
+      LayerCall c;
+      c.d = r.d;
+      c.ff = r.ff;
+      c.T = (int)T;
+      c.k = (int)K;
+      c.hidden = s.hidden;
+      c.slot_expert = s.ids;
+      c.slot_weight = s.weights;
+      c.experts = r.layers[l].data();
+      c.num_experts = (int)r.layers[l].size();
+      c.out = moe.data();
+      c.threads = r.threads;
+      expert_layer(c);
+      *expert_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    step_logits(m, s, moe.data(), out);
+  }, [&h, ref, expert_seconds, resident, env] {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("logits", ref->Value());
+    o.Set("seconds", h.s.seconds);
+    o.Set("expertSeconds", *expert_seconds);
+    return o.As<Napi::Value>();
+  });
+}
+
 }  // namespace
 
 void register_decoder(Napi::Env env, Napi::Object exports) {
@@ -285,6 +378,8 @@ void register_decoder(Napi::Env env, Napi::Object exports) {
   exports.Set("decoderBegin", Napi::Function::New(env, DecoderBegin));
   exports.Set("decoderLayer", Napi::Function::New(env, DecoderLayerCall));
   exports.Set("decoderLogits", Napi::Function::New(env, DecoderLogits));
+  exports.Set("residentExperts", Napi::Function::New(env, ResidentExperts));
+  exports.Set("decoderRun", Napi::Function::New(env, DecoderRun));
 }
 
 }  // namespace eb

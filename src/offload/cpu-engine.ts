@@ -13,7 +13,7 @@
 import { compress } from '../codec/index.js';
 import { codecCall } from '../codec/errors.js';
 import { native, type RawFusedMatrix, type RawMatrix, type RawSymbolMatrix } from '../codec/native.js';
-import { distinctExperts, type ExpertEngine, type ExpertMatrices, type StepShape } from './expert-engine.js';
+import { distinctExperts, type ExpertEngine, type ExpertMatrices, type ResidentExperts, type StepShape } from './expert-engine.js';
 import type { TelemetrySink } from './telemetry.js';
 
 /** One expert as the native engine reads it. */
@@ -258,15 +258,42 @@ export class CpuExpertEngine implements ExpertEngine {
     const row = this.experts[layer];
     if (!row) throw new RangeError(`layer ${layer} is not one of the engine's ${this.experts.length}`);
     const start = performance.now();
+    this.countReads(layer, ids);
+    const out = await nativeExpertLayer((e) => row[e], this.d, this.ff, hidden, ids, weights, T, this.opts);
+    this.stats.calls++;
+    this.stats.seconds += (performance.now() - start) / 1000;
+    return out;
+  }
+
+  /** Every expert is resident: the native forward computes them inside its step (read once, on first use). */
+  resident(): ResidentExperts {
+    this.residentHandle ??= native.residentExperts(
+      this.experts.map((row) => row.map((x) => [x.gate, x.up, x.down])),
+      this.d,
+      this.ff,
+      this.opts.threads ?? 0,
+    );
+    return {
+      handle: this.residentHandle,
+      computed: (ids, layers, seconds) => {
+        const n = ids.length / layers;
+        for (let l = 0; l < layers; l++) this.countReads(l, ids.subarray(l * n, (l + 1) * n));
+        this.stats.calls += layers;
+        this.stats.seconds += seconds;
+      },
+    };
+  }
+
+  private residentHandle: unknown;
+
+  /** Adds the bytes a layer's call reads (each distinct expert's three matrices once). */
+  private countReads(layer: number, ids: Int32Array): void {
+    const row = this.experts[layer];
     for (const e of distinctExperts(ids)) {
       const x = row[e];
       if (!x) throw new RangeError(`expert ${e} is not one of layer ${layer}'s ${row.length}`);
       this.stats.bytesRead += matrixBytes(x.gate) + matrixBytes(x.up) + matrixBytes(x.down);
     }
-    const out = await nativeExpertLayer((e) => row[e], this.d, this.ff, hidden, ids, weights, T, this.opts);
-    this.stats.calls++;
-    this.stats.seconds += (performance.now() - start) / 1000;
-    return out;
   }
 
   dispose(): void {

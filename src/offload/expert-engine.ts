@@ -24,12 +24,27 @@ export interface ExpertEngine {
    * now. Never throws, never waits.
    */
   prefetch?(layer: number, ids: Int32Array): void;
+  /**
+   * Every layer's experts resident in the addon, nothing to fetch or wait for (the CPU engine):
+   * the native forward then runs a whole step in one native call, experts included, with no
+   * JavaScript between its layers, and reports the step's routing afterwards. Undefined where an
+   * engine fetches (its compute and prefetch run between layers).
+   */
+  resident?(): ResidentExperts | undefined;
   /** The model starts a forward step (every sequence of a batch)… */
   beginForward?(step: StepShape): void;
   /** …and has finished it. */
   endForward?(step: StepShape): void;
   /** Releases whatever the engine holds. */
   dispose(): void;
+}
+
+/** An engine's resident experts as the native forward takes them. */
+export interface ResidentExperts {
+  /** The addon's handle (residentExperts). */
+  handle: unknown;
+  /** A step computed them: each layer's routing ids ([layers, T, k]) and the experts' seconds. */
+  computed(ids: Int32Array, layers: number, seconds: number): void;
 }
 
 /**

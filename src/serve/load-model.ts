@@ -79,7 +79,7 @@ export function describeLevel(ladder: Ladder, level: number): string {
 /** The profile's dense section as the native forward takes it (undefined: as stored). */
 export function denseSymbolsOf(profile: Profile): DenseSymbols | undefined {
   const d = profile.dense;
-  return d?.form === 'symbols' ? { lmHead: d.lm_head ?? false, int8Activations: d.int8_activations ?? false } : undefined;
+  return d?.form === 'symbols' ? { lmHead: d.lm_head ?? false, int8Activations: d.int8_activations ?? false, bits: d.bits ?? 8 } : undefined;
 }
 
 async function loadCpu(spec: ModelSpec, id: string, telemetry: TelemetryBus, log: (line: string) => void) {
