@@ -61,6 +61,8 @@ const LLAMA_THREADS = 2;
 const FORMS: Record<string, LoadOptions> = {
   'eb4e-3-int8': { cpu: { bound: 4e-3, symbols: true, int8Activations: true }, denseSymbols: { int8Activations: true, lmHead: true } },
   'eb2e-3-int8': { cpu: { bound: 2e-3, symbols: true, int8Activations: true }, denseSymbols: { int8Activations: true, lmHead: true } },
+  // The attention projections as 4-bit symbols (the LM head at 8).
+  'eb4e-3-int8-attn4': { cpu: { bound: 4e-3, symbols: true, int8Activations: true }, denseSymbols: { int8Activations: true, lmHead: true, bits: 4 } },
 };
 
 export interface ScaleOptions {
