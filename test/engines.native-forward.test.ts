@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 
 import * as tf from '@tensorflow/tfjs';
 
+import { native } from '../src/codec/native.js';
 import { generate } from '../src/model/generate.js';
 import { KvCache } from '../src/model/kv-cache.js';
 import { EMBEDDED_MODEL_DIR, loadModel, type LoadedModel } from '../src/model/load.js';
@@ -117,6 +118,24 @@ describe('the native forward pass on the embedded model', function () {
     } finally {
       m.dispose();
     }
+  });
+
+  it('refuses resident experts of another shape, naming what is wrong, and the step stays usable', async function () {
+    const c = cpu.checkpoint.config;
+    const engine = cpu.engine as CpuExpertEngine;
+    assert.throws(() => native.residentExperts([[[new Float32Array(3)]]] as never, c.hiddenSize, c.expertFfnSize, 0), /layer 0 expert 0 must be \[gate, up, down\]/);
+    assert.throws(() => native.residentExperts([], 0, c.expertFfnSize, 0), /d and ff must be ≥ 1/);
+    // One layer's experts where the model has more.
+    const one = native.residentExperts([engine.layer(0).map((x) => [x.gate, x.up, x.down])], c.hiddenSize, c.expertFfnSize, 0);
+    const forward = cpu.model.nativeForward!;
+    const cache = KvCache.forModel(c);
+    const out = { hidden: new Float32Array(c.hiddenSize), ids: new Int32Array(c.topK), weights: new Float32Array(c.topK), predicted: new Int32Array(c.topK) };
+    const step = native.decoderBegin((forward as unknown as { handle: unknown }).handle, Int32Array.of(5), [{ count: 1, pos0: 0, allLogits: false, keys: cache.keys, values: cache.values }], out, 0);
+    const routing = { ids: new Int32Array(c.numLayers * c.topK), weights: new Float32Array(c.numLayers * c.topK) };
+    assert.throws(() => native.decoderRun(step, one, routing), /not this model's \(1 layers/);
+    assert.throws(() => native.decoderRun(step, engine.resident().handle, { ids: new Int32Array(1), weights: routing.weights }), /ids must be a Int32Array of at least/);
+    const r = await native.decoderRun(step, engine.resident().handle, routing);
+    assert.equal(r.logits.length, c.vocabSize);
   });
 
   it('keeps the event loop running during a long prefill', async function () {

@@ -56,8 +56,8 @@ export const profileSchema = z.strictObject({
    * checkpoint's values are bf16, else f32), or `symbols`: the attention projections as 8-bit
    * symbols, each tensor at its own tight bound (about 1/256 of its values kept aside exactly), and
    * with lm_head the LM head too; int8_activations multiplies them by the integer product; bits 4
-   * (default 8) holds a quarter of bf16's bytes at a bound 18× coarser. Routers, norms and
-   * embeddings stay as stored.
+   * (default 8) holds the attention projections in a quarter of bf16's bytes at a bound 18×
+   * coarser (the LM head stays at 8). Routers, norms and embeddings stay as stored.
    */
   dense: z.strictObject({
     form: z.enum(['stored', 'symbols'], { error: 'expected stored or symbols' }),
