@@ -26,6 +26,14 @@ describe('the native forward with dense weights as symbols', function () {
   const logitsOf = async (forward: NativeForward, tokens: number[]) =>
     (await forward.step([{ tokens, cache: KvCache.forModel(plain.checkpoint.config), allLogits: true }], plain.engine))[0];
 
+  const read = (name: string) => plain.checkpoint.readTensor(name);
+  /** What the symbols hold: each tensor bitsOf names compressed within its bound for those bits and decoded; the rest as stored. */
+  const decodedRead = (bitsOf: (name: string) => 0 | 4 | 8) => (name: string) => {
+    const m = read(name);
+    const bits = bitsOf(name);
+    return bits ? (decompress(compress(m, { bound: denseBound(m, bits) })) as Float32Array) : m;
+  };
+
   const forwardWith = (read: (name: string) => Float32Array, dense?: { int8Activations?: boolean; lmHead?: boolean; bits?: 4 | 8 }) => {
     const c = plain.checkpoint.config;
     return new NativeForward(c, read, denseTensorNames(c), rotaryTables(c.headDim, c.maxPositions, c.ropeTheta), 0, dense);
@@ -35,12 +43,7 @@ describe('the native forward with dense weights as symbols', function () {
     const c = plain.checkpoint.config;
     const names = denseTensorNames(c);
     const projections = new Set(names.layers.flatMap((n) => [n.q, n.k, n.v, n.o]));
-    const read = (name: string) => plain.checkpoint.readTensor(name);
-    // What the symbols hold: each projection compressed within its bound and decoded.
-    const decoded = (name: string) => {
-      const m = read(name);
-      return projections.has(name) ? (decompress(compress(m, { bound: denseBound(m) })) as Float32Array) : m;
-    };
+    const decoded = decodedRead((name) => (projections.has(name) ? 8 : 0));
     const symbols = forwardWith(read, {});
     const reference = forwardWith(decoded);
     const tokens = plain.tokenizer.encode(PROMPT);
@@ -66,11 +69,7 @@ describe('the native forward with dense weights as symbols', function () {
     const c = plain.checkpoint.config;
     const names = denseTensorNames(c);
     const symbolic = new Set([...names.layers.flatMap((n) => [n.q, n.k, n.v, n.o]), names.lmHead]);
-    const read = (name: string) => plain.checkpoint.readTensor(name);
-    const decoded = (name: string) => {
-      const m = read(name);
-      return symbolic.has(name) ? (decompress(compress(m, { bound: denseBound(m) })) as Float32Array) : m;
-    };
+    const decoded = decodedRead((name) => (symbolic.has(name) ? 8 : 0));
     const withHead = forwardWith(read, { lmHead: true });
     const tokens = plain.tokenizer.encode(PROMPT);
     const a = await logitsOf(withHead, tokens);
@@ -93,12 +92,7 @@ describe('the native forward with dense weights as symbols', function () {
     const c = plain.checkpoint.config;
     const names = denseTensorNames(c);
     const attention = new Set(names.layers.flatMap((n) => [n.q, n.k, n.v, n.o]));
-    const read = (name: string) => plain.checkpoint.readTensor(name);
-    const decoded = (name: string) => {
-      const m = read(name);
-      const bits = attention.has(name) ? 4 : name === names.lmHead ? 8 : 0;
-      return bits ? (decompress(compress(m, { bound: denseBound(m, bits) })) as Float32Array) : m;
-    };
+    const decoded = decodedRead((name) => (attention.has(name) ? 4 : name === names.lmHead ? 8 : 0));
     const four = forwardWith(read, { lmHead: true, bits: 4 });
     const tokens = plain.tokenizer.encode(PROMPT);
     const a = await logitsOf(four, tokens);
@@ -116,7 +110,6 @@ describe('the native forward with dense weights as symbols', function () {
 
   it('with 8-bit activations: close to the f32 product, and each sequence the same alone as in a batch', async function () {
     const c = plain.checkpoint.config;
-    const read = (name: string) => plain.checkpoint.readTensor(name);
     const int8 = forwardWith(read, { int8Activations: true });
     const f32 = forwardWith(read, {});
     const tokens = plain.tokenizer.encode(PROMPT);

@@ -153,7 +153,7 @@ export class NativeForward {
     };
     const f32 = (name: string) => once(name, (m) => m) as Float32Array;
     const matrix = (name: string, cols: number) => once(name, (m) => bf16IfExact(m, cols));
-    const bits = dense?.bits ?? 8;
+    const attentionBits = dense?.bits ?? 8;
     // With `dense`: symbols where the tensor's rows are whole 32-value blocks and its values fit.
     const projection = (name: string, cols: number, bits: 4 | 8) =>
       once(name, (m) => {
@@ -171,8 +171,8 @@ export class NativeForward {
       cos: rotary[0], sin: rotary[1],
       layers: names.layers.map((n) => ({
         inputNorm: f32(n.inputNorm), postNorm: f32(n.postNorm),
-        q: projection(n.q, c.hiddenSize, bits), k: projection(n.k, c.hiddenSize, bits), v: projection(n.v, c.hiddenSize, bits),
-        o: projection(n.o, c.numHeads * c.headDim, bits),
+        q: projection(n.q, c.hiddenSize, attentionBits), k: projection(n.k, c.hiddenSize, attentionBits), v: projection(n.v, c.hiddenSize, attentionBits),
+        o: projection(n.o, c.numHeads * c.headDim, attentionBits),
         qBias: n.qBias ? f32(n.qBias) : undefined, kBias: n.kBias ? f32(n.kBias) : undefined, vBias: n.vBias ? f32(n.vBias) : undefined,
         qNorm: n.qNorm ? f32(n.qNorm) : undefined, kNorm: n.kNorm ? f32(n.kNorm) : undefined,
         router: matrix(n.router, c.hiddenSize),
@@ -189,7 +189,7 @@ export class NativeForward {
     const lmHeadSymbols = isSymbolMatrix(spec.lmHead);
     this.denseForm = !dense
       ? 'as stored (bf16 bits where exact, else f32)'
-      : `${lmHeadSymbols ? (bits === 8 ? 'attention projections and LM head as 8-bit symbols' : 'attention projections as 4-bit symbols and LM head as 8-bit symbols') : `attention projections as ${bits}-bit symbols`} at per-tensor bounds${dense.int8Activations ? ', activations in 8 bits' : ''}; routers, embeddings${lmHeadSymbols ? '' : ' and LM head'} as stored`;
+      : `${lmHeadSymbols ? (attentionBits === 8 ? 'attention projections and LM head as 8-bit symbols' : 'attention projections as 4-bit symbols and LM head as 8-bit symbols') : `attention projections as ${attentionBits}-bit symbols`} at per-tensor bounds${dense.int8Activations ? ', activations in 8 bits' : ''}; routers, embeddings${lmHeadSymbols ? '' : ' and LM head'} as stored`;
     this.handle = native.decoderNew(spec) as NativeDecoder;
   }
 
