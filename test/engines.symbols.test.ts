@@ -45,7 +45,8 @@ describe('symbol matrices', function () {
           const want = decompressRungs(head, rungs.slice(0, k + 1)) as Float32Array;
           assert.ok(bits(symbolMatrixValues(q)).equals(bits(want)), `rung ${k}, ${width} bits: the symbol weights differ from the decoder's`);
           assert.equal(q.bits, width);
-          assert.equal(q.bytes, (rows * cols * width) / 8 + 4 * (rows + 1) + 12 * q.patches);
+          // symbols, each row's first patch, and a patch's column and value
+          assert.equal(q.bytes, (rows * cols * width) / 8 + 4 * (rows + 1) + 8 * q.patches);
         }
     });
   }
@@ -71,7 +72,7 @@ describe('symbol matrices', function () {
     assert.equal(symbolMatrix(fusedMatrix(compress(values, { bound: 1e-2 }), rows, cols))?.bits, 4);
     assert.equal(symbolMatrix(fusedMatrix(compress(values, { bound: 1e-3 }), rows, cols))?.bits, 8);
     const coarse = symbolMatrix(fusedMatrix(compress(values, { bound: 1e-2 }), rows, cols))!;
-    assert.equal(coarse.bytes, (rows * cols) / 2 + 4 * (rows + 1) + 12 * coarse.patches);
+    assert.equal(coarse.bytes, (rows * cols) / 2 + 4 * (rows + 1) + 8 * coarse.patches);
   });
 
   it('patches the values past 8 or 4 bits, in any lane of any block, and multiplies them as the dense weights', async function () {

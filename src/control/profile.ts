@@ -46,7 +46,7 @@ export const profileSchema = z.strictObject({
     tier_a_form: z.enum(['f32', 'fused', 'symbols'], { error: 'expected f32, fused or symbols' }).optional(),
     /**
      * With tier_a_form symbols: multiply them by the integer product, each token's activations
-     * quantized to 8 bits per 32 values as llama.cpp's Q8_0 (faster; the activations' rounding
+     * quantized to 8 bits per 256 values as llama.cpp's Q8_K (faster; the activations' rounding
      * then shows in the canaries' agreement like the levels' own).
      */
     int8_activations: z.boolean({ error: 'expected true or false' }).optional(),

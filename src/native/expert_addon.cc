@@ -196,7 +196,7 @@ Napi::Value SymbolMatrixNew(const Napi::CallbackInfo& info) {
   o.Set("bytes", (double)m->bytes());
   o.Set("rows", m->rows);
   o.Set("cols", m->cols);
-  o.Set("patches", (double)m->patch_col.size());
+  o.Set("patches", (double)m->patches());
   o.Set("bits", bits);
   o.Set("int8Activations", m->int8_x);
   // The arrays are native memory: V8 is told of them, so that a tier A turning over symbol

@@ -49,7 +49,7 @@ EB_CLONES void int_rows_generic(const IntSymbols& m, int r0, int r1, const float
   ek_int_rows<GenericDot>(m, r0, r1, x, ldx, xs, n, y, ldy);
 }
 
-EB_CLONES float quantize_x(const float* x, int cols, int8_t* q, float* d, float* d16) { return ek_quantize_x(x, cols, q, d, d16); }
+EB_CLONES float quantize_x(const float* x, int cols, int8_t* q, float* d) { return ek_quantize_x(x, cols, q, d); }
 
 EB_CLONES void fused_rows_planes(const FusedView& f, int r0, int r1, const float* x, int ldx, int n, float* y, int ldy,
                                  float* scratch) {
@@ -101,19 +101,17 @@ bool use_vnni() { return unit_on(vnni_state, cpu_has_vnni, "EBSERVE_NO_VNNI"); }
 // that share them: a matrix's row ranges, gate and up.
 struct QuantizedRows {
   std::vector<int8_t> q;
-  std::vector<float> d, d16;
+  std::vector<float> d;
   std::vector<QuantX> xs;
   const QuantX* make(const float* x, int ldx, int n, int cols) {
-    const int blocks = cols / 32, pairs = (blocks + 1) / 2;
+    const int groups = (cols + EK_XGROUP - 1) / EK_XGROUP;
     q.resize((size_t)n * cols);
-    d.resize((size_t)n * blocks);
-    d16.resize((size_t)n * pairs * 16);
+    d.resize((size_t)n * groups);
     xs.resize(n);
     for (int t = 0; t < n; t++) {
       int8_t* qt = q.data() + (size_t)t * cols;
-      float* dt = d.data() + (size_t)t * blocks;
-      float* d16t = d16.data() + (size_t)t * pairs * 16;
-      xs[t] = QuantX{qt, dt, d16t, quantize_x(x + (size_t)t * ldx, cols, qt, dt, d16t)};
+      float* dt = d.data() + (size_t)t * groups;
+      xs[t] = QuantX{qt, dt, quantize_x(x + (size_t)t * ldx, cols, qt, dt)};
     }
     return xs.data();
   }
@@ -291,7 +289,6 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int
   out.row_patch.assign((size_t)f.rows + 1, 0);
   out.patch_col.clear();
   out.patch_value.clear();
-  out.patch_row.clear();
   std::vector<float> row(f.cols);
   std::vector<int8_t> t(bits == 8 ? 0 : f.cols);
   std::vector<uint16_t> bad(f.cols / 16);
@@ -307,10 +304,11 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int
         const int c = 16 * g + __builtin_ctz(b);
         out.patch_col.push_back((uint32_t)c);
         out.patch_value.push_back(row[c]);
-        out.patch_row.push_back((uint32_t)r);
       }
   }
   out.row_patch[f.rows] = (uint32_t)out.patch_col.size();
+  out.patch_col.resize(out.patch_col.size() + 16, 0);
+  out.patch_value.resize(out.patch_value.size() + 16, 0.0f);
   out.int8_x = int8_x && out.int8_x_possible();
   return true;
 }

@@ -51,17 +51,17 @@ struct SymbolMatrix {
   float ebf = 0;
   std::vector<int8_t> q;             // [rows * cols] at 8 bits, [rows * cols / 2] nibbles at 4; 0 where a patch is
   std::vector<uint32_t> row_patch;   // [rows + 1]: each row's first patch
-  std::vector<uint32_t> patch_col;   // a patch's column
-  std::vector<float> patch_value;    // a patch's weight
-  std::vector<uint32_t> patch_row;   // a patch's row (the integer product adds patches in one flat pass)
-  size_t bytes() const { return q.size() + 4 * row_patch.size() + 12 * patch_col.size(); }
+  std::vector<uint32_t> patch_col;   // a patch's column, then 16 zeros (the integer product reads
+  std::vector<float> patch_value;    // a patch's weight                   patches 16 at a time)
+  size_t patches() const { return row_patch.empty() ? 0 : row_patch.back(); }
+  size_t bytes() const { return q.size() + 4 * row_patch.size() + 8 * patches(); }
   SymbolSrc src() const { return SymbolSrc{q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, p, ebf}; }
   Symbol4Src src4() const {
     return Symbol4Src{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, Symbol4Src::weights_table(p, ebf)};
   }
   IntSymbols ints() const {
     const bool two = bits == 4 && p > 0;
-    IntSymbols m{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), patch_row.data(), cols, bits, p, ebf,
+    IntSymbols m{(const uint8_t*)q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, bits, p, ebf,
                  two ? 1.0f : 2.0f, bits == 8 ? -256.0f : two ? 1.0f - 15.0f * (float)(1 << p) : -16.0f, {}, {}};
     const v16f table = Symbol4Src::weights_table(p, ebf);
     if (bits == 4) memcpy(m.table, &table, sizeof m.table);

@@ -18,6 +18,9 @@ struct VnniDot {
     return (v64b)_mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i*)t)), (__m512i)u);
   }
   static EB_AI v16i dot(v64b u, v64c x) { return (v16i)_mm512_dpbusd_epi32(_mm512_setzero_si512(), (__m512i)u, (__m512i)x); }
+  static EB_AI v16i dot_add(v16i acc, v64b u, v64c x) { return (v16i)_mm512_dpbusd_epi32((__m512i)acc, (__m512i)u, (__m512i)x); }
+  // x[col[i]] for 8 lanes: one vgatherdps (a patch's x, ek_int_patch_sums)
+  static EB_AI v8f gather(const float* x, v8u col) { return (v8f)_mm256_i32gather_ps(x, (__m256i)col, 4); }
 };
 
 }  // namespace

@@ -38,11 +38,14 @@ struct FusedView {
   float ebf;
 };
 
+// Values of a token's activations that share one scale in the integer product (eight 32-value
+// blocks; llama.cpp's Q8_K groups as many).
+constexpr int EK_XGROUP = 256;
+
 // A token's activations as the integer product takes them (ek_quantize_x).
 struct QuantX {
-  const int8_t* q;    // [cols]
-  const float* d;     // [cols / 32]
-  const float* d16;   // [ceil(cols / 64) · 16]: per pair of blocks, d_b ×8 then d_b+1 ×8 (0 past the last)
+  const int8_t* q;  // [cols]
+  const float* d;   // [ceil(cols / EK_XGROUP)]: each group's scale
   float sd;
 };
 
@@ -53,7 +56,6 @@ struct IntSymbols {
   const uint32_t* row_patch;
   const uint32_t* patch_col;
   const float* patch_value;
-  const uint32_t* patch_row;
   int cols, bits, p;
   float ebf, k1, k0;
   float table[16];  // 4 bits: nibble u's weight (Symbol4Src's table)
@@ -96,6 +98,8 @@ EB_AI v16f ek_fma(v16f a, v16f b, v16f c) {
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
 
 // The lanes' sum as a fixed tree (halves added pairwise), the same for every path, so equal
 // weights give equal bits; a tree is a few shuffles, where a lane-by-lane sum costs more than a
@@ -503,12 +507,16 @@ EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int 
 // ---- The integer product: symbols times activations quantized to 8 bits ----
 //
 // A symbol matrix's weights are integers times eb, so a row's dot product can run on integers the
-// way llama.cpp's Q4_0 · Q8_0 does: each token's activations quantized per 32-value block (d_b =
-// max |x_b| / 127, xq = x · (127 / max |x_b|) rounded to nearest, |xq| ≤ 127: llama.cpp's Q8_0), a block's 32
+// way llama.cpp's Q4_K · Q8_K does: each token's activations quantized per group of EK_XGROUP
+// values (d_g = max |x_g| / 127, xq = x · (127 / max |x_g|) rounded to nearest, |xq| ≤ 127), the
 // products summed in int32 lanes four at a time (u8 × s8: one VNNI instruction, or the generic
-// path's int16 products: the same integers), each block's lanes scaled by d_b into f32. The
-// weights stay the rung's exactly; the activations' rounding is the approximation (at most
-// d_b / 2 a value), which is why this is a choice (`int8 activations`) and not the default product.
+// path's int16 products: the same integers) over a whole group, whose lanes are then scaled by d_g
+// into f32 once. The weights stay the rung's exactly; the activations' rounding is the
+// approximation (at most d_g / 2 a value), which is why this is a choice (`int8 activations`) and
+// not the default product. Groups of 256 rather than Q8_0's 32-value blocks: a block's own
+// convert and scale cost as much as its dot, and with 8 tokens a step that was a third of the
+// product's instructions; the activations' rounding is ~1.4× coarser (max over 256 values against
+// 32 on Gaussian ones), far under the 4-bit weights' own.
 //
 // Per symbol form, with u the unsigned byte each weight's integer part comes from:
 //   8 bits at p = 0:   u = t + 128,  w = eb·2(u − 128)                I_b = Σ u·xq, k1 = 2, k0 = −256
@@ -518,46 +526,49 @@ EB_AI void ek_symbol_rows(Src src, int r0, int r1, const float* x, int ldx, int 
 //                      up to p = 3 that integer, 2^(p+1)·u − 2h ≤ 238, is itself a u8: one byte-table
 //                      lookup (vpshufb) per 64 nibbles and one dot instead of two, where the dot
 //                      unit has the lookup (Dot::kTable); the same integers either way
-// and a row's product is eb·(k1·Σ_b d_b·I_b + k0·sd), sd = Σ_b d_b·Σ xq_b (the same for every
-// row: computed once per token). Patched lanes hold a symbol like any other; each patch adds
-// value·x − w(symbol)·xq·d_b (value·x at p = 0, where a patch's symbol is 0). 8 bits above p = 0 (its weights need a second, signed term) and
-// 4 bits past p = 14 (I_b would overflow int32) keep the f32 product.
+// and a row's product is eb·(k1·Σ_g d_g·I_g + k0·sd), sd = Σ_g d_g·Σ xq_g (the same for every
+// row: computed once per token), I_g = Σ_{b in g} I_b. Patched lanes hold a symbol like any other;
+// each patch adds value·x − w(symbol)·xq·d_g (value·x at p = 0, where a patch's symbol is 0).
+// 8 bits above p = 0 (its weights need a second, signed term) and 4 bits past p = 14 keep the f32
+// product: a lane of I_g sums 16 values' products, at p = 14 up to 2^15·15·127·16 ≈ 2^30, and
+// p = 15 would overflow int32.
 
 typedef uint8_t v32b __attribute__((vector_size(32)));
 
-// x's cols values quantized into q and d (above); returns sd. A block holding a NaN or ±Inf gets
-// d_b = NaN and xq = 0: the products it enters are NaN (the f32 product's would not be finite).
-EB_AI float ek_quantize_x(const float* x, int cols, int8_t* q, float* d, float* d16) {
+// x's cols values quantized into q and d (above); returns sd. A group holding a NaN or ±Inf gets
+// d_g = NaN and xq = 0: the products it enters are NaN (the f32 product's would not be finite).
+EB_AI float ek_quantize_x(const float* x, int cols, int8_t* q, float* d) {
   typedef int16_t v16s __attribute__((vector_size(32)));
   typedef int8_t v16c __attribute__((vector_size(16)));
   float sd = 0;
-  for (int b = 0; b < cols / 32; b++) {
-    const v16f a = ek_loadf(x + 32 * b), c = ek_loadf(x + 32 * b + 16);
-    v16f m = (a < 0 ? -a : a);
-    const v16f mc = (c < 0 ? -c : c);
-    m = m > mc ? m : mc;
-    m = (m != m) ? v16f{} + __builtin_inff() : m;  // a NaN lane counts as infinite
+  for (int g = 0; g * EK_XGROUP < cols; g++) {
+    const int c0 = g * EK_XGROUP, c1 = cols - c0 < EK_XGROUP ? cols : c0 + EK_XGROUP;
+    v16f m = {};
+    for (int c = c0; c < c1; c += 16) {
+      const v16f a = ek_loadf(x + c);
+      const v16f abs = a < 0 ? -a : a;
+      m = m > abs ? m : abs;
+      m = (a != a) ? v16f{} + __builtin_inff() : m;  // a NaN lane counts as infinite
+    }
     float mx = 0;
     for (int i = 0; i < 16; i++) mx = m[i] > mx ? m[i] : mx;
     const bool finite = mx < __builtin_inff();
-    d[b] = finite ? mx / 127.0f : __builtin_nanf("");
+    d[g] = finite ? mx / 127.0f : __builtin_nanf("");
     const float inv = finite && mx > 0 ? 127.0f / mx : 0.0f;
-    // Nearest integer (ties to even) by the 1.5·2^23 trick: |x·inv| ≤ 127 (or a hair above, which
-    // rounds to 127).
-    const v16f ra = (a * inv + 12582912.0f) - 12582912.0f, rc = (c * inv + 12582912.0f) - 12582912.0f;
-    const v16i ia = __builtin_convertvector(ra, v16i), ic = __builtin_convertvector(rc, v16i);
-    const v16c qa = __builtin_convertvector(__builtin_convertvector(ia, v16s), v16c);
-    const v16c qc = __builtin_convertvector(__builtin_convertvector(ic, v16s), v16c);
-    memcpy(q + 32 * b, &qa, 16);
-    memcpy(q + 32 * b + 16, &qc, 16);
-    const v16i s16 = ia + ic;
+    v16i sum = {};
+    for (int c = c0; c < c1; c += 16) {
+      // Nearest integer (ties to even) by the 1.5·2^23 trick: |x·inv| ≤ 127 (or a hair above,
+      // which rounds to 127).
+      const v16f r = (ek_loadf(x + c) * inv + 12582912.0f) - 12582912.0f;
+      const v16i i = __builtin_convertvector(r, v16i);
+      const v16c qc = __builtin_convertvector(__builtin_convertvector(i, v16s), v16c);
+      memcpy(q + c, &qc, 16);
+      sum += i;
+    }
     int s = 0;
-    for (int i = 0; i < 16; i++) s += s16[i];
-    sd += d[b] * (float)s;
-    for (int i = 0; i < 8; i++) d16[16 * (b / 2) + 8 * (b % 2) + i] = d[b];
+    for (int i = 0; i < 16; i++) s += sum[i];
+    sd += d[g] * (float)s;
   }
-  if (cols / 32 % 2)
-    for (int i = 0; i < 8; i++) d16[16 * (cols / 64) + 8 + i] = 0;
   return sd;
 }
 
@@ -570,6 +581,12 @@ typedef int8_t v64c __attribute__((vector_size(64)));
 struct GenericDot {
   static constexpr bool kTable = false;  // no byte-table lookup: 4 bits above p = 0 take two dots
   static EB_AI v64b table(const uint8_t*, v64b u) { return u; }
+  static EB_AI v16i dot_add(v16i acc, v64b u, v64c x) { return acc + dot(u, x); }
+  static EB_AI v8f gather(const float* x, v8u col) {
+    v8f v;
+    for (int i = 0; i < 8; i++) v[i] = x[col[i]];
+    return v;
+  }
   static EB_AI v16i dot(v64b u, v64c x) {
     typedef int16_t v64s __attribute__((vector_size(128)));
     typedef int16_t v32s __attribute__((vector_size(64)));
@@ -612,11 +629,50 @@ EB_AI v64b ek_int_unpack(const uint8_t* row, int b, bool one) {
                                  51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63);
 }
 
+// What row r's patches add for NT tokens: each patch's value·x, less what its stored symbol put in
+// the integer sums (w(symbol)·xq·d_g; nothing at p = 0, where a patch's symbol is 0), summed lane by
+// lane 8 patches at a time in the row's order, then as a fixed tree. Per row and in a fixed order,
+// so a row's result does not depend on the rows or tokens computed beside it. A row's patches are
+// one gather and a few vector operations: the flat loop before it added them one after another
+// into y (~11 cycles a patch, a chain through memory), which measured a fifth of the integer
+// product's time on OLMoE's shape, whose 8-bit rows (bound at the 1 − 1/256 quantile) hold ~8
+// patches. The patch arrays hold 16 entries past the last patch (zeros), so a chunk's loads stay
+// inside them.
+template <class Dot, int NT>
+EB_AI void ek_int_patch_sums(const IntSymbols& m, uint32_t r, const float* x, int ldx, const QuantX* xs, float* out) {
+  const uint32_t e1 = m.row_patch[r + 1];
+  v8f f[NT] = {};
+  for (uint32_t e = m.row_patch[r]; e < e1; e += 8) {
+    const v8i live = v8i{0, 1, 2, 3, 4, 5, 6, 7} < (int)(e1 - e);
+    v8u col;
+    memcpy(&col, m.patch_col + e, sizeof col);
+    col = live ? col : 0;  // a lane past the row's patches reads x[0] and adds 0
+    v8f value;
+    memcpy(&value, m.patch_value + e, sizeof value);
+    v8f stored = {};
+    if (m.p != 0)
+      for (int i = 0; i < 8; i++) stored[i] = live[i] ? ek_int_stored_weight(m, (int)r, col[i]) : 0.0f;
+    for (int t = 0; t < NT; t++) {
+      v8f term = value * Dot::gather(x + (uint64_t)t * ldx, col);
+      if (m.p != 0) {
+        v8f xd;
+        for (int i = 0; i < 8; i++) xd[i] = (float)xs[t].q[col[i]] * xs[t].d[col[i] / EK_XGROUP];
+        term = term - stored * xd;
+      }
+      f[t] += live ? term : 0.0f;
+    }
+  }
+  for (int t = 0; t < NT; t++) {
+    const v4f s4 = __builtin_shufflevector(f[t], f[t], 0, 1, 2, 3) + __builtin_shufflevector(f[t], f[t], 4, 5, 6, 7);
+    out[t] = (s4[0] + s4[2]) + (s4[1] + s4[3]);
+  }
+}
+
 // Rows [r0, r1) for NT tokens: y[t·ldy + r] = row r · token t, x the tokens' f32 activations (for
 // the patches) and xs their quantized ones. Two blocks a step: 64 products into 16 int32 lanes
-// (lanes 0–7 block b, 8–15 block b + 1), scaled by [d_b ×8, d_b+1 ×8]; each pair of blocks is
-// unpacked once for the tile, and a token's steps alternate between two accumulators (one FMA
-// chain would wait on its latency).
+// (lanes 0–7 block b, 8–15 block b + 1), summed over an activation group, then scaled by d_g into
+// f32; each pair of blocks is unpacked once for the tile, and a token's groups alternate between
+// two accumulators (one FMA chain would wait on its latency).
 // FORM: how a symbol's integer comes from its byte or nibble u (the table above).
 enum IntForm { kIntPlain, kIntTable, kIntTwoDots };
 
@@ -624,11 +680,13 @@ template <class Dot, int BITS, int FORM, int NT>
 EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, float* y, int ldy) {
   const int blocks = m.cols / 32;
   const uint64_t row_bytes = (uint64_t)m.cols * BITS / 8;
+  const bool patched = m.row_patch[r0] != m.row_patch[r1];
   for (int r = r0; r < r1; r++) {
     const uint8_t* row = m.q + r * row_bytes;
     v16f even[NT] = {}, odd[NT] = {};
-    // Blocks b, b + 1 (or b alone) into acc[t] (a constant index in each call: registers).
-    auto step = [&](int b, bool one, v16f* acc) __attribute__((always_inline)) {
+    // Blocks b, b + 1 (or b alone) into each token's int32 sums I[t] (a constant index in each
+    // call: registers).
+    auto step = [&](int b, bool one, v16i* I) __attribute__((always_inline)) {
       __builtin_prefetch(row + 4 * BITS * b + 4096);
       const v64b nib = ek_int_unpack<BITS>(row, b, one);
       const v64b u = FORM == kIntTable ? Dot::table(m.ints, nib) : nib;
@@ -637,42 +695,49 @@ EB_AI void ek_int_rows_tile(const IntSymbols& m, int r0, int r1, const float* x,
       for (int t = 0; t < NT; t++) {
         v64c xq = {};
         memcpy(&xq, xs[t].q + 32 * b, one ? 32 : 64);
-        v16i I = Dot::dot(u, xq);
-        if (FORM == kIntTwoDots) I = (I << (m.p + 1)) - (Dot::dot(h, xq) << 1);
-        acc[t] = ek_fma(__builtin_convertvector(I, v16f), ek_loadf(xs[t].d16 + 8 * b), acc[t]);
+        if (FORM == kIntTwoDots) I[t] += (Dot::dot(u, xq) << (m.p + 1)) - (Dot::dot(h, xq) << 1);
+        else I[t] = Dot::dot_add(I[t], u, xq);
       }
     };
-    int b = 0;
-    for (; b + 4 <= blocks; b += 4) {
-      step(b, false, even);
-      step(b + 2, false, odd);
+    // Group g's blocks into I, then its lanes scaled by d_g into acc (groups alternate between even
+    // and odd, each a constant array in its call so that both stay in registers).
+    auto group = [&](int g, v16f* acc) __attribute__((always_inline)) {
+      const int b0 = g * (EK_XGROUP / 32), end = blocks - b0 < EK_XGROUP / 32 ? blocks : b0 + EK_XGROUP / 32;
+      v16i I[NT] = {};
+      int b = b0;
+      for (; b + 2 <= end; b += 2) step(b, false, I);
+      if (b < end) step(b, true, I);
+#pragma GCC unroll 4
+      for (int t = 0; t < NT; t++) acc[t] = ek_fma(__builtin_convertvector(I[t], v16f), v16f{} + xs[t].d[g], acc[t]);
+    };
+    const int groups = (blocks + EK_XGROUP / 32 - 1) / (EK_XGROUP / 32);
+    int g = 0;
+    for (; g + 2 <= groups; g += 2) {
+      group(g, even);
+      group(g + 1, odd);
     }
-    if (b + 2 <= blocks) step(b, false, even), b += 2;
-    if (b < blocks) step(b, true, odd);
+    if (g < groups) group(g, even);
     float sums[NT];
     ek_hsum8<NT>(even, odd, sums);
-    for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r] = m.ebf * (m.k1 * sums[t] + m.k0 * xs[t].sd);
-  }
-  // The patches of rows [r0, r1) in one flat loop (a loop per row mispredicts its exit nearly every
-  // row: at ~3 patches a row it cost a fifth of the product), each added in the row's order, so
-  // the sums round as they would row by row.
-  for (uint32_t e = m.row_patch[r0]; e < m.row_patch[r1]; e++) {
-    const uint32_t r = m.patch_row[e], c = m.patch_col[e];
-    const float value = m.patch_value[e], stored = m.p == 0 ? 0.0f : ek_int_stored_weight(m, (int)r, c);
-    for (int t = 0; t < NT; t++) {
-      const float fix = m.p == 0 ? value * x[(uint64_t)t * ldx + c]  // a patched lane's symbol is 0 (weight 0)
-                                 : value * x[(uint64_t)t * ldx + c] - stored * ((float)xs[t].q[c] * xs[t].d[c / 32]);
-      y[(uint64_t)t * ldy + r] += fix;
-    }
+    float fix[NT] = {};
+    if (patched) ek_int_patch_sums<Dot, NT>(m, (uint32_t)r, x, ldx, xs, fix);
+    for (int t = 0; t < NT; t++) y[(uint64_t)t * ldy + r] = m.ebf * (m.k1 * sums[t] + m.k0 * xs[t].sd) + fix[t];
   }
 }
 
 // The integer product for n tokens (xs: their quantized activations, made by ek_quantize_x).
+// More than 4 tokens take several tiles over the same rows: 32 rows at a time (64 KiB at 8 bits),
+// so that the tiles after the first read them from cache, not memory (a task of an LM head's rows
+// is megabytes).
 template <class Dot, int BITS, int FORM>
 EB_AI void ek_int_rows_form(const IntSymbols& m, int r0, int r1, const float* x, int ldx, const QuantX* xs, int n, float* y, int ldy) {
-  ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt, int t) __attribute__((always_inline)) {
-    ek_int_rows_tile<Dot, BITS, FORM, decltype(tokens)::n>(m, r0, r1, xt, ldx, xs + t, yt, ldy);
-  });
+  const int chunk = n > 4 ? 32 : r1 - r0;
+  for (int c0 = r0; c0 < r1; c0 += chunk) {
+    const int c1 = r1 - c0 < chunk ? r1 : c0 + chunk;
+    ek_token_tiles(x, ldx, n, y, ldy, [&](auto tokens, const float* xt, float* yt, int t) __attribute__((always_inline)) {
+      ek_int_rows_tile<Dot, BITS, FORM, decltype(tokens)::n>(m, c0, c1, xt, ldx, xs + t, yt, ldy);
+    });
+  }
 }
 
 template <class Dot>
