@@ -69,7 +69,11 @@ describe('the integer product (symbols × 8-bit activations)', function () {
 
   // Outliers past any symbol's range, in a block's first and last lanes and a row's ends; and a
   // -0 (where the codec keeps it, no symbol at a stream's finest rung gives it).
-  const outliers: [number, number][] = [[0, 0.5], [31, -0.4], [32 * 2 + 16, 0.3], [cols - 1, -0.6], [17 * cols + 40, 0.45]];
+  // Row 3 holds 11 (more than the 8 a row's patches are summed at a time).
+  const outliers: [number, number][] = [
+    [0, 0.5], [31, -0.4], [32 * 2 + 16, 0.3], [cols - 1, -0.6], [17 * cols + 40, 0.45],
+    ...[1, 5, 33, 40, 64, 100, 130, 200, 257, 300, cols - 1].map((c, i): [number, number] => [3 * cols + c, i % 2 ? -0.35 : 0.3]),
+  ];
   const forms = [
     { name: '8 bits at eb 1e-3', bound: 1e-3, ladder: null, bits: 8, negativeZero: true },
     { name: '4 bits at eb 1e-2', bound: 1e-2, ladder: null, bits: 4, negativeZero: true },

@@ -51,8 +51,10 @@ struct SymbolMatrix {
   float ebf = 0;
   std::vector<int8_t> q;             // [rows * cols] at 8 bits, [rows * cols / 2] nibbles at 4; 0 where a patch is
   std::vector<uint32_t> row_patch;   // [rows + 1]: each row's first patch
-  std::vector<uint32_t> patch_col;   // a patch's column, then 16 zeros (the integer product reads
-  std::vector<float> patch_value;    // a patch's weight                   patches 16 at a time)
+  // A patch's column and weight, then 16 zeros each: the integer product loads a row's patches 8
+  // at a time, past its last one (ek_int_patch_sums).
+  std::vector<uint32_t> patch_col;
+  std::vector<float> patch_value;
   size_t patches() const { return row_patch.empty() ? 0 : row_patch.back(); }
   size_t bytes() const { return q.size() + 4 * row_patch.size() + 8 * patches(); }
   SymbolSrc src() const { return SymbolSrc{q.data(), row_patch.data(), patch_col.data(), patch_value.data(), cols, p, ebf}; }
