@@ -307,8 +307,8 @@ bool symbols_of(const FusedMatrix& f, double max_patch_share, int bits, bool int
       }
   }
   out.row_patch[f.rows] = (uint32_t)out.patch_col.size();
-  out.patch_col.resize(out.patch_col.size() + 16, 0);
-  out.patch_value.resize(out.patch_value.size() + 16, 0.0f);
+  out.patch_col.resize(out.patch_col.size() + EK_PATCH_LANES, 0);
+  out.patch_value.resize(out.patch_value.size() + EK_PATCH_LANES, 0.0f);
   out.int8_x = int8_x && out.int8_x_possible();
   return true;
 }

@@ -51,8 +51,8 @@ struct SymbolMatrix {
   float ebf = 0;
   std::vector<int8_t> q;             // [rows * cols] at 8 bits, [rows * cols / 2] nibbles at 4; 0 where a patch is
   std::vector<uint32_t> row_patch;   // [rows + 1]: each row's first patch
-  // A patch's column and weight, then 16 zeros each: the integer product loads a row's patches 8
-  // at a time, past its last one (ek_int_patch_sums).
+  // A patch's column and weight, then EK_PATCH_LANES zeros each: the integer product loads a row's
+  // patches that many at a time, past its last one (ek_int_patch_sums).
   std::vector<uint32_t> patch_col;
   std::vector<float> patch_value;
   size_t patches() const { return row_patch.empty() ? 0 : row_patch.back(); }

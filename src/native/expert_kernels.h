@@ -42,6 +42,9 @@ struct FusedView {
 // blocks; llama.cpp's Q8_K groups as many).
 constexpr int EK_XGROUP = 256;
 
+// Patches the integer product loads at a time (one v8f; ek_int_patch_sums).
+constexpr int EK_PATCH_LANES = 8;
+
 // A token's activations as the integer product takes them (ek_quantize_x).
 struct QuantX {
   const int8_t* q;  // [cols]
@@ -104,11 +107,13 @@ typedef uint32_t v8u __attribute__((vector_size(32)));
 // The lanes' sum as a fixed tree (halves added pairwise), the same for every path, so equal
 // weights give equal bits; a tree is a few shuffles, where a lane-by-lane sum costs more than a
 // whole short row's products.
-EB_AI float ek_hsum(v16f a, v16f b) {
-  v16f s = a + b;
-  v8f s8 = __builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15);
+EB_AI float ek_hsum_v8(v8f s8) {
   v4f s4 = __builtin_shufflevector(s8, s8, 0, 1, 2, 3) + __builtin_shufflevector(s8, s8, 4, 5, 6, 7);
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+EB_AI float ek_hsum(v16f a, v16f b) {
+  v16f s = a + b;
+  return ek_hsum_v8(__builtin_shufflevector(s, s, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(s, s, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 
 // ek_hsum of P ≤ 8 pairs at once, out[j] = ek_hsum(a[j], b[j]) bit for bit: the same additions
@@ -636,13 +641,13 @@ EB_AI v64b ek_int_unpack(const uint8_t* row, int b, bool one) {
 // one gather and a few vector operations: the flat loop before it added them one after another
 // into y (~11 cycles a patch, a chain through memory), which measured a fifth of the integer
 // product's time on OLMoE's shape, whose 8-bit rows (bound at the 1 − 1/256 quantile) hold ~8
-// patches. The patch arrays hold 16 entries past the last patch (zeros), so a chunk's loads stay
-// inside them.
+// patches. The patch arrays hold EK_PATCH_LANES entries past the last patch (zeros), so a chunk's
+// loads stay inside them.
 template <class Dot, int NT>
 EB_AI void ek_int_patch_sums(const IntSymbols& m, uint32_t r, const float* x, int ldx, const QuantX* xs, float* out) {
   const uint32_t e1 = m.row_patch[r + 1];
   v8f f[NT] = {};
-  for (uint32_t e = m.row_patch[r]; e < e1; e += 8) {
+  for (uint32_t e = m.row_patch[r]; e < e1; e += EK_PATCH_LANES) {
     const v8i live = v8i{0, 1, 2, 3, 4, 5, 6, 7} < (int)(e1 - e);
     v8u col;
     memcpy(&col, m.patch_col + e, sizeof col);
@@ -662,10 +667,7 @@ EB_AI void ek_int_patch_sums(const IntSymbols& m, uint32_t r, const float* x, in
       f[t] += live ? term : 0.0f;
     }
   }
-  for (int t = 0; t < NT; t++) {
-    const v4f s4 = __builtin_shufflevector(f[t], f[t], 0, 1, 2, 3) + __builtin_shufflevector(f[t], f[t], 4, 5, 6, 7);
-    out[t] = (s4[0] + s4[2]) + (s4[1] + s4[3]);
-  }
+  for (int t = 0; t < NT; t++) out[t] = ek_hsum_v8(f[t]);
 }
 
 // Rows [r0, r1) for NT tokens: y[t·ldy + r] = row r · token t, x the tokens' f32 activations (for
